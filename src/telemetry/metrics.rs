@@ -1,0 +1,504 @@
+//! The gateway's own Prometheus metrics: request counts by status class, a
+//! request latency histogram, upstream errors, connections and TLS handshake
+//! failures, rendered in the text exposition format 0.0.4.
+//!
+//! Pure: no I/O. Recording is a few relaxed atomic adds so it can sit on every
+//! request; the cost is paid in `render`, which runs once per scrape.
+//! Relaxed ordering is enough because each number is independent and a scrape
+//! may see a request half-recorded (counted by class, not yet in the
+//! histogram) without harm.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the finite latency buckets, in nanoseconds (the bucket
+/// test is `latency <= bound`, as Prometheus' `le` means).
+const BUCKET_BOUNDS_NANOS: [u64; 13] = [
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// The `le` labels, written out so rendering never formats a float.
+const BUCKET_LABELS: [&str; 14] = [
+    "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5",
+    "10", "+Inf",
+];
+
+const CLASS_LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Why a request could not be served by the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    // The discriminants index `Metrics::upstream_errors`.
+    Connect = 0,
+    Timeout = 1,
+    Other = 2,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 3] = [
+        UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Other => "other",
+        }
+    }
+}
+
+/// All of the gateway's own metrics. Share it through an `Arc`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// 1xx..5xx, then anything outside 100..=599 (which hyper's StatusCode
+    /// permits up to 999) so no request goes uncounted.
+    requests_by_class: [AtomicU64; 6],
+    /// Per-bucket (not cumulative) counts; the last is the +Inf overflow.
+    /// Cumulative sums and the total count are computed when rendering, which
+    /// keeps recording to one add here.
+    latency_buckets: [AtomicU64; 14],
+    latency_sum_micros: AtomicU64,
+    upstream_errors: [AtomicU64; 3],
+    /// Signed so that an unmatched `connection_closed` shows up as a negative
+    /// gauge rather than wrapping to 2^64.
+    open_connections: AtomicI64,
+    connections_total: AtomicU64,
+    connections_rejected: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// Counts a finished request by status class and records its latency.
+    pub fn record_request(&self, status: u16, latency: Duration) {
+        let class = match status {
+            100..=599 => usize::from(status / 100) - 1,
+            _ => CLASS_LABELS.len() - 1,
+        };
+        self.requests_by_class[class].fetch_add(1, Relaxed);
+
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BUCKET_BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
+        self.latency_buckets[bucket].fetch_add(1, Relaxed);
+
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A connection was accepted: raises the open gauge and the total.
+    pub fn connection_opened(&self) {
+        self.open_connections.fetch_add(1, Relaxed);
+        self.connections_total.fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Relaxed);
+    }
+
+    /// A connection was refused because the connection cap was reached. Not
+    /// counted in `portcullis_connections_total`, which counts accepted ones.
+    pub fn connection_rejected(&self) {
+        self.connections_rejected.fetch_add(1, Relaxed);
+    }
+
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Prometheus text exposition format 0.0.4, every metric
+    /// `portcullis_`-prefixed with `# HELP` and `# TYPE` lines. `extra` is
+    /// appended verbatim (other modules render their own families).
+    pub fn render(&self, extra: &str) -> String {
+        let mut out = String::with_capacity(3072 + extra.len());
+        // Writing into a String cannot fail, hence the ignored results.
+
+        family(
+            &mut out,
+            "portcullis_http_requests_total",
+            "counter",
+            "Requests answered, by HTTP status class.",
+        );
+        for (label, count) in CLASS_LABELS.iter().zip(&self.requests_by_class) {
+            let _ = writeln!(
+                out,
+                "portcullis_http_requests_total{{class=\"{label}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
+
+        family(
+            &mut out,
+            "portcullis_http_request_duration_seconds",
+            "histogram",
+            "Time from request received to response headers sent.",
+        );
+        // Load each bucket once so +Inf and _count come from the same reads
+        // and always agree, even while requests are being recorded.
+        let mut cumulative = 0u64;
+        for (label, count) in BUCKET_LABELS.iter().zip(&self.latency_buckets) {
+            cumulative += count.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "portcullis_http_request_duration_seconds_bucket{{le=\"{label}\"}} {cumulative}"
+            );
+        }
+        let sum = self.latency_sum_micros.load(Relaxed);
+        // Integer arithmetic keeps the sum exact: seconds, then six digits of
+        // microseconds.
+        let _ = writeln!(
+            out,
+            "portcullis_http_request_duration_seconds_sum {}.{:06}",
+            sum / 1_000_000,
+            sum % 1_000_000
+        );
+        let _ = writeln!(
+            out,
+            "portcullis_http_request_duration_seconds_count {cumulative}"
+        );
+
+        family(
+            &mut out,
+            "portcullis_upstream_errors_total",
+            "counter",
+            "Requests that failed at the upstream, by kind.",
+        );
+        for kind in UpstreamErrorKind::ALL {
+            let _ = writeln!(
+                out,
+                "portcullis_upstream_errors_total{{kind=\"{}\"}} {}",
+                kind.label(),
+                self.upstream_errors[kind as usize].load(Relaxed)
+            );
+        }
+
+        single(
+            &mut out,
+            "portcullis_open_connections",
+            "gauge",
+            "Client connections currently open.",
+            self.open_connections.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "portcullis_connections_total",
+            "counter",
+            "Client connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "portcullis_connections_rejected_total",
+            "counter",
+            "Client connections refused because the connection limit was reached.",
+            self.connections_rejected.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "portcullis_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed.",
+            self.tls_handshake_failures.load(Relaxed),
+        );
+
+        out.push_str(extra);
+        out
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Parses the exposition text into `series -> value`, asserting the line
+    /// grammar on the way: comments are `# HELP name text` or
+    /// `# TYPE name type`, everything else `name{labels} value` or
+    /// `name value`.
+    fn parse(text: &str) -> HashMap<String, f64> {
+        let mut series = HashMap::new();
+        let mut typed = Vec::new();
+        for line in text.lines() {
+            if let Some(comment) = line.strip_prefix("# ") {
+                let mut parts = comment.splitn(3, ' ');
+                let keyword = parts.next().unwrap();
+                let name = parts.next().unwrap();
+                let rest = parts.next().unwrap();
+                assert!(name.starts_with("portcullis_"), "{line}");
+                match keyword {
+                    "HELP" => assert!(!rest.is_empty()),
+                    "TYPE" => {
+                        assert!(["counter", "gauge", "histogram"].contains(&rest), "{line}");
+                        typed.push(name.to_owned());
+                    }
+                    _ => panic!("unexpected comment {line}"),
+                }
+                continue;
+            }
+            let (key, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("no value: {line}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value: {line}"));
+            let name = match key.split_once('{') {
+                Some((name, labels)) => {
+                    let labels = labels
+                        .strip_suffix('}')
+                        .unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                    for pair in labels.split(',') {
+                        let (label, quoted) = pair.split_once('=').unwrap();
+                        assert!(
+                            label
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                            "{line}"
+                        );
+                        assert!(
+                            quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"'),
+                            "{line}"
+                        );
+                    }
+                    name
+                }
+                None => key,
+            };
+            assert!(
+                name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "{line}"
+            );
+            assert!(
+                typed.iter().any(|family| name.starts_with(family.as_str())),
+                "{line} has no # TYPE before it"
+            );
+            assert!(
+                series.insert(key.to_owned(), value).is_none(),
+                "duplicate {key}"
+            );
+        }
+        series
+    }
+
+    fn bucket(le: &str) -> String {
+        format!("portcullis_http_request_duration_seconds_bucket{{le=\"{le}\"}}")
+    }
+
+    #[test]
+    fn empty_metrics_render_every_family_at_zero() {
+        let series = parse(&Metrics::new().render(""));
+        let expected = [
+            "portcullis_http_requests_total{class=\"2xx\"}",
+            "portcullis_http_request_duration_seconds_sum",
+            "portcullis_http_request_duration_seconds_count",
+            "portcullis_upstream_errors_total{kind=\"timeout\"}",
+            "portcullis_open_connections",
+            "portcullis_connections_total",
+            "portcullis_connections_rejected_total",
+            "portcullis_tls_handshake_failures_total",
+        ];
+        for key in expected {
+            assert_eq!(series.get(key), Some(&0.0), "{key}");
+        }
+        assert_eq!(series.get(&bucket("+Inf")), Some(&0.0));
+    }
+
+    #[test]
+    fn requests_are_counted_by_class() {
+        let metrics = Metrics::new();
+        for status in [
+            101, 200, 204, 299, 301, 404, 418, 499, 500, 503, 599, 600, 999, 0,
+        ] {
+            metrics.record_request(status, Duration::from_millis(1));
+        }
+        let series = parse(&metrics.render(""));
+        for (class, count) in [
+            ("1xx", 1.0),
+            ("2xx", 3.0),
+            ("3xx", 1.0),
+            ("4xx", 3.0),
+            ("5xx", 3.0),
+            ("other", 3.0),
+        ] {
+            let key = format!("portcullis_http_requests_total{{class=\"{class}\"}}");
+            assert_eq!(series[&key], count, "{class}");
+        }
+    }
+
+    #[test]
+    fn latency_lands_in_the_right_buckets() {
+        // (latency, the smallest `le` whose cumulative count includes it)
+        let cases = [
+            (Duration::ZERO, "0.001"),
+            (Duration::from_micros(1000), "0.001"),
+            (Duration::from_nanos(1_000_001), "0.0025"),
+            (Duration::from_millis(3), "0.005"),
+            (Duration::from_millis(100), "0.1"),
+            (Duration::from_millis(101), "0.25"),
+            (Duration::from_secs(1), "1"),
+            (Duration::from_secs(10), "10"),
+            (Duration::from_secs(11), "+Inf"),
+            (Duration::MAX, "+Inf"),
+        ];
+        for (latency, le) in cases {
+            let metrics = Metrics::new();
+            metrics.record_request(200, latency);
+            let series = parse(&metrics.render(""));
+            let position = BUCKET_LABELS.iter().position(|l| *l == le).unwrap();
+            for (i, label) in BUCKET_LABELS.iter().enumerate() {
+                let expected = if i >= position { 1.0 } else { 0.0 };
+                assert_eq!(
+                    series[&bucket(label)],
+                    expected,
+                    "{latency:?} in le={label}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn histogram_is_cumulative_and_consistent() {
+        let metrics = Metrics::new();
+        let latencies_ms = [
+            0, 1, 2, 4, 7, 20, 20, 70, 300, 800, 2000, 4000, 9000, 60_000,
+        ];
+        for ms in latencies_ms {
+            metrics.record_request(200, Duration::from_millis(ms));
+        }
+        metrics.record_request(200, Duration::from_micros(1_500));
+        let series = parse(&metrics.render(""));
+
+        let mut previous = 0.0;
+        for label in BUCKET_LABELS {
+            let value = series[&bucket(label)];
+            assert!(value >= previous, "le={label} decreased");
+            previous = value;
+        }
+        let count = series["portcullis_http_request_duration_seconds_count"];
+        assert_eq!(series[&bucket("+Inf")], count);
+        assert_eq!(count, 15.0);
+        assert_eq!(series[&bucket("0.001")], 2.0);
+        assert_eq!(series[&bucket("0.0025")], 4.0);
+        assert_eq!(series[&bucket("10")], 14.0);
+
+        let expected_sum_ms: u64 = latencies_ms.iter().sum();
+        let sum = series["portcullis_http_request_duration_seconds_sum"];
+        assert!(
+            (sum - (expected_sum_ms as f64 / 1000.0 + 0.0015)).abs() < 1e-9,
+            "{sum}"
+        );
+    }
+
+    #[test]
+    fn sum_is_rendered_exactly() {
+        let metrics = Metrics::new();
+        metrics.record_request(200, Duration::from_micros(1_000_007));
+        metrics.record_request(200, Duration::from_micros(30));
+        let text = metrics.render("");
+        assert!(
+            text.contains("\nportcullis_http_request_duration_seconds_sum 1.000037\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn connections_upstream_errors_and_tls() {
+        let metrics = Metrics::new();
+        for _ in 0..3 {
+            metrics.connection_opened();
+        }
+        metrics.connection_closed();
+        metrics.connection_rejected();
+        metrics.connection_rejected();
+        metrics.tls_handshake_failed();
+        metrics.upstream_error(UpstreamErrorKind::Connect);
+        metrics.upstream_error(UpstreamErrorKind::Timeout);
+        metrics.upstream_error(UpstreamErrorKind::Timeout);
+        let series = parse(&metrics.render(""));
+        let cases = [
+            ("portcullis_open_connections", 2.0),
+            ("portcullis_connections_total", 3.0),
+            ("portcullis_connections_rejected_total", 2.0),
+            ("portcullis_tls_handshake_failures_total", 1.0),
+            ("portcullis_upstream_errors_total{kind=\"connect\"}", 1.0),
+            ("portcullis_upstream_errors_total{kind=\"timeout\"}", 2.0),
+            ("portcullis_upstream_errors_total{kind=\"other\"}", 0.0),
+        ];
+        for (key, value) in cases {
+            assert_eq!(series[key], value, "{key}");
+        }
+    }
+
+    #[test]
+    fn extra_is_appended_verbatim() {
+        let extra = "# HELP portcullis_auth_failures_total Failed authentications.\n\
+                     # TYPE portcullis_auth_failures_total counter\n\
+                     portcullis_auth_failures_total{reason=\"expired\"} 4\n";
+        let text = Metrics::new().render(extra);
+        assert!(text.ends_with(extra));
+        assert!(text.ends_with("\n"));
+        let series = parse(&text);
+        assert_eq!(
+            series["portcullis_auth_failures_total{reason=\"expired\"}"],
+            4.0
+        );
+    }
+
+    #[test]
+    fn recording_from_many_threads_loses_nothing() {
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let metrics = metrics.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        metrics.record_request(200, Duration::from_micros(i));
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        let series = parse(&metrics.render(""));
+        assert_eq!(
+            series["portcullis_http_requests_total{class=\"2xx\"}"],
+            4000.0
+        );
+        assert_eq!(
+            series["portcullis_http_request_duration_seconds_count"],
+            4000.0
+        );
+    }
+}
