@@ -1,0 +1,145 @@
+//! The one place where a typed failure becomes a status code and the message a client sees.
+//!
+//! Every error the gateway produces itself is `{"detail": "..."}` JSON. The detail is written
+//! for the client and never carries library, database or upstream text; what went wrong
+//! internally goes to the log at the point of failure, not into the response.
+
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use crate::proxy::body::GatewayBody;
+use crate::proxy::path::PathError;
+
+/// A failure the gateway answers itself, before or instead of the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("{0}")]
+    InvalidPath(PathError),
+    #[error("Not found")]
+    NotFound,
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    #[error("CORS request not allowed")]
+    CorsRefused,
+    #[error("Request body too large")]
+    PayloadTooLarge,
+    #[error("Request headers too large")]
+    HeadersTooLarge,
+    #[error("Upstream unreachable")]
+    UpstreamUnreachable,
+    #[error("Upstream timed out")]
+    UpstreamTimeout,
+    #[error("{0}")]
+    Unavailable(&'static str),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) | GatewayError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::CorsRefused => StatusCode::FORBIDDEN,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Errors found while the request body may still be unread. Answering them on a
+    /// kept-alive HTTP/1 connection would let the unread body be parsed as the next
+    /// request, so the connection is closed instead.
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BadRequest(_)
+                | GatewayError::InvalidPath(_)
+                | GatewayError::PayloadTooLarge
+                | GatewayError::HeadersTooLarge
+                | GatewayError::MethodNotAllowed
+        )
+    }
+
+    pub fn into_response(self) -> Response<GatewayBody> {
+        let mut response = json_error(self.status(), &self.to_string());
+        if self.closes_connection() {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// Builds the gateway's JSON error shape for any status.
+pub fn json_error(status: StatusCode, detail: &str) -> Response<GatewayBody> {
+    let body = serde_json::to_vec(&serde_json::json!({ "detail": detail }))
+        .expect("a JSON object of one string always serialises");
+    let mut response = Response::new(GatewayBody::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn every_error_is_json_with_a_detail() {
+        let cases = [
+            (
+                GatewayError::BadRequest("Missing Host header"),
+                400,
+                "Missing Host header",
+            ),
+            (
+                GatewayError::InvalidPath(PathError::EncodedSlash),
+                400,
+                "Invalid request path: encoded slash",
+            ),
+            (GatewayError::NotFound, 404, "Not found"),
+            (GatewayError::MethodNotAllowed, 405, "Method not allowed"),
+            (GatewayError::PayloadTooLarge, 413, "Request body too large"),
+            (
+                GatewayError::HeadersTooLarge,
+                431,
+                "Request headers too large",
+            ),
+            (
+                GatewayError::UpstreamUnreachable,
+                502,
+                "Upstream unreachable",
+            ),
+            (GatewayError::UpstreamTimeout, 504, "Upstream timed out"),
+        ];
+        for (error, status, detail) in cases {
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["detail"], detail);
+        }
+    }
+
+    #[test]
+    fn errors_before_the_body_is_read_close_the_connection() {
+        let response = GatewayError::PayloadTooLarge.into_response();
+        assert_eq!(response.headers()[CONNECTION], "close");
+        let response = GatewayError::UpstreamTimeout.into_response();
+        assert!(response.headers().get(CONNECTION).is_none());
+    }
+}

@@ -1,0 +1,19 @@
+//! Portcullis: an authentication gateway. A reverse proxy that terminates HTTPS, serves its
+//! own `/auth` routes, and forwards every other request to an unmodified upstream only after
+//! checking the caller's token and the operator's policy.
+//!
+//! # Layout
+//! - [`config`]: `gateway.yaml` with environment overrides, validated; the only file read.
+//! - [`error`]: typed failures mapped to status codes and client messages in one place.
+//! - [`proxy`]: the request path: `path` (pure normalisation), `headers` and `cors` (pure
+//!   rewriting), `forward` (the upstream client), `body` (streaming with limits).
+//! - [`server`]: listeners, TLS, the redirect and ops listeners, graceful shutdown.
+//! - [`telemetry`]: logging and Prometheus metrics.
+//! - [`cli`]: the `portcullis` command line; `main.rs` only calls it.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,146 @@
+//! Body types that cross the gateway: what it answers with, and the request body it streams
+//! upstream under the size limit.
+//!
+//! Nothing here buffers a whole body. Forwarded bodies pass frame by frame, so memory per
+//! request stays at one frame however large the upload or download is.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// A response body: empty, one in-memory chunk produced by the gateway, or the upstream's
+/// body streamed through.
+#[derive(Debug)]
+pub enum GatewayBody {
+    Empty,
+    Full(Option<Bytes>),
+    Streamed(Incoming),
+}
+
+impl GatewayBody {
+    pub fn empty() -> Self {
+        GatewayBody::Empty
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            GatewayBody::Empty
+        } else {
+            GatewayBody::Full(Some(bytes))
+        }
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            GatewayBody::Empty => Poll::Ready(None),
+            GatewayBody::Full(chunk) => {
+                Poll::Ready(chunk.take().map(|bytes| Ok(Frame::data(bytes))))
+            }
+            GatewayBody::Streamed(incoming) => Pin::new(incoming).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Empty => true,
+            GatewayBody::Full(chunk) => chunk.is_none(),
+            GatewayBody::Streamed(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Empty => SizeHint::with_exact(0),
+            GatewayBody::Full(chunk) => {
+                SizeHint::with_exact(chunk.as_ref().map_or(0, |bytes| bytes.len() as u64))
+            }
+            GatewayBody::Streamed(incoming) => incoming.size_hint(),
+        }
+    }
+}
+
+/// The request body exceeded `server.max_body_bytes` while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the configured limit")]
+pub struct BodyTooLarge;
+
+/// A request body reading error: either the limit or the client's connection failing.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's request body on its way upstream, cut off with [`BodyTooLarge`] as soon as
+/// more than the limit has been read. Counting while streaming is what lets a chunked upload
+/// of unknown length be refused without buffering it.
+#[derive(Debug)]
+pub struct LimitedBody {
+    inner: Incoming,
+    remaining: u64,
+}
+
+impl LimitedBody {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        LimitedBody {
+            inner,
+            remaining: limit,
+        }
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.remaining = 0;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether an error (typically the upstream client's) was caused by the body limit.
+pub fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = current {
+        if cause.is::<BodyTooLarge>() {
+            return true;
+        }
+        current = cause.source();
+    }
+    false
+}

@@ -1,0 +1,215 @@
+//! Forwarding to an upstream over a pooled HTTP/1.1 client: rewriting the target, streaming
+//! both bodies, mapping upstream failures to 502/504, and tunnelling WebSocket upgrades.
+//!
+//! Requests from HTTP/2 clients are sent upstream as HTTP/1.1: upstreams are ordinary
+//! applications and the gateway must not require them to speak HTTP/2.
+
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::body::{caused_by_body_limit, GatewayBody, LimitedBody};
+use super::headers::remove_hop_by_hop;
+use crate::config::UpstreamConfig;
+use crate::error::GatewayError;
+use crate::telemetry::metrics::{Metrics, UpstreamErrorKind};
+
+/// One upstream application and the connection pool to it.
+pub struct Upstream {
+    name: String,
+    authority: Authority,
+    path_prefix: String,
+    timeout: Duration,
+    preserve_host: bool,
+    client: Client<HttpConnector, LimitedBody>,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        let authority = config
+            .url
+            .authority()
+            .cloned()
+            .expect("upstream URLs are validated to have a host");
+        let path_prefix = config.url.path().trim_end_matches('/').to_string();
+        Upstream {
+            name: config.name.clone(),
+            authority,
+            path_prefix,
+            timeout: config.timeout,
+            preserve_host: config.preserve_host,
+            client,
+        }
+    }
+
+    /// Sends `request` (headers already rewritten for the upstream, hop-by-hop ones removed)
+    /// to `target`, the normalised path and query; `upgrade` is the WebSocket protocol the
+    /// client asked for, if any.
+    pub async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        target: &str,
+        host: HeaderValue,
+        upgrade: Option<HeaderValue>,
+        max_body_bytes: u64,
+        metrics: &Metrics,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+
+        let (mut parts, body) = request.into_parts();
+        if let Some(protocol) = &upgrade {
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, protocol.clone());
+        }
+        if self.preserve_host && !host.is_empty() {
+            parts.headers.insert(HOST, host);
+        } else {
+            parts.headers.insert(
+                HOST,
+                HeaderValue::from_str(self.authority.as_str())
+                    .expect("an authority is a valid header value"),
+            );
+        }
+        parts.uri = self.upstream_uri(target)?;
+        parts.version = Version::HTTP_11;
+        let request = Request::from_parts(parts, LimitedBody::new(body, max_body_bytes));
+
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                if caused_by_body_limit(&error) {
+                    return Err(GatewayError::PayloadTooLarge);
+                }
+                let kind = if error.is_connect() {
+                    UpstreamErrorKind::Connect
+                } else {
+                    UpstreamErrorKind::Other
+                };
+                metrics.upstream_error(kind);
+                tracing::warn!(upstream = %self.name, error = %error_chain(&error), "upstream request failed");
+                return Err(GatewayError::UpstreamUnreachable);
+            }
+            Err(_elapsed) => {
+                metrics.upstream_error(UpstreamErrorKind::Timeout);
+                tracing::warn!(upstream = %self.name, timeout_ms = self.timeout.as_millis() as u64, "upstream timed out");
+                return Err(GatewayError::UpstreamTimeout);
+            }
+        };
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return match client_upgrade {
+                Some(client_upgrade) => Ok(tunnel(response, client_upgrade)),
+                None => {
+                    metrics.upstream_error(UpstreamErrorKind::Other);
+                    tracing::warn!(upstream = %self.name, "upstream switched protocols unasked");
+                    Err(GatewayError::UpstreamUnreachable)
+                }
+            };
+        }
+
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, GatewayBody::Streamed(body)))
+    }
+
+    fn upstream_uri(&self, target: &str) -> Result<Uri, GatewayError> {
+        let path_and_query = if self.path_prefix.is_empty() {
+            PathAndQuery::try_from(target)
+        } else {
+            PathAndQuery::try_from(format!("{}{}", self.path_prefix, target))
+        }
+        .map_err(|_| GatewayError::BadRequest("Invalid request target"))?;
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| GatewayError::BadRequest("Invalid request target"))
+    }
+}
+
+/// The protocol a client asks to upgrade to, when it is a WebSocket over HTTP/1.1. Other
+/// upgrades are not passed on: `h2c` in particular would let a client talk to the upstream
+/// past the gateway's checks.
+pub fn websocket_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let upgrade = request.headers().get(UPGRADE)?;
+    if !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
+        return None;
+    }
+    let asks_upgrade = request
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks_upgrade.then(|| upgrade.clone())
+}
+
+/// Answers the client's upgrade with the upstream's 101 and, once both sides have switched,
+/// copies bytes both ways until either closes. The tunnel only opens after the upstream has
+/// said 101, so a refused upgrade is an ordinary response.
+fn tunnel(
+    upstream_response: Response<Incoming>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+) -> Response<GatewayBody> {
+    let (mut parts, body) = upstream_response.into_parts();
+    let upgrade_header = parts.headers.get(UPGRADE).cloned();
+    let upstream_upgrade = hyper::upgrade::on(Response::from_parts(parts.clone(), body));
+    remove_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(upgrade) = upgrade_header {
+        parts.headers.insert(UPGRADE, upgrade);
+    }
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::debug!(%error, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(%error, "tunnel closed with an error");
+        }
+    });
+    Response::from_parts(parts, GatewayBody::empty())
+}
+
+/// The error and its causes on one line, for the log only.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,318 @@
+//! The request path through the gateway: validate what the client sent, decide what the
+//! gateway answers itself, and forward everything else to the upstream with its headers
+//! rewritten.
+//!
+//! Checks run cheapest first and before any byte of the body is read: CORS preflight,
+//! method, `Host`, header size, path, declared body size. A request that fails one
+//! never reaches the upstream. The pure pieces live in `path`, `headers` and `cors`; this
+//! module composes them and owns the I/O.
+
+pub mod body;
+pub mod cors;
+pub mod forward;
+pub mod headers;
+pub mod path;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, ORIGIN};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::telemetry::metrics::Metrics;
+use body::GatewayBody;
+use cors::{Cors, CorsSettings, Preflight};
+use forward::Upstream;
+use headers::{RequestIds, SecurityHeaders, StripList};
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// What the gateway knows about the connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+}
+
+/// Why the gateway could not be assembled from a validated configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("headers: {0}")]
+    SecurityHeaders(String),
+    #[error("cors: {0}")]
+    Cors(String),
+}
+
+/// Everything a request needs, built once from the configuration and shared by all
+/// connections.
+pub struct Gateway {
+    upstream: Upstream,
+    security_headers: SecurityHeaders,
+    cors: Cors,
+    strip_list: StripList,
+    request_ids: RequestIds,
+    trusted_proxies: Vec<IpNet>,
+    max_header_bytes: usize,
+    max_body_bytes: u64,
+    allow_path_parameters: bool,
+    access_log: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Gateway, BuildError> {
+        let h = &config.headers;
+        let security_headers = SecurityHeaders::new(
+            &[
+                (
+                    "strict-transport-security",
+                    h.strict_transport_security.as_str(),
+                ),
+                (
+                    "content-security-policy",
+                    h.content_security_policy.as_str(),
+                ),
+                ("x-content-type-options", h.x_content_type_options.as_str()),
+                ("x-frame-options", h.x_frame_options.as_str()),
+                ("referrer-policy", h.referrer_policy.as_str()),
+            ],
+            &h.server,
+        )
+        .map_err(|error| BuildError::SecurityHeaders(error.to_string()))?;
+        let c = &config.cors;
+        let cors = Cors::new(&CorsSettings {
+            allowed_origins: c.allowed_origins.clone(),
+            allow_credentials: c.allow_credentials,
+            allowed_methods: c.allowed_methods.clone(),
+            allowed_headers: c.allowed_headers.clone(),
+            expose_headers: c.expose_headers.clone(),
+            max_age: c.max_age,
+        })
+        .map_err(BuildError::Cors)?;
+        // The configuration guarantees at least one upstream; until the policy chooses
+        // per rule, every request goes to the first.
+        let upstream = Upstream::new(&config.upstreams[0]);
+        Ok(Gateway {
+            upstream,
+            security_headers,
+            cors,
+            strip_list: StripList::new(&h.strip_request),
+            request_ids: RequestIds::new(process_seed()),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            max_header_bytes: config.server.max_header_bytes,
+            max_body_bytes: config.server.max_body_bytes,
+            allow_path_parameters: config.server.allow_path_parameters,
+            access_log: config.telemetry.access_log,
+            metrics,
+        })
+    }
+
+    /// The headers every response carries, for listeners that answer without forwarding.
+    pub fn security_headers(&self) -> &SecurityHeaders {
+        &self.security_headers
+    }
+
+    /// Answers one request. Never fails: every error becomes the gateway's JSON response.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        conn: ConnectionInfo,
+    ) -> Response<GatewayBody> {
+        let started = Instant::now();
+        let request_id = self.request_ids.take_or_generate(request.headers());
+        let origin = if self.cors.is_enabled() {
+            request.headers().get(ORIGIN).cloned()
+        } else {
+            None
+        };
+        let span = if self.access_log {
+            tracing::info_span!(
+                "request",
+                method = %request.method(),
+                // The path only: a query string may carry secrets and is never logged.
+                path = request.uri().path(),
+                request_id = request_id.to_str().unwrap_or_default(),
+            )
+        } else {
+            tracing::Span::none()
+        };
+
+        let (mut response, cors_answered) =
+            match self.cors.preflight(request.method(), request.headers()) {
+                Preflight::NotPreflight => {
+                    let response = match self
+                        .route(request, conn, &request_id)
+                        .instrument(span.clone())
+                        .await
+                    {
+                        Ok(response) => response,
+                        Err(error) => error.into_response(),
+                    };
+                    (response, false)
+                }
+                Preflight::Refused => (GatewayError::CorsRefused.into_response(), true),
+                Preflight::Allowed(headers) => {
+                    let mut response = Response::new(GatewayBody::empty());
+                    *response.status_mut() = StatusCode::NO_CONTENT;
+                    *response.headers_mut() = headers;
+                    (response, true)
+                }
+            };
+
+        let headers = response.headers_mut();
+        self.security_headers.apply(headers);
+        // A preflight answer already carries exactly the CORS headers it needs.
+        if !cors_answered {
+            self.cors.apply(origin.as_ref(), headers);
+        }
+        headers.insert(X_REQUEST_ID.clone(), request_id);
+
+        let latency = started.elapsed();
+        let status = response.status().as_u16();
+        self.metrics.record_request(status, latency);
+        if self.access_log {
+            span.in_scope(|| {
+                tracing::info!(
+                    status,
+                    latency_ms = latency.as_secs_f64() * 1000.0,
+                    "request finished"
+                )
+            });
+        }
+        response
+    }
+
+    async fn route(
+        &self,
+        mut request: Request<Incoming>,
+        conn: ConnectionInfo,
+        request_id: &HeaderValue,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        if request.method() == Method::TRACE || request.method() == Method::CONNECT {
+            return Err(GatewayError::MethodNotAllowed);
+        }
+        let host = effective_host(&request)?;
+        if header_bytes(&request) > self.max_header_bytes {
+            return Err(GatewayError::HeadersTooLarge);
+        }
+        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let target = path::normalize_target(target, self.allow_path_parameters)
+            .map_err(GatewayError::InvalidPath)?;
+        let path = target.split('?').next().unwrap_or("/");
+        if path == "/auth" || path.starts_with("/auth/") {
+            return Err(GatewayError::NotFound);
+        }
+        if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+
+        // The upgrade is read before hop-by-hop headers go, and those go before the gateway
+        // sets its own: a client naming `X-Forwarded-For` in `Connection` must not be able
+        // to delete what the gateway adds.
+        let upgrade = forward::websocket_upgrade(&request);
+        let headers = request.headers_mut();
+        headers::remove_hop_by_hop(headers);
+        self.strip_list.strip(headers);
+        let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
+        headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+        self.upstream
+            .forward(
+                request,
+                &target,
+                host,
+                upgrade,
+                self.max_body_bytes,
+                &self.metrics,
+            )
+            .await
+    }
+}
+
+/// The authority the client addressed. HTTP/1.1 needs exactly one `Host`; an absolute-form
+/// target or an HTTP/2 `:authority` must agree with it, so that the gateway and the upstream
+/// can never disagree about which site was asked for.
+fn effective_host(request: &Request<Incoming>) -> Result<HeaderValue, GatewayError> {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("Duplicate Host header"));
+    }
+    let authority = request.uri().authority();
+    let host = match (host, authority) {
+        (Some(host), Some(authority)) => {
+            if !host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+            {
+                return Err(GatewayError::BadRequest(
+                    "Host header does not match the request target",
+                ));
+            }
+            host.clone()
+        }
+        (Some(host), None) => host.clone(),
+        (None, Some(authority)) => HeaderValue::from_str(authority.as_str())
+            .map_err(|_| GatewayError::BadRequest("Invalid Host header"))?,
+        (None, None) if request.version() == Version::HTTP_10 => {
+            return Ok(HeaderValue::from_static(""))
+        }
+        (None, None) => return Err(GatewayError::BadRequest("Missing Host header")),
+    };
+    let valid = host
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<http::uri::Authority>().ok())
+        .is_some_and(|authority| !authority.as_str().contains('@'));
+    if !valid {
+        return Err(GatewayError::BadRequest("Invalid Host header"));
+    }
+    Ok(host)
+}
+
+/// Roughly the size of the request head as sent: target plus every header line.
+fn header_bytes(request: &Request<Incoming>) -> usize {
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    headers
+        + request
+            .uri()
+            .path_and_query()
+            .map_or(1, |pq| pq.as_str().len())
+}
+
+fn declared_length(request: &Request<Incoming>) -> Option<u64> {
+    request
+        .headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A per-process seed for request ids, so two gateway instances behind one load balancer do
+/// not hand out the same ids.
+fn process_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    if rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut seed)
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+        return nanos ^ u64::from(std::process::id());
+    }
+    u64::from_le_bytes(seed)
+}

@@ -1,0 +1,323 @@
+//! Listeners and the life of the process: the HTTPS listener that serves the gateway, the
+//! plain-HTTP listener that only redirects, the ops listener, the connection cap, TLS
+//! reloads on `SIGHUP`, and the bounded drain on shutdown.
+//!
+//! `serve` takes listeners that are already bound and a shutdown future, so tests bind
+//! port 0 and decide when the server stops.
+
+pub mod ops;
+pub mod redirect;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::proxy::{BuildError, ConnectionInfo, Gateway};
+use crate::telemetry::metrics::Metrics;
+use tls::{ReloadableTls, TlsError};
+
+/// Why the application could not be built from a validated configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Gateway(#[from] BuildError),
+}
+
+/// The listeners, bound before serving so that callers (and tests using port 0) know the
+/// addresses.
+pub struct Listeners {
+    pub https: TcpListener,
+    pub http: Option<TcpListener>,
+    pub ops: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> io::Result<Listeners> {
+        let server = &config.server;
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot bind {what} listener {addr}: {error}"),
+                )
+            })
+        };
+        Ok(Listeners {
+            https: bind(server.https_listen, "https").await?,
+            http: match server.http_listen {
+                Some(addr) => Some(bind(addr, "http").await?),
+                None => None,
+            },
+            ops: bind(server.ops_listen, "ops").await?,
+        })
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+}
+
+/// Connection-level settings taken from the configuration.
+#[derive(Debug, Clone)]
+struct ConnectionSettings {
+    handshake_timeout: Duration,
+    drain_timeout: Duration,
+    max_connections: usize,
+}
+
+/// The assembled gateway: shared state for every listener.
+pub struct App {
+    gateway: Arc<Gateway>,
+    tls: Arc<ReloadableTls>,
+    metrics: Arc<Metrics>,
+    http: auto::Builder<TokioExecutor>,
+    settings: ConnectionSettings,
+    public_url: Arc<str>,
+    draining: Arc<AtomicBool>,
+}
+
+impl App {
+    pub fn build(config: &Config) -> Result<App, AppError> {
+        let server = &config.server;
+        let public_host = public_host(&server.public_url);
+        let tls = ReloadableTls::new(
+            server.tls.cert_path.as_deref(),
+            server.tls.key_path.as_deref(),
+            &public_host.into_iter().collect::<Vec<_>>(),
+        )?;
+        if tls.is_self_signed() {
+            tracing::warn!("no TLS certificate configured: serving a generated self-signed development certificate");
+        }
+        let metrics = Arc::new(Metrics::new());
+        let gateway = Gateway::new(config, metrics.clone())?;
+        Ok(App {
+            gateway: Arc::new(gateway),
+            tls: Arc::new(tls),
+            metrics,
+            http: http_builder(config),
+            settings: ConnectionSettings {
+                handshake_timeout: server.tls.handshake_timeout,
+                drain_timeout: server.drain_timeout,
+                max_connections: server.max_connections,
+            },
+            public_url: server.public_url.as_str().into(),
+            draining: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Re-reads what can change without a restart (today: the TLS certificate). A failure
+    /// keeps what is in force and is logged.
+    pub fn reload(&self) {
+        match self.tls.reload() {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::error!(%error, "TLS certificate reload failed; keeping the current certificate")
+            }
+        }
+    }
+}
+
+fn public_host(public_url: &str) -> Option<String> {
+    let uri: http::Uri = public_url.parse().ok()?;
+    Some(uri.host()?.trim_matches(['[', ']']).to_string())
+}
+
+/// hyper's connection settings. Parsing stays strict (no lenient header parsing); hyper's own
+/// buffer is kept somewhat above the configured header limit so that the gateway, not hyper,
+/// usually answers an oversized head, with its JSON 431.
+fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let server = &config.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .max_buf_size((server.max_header_bytes * 2).max(64 * 1024))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(server.max_header_bytes * 2).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(50))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
+/// for at most the drain timeout, and returns.
+pub async fn serve(
+    app: App,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let app = Arc::new(app);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_ops, ops_stopped) = watch::channel(false);
+    let ops = tokio::spawn(ops::serve(listeners.ops, app.clone(), ops_stopped));
+    let reload = tokio::spawn(reload_on_sighup(app.clone()));
+
+    let connection_slots = Arc::new(Semaphore::new(app.settings.max_connections));
+    let https = accept_https(
+        listeners.https,
+        app.clone(),
+        graceful.clone(),
+        connection_slots,
+    );
+    let http = async {
+        match listeners.http {
+            Some(listener) => redirect::serve(listener, app.clone(), graceful.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = https => {}
+        () = http => {}
+        () = shutdown => {}
+    }
+    // The accept loops are gone and their listeners closed: new connections are refused.
+    app.draining.store(true, Ordering::SeqCst);
+    tracing::info!(
+        drain_timeout_s = app.settings.drain_timeout.as_secs_f64(),
+        "shutting down: draining connections"
+    );
+    let graceful =
+        Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("the accept loops have ended"));
+    if tokio::time::timeout(app.settings.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached with requests still in flight; closing them");
+    }
+    reload.abort();
+    let _ = stop_ops.send(true);
+    let _ = ops.await;
+    Ok(())
+}
+
+async fn accept_https(
+    listener: TcpListener,
+    app: Arc<App>,
+    graceful: Arc<GracefulShutdown>,
+    slots: Arc<Semaphore>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Running out of file descriptors must not end the accept loop.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            app.metrics.connection_rejected();
+            drop(stream);
+            continue;
+        };
+        let watcher = graceful.watcher();
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.metrics.connection_opened();
+            serve_https_connection(stream, peer, &app, watcher).await;
+            app.metrics.connection_closed();
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_https_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: &App,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    let acceptor = app.tls.acceptor();
+    let tls =
+        match tokio::time::timeout(app.settings.handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                app.metrics.tls_handshake_failed();
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_elapsed) => {
+                app.metrics.tls_handshake_failed();
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+    let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let gateway = app.gateway.clone();
+    let info = ConnectionInfo { peer };
+    let service = service_fn(move |request| {
+        let gateway = gateway.clone();
+        async move { Ok::<_, Infallible>(gateway.handle(request, info).await) }
+    });
+    let builder = if is_h2 {
+        app.http.clone().http2_only()
+    } else {
+        app.http.clone().http1_only()
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+async fn reload_on_sighup(app: Arc<App>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot listen for SIGHUP; reloads need a restart");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading");
+        app.reload();
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}

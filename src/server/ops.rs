@@ -1,0 +1,92 @@
+//! The ops listener: liveness, readiness and Prometheus metrics on a separate, plain-HTTP,
+//! loopback-by-default socket, so that probes and scrapes never pass through the gateway's
+//! own checks or limits.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::App;
+use crate::error::json_error;
+use crate::proxy::body::GatewayBody;
+
+pub(super) async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.changed() => return,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = answer(&app, &request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(app: &App, request: &Request<Incoming>) -> Response<GatewayBody> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
+    }
+    match request.uri().path() {
+        "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
+        "/readyz" => readiness(app),
+        "/metrics" => {
+            let mut response = Response::new(GatewayBody::full(app.metrics.render("")));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "Not found"),
+    }
+}
+
+/// Ready while the process is serving and not draining. Each dependency the gateway needs
+/// adds its own check here as it arrives.
+fn readiness(app: &App) -> Response<GatewayBody> {
+    let draining = app.draining.load(Ordering::SeqCst);
+    let mut down = Vec::new();
+    if draining {
+        down.push("shutting down");
+    }
+    if down.is_empty() {
+        json(StatusCode::OK, serde_json::json!({ "status": "ready" }))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "detail": format!("Not ready: {}", down.join(", ")), "down": down }),
+        )
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(value.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,357 @@
+//! The shared test harness: a gateway started in-process on port 0 with its own certificates
+//! in front of a real upstream, and clients that speak real TLS (HTTP/1.1 and HTTP/2) or raw
+//! bytes over TLS for malformed requests.
+
+pub mod pki;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::config::Config;
+use portcullis::server::{self, App, Listeners};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+pub use pki::Pki;
+pub use upstream::Upstream;
+
+/// A directory of its own for each caller, under the system temp dir.
+pub fn temp_dir(label: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-test-{}-{}-{}",
+        std::process::id(),
+        label,
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The YAML every test gateway starts from: loopback listeners on port 0, the test
+/// certificates, one upstream, quiet logs.
+pub fn base_config_yaml(upstream_url: &str) -> String {
+    let pki = Pki::shared();
+    format!(
+        r#"
+server:
+  https_listen: 127.0.0.1:0
+  http_listen: 127.0.0.1:0
+  ops_listen: 127.0.0.1:0
+  public_url: https://gateway.test:8443
+  tls:
+    cert_path: {cert}
+    key_path: {key}
+    handshake_timeout: 2s
+  header_read_timeout: 2s
+  drain_timeout: 5s
+upstreams:
+  - name: app
+    url: {upstream_url}
+    connect_timeout: 1s
+    timeout: 5s
+telemetry:
+  access_log: false
+"#,
+        cert = pki.cert_path.display(),
+        key = pki.key_path.display(),
+    )
+}
+
+pub fn base_config(upstream_url: &str) -> Config {
+    Config::from_yaml_str(&base_config_yaml(upstream_url), "test", Vec::new()).unwrap()
+}
+
+pub struct TestGateway {
+    pub https: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub ops: SocketAddr,
+    pub upstream: Upstream,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestGateway {
+        let upstream = Upstream::start().await;
+        let mut config = base_config(&upstream.url());
+        configure(&mut config);
+        Self::start_config(config, upstream).await
+    }
+
+    pub async fn start_config(config: Config, upstream: Upstream) -> TestGateway {
+        let app = App::build(&config).unwrap();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let (https, http, ops) = (
+            listeners.https_addr(),
+            listeners.http_addr(),
+            listeners.ops_addr(),
+        );
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(app, listeners, async {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            https,
+            http,
+            ops,
+            upstream,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// Starts the graceful shutdown; `stopped` waits for it to finish.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    pub async fn stopped(&mut self) {
+        let task = self.task.take().expect("not yet stopped");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the gateway stops within its drain timeout")
+            .unwrap()
+            .unwrap();
+    }
+
+    pub async fn h1(&self) -> Client {
+        Client::connect(self.https, Protocol::Http1).await
+    }
+
+    pub async fn h2(&self) -> Client {
+        Client::connect(self.https, Protocol::Http2).await
+    }
+
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.h1().await.get(path).await
+    }
+
+    /// A TLS connection (HTTP/1.1 ALPN) to write raw bytes on.
+    pub async fn raw_tls(&self) -> TlsStream<TcpStream> {
+        tls_connect(self.https, &[b"http/1.1"]).await
+    }
+
+    /// Plain-HTTP GET on the ops listener.
+    pub async fn ops_get(&self, path: &str) -> TestResponse {
+        plain_get(self.ops, path).await
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+    }
+}
+
+pub async fn tls_connect(addr: SocketAddr, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let connector = TlsConnector::from(Pki::shared().client_config(alpn));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+pub type TestBody = BoxBody<Bytes, std::io::Error>;
+
+pub fn empty() -> TestBody {
+    Empty::new()
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+enum Sender {
+    Http1(hyper::client::conn::http1::SendRequest<TestBody>),
+    Http2(hyper::client::conn::http2::SendRequest<TestBody>),
+}
+
+/// One client connection to the gateway.
+pub struct Client {
+    sender: Sender,
+    addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, protocol: Protocol) -> Client {
+        let alpn: &[&[u8]] = match protocol {
+            Protocol::Http1 => &[b"http/1.1"],
+            Protocol::Http2 => &[b"h2"],
+        };
+        let tls = tls_connect(addr, alpn).await;
+        let io = TokioIo::new(tls);
+        let sender = match protocol {
+            Protocol::Http1 => {
+                let (sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(connection.with_upgrades());
+                Sender::Http1(sender)
+            }
+            Protocol::Http2 => {
+                let (sender, connection) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                        .await
+                        .unwrap();
+                tokio::spawn(connection);
+                Sender::Http2(sender)
+            }
+        };
+        Client {
+            sender,
+            addr,
+            protocol,
+        }
+    }
+
+    /// A request builder with the right target form and `Host` for this protocol.
+    pub fn request(&self, method: &str, path: &str) -> http::request::Builder {
+        match self.protocol {
+            Protocol::Http1 => Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", format!("localhost:{}", self.addr.port())),
+            Protocol::Http2 => Request::builder()
+                .method(method)
+                .uri(format!("https://localhost:{}{}", self.addr.port(), path))
+                .version(http::Version::HTTP_2),
+        }
+    }
+
+    pub async fn send(&mut self, request: Request<TestBody>) -> Response<Incoming> {
+        self.try_send(request).await.unwrap()
+    }
+
+    pub async fn try_send(
+        &mut self,
+        request: Request<TestBody>,
+    ) -> hyper::Result<Response<Incoming>> {
+        match &mut self.sender {
+            Sender::Http1(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+            Sender::Http2(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await
+            }
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> TestResponse {
+        let request = self.request("GET", path).body(empty()).unwrap();
+        TestResponse::read(self.send(request).await).await
+    }
+
+    pub async fn send_read(&mut self, request: Request<TestBody>) -> TestResponse {
+        TestResponse::read(self.send(request).await).await
+    }
+}
+
+/// A response read to the end.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub async fn read(response: Response<Incoming>) -> TestResponse {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("body is not JSON ({error}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|value| value.to_str().unwrap())
+    }
+
+    /// Asserts the gateway's JSON error shape and returns the detail.
+    pub fn detail(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        self.json()["detail"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no detail in {self:?}"))
+            .to_string()
+    }
+}
+
+/// Writes `raw` on a fresh TLS connection and reads until the gateway closes it or the
+/// timeout passes; returns what it said.
+pub async fn raw_exchange(stream: &mut TlsStream<TcpStream>, raw: &[u8], wait: Duration) -> String {
+    stream.write_all(raw).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// A plain HTTP/1.1 GET (no TLS), for the ops and redirect listeners.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> TestResponse {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, TestBody>(TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .uri(path)
+        .header("host", "gateway.test")
+        .body(empty())
+        .unwrap();
+    TestResponse::read(sender.send_request(request).await.unwrap()).await
+}

@@ -1,0 +1,221 @@
+//! A real upstream application on 127.0.0.1:0 that records what reached it.
+//!
+//! Routes: `/ws` (WebSocket echo), `/no-upgrade` (answers 200 even to an upgrade),
+//! `/hold` (answers only when the test releases it), `/never` (never answers),
+//! `/download/N` (streams N bytes), `/sink` (reads and counts the body), and everything else
+//! echoes the request as JSON: method, target, headers, body length.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: HeaderMap,
+}
+
+#[derive(Default)]
+pub struct UpstreamState {
+    pub seen: Mutex<Vec<Seen>>,
+    /// Signalled when a `/hold` request has arrived.
+    pub held: Notify,
+    /// Releases every waiting `/hold` request.
+    pub release: Notify,
+    pub connections: std::sync::atomic::AtomicUsize,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub state: Arc<UpstreamState>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(UpstreamState::default());
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                shared
+                    .connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(state.clone(), request));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub fn seen_count(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw a request")
+    }
+}
+
+type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> UpstreamBody {
+    Full::new(bytes.into()).boxed()
+}
+
+async fn handle(
+    state: Arc<UpstreamState>,
+    mut request: Request<Incoming>,
+) -> Result<Response<UpstreamBody>, Infallible> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |pq| pq.to_string());
+    state.seen.lock().unwrap().push(Seen {
+        method: request.method().to_string(),
+        target: target.clone(),
+        headers: request.headers().clone(),
+    });
+    let path = request.uri().path().to_string();
+
+    if path == "/ws" {
+        let key = request.headers().get("sec-websocket-key").cloned();
+        let Some(key) = key else {
+            return Ok(status(StatusCode::BAD_REQUEST));
+        };
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let upgraded = on_upgrade.await.unwrap();
+            let mut socket =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            while let Some(Ok(message)) = socket.next().await {
+                if message.is_close() {
+                    break;
+                }
+                if socket.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+            .body(full(Bytes::new()))
+            .unwrap();
+        return Ok(response);
+    }
+    if path == "/hold" {
+        let released = state.release.notified();
+        state.held.notify_one();
+        released.await;
+        return Ok(Response::new(full("released")));
+    }
+    if path == "/never" {
+        std::future::pending::<()>().await;
+    }
+    if let Some(size) = path.strip_prefix("/download/") {
+        let size: u64 = size.parse().unwrap();
+        return Ok(Response::new(download(size)));
+    }
+
+    let mut body_len = 0u64;
+    let mut body = request.into_body();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    body_len += data.len() as u64;
+                }
+            }
+            Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
+        }
+    }
+    if path == "/sink" {
+        return Ok(Response::new(full(body_len.to_string())));
+    }
+    let seen = state.seen.lock().unwrap().last().cloned().unwrap();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in &seen.headers {
+        headers
+            .entry(name.to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let echo = serde_json::json!({
+        "method": seen.method,
+        "target": target,
+        "headers": headers,
+        "body_len": body_len,
+    });
+    let response = Response::builder()
+        .header("content-type", "application/json")
+        // Software banners the gateway must not pass on.
+        .header("server", "nginx/1.25.3")
+        .header("x-powered-by", "Express 4.18.2")
+        // A hop-by-hop header named in Connection must not reach the client.
+        .header("connection", "x-upstream-hop")
+        .header("x-upstream-hop", "secret")
+        .body(full(echo.to_string()))
+        .unwrap();
+    Ok(response)
+}
+
+fn status(status: StatusCode) -> Response<UpstreamBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+/// `size` bytes in 64 KiB chunks, produced lazily.
+fn download(size: u64) -> UpstreamBody {
+    const CHUNK: usize = 64 * 1024;
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    let chunks = futures_util::stream::unfold(size, move |remaining| {
+        let chunk = chunk.clone();
+        async move {
+            if remaining == 0 {
+                return None;
+            }
+            let len = remaining.min(CHUNK as u64);
+            let frame = Frame::data(chunk.slice(..len as usize));
+            Some((Ok::<_, Infallible>(frame), remaining - len))
+        }
+    });
+    BodyExt::boxed(StreamBody::new(chunks))
+}

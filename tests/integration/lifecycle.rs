@@ -1,0 +1,91 @@
+//! The ops listener and the life of the server: health, readiness, metrics, and a graceful
+//! shutdown that finishes in-flight requests while refusing new connections.
+
+use std::time::Duration;
+
+use crate::harness::TestGateway;
+
+#[tokio::test]
+async fn ops_endpoints_report_health_readiness_and_metrics() {
+    let gateway = TestGateway::start().await;
+    let health = gateway.ops_get("/healthz").await;
+    assert_eq!(health.status, 200);
+    let ready = gateway.ops_get("/readyz").await;
+    assert_eq!(ready.status, 200, "{ready:?}");
+
+    let mut client = gateway.h1().await;
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    assert_eq!(client.get("/auth/none").await.status, 404);
+    let metrics = gateway.ops_get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8_lossy(&metrics.body);
+    for expected in [
+        "portcullis_http_requests_total{class=\"2xx\"} 3",
+        "portcullis_http_requests_total{class=\"4xx\"} 1",
+        "portcullis_http_request_duration_seconds_count 4",
+        "portcullis_open_connections 1",
+        "# TYPE portcullis_http_request_duration_seconds histogram",
+        "portcullis_upstream_errors_total{kind=\"connect\"} 0",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert_eq!(gateway.ops_get("/nothing").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
+    let mut gateway = TestGateway::start().await;
+    let mut client = gateway.h1().await;
+    let held = gateway.upstream.state.held.notified();
+    let in_flight = tokio::spawn(async move { client.get("/hold").await });
+    held.await;
+
+    gateway.begin_shutdown();
+    // Wait until the listener is closed: the server drops it as its first act of shutdown.
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(gateway.https).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "new connections are refused once shutdown begins");
+    let ready = gateway.ops_get("/readyz").await;
+    assert_eq!(ready.status, 503, "not ready while draining: {ready:?}");
+    assert!(ready.detail().contains("shutting down"));
+
+    gateway.upstream.state.release.notify_waiters();
+    let response = in_flight.await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(&response.body[..], b"released");
+    gateway.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_is_bounded_by_its_deadline() {
+    let mut gateway = TestGateway::start_with(|config| {
+        config.server.drain_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let mut client = gateway.h1().await;
+    let stuck = tokio::spawn(async move {
+        let request = client
+            .request("GET", "/never")
+            .body(crate::harness::empty())
+            .unwrap();
+        client.try_send(request).await
+    });
+    while gateway.upstream.seen_count() == 0 {
+        tokio::task::yield_now().await;
+    }
+    gateway.begin_shutdown();
+    gateway.stopped().await;
+    stuck.abort();
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the gateway on real sockets, real TLS and a real upstream.
+//! One binary; `harness` is shared, each other module covers one area.
+
+mod harness;
+
+mod forwarding;
+mod hardening;
+mod lifecycle;
+mod process;
+mod websocket;

@@ -1,0 +1,303 @@
+//! The `portcullis` binary as operators run it: a bad config, signals (SIGTERM drains,
+//! SIGHUP reloads the certificate), and memory while a 1 GiB upload streams through.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use crate::harness::{base_config_yaml, temp_dir, Client, Pki, Protocol, Upstream};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
+
+struct GatewayProcess {
+    child: Child,
+    https: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl GatewayProcess {
+    /// Starts `portcullis serve` on `yaml` (JSON logs) and waits for its listening line.
+    fn spawn(yaml: &str) -> GatewayProcess {
+        let dir = temp_dir("process");
+        let config = dir.join("gateway.yaml");
+        std::fs::write(
+            &config,
+            format!("{yaml}\n  log_format: json\n  log_level: info\n"),
+        )
+        .unwrap();
+        let mut child = Command::new(BINARY)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut https = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            log.lock().unwrap().push_str(&line);
+            log.lock().unwrap().push('\n');
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["message"] == "portcullis listening" {
+                https = Some(event["https"].as_str().unwrap().parse().unwrap());
+                break;
+            }
+        }
+        let https =
+            https.unwrap_or_else(|| panic!("the gateway did not start:\n{}", log.lock().unwrap()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        GatewayProcess { child, https, log }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// A line from /proc/PID/status, in KiB.
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        for _ in 0..500 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the gateway did not exit:\n{}", self.log.lock().unwrap());
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_bad_config_exits_non_zero_with_a_one_line_reason() {
+    let dir = temp_dir("bad-config");
+    let config = dir.join("gateway.yaml");
+    std::fs::write(
+        &config,
+        "server:\n  https_listen: 127.0.0.1:0\n  htps_listen: 1\n",
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("htps_listen"), "{stderr}");
+    assert!(stderr.contains(":3:"), "names the line: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let missing = Command::new(BINARY)
+        .args(["serve", "--config", "/nonexistent/gateway.yaml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/gateway.yaml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let upstream = Upstream::start().await;
+    let mut gateway = GatewayProcess::spawn(&base_config_yaml(&upstream.url()));
+    let mut client = Client::connect(gateway.https, Protocol::Http1).await;
+    assert_eq!(client.get("/").await.status, 200);
+    let held = upstream.state.held.notified();
+    let in_flight = tokio::spawn(async move { client.get("/hold").await });
+    held.await;
+    gateway.signal("TERM");
+    // The in-flight request still completes once the upstream answers.
+    upstream.state.release.notify_waiters();
+    let response = in_flight.await.unwrap();
+    assert_eq!(response.status, 200);
+    let status = tokio::task::spawn_blocking(move || gateway.wait_exit())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+fn write_certificate(dir: &Path, common_name: &str) -> Vec<u8> {
+    let (cert, key) = Pki::shared().issue(common_name);
+    std::fs::write(dir.join("server.crt"), &cert).unwrap();
+    std::fs::write(dir.join("server.key"), &key).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+async fn served_certificate(addr: SocketAddr) -> Vec<u8> {
+    let stream = crate::harness::tls_connect(addr, &[b"http/1.1"]).await;
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("reload");
+    let first = write_certificate(&dir, "first");
+    let pki = Pki::shared();
+    let yaml = base_config_yaml(&upstream.url())
+        .replace(
+            &pki.cert_path.display().to_string(),
+            &dir.join("server.crt").display().to_string(),
+        )
+        .replace(
+            &pki.key_path.display().to_string(),
+            &dir.join("server.key").display().to_string(),
+        );
+    let gateway = GatewayProcess::spawn(&yaml);
+    assert_eq!(served_certificate(gateway.https).await, first);
+    let mut established = Client::connect(gateway.https, Protocol::Http1).await;
+    assert_eq!(established.get("/").await.status, 200);
+
+    let second = write_certificate(&dir, "second");
+    gateway.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..200 {
+        if served_certificate(gateway.https).await == second {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        reloaded,
+        "new handshakes get the new certificate:\n{}",
+        gateway.log.lock().unwrap()
+    );
+    assert_eq!(
+        established.get("/").await.status,
+        200,
+        "the open connection survived the reload"
+    );
+
+    // A broken certificate file is refused and the working one stays.
+    std::fs::write(dir.join("server.crt"), "not a certificate").unwrap();
+    gateway.signal("HUP");
+    let mut logged = false;
+    for _ in 0..200 {
+        if gateway.log.lock().unwrap().contains("reload failed") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(logged, "{}", gateway.log.lock().unwrap());
+    assert_eq!(served_certificate(gateway.https).await, second);
+}
+
+/// `remaining` bytes of zeros in 64 KiB frames, generated as they are sent.
+struct Zeros {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+impl Body for Zeros {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let len = self.remaining.min(self.chunk.len() as u64);
+        self.remaining -= len;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..len as usize)))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gigabyte_upload_streams_in_constant_memory() {
+    const GIB: u64 = 1 << 30;
+    let upstream = Upstream::start().await;
+    let yaml = base_config_yaml(&upstream.url()).replace(
+        "  drain_timeout: 5s\n",
+        "  drain_timeout: 5s\n  max_body_bytes: 2GiB\n",
+    );
+    let gateway = GatewayProcess::spawn(&yaml);
+    let mut client = Client::connect(gateway.https, Protocol::Http1).await;
+    let upload = |client: &Client, size: u64| {
+        client
+            .request("POST", "/sink")
+            .body(
+                Zeros {
+                    remaining: size,
+                    chunk: Bytes::from(vec![0u8; 64 * 1024]),
+                }
+                .boxed(),
+            )
+            .unwrap()
+    };
+    // Warm up the connection pools and buffers first, so the baseline is steady state.
+    let warm = upload(&client, 16 << 20);
+    assert_eq!(
+        &client.send_read(warm).await.body[..],
+        (16u64 << 20).to_string().as_bytes()
+    );
+    let baseline = gateway.status_kib("VmRSS:");
+
+    let request = upload(&client, GIB);
+    let response = client.send_read(request).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        &response.body[..],
+        GIB.to_string().as_bytes(),
+        "the upstream received every byte"
+    );
+    let peak = gateway.status_kib("VmHWM:");
+    let growth_mib = peak.saturating_sub(baseline) as f64 / 1024.0;
+    eprintln!(
+        "1 GiB upload: RSS baseline {baseline} KiB, peak {peak} KiB, growth {growth_mib:.1} MiB"
+    );
+    assert!(
+        growth_mib < 8.0,
+        "memory grew by {growth_mib:.1} MiB during a 1 GiB upload"
+    );
+}
