@@ -1,0 +1,787 @@
+//! Argon2id password hashing in PHC form and the password rules. Hashing is CPU-bound: it runs
+//! on blocking threads behind a semaphore sized to the cores, so a burst of logins neither
+//! starves request forwarding nor grows memory without bound.
+//!
+//! # The common-password list
+//! `common-passwords.txt` beside this file is derived from the `passwords` frequency list of
+//! zxcvbn, as shipped in the PyPI package `zxcvbn` 4.5.0 (`zxcvbn/frequency_lists.py`,
+//! MIT licence, copyright (c) 2016 Daniel Wolf; the list itself comes from Dropbox's MIT-licensed
+//! zxcvbn). Derivation: the 30,000 entries in frequency order, each trimmed and lower-cased,
+//! those shorter than 4 characters or containing whitespace dropped, duplicates dropped keeping
+//! the first, the first 20,000 kept. One password a line, no header, so every line is an entry.
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use ring::rand::{SecureRandom as _, SystemRandom};
+use tokio::sync::Semaphore;
+
+/// Lower-case entries; a password is looked up by its lower-cased form.
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("common-passwords.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect()
+});
+
+/// The configured rules (built by the integrator from config::PasswordConfig; keep this struct plain).
+#[derive(Debug, Clone)]
+pub struct PasswordRules {
+    pub min_length: usize,
+    pub max_bytes: usize,
+    pub require_uppercase: bool,
+    pub require_lowercase: bool,
+    pub require_digit: bool,
+    pub reject_common: bool,
+    pub reject_email_local_part: bool,
+}
+
+impl Default for PasswordRules {
+    fn default() -> Self {
+        PasswordRules {
+            min_length: 8,
+            max_bytes: 1024,
+            require_uppercase: true,
+            require_lowercase: true,
+            require_digit: true,
+            reject_common: true,
+            reject_email_local_part: true,
+        }
+    }
+}
+
+/// The first rule a password breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordProblem {
+    TooShort { min: usize },
+    TooLong { max_bytes: usize },
+    NoUppercase,
+    NoLowercase,
+    NoDigit,
+    TooCommon,
+    MatchesEmail,
+}
+
+impl PasswordProblem {
+    /// The message shown to the client; the wording of most is part of the API contract.
+    pub fn message(&self) -> String {
+        match self {
+            PasswordProblem::TooShort { min } => {
+                format!("Password must be at least {min} characters")
+            }
+            PasswordProblem::TooLong { max_bytes } => {
+                format!("Password must be at most {max_bytes} bytes")
+            }
+            PasswordProblem::NoUppercase => "Password must contain uppercase letter".to_owned(),
+            PasswordProblem::NoLowercase => "Password must contain lowercase letter".to_owned(),
+            PasswordProblem::NoDigit => "Password must contain a number".to_owned(),
+            PasswordProblem::TooCommon => "Password is too common".to_owned(),
+            PasswordProblem::MatchesEmail => {
+                "Password must not be the email address or its local part".to_owned()
+            }
+        }
+    }
+}
+
+/// Checks in this order and reports the first problem: length in characters
+/// (`chars().count()`) < min, byte length > max_bytes, uppercase, lowercase, digit, common list
+/// (case-insensitive: lower-case the password and look it up), email local part (the password
+/// compared case-insensitively with the part of `email` before the last '@', and with the whole
+/// email).
+///
+/// Upper and lower case are Unicode-aware (so "É" counts as an uppercase letter); a digit is
+/// ASCII 0-9 only, because that is what "a number" means to the people reading the message.
+pub fn check_rules(
+    password: &str,
+    email: &str,
+    rules: &PasswordRules,
+) -> Result<(), PasswordProblem> {
+    // Characters, not bytes, for the minimum: "ééééé" is five characters to the person typing it.
+    if password.chars().count() < rules.min_length {
+        return Err(PasswordProblem::TooShort {
+            min: rules.min_length,
+        });
+    }
+    // Bytes for the maximum: it bounds the work and the memory spent on the input.
+    if password.len() > rules.max_bytes {
+        return Err(PasswordProblem::TooLong {
+            max_bytes: rules.max_bytes,
+        });
+    }
+    if rules.require_uppercase && !password.chars().any(char::is_uppercase) {
+        return Err(PasswordProblem::NoUppercase);
+    }
+    if rules.require_lowercase && !password.chars().any(char::is_lowercase) {
+        return Err(PasswordProblem::NoLowercase);
+    }
+    if rules.require_digit && !password.chars().any(|c| c.is_ascii_digit()) {
+        return Err(PasswordProblem::NoDigit);
+    }
+    let lowered = password.to_lowercase();
+    if rules.reject_common && COMMON_PASSWORDS.contains(lowered.as_str()) {
+        return Err(PasswordProblem::TooCommon);
+    }
+    if rules.reject_email_local_part && matches_email(&lowered, email) {
+        return Err(PasswordProblem::MatchesEmail);
+    }
+    Ok(())
+}
+
+/// `lowered_password` is already lower-cased. Empty candidates never match, so an empty email
+/// (or one starting with '@') cannot reject an empty password when the length rule is off.
+fn matches_email(lowered_password: &str, email: &str) -> bool {
+    let local_part = email.rsplit_once('@').map_or(email, |(local, _)| local);
+    [local_part, email]
+        .iter()
+        .any(|candidate| !candidate.is_empty() && candidate.to_lowercase() == lowered_password)
+}
+
+/// Argon2id parameters (from config::Argon2Config): memory in KiB, iterations, parallelism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashParams {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("invalid argon2 parameters: {0}")]
+    Params(String),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    #[error("password hashing task failed")]
+    Task,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    Match { needs_rehash: bool },
+    Mismatch,
+}
+
+/// Hashes and verifies on blocking threads, at most `max_concurrent` at a time (callers pass the
+/// number of cores). Clone is cheap (Arc inside).
+#[derive(Clone)]
+pub struct PasswordHasher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    argon2: Argon2<'static>,
+    params: HashParams,
+    /// Bounds both CPU (one hash per core) and memory (each hash holds `memory_kib`).
+    permits: Arc<Semaphore>,
+    /// Verified in place of a missing user's hash, so "no such user" costs a full verification.
+    dummy_hash: String,
+    rng: SystemRandom,
+}
+
+impl PasswordHasher {
+    /// Validates the parameters and precomputes the dummy hash, which costs one hash with these
+    /// parameters on the calling thread: call it at start-up, not per request.
+    pub fn new(params: HashParams, max_concurrent: usize) -> Result<PasswordHasher, PasswordError> {
+        // Checked here because argon2's own check computes `8 * p` and would overflow (a panic
+        // in debug builds) for a p beyond its maximum.
+        if params.parallelism > Params::MAX_P_COST {
+            return Err(PasswordError::Params(format!(
+                "parallelism {} exceeds the maximum {}",
+                params.parallelism,
+                Params::MAX_P_COST
+            )));
+        }
+        let argon2_params = Params::new(
+            params.memory_kib,
+            params.iterations,
+            params.parallelism,
+            None,
+        )
+        .map_err(|error| PasswordError::Params(error.to_string()))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon2_params);
+        let rng = SystemRandom::new();
+        let dummy_hash = hash_with(&argon2, &rng, b"portcullis-dummy-password")?;
+        // Zero permits would make every call wait forever, and tokio panics above MAX_PERMITS.
+        let permits = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        Ok(PasswordHasher {
+            inner: Arc::new(Inner {
+                argon2,
+                params,
+                permits: Arc::new(Semaphore::new(permits)),
+                dummy_hash,
+                rng,
+            }),
+        })
+    }
+
+    /// A PHC string `$argon2id$v=19$m=...,t=...,p=...$salt$hash` with a fresh random 16-byte salt.
+    pub async fn hash(&self, password: &str) -> Result<String, PasswordError> {
+        let password = password.to_owned();
+        self.run_blocking(move |inner| hash_with(&inner.argon2, &inner.rng, password.as_bytes()))
+            .await?
+    }
+
+    /// `stored` None means "no such user": the dummy hash is verified instead and the result is
+    /// always Mismatch, so an unknown email costs the same time as a wrong password. A stored
+    /// hash that fails to parse is a Mismatch (and not a panic). needs_rehash is true when the
+    /// stored hash is not argon2id or its m/t/p differ from the current params.
+    pub async fn verify(
+        &self,
+        password: &str,
+        stored: Option<&str>,
+    ) -> Result<Verification, PasswordError> {
+        let password = password.to_owned();
+        let stored = stored.map(str::to_owned);
+        self.run_blocking(move |inner| {
+            inner.verify_blocking(password.as_bytes(), stored.as_deref())
+        })
+        .await
+    }
+
+    pub fn params(&self) -> HashParams {
+        self.inner.params
+    }
+
+    /// Runs `work` on a blocking thread while holding a permit. The permit is taken before the
+    /// task is spawned, so waiting callers queue here and not in tokio's blocking pool, and it
+    /// moves into the closure so it is released only when the work has finished, even if the
+    /// caller's future is dropped meanwhile.
+    async fn run_blocking<T, F>(&self, work: F) -> Result<T, PasswordError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> T + Send + 'static,
+    {
+        let permit = Arc::clone(&self.inner.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_closed| PasswordError::Task)?;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work(&inner)
+        })
+        .await
+        .map_err(|_join_error| PasswordError::Task)
+    }
+}
+
+impl Inner {
+    fn verify_blocking(&self, password: &[u8], stored: Option<&str>) -> Verification {
+        let parsed = stored.and_then(|stored| PasswordHash::new(stored).ok());
+        let Some(hash) = parsed.filter(usable) else {
+            // No user, or a stored hash we cannot use: spend the same time as a real check so
+            // the response time does not tell the two apart from a wrong password.
+            let _ = self.verify_dummy(password);
+            return Verification::Mismatch;
+        };
+        // Any failure here (wrong password, or a hash naming an algorithm or parameters argon2
+        // rejects) means this password cannot be shown to match: a Mismatch, not an error.
+        match self.argon2.verify_password(password, &hash) {
+            Ok(()) => Verification::Match {
+                needs_rehash: self.needs_rehash(&hash),
+            },
+            Err(_) => Verification::Mismatch,
+        }
+    }
+
+    fn verify_dummy(&self, password: &[u8]) -> bool {
+        PasswordHash::new(&self.dummy_hash)
+            .map(|hash| self.argon2.verify_password(password, &hash).is_ok())
+            .unwrap_or(false)
+    }
+
+    fn needs_rehash(&self, hash: &PasswordHash<'_>) -> bool {
+        if hash.algorithm != Algorithm::Argon2id.ident() {
+            return true;
+        }
+        // argon2 treats a missing version as 0x13 when verifying, so this does too.
+        if hash
+            .version
+            .is_some_and(|version| version != u32::from(Version::V0x13))
+        {
+            return true;
+        }
+        match Params::try_from(hash) {
+            Ok(stored) => {
+                stored.m_cost() != self.params.memory_kib
+                    || stored.t_cost() != self.params.iterations
+                    || stored.p_cost() != self.params.parallelism
+            }
+            Err(_) => true,
+        }
+    }
+}
+
+/// Rejects a stored hash whose parallelism argon2 would overflow on (see `PasswordHasher::new`);
+/// everything else is left to argon2's own validation.
+fn usable(hash: &PasswordHash<'_>) -> bool {
+    match hash.params.get_decimal("p") {
+        Some(p) => p <= Params::MAX_P_COST,
+        None => true,
+    }
+}
+
+fn hash_with(
+    argon2: &Argon2<'_>,
+    rng: &SystemRandom,
+    password: &[u8],
+) -> Result<String, PasswordError> {
+    let mut salt_bytes = [0u8; 16];
+    rng.fill(&mut salt_bytes)
+        .map_err(|_| PasswordError::Hash("the system random source failed".to_owned()))?;
+    let salt = SaltString::encode_b64(&salt_bytes)
+        .map_err(|error| PasswordError::Hash(error.to_string()))?;
+    argon2
+        .hash_password(password, &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|error| PasswordError::Hash(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const FAST: HashParams = HashParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    fn fast_hasher() -> PasswordHasher {
+        PasswordHasher::new(FAST, 2).expect("valid parameters")
+    }
+
+    #[test]
+    fn common_list_is_large_lowercase_and_has_the_usual_suspects() {
+        assert!(
+            COMMON_PASSWORDS.len() >= 10_000,
+            "only {} entries",
+            COMMON_PASSWORDS.len()
+        );
+        for entry in COMMON_PASSWORDS.iter() {
+            assert_eq!(
+                *entry,
+                entry.to_lowercase(),
+                "entry {entry:?} is not lower-case"
+            );
+        }
+        for expected in [
+            "password",
+            "123456",
+            "qwerty",
+            "letmein",
+            "password1",
+            "trustno1",
+            "letmein1",
+        ] {
+            assert!(COMMON_PASSWORDS.contains(expected), "{expected} missing");
+        }
+        // Every line is a password: no header, no blank lines.
+        let lines = include_str!("common-passwords.txt").lines().count();
+        assert_eq!(lines, COMMON_PASSWORDS.len());
+    }
+
+    #[test]
+    fn rules_table() {
+        use PasswordProblem::*;
+        let defaults = PasswordRules::default();
+        let email = "alice.smith1@example.com";
+        let long = format!("Aa1{}", "x".repeat(1022)); // 1025 bytes
+        let cases: Vec<(&str, &str, Option<PasswordProblem>, Option<&str>)> = vec![
+            (
+                "abc",
+                "too short reported before missing uppercase",
+                Some(TooShort { min: 8 }),
+                Some("Password must be at least 8 characters"),
+            ),
+            (
+                "",
+                "empty",
+                Some(TooShort { min: 8 }),
+                Some("Password must be at least 8 characters"),
+            ),
+            // 7 characters but 14 bytes: still too short, since characters are counted.
+            (
+                "Éé1éééé",
+                "multi-byte counted as characters",
+                Some(TooShort { min: 8 }),
+                None,
+            ),
+            // 8 characters, 15 bytes: long enough, and Unicode case counts.
+            ("Éé1ééééé", "multi-byte meets min length", None, None),
+            (
+                &long,
+                "over max bytes",
+                Some(TooLong { max_bytes: 1024 }),
+                Some("Password must be at most 1024 bytes"),
+            ),
+            (
+                "lowercase1",
+                "no uppercase",
+                Some(NoUppercase),
+                Some("Password must contain uppercase letter"),
+            ),
+            (
+                "UPPERCASE1",
+                "no lowercase",
+                Some(NoLowercase),
+                Some("Password must contain lowercase letter"),
+            ),
+            (
+                "NoDigitsHere",
+                "no digit",
+                Some(NoDigit),
+                Some("Password must contain a number"),
+            ),
+            (
+                "Password1",
+                "common",
+                Some(TooCommon),
+                Some("Password is too common"),
+            ),
+            ("TrustNo1", "common, mixed case", Some(TooCommon), None),
+            (
+                "LetMeIn1",
+                "common, case-insensitive",
+                Some(TooCommon),
+                None,
+            ),
+            (
+                "Alice.Smith1",
+                "email local part",
+                Some(MatchesEmail),
+                Some("Password must not be the email address or its local part"),
+            ),
+            (
+                "ALICE.smith1@Example.com",
+                "whole email",
+                Some(MatchesEmail),
+                None,
+            ),
+            ("Correct-Horse-7", "good password", None, None),
+        ];
+        for (password, what, expected, message) in cases {
+            let got = check_rules(password, email, &defaults);
+            assert_eq!(got, expected.map_or(Ok(()), Err), "{what}: {password:?}");
+            if let (Some(problem), Some(message)) = (expected, message) {
+                assert_eq!(problem.message(), message, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn multi_byte_max_is_in_bytes() {
+        let rules = PasswordRules {
+            max_bytes: 10,
+            ..PasswordRules::default()
+        };
+        // 8 characters, 12 bytes.
+        assert_eq!(
+            check_rules("Ab1déééé", "x@example.com", &rules),
+            Err(PasswordProblem::TooLong { max_bytes: 10 })
+        );
+        assert_eq!(check_rules("Ab1defgh", "x@example.com", &rules), Ok(()));
+    }
+
+    #[test]
+    fn too_short_message_uses_the_configured_minimum() {
+        assert_eq!(
+            PasswordProblem::TooShort { min: 12 }.message(),
+            "Password must be at least 12 characters"
+        );
+    }
+
+    #[test]
+    fn local_part_is_before_the_last_at() {
+        let rules = PasswordRules::default();
+        assert_eq!(
+            check_rules("Odd@Name1", "odd@name1@example.com", &rules),
+            Err(PasswordProblem::MatchesEmail)
+        );
+        // No '@' at all: the whole string is both candidates.
+        assert_eq!(
+            check_rules("Plain9Name", "plain9name", &rules),
+            Err(PasswordProblem::MatchesEmail)
+        );
+    }
+
+    #[test]
+    fn rules_turned_off_pass() {
+        let off = PasswordRules {
+            min_length: 0,
+            max_bytes: usize::MAX,
+            require_uppercase: false,
+            require_lowercase: false,
+            require_digit: false,
+            reject_common: false,
+            reject_email_local_part: false,
+        };
+        for password in ["", "abc", "password", "123456", "alice.smith1", "ALLCAPS"] {
+            assert_eq!(
+                check_rules(password, "alice.smith1@example.com", &off),
+                Ok(()),
+                "{password:?}"
+            );
+        }
+        // An empty email matches nothing, even an empty password.
+        let email_only = PasswordRules {
+            reject_email_local_part: true,
+            ..off
+        };
+        assert_eq!(check_rules("", "", &email_only), Ok(()));
+        assert_eq!(check_rules("", "@example.com", &email_only), Ok(()));
+    }
+
+    #[test]
+    fn invalid_params_are_typed_errors() {
+        let bad = [
+            HashParams {
+                memory_kib: 1,
+                iterations: 1,
+                parallelism: 1,
+            },
+            HashParams {
+                memory_kib: 64,
+                iterations: 0,
+                parallelism: 1,
+            },
+            HashParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 0,
+            },
+            HashParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: u32::MAX,
+            },
+        ];
+        for params in bad {
+            assert!(
+                matches!(
+                    PasswordHasher::new(params, 2),
+                    Err(PasswordError::Params(_))
+                ),
+                "{params:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn hash_then_verify_matches_without_rehash() {
+        let hasher = fast_hasher();
+        let hash = hasher.hash("Correct-Horse-7").await.unwrap();
+        assert_eq!(
+            hasher.verify("Correct-Horse-7", Some(&hash)).await.unwrap(),
+            Verification::Match {
+                needs_rehash: false
+            }
+        );
+        assert_eq!(hasher.params(), FAST);
+    }
+
+    #[tokio::test]
+    async fn wrong_password_is_mismatch() {
+        let hasher = fast_hasher();
+        let hash = hasher.hash("Correct-Horse-7").await.unwrap();
+        assert_eq!(
+            hasher.verify("Correct-Horse-8", Some(&hash)).await.unwrap(),
+            Verification::Mismatch
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_user_is_mismatch() {
+        let hasher = fast_hasher();
+        assert_eq!(
+            hasher.verify("Correct-Horse-7", None).await.unwrap(),
+            Verification::Mismatch
+        );
+        // Even the dummy's own password does not match when there is no user.
+        assert_eq!(
+            hasher
+                .verify("portcullis-dummy-password", None)
+                .await
+                .unwrap(),
+            Verification::Mismatch
+        );
+    }
+
+    #[tokio::test]
+    async fn phc_string_has_the_expected_prefix_and_16_byte_salt() {
+        let hash = fast_hasher().hash("Correct-Horse-7").await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
+        let parsed = PasswordHash::new(&hash).unwrap();
+        let mut salt = [0u8; 64];
+        assert_eq!(
+            parsed.salt.unwrap().decode_b64(&mut salt).unwrap().len(),
+            16
+        );
+    }
+
+    #[tokio::test]
+    async fn same_password_hashes_differently() {
+        let hasher = fast_hasher();
+        let first = hasher.hash("Correct-Horse-7").await.unwrap();
+        let second = hasher.hash("Correct-Horse-7").await.unwrap();
+        assert_ne!(first, second);
+    }
+
+    #[tokio::test]
+    async fn other_params_match_and_need_rehash() {
+        let current = fast_hasher();
+        for other in [
+            HashParams {
+                memory_kib: 128,
+                ..FAST
+            },
+            HashParams {
+                iterations: 2,
+                ..FAST
+            },
+            HashParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 2,
+            },
+        ] {
+            let old = PasswordHasher::new(other, 1).unwrap();
+            let hash = old.hash("Correct-Horse-7").await.unwrap();
+            assert_eq!(
+                current
+                    .verify("Correct-Horse-7", Some(&hash))
+                    .await
+                    .unwrap(),
+                Verification::Match { needs_rehash: true },
+                "{other:?}"
+            );
+            assert_eq!(
+                current.verify("wrong", Some(&hash)).await.unwrap(),
+                Verification::Mismatch
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn other_argon2_variant_matches_and_needs_rehash() {
+        let params = Params::new(64, 1, 1, None).unwrap();
+        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, params);
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let hash = argon2i
+            .hash_password(b"Correct-Horse-7", &salt)
+            .unwrap()
+            .to_string();
+        assert!(hash.starts_with("$argon2i$"));
+        assert_eq!(
+            fast_hasher()
+                .verify("Correct-Horse-7", Some(&hash))
+                .await
+                .unwrap(),
+            Verification::Match { needs_rehash: true }
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_stored_hash_is_mismatch() {
+        let hasher = fast_hasher();
+        for stored in [
+            "",
+            "not a hash",
+            "$argon2id$",
+            "$argon2id$v=19$m=64,t=1,p=1$garbage",
+            "$argon2id$v=19$m=64,t=1,p=0$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+            "$argon2id$v=19$m=64,t=1,p=4294967295$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+            "$argon2id$v=99$m=64,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+            "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW",
+            "$pbkdf2-sha256$i=1000$c2FsdA$aGFzaA",
+        ] {
+            assert_eq!(
+                hasher
+                    .verify("Correct-Horse-7", Some(stored))
+                    .await
+                    .unwrap(),
+                Verification::Mismatch,
+                "{stored:?}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_hashes_all_succeed_and_return_their_permits() {
+        let hasher = fast_hasher();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move {
+                    let password = format!("Correct-Horse-{i}");
+                    let hash = hasher.hash(&password).await?;
+                    hasher.verify(&password, Some(&hash)).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(
+                task.await.unwrap().unwrap(),
+                Verification::Match {
+                    needs_rehash: false
+                }
+            );
+        }
+        assert_eq!(hasher.inner.permits.available_permits(), 2);
+    }
+
+    #[tokio::test]
+    async fn hashing_waits_for_a_permit() {
+        // Take every permit from outside: a hash must not start until one is given back.
+        let hasher = fast_hasher();
+        let held = Arc::clone(&hasher.inner.permits)
+            .acquire_many_owned(2)
+            .await
+            .unwrap();
+        let pending = tokio::spawn({
+            let hasher = hasher.clone();
+            async move { hasher.hash("Correct-Horse-7").await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!pending.is_finished(), "hashed without a permit");
+        drop(held);
+        let hash = tokio::time::timeout(Duration::from_secs(10), pending)
+            .await
+            .expect("hash finished once a permit was free")
+            .unwrap()
+            .unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+    }
+
+    #[tokio::test]
+    async fn default_config_params_round_trip() {
+        // The shipped configuration (OWASP's 19 MiB, t=2, p=1): one real-cost hash, to show the
+        // parameters reach the PHC string. argon2 is optimised even in dev builds, so it is quick.
+        let params = HashParams {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        };
+        let hasher = PasswordHasher::new(params, 2).unwrap();
+        let hash = hasher.hash("Correct-Horse-7").await.unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert_eq!(
+            hasher.verify("Correct-Horse-7", Some(&hash)).await.unwrap(),
+            Verification::Match {
+                needs_rehash: false
+            }
+        );
+    }
+
+    #[test]
+    fn zero_concurrency_is_clamped_to_one() {
+        let hasher = PasswordHasher::new(FAST, 0).unwrap();
+        assert_eq!(hasher.inner.permits.available_permits(), 1);
+    }
+}
