@@ -470,6 +470,14 @@ pub struct SmtpConfig {
     pub from: String,
     #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
+    /// First delay before retrying a message that failed; doubles up to `retry_max`.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub retry_initial: Duration,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub retry_max: Duration,
+    /// How often the outbox is checked when nothing wakes the worker sooner.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub poll_interval: Duration,
 }
 
 impl Default for SmtpConfig {
@@ -482,6 +490,9 @@ impl Default for SmtpConfig {
             password: None,
             from: "Portcullis <no-reply@localhost>".to_owned(),
             timeout: Duration::from_secs(10),
+            retry_initial: Duration::from_secs(5),
+            retry_max: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(5),
         }
     }
 }
@@ -1666,7 +1677,16 @@ impl Config {
                 format!("{:?} must be an email address, optionally with a display name (Name <user@host>)", s.from),
             ));
         }
-        require_positive("smtp.timeout", s.timeout)
+        require_positive("smtp.timeout", s.timeout)?;
+        require_positive("smtp.retry_initial", s.retry_initial)?;
+        require_positive("smtp.poll_interval", s.poll_interval)?;
+        if s.retry_max < s.retry_initial {
+            return Err(invalid(
+                "smtp.retry_max",
+                "must be at least smtp.retry_initial",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_tokens(&self) -> Result<(), ValidationError> {
