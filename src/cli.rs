@@ -67,14 +67,18 @@ enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 enum UserCommand {
-    /// Create a verified user (bootstraps the first admin).
+    /// Create a verified user (bootstraps the first admin). Without --password-stdin a
+    /// random password is generated and printed once.
     Create {
         #[arg(long)]
         email: String,
         #[arg(long)]
         role: String,
+        /// Read the password from standard input (one line).
         #[arg(long)]
         password_stdin: bool,
+        #[arg(long, default_value = "config/gateway.yaml")]
+        config: PathBuf,
     },
 }
 
@@ -83,9 +87,17 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(&config),
-        Command::Migrate { .. } => not_yet("migrate", "the identity store"),
+        Command::Migrate { config } => migrate(&config),
         Command::Policy { .. } => not_yet("policy", "the policy engine"),
-        Command::User { .. } => not_yet("user", "the identity store"),
+        Command::User {
+            command:
+                UserCommand::Create {
+                    email,
+                    role,
+                    password_stdin,
+                    config,
+                },
+        } => create_user(&config, &email, &role, password_stdin),
     }
 }
 
@@ -122,6 +134,9 @@ fn serve(config_path: &std::path::Path) -> ExitCode {
             Ok(app) => app,
             Err(error) => return fail(error),
         };
+        if let Err(error) = app.auth().store().migrate().await {
+            return fail(format!("cannot apply migrations: {error}"));
+        }
         let listeners = match Listeners::bind(&config).await {
             Ok(listeners) => listeners,
             Err(error) => return fail(error),
@@ -140,4 +155,146 @@ fn serve(config_path: &std::path::Path) -> ExitCode {
             Err(error) => fail(error),
         }
     })
+}
+
+/// A runtime for the one-shot commands.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T, ExitCode> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => Ok(runtime.block_on(future)),
+        Err(error) => Err(fail(format!("cannot start the runtime: {error}"))),
+    }
+}
+
+fn load_store(config_path: &std::path::Path) -> Result<(Config, crate::store::Store), ExitCode> {
+    let config = Config::load(config_path).map_err(fail)?;
+    let store = crate::store::Store::connect(
+        config.database.url.expose(),
+        2,
+        config.database.connect_timeout,
+    )
+    .map_err(fail)?;
+    Ok((config, store))
+}
+
+fn migrate(config_path: &std::path::Path) -> ExitCode {
+    let (_, store) = match load_store(config_path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    match block_on(store.migrate()) {
+        Ok(Ok(applied)) if applied.is_empty() => {
+            println!("migrations: up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(applied)) => {
+            for name in applied {
+                println!("applied {name}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => fail(format!("cannot apply migrations: {error}")),
+        Err(code) => code,
+    }
+}
+
+fn create_user(
+    config_path: &std::path::Path,
+    email: &str,
+    role: &str,
+    password_stdin: bool,
+) -> ExitCode {
+    use crate::password::{check_rules, HashParams, PasswordHasher, PasswordRules};
+
+    let (config, store) = match load_store(config_path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let email = crate::auth::normalize_email(email);
+    if !crate::auth::is_valid_email(&email) {
+        return fail("Invalid email address");
+    }
+    if !crate::auth::DEFAULT_ROLES.contains(&role) {
+        return fail(format!(
+            "unknown role {role:?}; known roles: {}",
+            crate::auth::DEFAULT_ROLES.join(", ")
+        ));
+    }
+    let (password, generated) = if password_stdin {
+        let mut line = String::new();
+        if let Err(error) = std::io::stdin().read_line(&mut line) {
+            return fail(format!(
+                "cannot read the password from standard input: {error}"
+            ));
+        }
+        (line.trim_end_matches(['\r', '\n']).to_string(), false)
+    } else {
+        (crate::token::OpaqueToken::generate().token, true)
+    };
+    let p = &config.password;
+    let rules = PasswordRules {
+        min_length: p.min_length,
+        max_bytes: p.max_bytes,
+        require_uppercase: p.require_uppercase,
+        require_lowercase: p.require_lowercase,
+        require_digit: p.require_digit,
+        reject_common: p.reject_common,
+        reject_email_local_part: p.reject_email_local_part,
+    };
+    // A generated password is 256 random bits; the character-class rules are for people.
+    if !generated {
+        if let Err(problem) = check_rules(&password, &email, &rules) {
+            return fail(problem.message());
+        }
+    }
+    let result = block_on(async {
+        store
+            .migrate()
+            .await
+            .map_err(|error| format!("cannot apply migrations: {error}"))?;
+        let argon2 = &config.password.argon2;
+        let hasher = PasswordHasher::new(
+            HashParams {
+                memory_kib: argon2.memory_kib,
+                iterations: argon2.iterations,
+                parallelism: argon2.parallelism,
+            },
+            1,
+        )
+        .map_err(|error| error.to_string())?;
+        let hash = hasher
+            .hash(&password)
+            .await
+            .map_err(|error| error.to_string())?;
+        let client = store
+            .pool()
+            .get()
+            .await
+            .map_err(|error| format!("database unavailable: {error}"))?;
+        let user = crate::store::NewUser {
+            email: &email,
+            name: "",
+            password_hash: &hash,
+            role,
+            is_verified: true,
+        };
+        match crate::store::Store::create_user(&client, &user, std::time::SystemTime::now()).await {
+            Ok(user) => Ok(user.id),
+            Err(crate::store::StoreError::Conflict) => Err("Email already registered".to_string()),
+            Err(error) => Err(error.to_string()),
+        }
+    });
+    match result {
+        Ok(Ok(id)) => {
+            println!("created user {id} <{email}> with role {role}");
+            if generated {
+                println!("password: {password}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(message)) => fail(message),
+        Err(code) => code,
+    }
 }

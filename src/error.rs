@@ -4,6 +4,8 @@
 //! for the client and never carries library, database or upstream text; what went wrong
 //! internally goes to the log at the point of failure, not into the response.
 
+use std::borrow::Cow;
+
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
@@ -14,19 +16,37 @@ use crate::proxy::path::PathError;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
     #[error("{0}")]
-    BadRequest(&'static str),
+    BadRequest(Cow<'static, str>),
     #[error("{0}")]
     InvalidPath(PathError),
+    /// No or a bad token where one is needed, or failed credentials. `invalid_token` says a
+    /// token was sent and refused, which `WWW-Authenticate` reports.
+    #[error("{detail}")]
+    Unauthorized {
+        detail: Cow<'static, str>,
+        invalid_token: bool,
+    },
+    #[error("{0}")]
+    Forbidden(Cow<'static, str>),
     #[error("Not found")]
     NotFound,
+    #[error("{0}")]
+    NotFoundDetail(&'static str),
     #[error("Method not allowed")]
     MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(&'static str),
     #[error("CORS request not allowed")]
     CorsRefused,
     #[error("Request body too large")]
     PayloadTooLarge,
+    #[error("{0}")]
+    Unprocessable(Cow<'static, str>),
     #[error("Request headers too large")]
     HeadersTooLarge,
+    /// Something the client did not cause; the cause is logged where it happened.
+    #[error("Internal server error")]
+    Internal,
     #[error("Upstream unreachable")]
     UpstreamUnreachable,
     #[error("Upstream timed out")]
@@ -36,14 +56,42 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    pub fn bad_request(detail: impl Into<Cow<'static, str>>) -> GatewayError {
+        GatewayError::BadRequest(detail.into())
+    }
+
+    pub fn unprocessable(detail: impl Into<Cow<'static, str>>) -> GatewayError {
+        GatewayError::Unprocessable(detail.into())
+    }
+
+    pub fn unauthorized(detail: impl Into<Cow<'static, str>>) -> GatewayError {
+        GatewayError::Unauthorized {
+            detail: detail.into(),
+            invalid_token: false,
+        }
+    }
+
+    pub fn invalid_token(detail: impl Into<Cow<'static, str>>) -> GatewayError {
+        GatewayError::Unauthorized {
+            detail: detail.into(),
+            invalid_token: true,
+        }
+    }
+}
+
+impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest(_) | GatewayError::InvalidPath(_) => StatusCode::BAD_REQUEST,
-            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) | GatewayError::CorsRefused => StatusCode::FORBIDDEN,
+            GatewayError::NotFound | GatewayError::NotFoundDetail(_) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            GatewayError::CorsRefused => StatusCode::FORBIDDEN,
+            GatewayError::Conflict(_) => StatusCode::CONFLICT,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -66,6 +114,16 @@ impl GatewayError {
 
     pub fn into_response(self) -> Response<GatewayBody> {
         let mut response = json_error(self.status(), &self.to_string());
+        if let GatewayError::Unauthorized {
+            invalid_token: true,
+            ..
+        } = self
+        {
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
         if self.closes_connection() {
             response
                 .headers_mut()
@@ -101,7 +159,7 @@ mod tests {
     async fn every_error_is_json_with_a_detail() {
         let cases = [
             (
-                GatewayError::BadRequest("Missing Host header"),
+                GatewayError::bad_request("Missing Host header"),
                 400,
                 "Missing Host header",
             ),
@@ -133,6 +191,17 @@ mod tests {
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(json["detail"], detail);
         }
+    }
+
+    #[test]
+    fn a_refused_token_is_reported_in_www_authenticate() {
+        let response = GatewayError::invalid_token("Invalid or expired token").into_response();
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        let response = GatewayError::unauthorized("Not authenticated").into_response();
+        assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
     }
 
     #[test]

@@ -137,13 +137,13 @@ impl Upstream {
         } else {
             PathAndQuery::try_from(format!("{}{}", self.path_prefix, target))
         }
-        .map_err(|_| GatewayError::BadRequest("Invalid request target"))?;
+        .map_err(|_| GatewayError::bad_request("Invalid request target"))?;
         Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority.clone())
             .path_and_query(path_and_query)
             .build()
-            .map_err(|_| GatewayError::BadRequest("Invalid request target"))
+            .map_err(|_| GatewayError::bad_request("Invalid request target"))
     }
 }
 

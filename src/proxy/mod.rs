@@ -17,12 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, ORIGIN};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, ORIGIN, REFERRER_POLICY};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use tracing::Instrument;
 
+use crate::auth::routes;
+use crate::auth::{AuthService, NoReferrer};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::telemetry::metrics::Metrics;
@@ -52,6 +54,7 @@ pub enum BuildError {
 /// connections.
 pub struct Gateway {
     upstream: Upstream,
+    auth: Arc<AuthService>,
     security_headers: SecurityHeaders,
     cors: Cors,
     strip_list: StripList,
@@ -65,7 +68,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Gateway, BuildError> {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        auth: Arc<AuthService>,
+    ) -> Result<Gateway, BuildError> {
         let h = &config.headers;
         let security_headers = SecurityHeaders::new(
             &[
@@ -99,6 +106,7 @@ impl Gateway {
         let upstream = Upstream::new(&config.upstreams[0]);
         Ok(Gateway {
             upstream,
+            auth,
             security_headers,
             cors,
             strip_list: StripList::new(&h.strip_request),
@@ -164,8 +172,12 @@ impl Gateway {
                 }
             };
 
+        let no_referrer = response.extensions().get::<NoReferrer>().is_some();
         let headers = response.headers_mut();
         self.security_headers.apply(headers);
+        if no_referrer {
+            headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        }
         // A preflight answer already carries exactly the CORS headers it needs.
         if !cors_answered {
             self.cors.apply(origin.as_ref(), headers);
@@ -204,8 +216,10 @@ impl Gateway {
         let target = path::normalize_target(target, self.allow_path_parameters)
             .map_err(GatewayError::InvalidPath)?;
         let path = target.split('?').next().unwrap_or("/");
-        if path == "/auth" || path.starts_with("/auth/") {
-            return Err(GatewayError::NotFound);
+        if routes::is_gateway_path(path) {
+            let client_ip =
+                headers::client_ip(conn.peer.ip(), request.headers(), &self.trusted_proxies);
+            return Ok(self.auth.handle(request, path.to_string(), client_ip).await);
         }
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
             return Err(GatewayError::PayloadTooLarge);
@@ -242,7 +256,7 @@ fn effective_host(request: &Request<Incoming>) -> Result<HeaderValue, GatewayErr
     let mut hosts = request.headers().get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err(GatewayError::BadRequest("Duplicate Host header"));
+        return Err(GatewayError::bad_request("Duplicate Host header"));
     }
     let authority = request.uri().authority();
     let host = match (host, authority) {
@@ -251,7 +265,7 @@ fn effective_host(request: &Request<Incoming>) -> Result<HeaderValue, GatewayErr
                 .as_bytes()
                 .eq_ignore_ascii_case(authority.as_str().as_bytes())
             {
-                return Err(GatewayError::BadRequest(
+                return Err(GatewayError::bad_request(
                     "Host header does not match the request target",
                 ));
             }
@@ -259,11 +273,11 @@ fn effective_host(request: &Request<Incoming>) -> Result<HeaderValue, GatewayErr
         }
         (Some(host), None) => host.clone(),
         (None, Some(authority)) => HeaderValue::from_str(authority.as_str())
-            .map_err(|_| GatewayError::BadRequest("Invalid Host header"))?,
+            .map_err(|_| GatewayError::bad_request("Invalid Host header"))?,
         (None, None) if request.version() == Version::HTTP_10 => {
             return Ok(HeaderValue::from_static(""))
         }
-        (None, None) => return Err(GatewayError::BadRequest("Missing Host header")),
+        (None, None) => return Err(GatewayError::bad_request("Missing Host header")),
     };
     let valid = host
         .to_str()
@@ -271,7 +285,7 @@ fn effective_host(request: &Request<Incoming>) -> Result<HeaderValue, GatewayErr
         .and_then(|text| text.parse::<http::uri::Authority>().ok())
         .is_some_and(|authority| !authority.as_str().contains('@'));
     if !valid {
-        return Err(GatewayError::BadRequest("Invalid Host header"));
+        return Err(GatewayError::bad_request("Invalid Host header"));
     }
     Ok(host)
 }

@@ -24,7 +24,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::auth::{AuthBuildError, AuthService};
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::mail::OutboxWorker;
 use crate::proxy::{BuildError, ConnectionInfo, Gateway};
 use crate::telemetry::metrics::Metrics;
 use tls::{ReloadableTls, TlsError};
@@ -36,6 +39,8 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Gateway(#[from] BuildError),
+    #[error(transparent)]
+    Auth(#[from] AuthBuildError),
 }
 
 /// The listeners, bound before serving so that callers (and tests using port 0) know the
@@ -97,6 +102,8 @@ struct ConnectionSettings {
 /// The assembled gateway: shared state for every listener.
 pub struct App {
     gateway: Arc<Gateway>,
+    auth: Arc<AuthService>,
+    mail_worker: std::sync::Mutex<Option<OutboxWorker>>,
     tls: Arc<ReloadableTls>,
     metrics: Arc<Metrics>,
     http: auto::Builder<TokioExecutor>,
@@ -107,6 +114,12 @@ pub struct App {
 
 impl App {
     pub fn build(config: &Config) -> Result<App, AppError> {
+        Self::build_with_clock(config, Arc::new(Clock::system()))
+    }
+
+    /// As `build`, with the clock every expiry and lockout is measured by (tests pass one
+    /// they can move forward).
+    pub fn build_with_clock(config: &Config, clock: Arc<Clock>) -> Result<App, AppError> {
         let server = &config.server;
         let public_host = public_host(&server.public_url);
         let tls = ReloadableTls::new(
@@ -118,9 +131,13 @@ impl App {
             tracing::warn!("no TLS certificate configured: serving a generated self-signed development certificate");
         }
         let metrics = Arc::new(Metrics::new());
-        let gateway = Gateway::new(config, metrics.clone())?;
+        let (auth, mail_worker) = AuthService::from_config(config, clock)?;
+        let auth = Arc::new(auth);
+        let gateway = Gateway::new(config, metrics.clone(), auth.clone())?;
         Ok(App {
             gateway: Arc::new(gateway),
+            auth,
+            mail_worker: std::sync::Mutex::new(Some(mail_worker)),
             tls: Arc::new(tls),
             metrics,
             http: http_builder(config),
@@ -132,6 +149,10 @@ impl App {
             public_url: server.public_url.as_str().into(),
             draining: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    pub fn auth(&self) -> &Arc<AuthService> {
+        &self.auth
     }
 
     /// Re-reads what can change without a restart (today: the TLS certificate). A failure
@@ -186,7 +207,13 @@ pub async fn serve(
     let app = Arc::new(app);
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_ops, ops_stopped) = watch::channel(false);
-    let ops = tokio::spawn(ops::serve(listeners.ops, app.clone(), ops_stopped));
+    let ops = tokio::spawn(ops::serve(listeners.ops, app.clone(), ops_stopped.clone()));
+    let mail_worker = app
+        .mail_worker
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
+    let mail = mail_worker.map(|worker| tokio::spawn(worker.run(ops_stopped)));
     let reload = tokio::spawn(reload_on_sighup(app.clone()));
 
     let connection_slots = Arc::new(Semaphore::new(app.settings.max_connections));
@@ -224,6 +251,9 @@ pub async fn serve(
     reload.abort();
     let _ = stop_ops.send(true);
     let _ = ops.await;
+    if let Some(mail) = mail {
+        let _ = mail.await;
+    }
     Ok(())
 }
 

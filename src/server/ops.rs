@@ -35,8 +35,8 @@ pub(super) async fn serve(
         let app = app.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = answer(&app, &request);
-                async move { Ok::<_, Infallible>(response) }
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(answer(&app, &request).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -45,13 +45,13 @@ pub(super) async fn serve(
     }
 }
 
-fn answer(app: &App, request: &Request<Incoming>) -> Response<GatewayBody> {
+async fn answer(app: &App, request: &Request<Incoming>) -> Response<GatewayBody> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed");
     }
     match request.uri().path() {
         "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
-        "/readyz" => readiness(app),
+        "/readyz" => readiness(app).await,
         "/metrics" => {
             let mut response = Response::new(GatewayBody::full(app.metrics.render("")));
             response.headers_mut().insert(
@@ -64,13 +64,19 @@ fn answer(app: &App, request: &Request<Incoming>) -> Response<GatewayBody> {
     }
 }
 
-/// Ready while the process is serving and not draining. Each dependency the gateway needs
-/// adds its own check here as it arrives.
-fn readiness(app: &App) -> Response<GatewayBody> {
+/// Ready while the process is serving, not draining, and Postgres and Redis answer.
+async fn readiness(app: &App) -> Response<GatewayBody> {
     let draining = app.draining.load(Ordering::SeqCst);
+    let (postgres, redis) = app.auth.dependencies_up().await;
     let mut down = Vec::new();
     if draining {
         down.push("shutting down");
+    }
+    if !postgres {
+        down.push("postgres");
+    }
+    if !redis {
+        down.push("redis");
     }
     if down.is_empty() {
         json(StatusCode::OK, serde_json::json!({ "status": "ready" }))

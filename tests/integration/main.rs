@@ -3,6 +3,12 @@
 
 mod harness;
 
+mod auth_accounts;
+mod auth_admin;
+mod auth_passwords;
+mod auth_sessions;
+mod auth_tokens;
+mod dependencies;
 mod forwarding;
 mod hardening;
 mod lifecycle;

@@ -2,7 +2,10 @@
 //! in front of a real upstream, and clients that speak real TLS (HTTP/1.1 and HTTP/2) or raw
 //! bytes over TLS for malformed requests.
 
+pub mod identity;
+pub mod outage;
 pub mod pki;
+pub mod smtp;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -28,7 +31,12 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 pub use pki::Pki;
+pub use smtp::SmtpServer;
 pub use upstream::Upstream;
+
+use std::sync::{Arc, OnceLock};
+
+use portcullis::clock::Clock;
 
 /// A directory of its own for each caller, under the system temp dir.
 pub fn temp_dir(label: &str) -> PathBuf {
@@ -43,10 +51,137 @@ pub fn temp_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// This test run's own database (created and migrated once per test binary) and Redis key
+/// prefix, so that runs never see each other's data.
+pub struct RunResources {
+    pub database_url: String,
+    pub redis_prefix: String,
+}
+
+pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+pub fn run_resources() -> &'static RunResources {
+    static RESOURCES: OnceLock<RunResources> = OnceLock::new();
+    RESOURCES.get_or_init(|| {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let name = format!("portcullis_test_{started}_{}", std::process::id());
+        let database_url = format!("{POSTGRES}/{name}");
+        let url = database_url.clone();
+        // Tests each run their own runtime; this one-time setup gets a thread and runtime
+        // of its own so it does not depend on which test gets here first.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let (client, connection) =
+                    tokio_postgres::connect(&format!("{POSTGRES}/postgres"), tokio_postgres::NoTls)
+                        .await
+                        .expect("PostgreSQL answers on 127.0.0.1:5432 (see .ci/run)");
+                tokio::spawn(connection);
+                drop_stale_databases(&client, started).await;
+                client
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
+                let store =
+                    portcullis::store::Store::connect(&url, 2, Duration::from_secs(5)).unwrap();
+                store.migrate().await.unwrap();
+            });
+        })
+        .join()
+        .unwrap();
+        RunResources {
+            database_url,
+            redis_prefix: format!("portcullis-test:{started}-{}:", std::process::id()),
+        }
+    })
+}
+
+/// The run's SMTP server, on a thread and runtime of its own so that it outlives the test
+/// that happened to start it.
+pub fn shared_smtp() -> &'static SmtpServer {
+    static SMTP: OnceLock<SmtpServer> = OnceLock::new();
+    SMTP.get_or_init(|| {
+        let (started, server) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                started.send(SmtpServer::start().await).unwrap();
+                std::future::pending::<()>().await;
+            });
+        });
+        server.recv().unwrap()
+    })
+}
+
+/// A database of its own, created and migrated, for a test that must not share the run's
+/// outbox (one that takes the SMTP server away).
+pub async fn isolated_database(label: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let base = run_resources()
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let name = format!("{base}_{label}_{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{POSTGRES}/postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = format!("{POSTGRES}/{name}");
+    portcullis::store::Store::connect(&url, 2, Duration::from_secs(5))
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    url
+}
+
+/// Databases of runs that started over an hour ago are leftovers; nothing runs that long.
+async fn drop_stale_databases(client: &tokio_postgres::Client, now: u64) {
+    let rows = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'portcullis_test_%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in rows {
+        let name: String = row.get(0);
+        let started: Option<u64> = name.split('_').nth(2).and_then(|part| part.parse().ok());
+        if started.is_some_and(|started| started + 3600 < now) {
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
 /// The YAML every test gateway starts from: loopback listeners on port 0, the test
-/// certificates, one upstream, quiet logs.
+/// certificates, one upstream, this run's database and Redis prefix, fast mail retries,
+/// cheap password hashing, quiet logs.
 pub fn base_config_yaml(upstream_url: &str) -> String {
+    config_yaml(upstream_url, 1)
+}
+
+pub fn config_yaml(upstream_url: &str, smtp_port: u16) -> String {
     let pki = Pki::shared();
+    let run = run_resources();
     format!(
         r#"
 server:
@@ -65,16 +200,40 @@ upstreams:
     url: {upstream_url}
     connect_timeout: 1s
     timeout: 5s
+database:
+  url: {database}
+  connect_timeout: 2s
+redis:
+  url: {redis}
+  key_prefix: "{prefix}"
+  timeout: 1s
+smtp:
+  host: 127.0.0.1
+  port: {smtp_port}
+  timeout: 2s
+  retry_initial: 50ms
+  retry_max: 200ms
+  poll_interval: 100ms
+tokens:
+  hs256_secret: test-secret-that-is-at-least-32-bytes-long
+password:
+  argon2:
+    memory_kib: 1024
+    iterations: 1
+    parallelism: 1
 telemetry:
   access_log: false
 "#,
         cert = pki.cert_path.display(),
         key = pki.key_path.display(),
+        database = run.database_url,
+        redis = REDIS_URL,
+        prefix = run.redis_prefix,
     )
 }
 
-pub fn base_config(upstream_url: &str) -> Config {
-    Config::from_yaml_str(&base_config_yaml(upstream_url), "test", Vec::new()).unwrap()
+pub fn base_config(upstream_url: &str, smtp_port: u16) -> Config {
+    Config::from_yaml_str(&config_yaml(upstream_url, smtp_port), "test", Vec::new()).unwrap()
 }
 
 pub struct TestGateway {
@@ -82,6 +241,8 @@ pub struct TestGateway {
     pub http: Option<SocketAddr>,
     pub ops: SocketAddr,
     pub upstream: Upstream,
+    pub smtp: &'static SmtpServer,
+    pub clock: Arc<Clock>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -93,13 +254,17 @@ impl TestGateway {
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestGateway {
         let upstream = Upstream::start().await;
-        let mut config = base_config(&upstream.url());
+        let mut config = base_config(&upstream.url(), shared_smtp().addr.port());
         configure(&mut config);
         Self::start_config(config, upstream).await
     }
 
+    /// Every gateway of a run shares one database and so one mail outbox, and any
+    /// gateway's worker may send any message: they all send to this run's one SMTP server.
     pub async fn start_config(config: Config, upstream: Upstream) -> TestGateway {
-        let app = App::build(&config).unwrap();
+        let smtp = shared_smtp();
+        let clock = Arc::new(Clock::system());
+        let app = App::build_with_clock(&config, clock.clone()).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();
         let (https, http, ops) = (
             listeners.https_addr(),
@@ -115,6 +280,8 @@ impl TestGateway {
             http,
             ops,
             upstream,
+            smtp,
+            clock,
             shutdown: Some(shutdown),
             task: Some(task),
         }

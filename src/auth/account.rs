@@ -1,0 +1,186 @@
+//! Accounts: registration, email verification, and the caller's own user object.
+
+use http::StatusCode;
+
+use super::{
+    json, normalize_email, object, status_only, store_error, user_json, AuthService, Call,
+    Principal, Reply,
+};
+use crate::error::GatewayError;
+use crate::mail;
+use crate::password::check_rules;
+use crate::store::{NewUser, Store, StoreError, TokenPurpose};
+use crate::token::{hash_opaque, OpaqueToken};
+
+impl AuthService {
+    pub(super) async fn register(&self, call: &Call) -> Reply {
+        let fields = object(call)?;
+        let email = normalize_email(fields.string("email")?);
+        let password = fields.string("password")?;
+        let name = fields.optional_string("name")?.unwrap_or("").trim();
+        if !super::is_valid_email(&email) {
+            return Err(GatewayError::unprocessable("Invalid email address"));
+        }
+        if name.chars().count() > 200 {
+            return Err(GatewayError::unprocessable(
+                "Name must be at most 200 characters",
+            ));
+        }
+        check_rules(password, &email, &self.rules)
+            .map_err(|problem| GatewayError::unprocessable(problem.message()))?;
+        let password_hash = self
+            .hasher
+            .hash(password)
+            .await
+            .map_err(super::password_error)?;
+
+        let now = self.now();
+        let token = OpaqueToken::generate();
+        let mut client = self.store.client().await.map_err(store_error)?;
+        let transaction = client
+            .transaction()
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        let new_user = NewUser {
+            email: &email,
+            name,
+            password_hash: &password_hash,
+            role: &self.settings.default_role,
+            is_verified: false,
+        };
+        let user = match Store::create_user(&transaction, &new_user, now).await {
+            Ok(user) => user,
+            Err(StoreError::Conflict) => {
+                return Err(GatewayError::Conflict("Email already registered"))
+            }
+            Err(error) => return Err(store_error(error)),
+        };
+        Store::create_email_token(
+            &transaction,
+            user.id,
+            TokenPurpose::VerifyEmail,
+            &token.hash,
+            self.settings.verification_ttl,
+            now,
+        )
+        .await
+        .map_err(store_error)?;
+        let message = mail::verification_mail(
+            &user.email,
+            &self.settings.public_url,
+            &token.token,
+            self.settings.verification_ttl,
+        );
+        mail::enqueue(&transaction, &message)
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        Store::audit(
+            &transaction,
+            "register",
+            Some(user.id),
+            Some(&call.ip),
+            call.user_agent.as_deref(),
+            &serde_json::json!({}),
+            now,
+        )
+        .await
+        .map_err(store_error)?;
+        transaction
+            .commit()
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        self.mail_waker.notify_one();
+        Ok(json(StatusCode::CREATED, &user_json(&user)))
+    }
+
+    pub(super) async fn verify_email(&self, call: &Call) -> Reply {
+        let fields = object(call)?;
+        let token = fields.string("token")?;
+        let now = self.now();
+        let mut client = self.store.client().await.map_err(store_error)?;
+        let transaction = client
+            .transaction()
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        let Some(user_id) = Store::consume_email_token(
+            &transaction,
+            TokenPurpose::VerifyEmail,
+            &hash_opaque(token),
+            now,
+        )
+        .await
+        .map_err(store_error)?
+        else {
+            return Err(GatewayError::bad_request("Invalid or expired token"));
+        };
+        let user = Store::mark_verified(&transaction, user_id, now)
+            .await
+            .map_err(store_error)?;
+        Store::audit(
+            &transaction,
+            "email_verified",
+            Some(user.id),
+            Some(&call.ip),
+            call.user_agent.as_deref(),
+            &serde_json::json!({}),
+            now,
+        )
+        .await
+        .map_err(store_error)?;
+        transaction
+            .commit()
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        Ok(json(StatusCode::OK, &user_json(&user)))
+    }
+
+    /// Always 202, so the answer does not tell whether an address is registered.
+    pub(super) async fn resend_verification(&self, call: &Call) -> Reply {
+        let fields = object(call)?;
+        let email = normalize_email(fields.string("email")?);
+        let user = self
+            .store
+            .user_by_email(&email)
+            .await
+            .map_err(store_error)?;
+        if let Some(user) = user.filter(|user| !user.is_verified && user.is_active) {
+            let now = self.now();
+            let token = OpaqueToken::generate();
+            let mut client = self.store.client().await.map_err(store_error)?;
+            let transaction = client
+                .transaction()
+                .await
+                .map_err(|error| store_error(error.into()))?;
+            Store::create_email_token(
+                &transaction,
+                user.id,
+                TokenPurpose::VerifyEmail,
+                &token.hash,
+                self.settings.verification_ttl,
+                now,
+            )
+            .await
+            .map_err(store_error)?;
+            let message = mail::verification_mail(
+                &user.email,
+                &self.settings.public_url,
+                &token.token,
+                self.settings.verification_ttl,
+            );
+            mail::enqueue(&transaction, &message)
+                .await
+                .map_err(|error| store_error(error.into()))?;
+            transaction
+                .commit()
+                .await
+                .map_err(|error| store_error(error.into()))?;
+            self.mail_waker.notify_one();
+        }
+        Ok(status_only(StatusCode::ACCEPTED))
+    }
+
+    pub(super) async fn me(&self, principal: &Principal) -> Reply {
+        let user = self.principal_user(principal).await?;
+        Ok(json(StatusCode::OK, &user_json(&user)))
+    }
+}

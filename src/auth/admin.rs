@@ -1,0 +1,222 @@
+//! The admin API: list, read, change and unlock users; read the audit log.
+
+use http::StatusCode;
+use uuid::Uuid;
+
+use super::{
+    json, object, query_param, status_only, store_error, user_json, AuthService, Call, Principal,
+    Reply,
+};
+use crate::clock::{rfc3339, unix_seconds};
+use crate::error::GatewayError;
+use crate::store::{Store, UserPatch};
+
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 200;
+const MAX_AUDIT: i64 = 500;
+
+impl AuthService {
+    pub(super) async fn admin_users(&self, call: &Call) -> Reply {
+        let limit = number_param(call, "limit", DEFAULT_PAGE, 1, MAX_PAGE)?;
+        let offset = number_param(call, "offset", 0, 0, i64::MAX)?;
+        let query = query_param(call, "q")
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty());
+        let (users, total) = self
+            .store
+            .list_users(query.as_deref(), limit, offset)
+            .await
+            .map_err(store_error)?;
+        let items: Vec<_> = users.iter().map(user_json).collect();
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "items": items, "total": total }),
+        ))
+    }
+
+    pub(super) async fn admin_user(&self, id: &str) -> Reply {
+        let user_id = parse_user_id(id)?;
+        let Some(user) = self.store.user_by_id(user_id).await.map_err(store_error)? else {
+            return Err(GatewayError::NotFoundDetail("User not found"));
+        };
+        let mut body = user_json(&user);
+        body["failed_login_attempts"] = user.failed_login_attempts.into();
+        body["locked_until"] = user.locked_until.map(rfc3339).into();
+        Ok(json(StatusCode::OK, &body))
+    }
+
+    /// A role change or a deactivation ends the user's sessions at once, everywhere.
+    pub(super) async fn admin_patch_user(
+        &self,
+        call: &Call,
+        principal: &Principal,
+        id: &str,
+    ) -> Reply {
+        let user_id = parse_user_id(id)?;
+        let fields = object(call)?;
+        let patch = UserPatch {
+            role: fields.optional_string("role")?.map(str::to_string),
+            is_active: fields.optional_bool("is_active")?,
+            name: fields
+                .optional_string("name")?
+                .map(|name| name.trim().to_string()),
+        };
+        if let Some(role) = &patch.role {
+            if !self.is_known_role(role) {
+                return Err(GatewayError::unprocessable(format!("Unknown role: {role}")));
+            }
+        }
+        if patch
+            .name
+            .as_ref()
+            .is_some_and(|name| name.chars().count() > 200)
+        {
+            return Err(GatewayError::unprocessable(
+                "Name must be at most 200 characters",
+            ));
+        }
+        let Some(before) = self.store.user_by_id(user_id).await.map_err(store_error)? else {
+            return Err(GatewayError::NotFoundDetail("User not found"));
+        };
+        let role_changed = patch.role.as_ref().is_some_and(|role| *role != before.role);
+        let deactivated = patch.is_active == Some(false) && before.is_active;
+        let now = self.now();
+        if role_changed || deactivated {
+            // Redis first: a refused token everywhere before Postgres says the change happened.
+            self.revoke_in_redis(&[], Some((user_id, unix_seconds(now))))
+                .await?;
+        }
+
+        let mut client = self.store.client().await.map_err(store_error)?;
+        let transaction = client
+            .transaction()
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        let Some(user) = Store::update_user(&transaction, user_id, &patch, now)
+            .await
+            .map_err(store_error)?
+        else {
+            return Err(GatewayError::NotFoundDetail("User not found"));
+        };
+        let mut ended = Vec::new();
+        if role_changed || deactivated {
+            let reason = if deactivated {
+                "deactivated"
+            } else {
+                "role changed"
+            };
+            ended = Store::revoke_sessions_of(&transaction, user_id, None, reason, now)
+                .await
+                .map_err(store_error)?;
+        }
+        let actor = serde_json::json!(principal.user_id.to_string());
+        if role_changed {
+            let detail = serde_json::json!({ "from": before.role, "to": user.role, "by": actor });
+            Store::audit(
+                &transaction,
+                "role_changed",
+                Some(user_id),
+                Some(&call.ip),
+                call.user_agent.as_deref(),
+                &detail,
+                now,
+            )
+            .await
+            .map_err(store_error)?;
+        }
+        if deactivated {
+            Store::audit(
+                &transaction,
+                "user_deactivated",
+                Some(user_id),
+                Some(&call.ip),
+                call.user_agent.as_deref(),
+                &serde_json::json!({ "by": actor }),
+                now,
+            )
+            .await
+            .map_err(store_error)?;
+        }
+        transaction
+            .commit()
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        self.revoke_in_redis(&ended, None).await?;
+        Ok(json(StatusCode::OK, &user_json(&user)))
+    }
+
+    pub(super) async fn admin_unlock(&self, call: &Call, principal: &Principal, id: &str) -> Reply {
+        let user_id = parse_user_id(id)?;
+        if !self
+            .store
+            .unlock_user(user_id, self.now())
+            .await
+            .map_err(store_error)?
+        {
+            return Err(GatewayError::NotFoundDetail("User not found"));
+        }
+        self.audit(
+            "user_unlocked",
+            Some(user_id),
+            call,
+            serde_json::json!({ "by": principal.user_id.to_string() }),
+        )
+        .await?;
+        Ok(status_only(StatusCode::NO_CONTENT))
+    }
+
+    pub(super) async fn admin_audit(&self, call: &Call) -> Reply {
+        let limit = number_param(call, "limit", DEFAULT_PAGE, 1, MAX_AUDIT)?;
+        let user_id = match query_param(call, "user_id").filter(|id| !id.is_empty()) {
+            Some(id) => Some(
+                Uuid::parse_str(&id)
+                    .map_err(|_| GatewayError::unprocessable("user_id must be a UUID"))?,
+            ),
+            None => None,
+        };
+        let entries = self
+            .store
+            .audit_entries(user_id, limit)
+            .await
+            .map_err(store_error)?;
+        let items: Vec<_> = entries
+            .iter()
+            .map(|entry| {
+                serde_json::json!({
+                    "at": rfc3339(entry.at),
+                    "event": entry.event,
+                    "user_id": entry.user_id.map(|id| id.to_string()),
+                    "ip_address": entry.ip_address,
+                    "detail": entry.detail,
+                })
+            })
+            .collect();
+        Ok(json(StatusCode::OK, &serde_json::Value::Array(items)))
+    }
+}
+
+/// A user id in the path that is not a UUID names no user.
+fn parse_user_id(id: &str) -> Result<Uuid, GatewayError> {
+    Uuid::parse_str(id).map_err(|_| GatewayError::NotFoundDetail("User not found"))
+}
+
+fn number_param(
+    call: &Call,
+    name: &'static str,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, GatewayError> {
+    let Some(text) = query_param(call, name) else {
+        return Ok(default);
+    };
+    match text.parse::<i64>() {
+        Ok(value) if (min..=max).contains(&value) => Ok(value),
+        _ if max == i64::MAX => Err(GatewayError::unprocessable(format!(
+            "{name} must be a whole number of at least {min}"
+        ))),
+        _ => Err(GatewayError::unprocessable(format!(
+            "{name} must be a whole number from {min} to {max}"
+        ))),
+    }
+}

@@ -1,0 +1,228 @@
+//! Passwords: reset by email, confirmation with the emailed token, and change.
+
+use http::StatusCode;
+
+use super::{
+    normalize_email, object, password_error, status_only, store_error, AuthService, Call,
+    Principal, Reply,
+};
+use crate::clock::unix_seconds;
+use crate::error::GatewayError;
+use crate::mail;
+use crate::password::{check_rules, Verification};
+use crate::store::{Store, TokenPurpose};
+use crate::token::{hash_opaque, OpaqueToken};
+
+impl AuthService {
+    /// Always 202, so the answer does not tell whether an address is registered.
+    pub(super) async fn password_reset(&self, call: &Call) -> Reply {
+        let fields = object(call)?;
+        let email = normalize_email(fields.string("email")?);
+        let user = self
+            .store
+            .user_by_email(&email)
+            .await
+            .map_err(store_error)?;
+        if let Some(user) = user.filter(|user| user.is_active) {
+            let now = self.now();
+            let token = OpaqueToken::generate();
+            let mut client = self.store.client().await.map_err(store_error)?;
+            let transaction = client
+                .transaction()
+                .await
+                .map_err(|error| store_error(error.into()))?;
+            Store::create_email_token(
+                &transaction,
+                user.id,
+                TokenPurpose::PasswordReset,
+                &token.hash,
+                self.settings.reset_ttl,
+                now,
+            )
+            .await
+            .map_err(store_error)?;
+            let message = mail::password_reset_mail(
+                &user.email,
+                &self.settings.public_url,
+                &token.token,
+                self.settings.reset_ttl,
+            );
+            mail::enqueue(&transaction, &message)
+                .await
+                .map_err(|error| store_error(error.into()))?;
+            Store::audit(
+                &transaction,
+                "password_reset_requested",
+                Some(user.id),
+                Some(&call.ip),
+                call.user_agent.as_deref(),
+                &serde_json::json!({}),
+                now,
+            )
+            .await
+            .map_err(store_error)?;
+            transaction
+                .commit()
+                .await
+                .map_err(|error| store_error(error.into()))?;
+            self.mail_waker.notify_one();
+        }
+        Ok(status_only(StatusCode::ACCEPTED))
+    }
+
+    /// Sets the new password and ends every session. The token is spent in the same
+    /// transaction, so of two concurrent uses exactly one succeeds.
+    pub(super) async fn password_reset_confirm(&self, call: &Call) -> Reply {
+        let fields = object(call)?;
+        let token = fields.string("token")?;
+        let new_password = fields.string("new_password")?;
+        let hash = hash_opaque(token);
+        let now = self.now();
+
+        // Check the password against its owner's rules before spending the token, so a
+        // rejected password leaves the link usable.
+        let owner = {
+            let client = self.store.client().await.map_err(store_error)?;
+            client
+                .query_opt(
+                    "SELECT u.email FROM email_tokens t JOIN users u ON u.id = t.user_id
+                     WHERE t.token_hash = $1 AND t.purpose = 'password_reset' AND t.used_at IS NULL AND t.expires_at > $2",
+                    &[&hash.as_slice(), &now],
+                )
+                .await
+                .map_err(|error| store_error(error.into()))?
+                .map(|row| row.get::<_, String>(0))
+        };
+        let Some(email) = owner else {
+            return Err(GatewayError::bad_request("Invalid or expired token"));
+        };
+        check_rules(new_password, &email, &self.rules)
+            .map_err(|problem| GatewayError::unprocessable(problem.message()))?;
+        let password_hash = self
+            .hasher
+            .hash(new_password)
+            .await
+            .map_err(password_error)?;
+
+        let mut client = self.store.client().await.map_err(store_error)?;
+        let transaction = client
+            .transaction()
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        let Some(user_id) =
+            Store::consume_email_token(&transaction, TokenPurpose::PasswordReset, &hash, now)
+                .await
+                .map_err(store_error)?
+        else {
+            return Err(GatewayError::bad_request("Invalid or expired token"));
+        };
+        // Redis first: if it is down, nothing has changed yet.
+        self.revoke_in_redis(&[], Some((user_id, unix_seconds(now))))
+            .await?;
+        let user = Store::set_password(&transaction, user_id, &password_hash, now)
+            .await
+            .map_err(store_error)?;
+        let ended = Store::revoke_sessions_of(&transaction, user_id, None, "password reset", now)
+            .await
+            .map_err(store_error)?;
+        mail::enqueue(&transaction, &mail::password_changed_mail(&user.email))
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        Store::audit(
+            &transaction,
+            "password_reset_completed",
+            Some(user_id),
+            Some(&call.ip),
+            call.user_agent.as_deref(),
+            &serde_json::json!({ "sessions_ended": ended.len() }),
+            now,
+        )
+        .await
+        .map_err(store_error)?;
+        transaction
+            .commit()
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        self.mail_waker.notify_one();
+        self.revoke_in_redis(&ended, None).await?;
+        Ok(status_only(StatusCode::NO_CONTENT))
+    }
+
+    /// Changes the password; the caller's session stays, every other one ends.
+    pub(super) async fn password_change(&self, call: &Call, principal: &Principal) -> Reply {
+        let fields = object(call)?;
+        let current = fields.string("current_password")?;
+        let new_password = fields.string("new_password")?;
+        let user = self.principal_user(principal).await?;
+        match self
+            .hasher
+            .verify(current, Some(&user.password_hash))
+            .await
+            .map_err(password_error)?
+        {
+            Verification::Match { .. } => {}
+            Verification::Mismatch => {
+                return Err(GatewayError::unprocessable("Current password is incorrect"))
+            }
+        }
+        check_rules(new_password, &user.email, &self.rules)
+            .map_err(|problem| GatewayError::unprocessable(problem.message()))?;
+        let password_hash = self
+            .hasher
+            .hash(new_password)
+            .await
+            .map_err(password_error)?;
+        let now = self.now();
+
+        let others: Vec<_> = self
+            .store
+            .list_sessions(user.id, now)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|session| session.id)
+            .filter(|id| *id != principal.session_id)
+            .collect();
+        self.revoke_in_redis(&others, None).await?;
+
+        let mut client = self.store.client().await.map_err(store_error)?;
+        let transaction = client
+            .transaction()
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        Store::set_password(&transaction, user.id, &password_hash, now)
+            .await
+            .map_err(store_error)?;
+        let ended = Store::revoke_sessions_of(
+            &transaction,
+            user.id,
+            Some(principal.session_id),
+            "password change",
+            now,
+        )
+        .await
+        .map_err(store_error)?;
+        mail::enqueue(&transaction, &mail::password_changed_mail(&user.email))
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        Store::audit(
+            &transaction,
+            "password_changed",
+            Some(user.id),
+            Some(&call.ip),
+            call.user_agent.as_deref(),
+            &serde_json::json!({ "sessions_ended": ended.len() }),
+            now,
+        )
+        .await
+        .map_err(store_error)?;
+        transaction
+            .commit()
+            .await
+            .map_err(|error| store_error(error.into()))?;
+        self.mail_waker.notify_one();
+        // Sessions started between the list and the commit are ended here too.
+        self.revoke_in_redis(&ended, None).await?;
+        Ok(status_only(StatusCode::NO_CONTENT))
+    }
+}

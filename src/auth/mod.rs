@@ -1,0 +1,766 @@
+//! The `/auth` routes: registration and verification, login with lockout, rotating refresh
+//! sessions, logout, password reset and change, the admin API, and the documents the
+//! gateway publishes (OpenAPI, JWKS).
+//!
+//! Handlers compose the pure cores (`token`, `password`) with the stores (`store`, `limits`)
+//! and never touch HTTP framing beyond a parsed [`Call`]. Each request runs as a detached
+//! task, so a client that hangs up cannot cancel work half done (a counted failure, a queued
+//! mail). Revocation is written to Redis before Postgres changes, so an outage of either
+//! answers 503 before anything is half-revoked.
+
+mod account;
+mod admin;
+mod credentials;
+mod openapi;
+pub mod routes;
+mod session;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, PRAGMA, USER_AGENT,
+};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::clock::{rfc3339, Clock};
+use crate::config::FailMode;
+use crate::error::GatewayError;
+use crate::limits::revocation::Revocations;
+use crate::limits::RedisError;
+use crate::password::{PasswordError, PasswordHasher, PasswordRules};
+use crate::proxy::body::GatewayBody;
+use crate::store::{Store, StoreError, User};
+use crate::token::{AccessClaims, TokenKeys};
+use routes::{Access, Route, RouteSpec};
+
+/// Marks a response that must not leak its URL (and so the token in it) as a referrer.
+#[derive(Debug, Clone, Copy)]
+pub struct NoReferrer;
+
+/// Settings the routes need, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub public_url: String,
+    pub refresh_ttl: Duration,
+    pub verification_ttl: Duration,
+    pub reset_ttl: Duration,
+    pub max_failures: i32,
+    pub lock_for: Duration,
+    /// Lowest first; a higher role has every right of the lower ones.
+    pub roles: Vec<String>,
+    pub default_role: String,
+    pub revocation_on_redis_error: FailMode,
+    /// The access-token cookie, when cookie mode is on.
+    pub access_cookie: Option<String>,
+    /// `/auth` bodies are small JSON documents; anything larger is refused early.
+    pub max_body_bytes: usize,
+}
+
+/// The dependencies and settings of every `/auth` route.
+pub struct AuthService {
+    pub(crate) store: Store,
+    pub(crate) revocations: Revocations,
+    pub(crate) keys: TokenKeys,
+    pub(crate) hasher: PasswordHasher,
+    pub(crate) rules: PasswordRules,
+    pub(crate) clock: Arc<Clock>,
+    pub(crate) settings: AuthSettings,
+    pub(crate) mail_waker: Arc<Notify>,
+}
+
+/// One parsed `/auth` request.
+pub(crate) struct Call {
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub ip: String,
+    pub user_agent: Option<String>,
+}
+
+/// An authenticated caller: verified token, not revoked.
+pub(crate) struct Principal {
+    pub claims: AccessClaims,
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+type Reply = Result<Response<GatewayBody>, GatewayError>;
+
+impl AuthService {
+    /// Answers a request for a gateway path (`routes::is_gateway_path`). `path` is the
+    /// normalised path, `client_ip` the address the gateway trusts for this client.
+    pub async fn handle(
+        self: &Arc<Self>,
+        request: Request<Incoming>,
+        path: String,
+        client_ip: IpAddr,
+    ) -> Response<GatewayBody> {
+        let service = self.clone();
+        let task = tokio::spawn(async move { service.serve(request, path, client_ip).await });
+        match task.await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::error!(%error, "auth handler task failed");
+                GatewayError::Internal.into_response()
+            }
+        }
+    }
+
+    async fn serve(
+        &self,
+        request: Request<Incoming>,
+        path: String,
+        client_ip: IpAddr,
+    ) -> Response<GatewayBody> {
+        let (spec, id) = match routes::match_route(request.method(), &path) {
+            Ok(found) => found,
+            Err(error) => {
+                let mut response = error.into_response();
+                if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+                    let allow = routes::allowed_methods(&path).join(", ");
+                    if let Ok(allow) = HeaderValue::from_str(&allow) {
+                        response.headers_mut().insert(ALLOW, allow);
+                    }
+                }
+                return finish(response, None);
+            }
+        };
+        let id = id.map(str::to_string);
+        let result = match self.read_call(request, client_ip).await {
+            Ok(call) => self.dispatch(spec, id.as_deref(), &call).await,
+            Err(error) => Err(error),
+        };
+        let response = result.unwrap_or_else(GatewayError::into_response);
+        finish(response, Some(spec.route))
+    }
+
+    async fn read_call(
+        &self,
+        request: Request<Incoming>,
+        client_ip: IpAddr,
+    ) -> Result<Call, GatewayError> {
+        let (parts, body) = request.into_parts();
+        let body = Limited::new(body, self.settings.max_body_bytes)
+            .collect()
+            .await
+            .map_err(|error| {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    GatewayError::PayloadTooLarge
+                } else {
+                    GatewayError::bad_request("Request body could not be read")
+                }
+            })?
+            .to_bytes();
+        let user_agent = parts
+            .headers
+            .get(USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .map(|agent| agent.chars().take(512).collect());
+        Ok(Call {
+            query: parts.uri.query().map(str::to_string),
+            headers: parts.headers,
+            body,
+            ip: client_ip.to_string(),
+            user_agent,
+        })
+    }
+
+    async fn dispatch(&self, spec: &RouteSpec, id: Option<&str>, call: &Call) -> Reply {
+        let principal = match spec.access {
+            Access::Public => None,
+            Access::Bearer => Some(self.authenticate(call).await?),
+            Access::Admin => {
+                let principal = self.authenticate(call).await?;
+                if !self.role_at_least(&principal.claims.role, "admin") {
+                    return Err(GatewayError::Forbidden("Requires admin role".into()));
+                }
+                Some(principal)
+            }
+        };
+        let principal = principal.as_ref();
+        match spec.route {
+            Route::Register => self.register(call).await,
+            Route::VerifyEmail => self.verify_email(call).await,
+            Route::ResendVerification => self.resend_verification(call).await,
+            Route::Login => self.login(call).await,
+            Route::Refresh => self.refresh(call).await,
+            Route::Logout => self.logout(call, required(principal)).await,
+            Route::PasswordReset => self.password_reset(call).await,
+            Route::PasswordResetConfirm => self.password_reset_confirm(call).await,
+            Route::PasswordChange => self.password_change(call, required(principal)).await,
+            Route::Me => self.me(required(principal)).await,
+            Route::Sessions => self.sessions(required(principal)).await,
+            Route::DeleteSession => {
+                self.delete_session(required(principal), id.unwrap_or_default())
+                    .await
+            }
+            Route::AdminUsers => self.admin_users(call).await,
+            Route::AdminUser => self.admin_user(id.unwrap_or_default()).await,
+            Route::AdminPatchUser => {
+                self.admin_patch_user(call, required(principal), id.unwrap_or_default())
+                    .await
+            }
+            Route::AdminUnlock => {
+                self.admin_unlock(call, required(principal), id.unwrap_or_default())
+                    .await
+            }
+            Route::AdminAudit => self.admin_audit(call).await,
+            Route::OpenApi => Ok(json(StatusCode::OK, &openapi::document())),
+            Route::Jwks => Ok(json(StatusCode::OK, &self.keys.jwks())),
+        }
+    }
+
+    /// Verifies the caller's access token and that it has not been revoked.
+    pub(crate) async fn authenticate(&self, call: &Call) -> Result<Principal, GatewayError> {
+        let Some(token) = self.bearer_token(&call.headers) else {
+            return Err(GatewayError::unauthorized("Not authenticated"));
+        };
+        let claims = self
+            .keys
+            .verify_access(token, self.clock.unix_now())
+            .map_err(|error| {
+                tracing::debug!(%error, "access token refused");
+                GatewayError::invalid_token("Invalid or expired token")
+            })?;
+        let (Ok(user_id), Ok(session_id)) =
+            (Uuid::parse_str(&claims.sub), Uuid::parse_str(&claims.sid))
+        else {
+            return Err(GatewayError::invalid_token("Invalid or expired token"));
+        };
+        match self
+            .revocations
+            .is_revoked(&claims.sid, &claims.sub, claims.iat)
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => return Err(GatewayError::invalid_token("Token has been revoked")),
+            Err(error) => match self.settings.revocation_on_redis_error {
+                FailMode::Deny => {
+                    tracing::warn!(%error, "revocation check failed; refusing (revocation_on_redis_error: deny)");
+                    return Err(GatewayError::Unavailable("Revocation service unavailable"));
+                }
+                FailMode::Allow => {
+                    tracing::warn!(%error, "revocation check failed; allowing (revocation_on_redis_error: allow)");
+                }
+            },
+        }
+        Ok(Principal {
+            claims,
+            user_id,
+            session_id,
+        })
+    }
+
+    /// The token from `Authorization: Bearer`, or from the access cookie in cookie mode.
+    /// Never from the query string.
+    fn bearer_token<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        if let Some(value) = headers.get(AUTHORIZATION) {
+            let value = value.to_str().ok()?;
+            let (scheme, token) = value.split_once(' ')?;
+            return scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+                .filter(|token| !token.is_empty());
+        }
+        let cookie_name = self.settings.access_cookie.as_deref()?;
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == cookie_name)
+            .map(|(_, value)| value)
+    }
+
+    pub(crate) fn role_at_least(&self, role: &str, needed: &str) -> bool {
+        let rank = |name: &str| self.settings.roles.iter().position(|known| known == name);
+        match (rank(role), rank(needed)) {
+            (Some(have), Some(need)) => have >= need,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn is_known_role(&self, role: &str) -> bool {
+        self.settings.roles.iter().any(|known| known == role)
+    }
+
+    /// Loads the principal's user, refusing a deleted or deactivated one.
+    pub(crate) async fn principal_user(&self, principal: &Principal) -> Result<User, GatewayError> {
+        match self
+            .store
+            .user_by_id(principal.user_id)
+            .await
+            .map_err(store_error)?
+        {
+            Some(user) if user.is_active => Ok(user),
+            _ => Err(GatewayError::invalid_token("Invalid or expired token")),
+        }
+    }
+
+    /// Ends sessions everywhere: Redis first (refused tokens), so a Redis outage fails the
+    /// request before Postgres changes.
+    pub(crate) async fn revoke_in_redis(
+        &self,
+        session_ids: &[Uuid],
+        user_not_before: Option<(Uuid, u64)>,
+    ) -> Result<(), GatewayError> {
+        if let Some((user_id, not_before)) = user_not_before {
+            self.revocations
+                .set_user_not_before(user_id, not_before)
+                .await
+                .map_err(redis_error)?;
+        }
+        self.revocations
+            .revoke_sessions(session_ids)
+            .await
+            .map_err(redis_error)
+    }
+
+    pub(crate) async fn audit(
+        &self,
+        event: &str,
+        user_id: Option<Uuid>,
+        call: &Call,
+        detail: Value,
+    ) -> Result<(), GatewayError> {
+        let client = self.store.client().await.map_err(store_error)?;
+        Store::audit(
+            &client,
+            event,
+            user_id,
+            Some(&call.ip),
+            call.user_agent.as_deref(),
+            &detail,
+            self.clock.now(),
+        )
+        .await
+        .map_err(store_error)
+    }
+
+    pub(crate) fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+}
+
+fn required(principal: Option<&Principal>) -> &Principal {
+    principal.expect("routes with Bearer or Admin access are authenticated before dispatch")
+}
+
+/// Headers every `/auth` response carries: nothing here may be cached, and the reset and
+/// verification routes must not leak their URL as a referrer.
+fn finish(mut response: Response<GatewayBody>, route: Option<Route>) -> Response<GatewayBody> {
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    if matches!(
+        route,
+        Some(
+            Route::VerifyEmail
+                | Route::ResendVerification
+                | Route::PasswordReset
+                | Route::PasswordResetConfirm
+        )
+    ) {
+        response.extensions_mut().insert(NoReferrer);
+    }
+    response
+}
+
+pub(crate) fn json(status: StatusCode, value: &Value) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::full(value.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub(crate) fn status_only(status: StatusCode) -> Response<GatewayBody> {
+    let mut response = Response::new(GatewayBody::empty());
+    *response.status_mut() = status;
+    response
+}
+
+/// Maps a store failure to what the client sees; the cause goes to the log.
+pub(crate) fn store_error(error: StoreError) -> GatewayError {
+    match error {
+        StoreError::Unavailable(cause) => {
+            tracing::warn!(%cause, "database unavailable");
+            GatewayError::Unavailable("Database unavailable")
+        }
+        StoreError::Conflict => GatewayError::Conflict("Conflict"),
+        StoreError::Database(cause) => {
+            tracing::error!(error = %cause, "database error");
+            GatewayError::Internal
+        }
+    }
+}
+
+pub(crate) fn redis_error(error: RedisError) -> GatewayError {
+    tracing::warn!(%error, "redis unavailable");
+    GatewayError::Unavailable("Revocation service unavailable")
+}
+
+pub(crate) fn password_error(error: PasswordError) -> GatewayError {
+    tracing::error!(%error, "password hashing failed");
+    GatewayError::Internal
+}
+
+/// The JSON object a request carried. Malformed JSON is 400; a missing or mistyped field is
+/// 422 (see [`Fields`]).
+pub(crate) fn object(call: &Call) -> Result<Fields, GatewayError> {
+    if call.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Fields(Map::new()));
+    }
+    match serde_json::from_slice::<Value>(&call.body) {
+        Ok(Value::Object(map)) => Ok(Fields(map)),
+        Ok(_) => Err(GatewayError::bad_request(
+            "Request body must be a JSON object",
+        )),
+        Err(_) => Err(GatewayError::bad_request("Malformed JSON")),
+    }
+}
+
+pub(crate) struct Fields(Map<String, Value>);
+
+impl Fields {
+    pub fn string(&self, name: &'static str) -> Result<&str, GatewayError> {
+        match self.0.get(name) {
+            Some(Value::String(text)) => Ok(text),
+            Some(_) => Err(GatewayError::unprocessable(format!(
+                "Field '{name}' must be a string"
+            ))),
+            None => Err(GatewayError::unprocessable(format!(
+                "Field '{name}' is required"
+            ))),
+        }
+    }
+
+    pub fn optional_string(&self, name: &'static str) -> Result<Option<&str>, GatewayError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(GatewayError::unprocessable(format!(
+                "Field '{name}' must be a string"
+            ))),
+        }
+    }
+
+    pub fn optional_bool(&self, name: &'static str) -> Result<Option<bool>, GatewayError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(flag)) => Ok(Some(*flag)),
+            Some(_) => Err(GatewayError::unprocessable(format!(
+                "Field '{name}' must be a boolean"
+            ))),
+        }
+    }
+}
+
+/// The query parameter `name`, percent-decoded.
+pub(crate) fn query_param(call: &Call, name: &str) -> Option<String> {
+    call.query.as_deref()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'+' => decoded.push(b' '),
+            b'%' if index + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[index + 1..index + 3]).ok();
+                match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                    Some(byte) => {
+                        decoded.push(byte);
+                        index += 2;
+                    }
+                    None => decoded.push(b'%'),
+                }
+            }
+            byte => decoded.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// The user object of the contract: never a hash or a token.
+pub(crate) fn user_json(user: &User) -> Value {
+    serde_json::json!({
+        "id": user.id.to_string(),
+        "email": user.email,
+        "name": user.name,
+        "role": user.role,
+        "is_active": user.is_active,
+        "is_verified": user.is_verified,
+        "created_at": rfc3339(user.created_at),
+        "last_login": user.last_login.map(rfc3339),
+    })
+}
+
+/// Emails are compared and stored trimmed and lower-cased.
+pub(crate) fn normalize_email(raw: &str) -> String {
+    raw.trim().to_lowercase()
+}
+
+/// A deliberately plain check: one `@`, a sensible local part, a dotted domain of letters,
+/// digits and hyphens. Deliverability is proven by the verification email, not here.
+pub(crate) fn is_valid_email(email: &str) -> bool {
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    if local.is_empty()
+        || local.len() > 64
+        || domain.contains('@')
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+    {
+        return false;
+    }
+    let local_ok = local
+        .chars()
+        .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        });
+    local_ok && domain_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_validation() {
+        for valid in [
+            "a@b.co",
+            "first.last+tag@example.com",
+            "x_y@sub.domain.org",
+            "élodie@exemple.fr",
+        ] {
+            assert!(is_valid_email(valid), "{valid}");
+        }
+        for invalid in [
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a@b",
+            "a@@b.com",
+            "a b@c.com",
+            "a@b..com",
+            ".a@b.com",
+            "a.@b.com",
+            "a..b@c.com",
+            "a@-b.com",
+            "a@b-.com",
+            "a@b.com\n",
+            "a@b_c.com",
+        ] {
+            assert!(!is_valid_email(invalid), "{invalid:?}");
+        }
+    }
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let call = Call {
+            query: Some("q=a%40b.com&limit=5&x=%zz&name=Ann+Lee".into()),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            ip: "127.0.0.1".into(),
+            user_agent: None,
+        };
+        assert_eq!(query_param(&call, "q").as_deref(), Some("a@b.com"));
+        assert_eq!(query_param(&call, "limit").as_deref(), Some("5"));
+        assert_eq!(query_param(&call, "x").as_deref(), Some("%zz"));
+        assert_eq!(query_param(&call, "name").as_deref(), Some("Ann Lee"));
+        assert_eq!(query_param(&call, "missing"), None);
+    }
+}
+
+/// Why the identity side could not be assembled from a validated configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthBuildError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("tokens: {0}")]
+    Token(#[from] crate::token::TokenError),
+    #[error("password: {0}")]
+    Password(#[from] PasswordError),
+    #[error("smtp: {0}")]
+    Mail(#[from] crate::mail::MailError),
+}
+
+/// The roles known until the policy file supplies them, lowest first.
+pub const DEFAULT_ROLES: [&str; 3] = ["user", "manager", "admin"];
+
+impl AuthService {
+    /// Assembles the routes' dependencies and the outbox worker that sends their mail.
+    /// Nothing connects yet: Postgres and Redis are reached on first use, so the gateway
+    /// can start while they are away and recover when they return.
+    pub fn from_config(
+        config: &crate::config::Config,
+        clock: Arc<Clock>,
+    ) -> Result<(AuthService, crate::mail::OutboxWorker), AuthBuildError> {
+        use crate::config::{KeyAlgorithm as ConfigAlgorithm, SmtpSecurity as ConfigSecurity};
+        use crate::mail::{MailerSettings, OutboxWorker, SmtpSecurity};
+        use crate::password::HashParams;
+        use crate::token::{KeyAlgorithm, TokenSettings};
+
+        let store = Store::connect(
+            config.database.url.expose(),
+            config.database.max_connections,
+            config.database.connect_timeout,
+        )?;
+        let redis = crate::limits::Redis::connect(
+            config.redis.url.expose(),
+            &config.redis.key_prefix,
+            config.redis.timeout,
+        )?;
+        let tokens = &config.tokens;
+        let settings = TokenSettings {
+            issuer: tokens.issuer.clone(),
+            audience: tokens.audience.clone(),
+            access_ttl: tokens.access_ttl,
+            leeway: tokens.leeway,
+        };
+        let generated;
+        let secret = match &tokens.hs256_secret {
+            Some(secret) => Some(secret.expose().as_bytes()),
+            None if tokens.signing_keys.is_empty() => {
+                tracing::warn!(
+                    "no tokens.hs256_secret and no signing keys configured: using a random secret; \
+                     tokens will not survive a restart or verify on other instances"
+                );
+                let mut bytes = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                    .map_err(|_| {
+                        crate::token::TokenError::Signing("no randomness for a secret".into())
+                    })?;
+                generated = bytes;
+                Some(&generated[..])
+            }
+            None => None,
+        };
+        let key_files: Vec<_> = tokens
+            .signing_keys
+            .iter()
+            .map(|key| {
+                let algorithm = match key.algorithm {
+                    ConfigAlgorithm::EdDsa => KeyAlgorithm::EdDsa,
+                    ConfigAlgorithm::Es256 => KeyAlgorithm::Es256,
+                };
+                (key.kid.clone(), algorithm, key.private_key_path.clone())
+            })
+            .collect();
+        let keys = TokenKeys::load(settings, secret, &key_files, tokens.active_kid.as_deref())?;
+
+        let argon2 = &config.password.argon2;
+        let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+        let hasher = PasswordHasher::new(
+            HashParams {
+                memory_kib: argon2.memory_kib,
+                iterations: argon2.iterations,
+                parallelism: argon2.parallelism,
+            },
+            cores,
+        )?;
+        let p = &config.password;
+        let rules = PasswordRules {
+            min_length: p.min_length,
+            max_bytes: p.max_bytes,
+            require_uppercase: p.require_uppercase,
+            require_lowercase: p.require_lowercase,
+            require_digit: p.require_digit,
+            reject_common: p.reject_common,
+            reject_email_local_part: p.reject_email_local_part,
+        };
+
+        let smtp = &config.smtp;
+        let worker = OutboxWorker::new(
+            store.pool().clone(),
+            MailerSettings {
+                host: smtp.host.clone(),
+                port: smtp.port,
+                security: match smtp.security {
+                    ConfigSecurity::Plain => SmtpSecurity::Plain,
+                    ConfigSecurity::StartTls => SmtpSecurity::StartTls,
+                    ConfigSecurity::Tls => SmtpSecurity::Tls,
+                },
+                username: smtp.username.clone(),
+                password: smtp
+                    .password
+                    .as_ref()
+                    .map(|password| password.expose().to_string()),
+                from: smtp.from.clone(),
+                timeout: smtp.timeout,
+                retry_initial: smtp.retry_initial,
+                retry_max: smtp.retry_max,
+                poll_interval: smtp.poll_interval,
+                batch_size: 50,
+            },
+        )?;
+
+        let service = AuthService {
+            revocations: Revocations::new(redis, tokens.access_ttl + tokens.leeway),
+            store,
+            keys,
+            hasher,
+            rules,
+            clock,
+            settings: AuthSettings {
+                public_url: config.server.public_url.clone(),
+                refresh_ttl: tokens.refresh_ttl,
+                verification_ttl: tokens.verification_ttl,
+                reset_ttl: tokens.reset_ttl,
+                max_failures: i32::try_from(config.lockout.max_failures).unwrap_or(i32::MAX),
+                lock_for: config.lockout.duration,
+                roles: DEFAULT_ROLES.iter().map(|role| role.to_string()).collect(),
+                default_role: DEFAULT_ROLES[0].to_string(),
+                revocation_on_redis_error: config.rate_limits.revocation_on_redis_error,
+                access_cookie: tokens
+                    .cookie
+                    .enabled
+                    .then(|| tokens.cookie.access_name.clone()),
+                max_body_bytes: 64 * 1024,
+            },
+            mail_waker: worker.waker(),
+        };
+        Ok((service, worker))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether Postgres and Redis answer now.
+    pub async fn dependencies_up(&self) -> (bool, bool) {
+        tokio::join!(self.store.ping(), self.revocations.ping())
+    }
+}

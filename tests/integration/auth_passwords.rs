@@ -1,0 +1,221 @@
+//! Password reset by email and password change: what ends, what is mailed, single use.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::harness::identity::{unique_email, MAIL_WAIT, PASSWORD};
+use crate::harness::TestGateway;
+
+const NEW_PASSWORD: &str = "Another-Secret-77";
+
+#[tokio::test]
+async fn password_reset_sets_a_new_password_and_ends_every_session() {
+    let gateway = TestGateway::start().await;
+    let account = gateway.signup("reset").await;
+    let before = gateway.tokens(&account).await;
+
+    let unknown = gateway
+        .post(
+            "/auth/password-reset",
+            json!({ "email": unique_email("nobody") }),
+        )
+        .await;
+    assert_eq!(unknown.status, 202);
+    assert_eq!(unknown.header("referrer-policy"), Some("no-referrer"));
+    let requested = gateway
+        .post("/auth/password-reset", json!({ "email": account.email }))
+        .await;
+    assert_eq!(requested.status, 202);
+    let mail = gateway.smtp.wait_for(&account.email, MAIL_WAIT).await;
+    assert!(
+        mail.body()
+            .contains("https://gateway.test:8443/reset-password?token="),
+        "{}",
+        mail.body()
+    );
+    let token = mail.token().unwrap();
+
+    let weak = gateway
+        .post(
+            "/auth/password-reset/confirm",
+            json!({ "token": token, "new_password": "weak" }),
+        )
+        .await;
+    assert_eq!(
+        weak.status, 422,
+        "a refused password leaves the token usable"
+    );
+    let confirmed = gateway
+        .post(
+            "/auth/password-reset/confirm",
+            json!({ "token": token, "new_password": NEW_PASSWORD }),
+        )
+        .await;
+    assert_eq!(confirmed.status, 204, "{confirmed:?}");
+    assert_eq!(confirmed.header("referrer-policy"), Some("no-referrer"));
+
+    assert_eq!(
+        gateway
+            .call("GET", "/auth/me", None, Some(&before.access))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        gateway
+            .post("/auth/refresh", json!({ "refresh_token": before.refresh }))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(gateway.login(&account.email, PASSWORD).await.status, 401);
+    assert_eq!(
+        gateway.login(&account.email, NEW_PASSWORD).await.status,
+        200
+    );
+    let confirmation = gateway.smtp.wait_for(&account.email, MAIL_WAIT).await;
+    assert!(confirmation
+        .subject()
+        .unwrap_or_default()
+        .to_lowercase()
+        .contains("password"));
+
+    let again = gateway
+        .post(
+            "/auth/password-reset/confirm",
+            json!({ "token": token, "new_password": "Yet-Another-88" }),
+        )
+        .await;
+    assert_eq!(again.status, 400, "a reset token works once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_token_used_twice_concurrently_works_once() {
+    let gateway = Arc::new(TestGateway::start().await);
+    let account = gateway.signup("reset-race").await;
+    gateway
+        .post("/auth/password-reset", json!({ "email": account.email }))
+        .await;
+    let token = gateway
+        .smtp
+        .wait_for(&account.email, MAIL_WAIT)
+        .await
+        .token()
+        .unwrap();
+    let racers: Vec<_> = ["First-Choice-11", "Second-Choice-22"]
+        .into_iter()
+        .map(|password| {
+            let gateway = gateway.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                gateway
+                    .post(
+                        "/auth/password-reset/confirm",
+                        json!({ "token": token, "new_password": password }),
+                    )
+                    .await
+                    .status
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for racer in racers {
+        statuses.push(racer.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, vec![204, 400]);
+}
+
+#[tokio::test]
+async fn a_reset_token_expires_after_an_hour() {
+    let gateway = TestGateway::start().await;
+    let account = gateway.signup("reset-expiry").await;
+    gateway
+        .post("/auth/password-reset", json!({ "email": account.email }))
+        .await;
+    let token = gateway
+        .smtp
+        .wait_for(&account.email, MAIL_WAIT)
+        .await
+        .token()
+        .unwrap();
+    gateway.clock.advance(std::time::Duration::from_secs(3601));
+    let response = gateway
+        .post(
+            "/auth/password-reset/confirm",
+            json!({ "token": token, "new_password": NEW_PASSWORD }),
+        )
+        .await;
+    assert_eq!(response.status, 400);
+}
+
+#[tokio::test]
+async fn password_change_keeps_this_session_and_ends_the_others() {
+    let gateway = TestGateway::start().await;
+    let account = gateway.signup("change").await;
+    let current = gateway.tokens(&account).await;
+    let other = gateway.tokens(&account).await;
+
+    let wrong = gateway
+        .call(
+            "POST",
+            "/auth/password-change",
+            Some(json!({ "current_password": "Not-The-One-9", "new_password": NEW_PASSWORD })),
+            Some(&current.access),
+        )
+        .await;
+    assert_eq!(wrong.status, 422);
+    assert_eq!(wrong.detail(), "Current password is incorrect");
+    let weak = gateway
+        .call(
+            "POST",
+            "/auth/password-change",
+            Some(json!({ "current_password": PASSWORD, "new_password": "short" })),
+            Some(&current.access),
+        )
+        .await;
+    assert_eq!(weak.detail(), "Password must be at least 8 characters");
+
+    let changed = gateway
+        .call(
+            "POST",
+            "/auth/password-change",
+            Some(json!({ "current_password": PASSWORD, "new_password": NEW_PASSWORD })),
+            Some(&current.access),
+        )
+        .await;
+    assert_eq!(changed.status, 204, "{changed:?}");
+    assert_eq!(
+        gateway
+            .call("GET", "/auth/me", None, Some(&current.access))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gateway
+            .call("GET", "/auth/me", None, Some(&other.access))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        gateway
+            .post("/auth/refresh", json!({ "refresh_token": other.refresh }))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        gateway.login(&account.email, NEW_PASSWORD).await.status,
+        200
+    );
+    let mail = gateway.smtp.wait_for(&account.email, MAIL_WAIT).await;
+    assert!(mail
+        .subject()
+        .unwrap_or_default()
+        .to_lowercase()
+        .contains("password"));
+}
