@@ -10,14 +10,27 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, TelemetryConfig};
 
+/// Libraries whose debug output can carry secrets: SQL parameters (tokio_postgres), SMTP
+/// conversations with message bodies (lettre), frames and headers (hyper, h2, rustls).
+/// They stay at `info` unless a directive names them explicitly.
+const QUIET_LIBRARIES: [&str; 6] = [
+    "tokio_postgres",
+    "lettre",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+];
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured level so
 /// an operator can turn up one module without editing the file.
 pub fn init(config: &TelemetryConfig) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives),
-        _ => EnvFilter::try_new(&config.log_level),
-    }
-    .map_err(|error| format!("telemetry.log_level: {error}"))?;
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => directives,
+        _ => config.log_level.clone(),
+    };
+    let filter = EnvFilter::try_new(with_quiet_libraries(&directives))
+        .map_err(|error| format!("telemetry.log_level: {error}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -26,4 +39,38 @@ pub fn init(config: &TelemetryConfig) -> Result<(), String> {
         LogFormat::Pretty => builder.try_init(),
     };
     result.map_err(|error| format!("cannot install the log subscriber: {error}"))
+}
+
+/// Appends `library=info` for each quiet library the directives do not mention.
+fn with_quiet_libraries(directives: &str) -> String {
+    let mut full = directives.to_string();
+    for library in QUIET_LIBRARIES {
+        if !directives.contains(library) {
+            if !full.is_empty() {
+                full.push(',');
+            }
+            full.push_str(library);
+            full.push_str("=info");
+        }
+    }
+    full
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libraries_that_could_log_secrets_stay_at_info_unless_named() {
+        let full = with_quiet_libraries("debug");
+        assert!(full.starts_with("debug,"));
+        for library in QUIET_LIBRARIES {
+            assert!(full.contains(&format!("{library}=info")), "{full}");
+        }
+        let named = with_quiet_libraries("debug,h2=trace");
+        assert!(
+            named.contains("h2=trace") && !named.contains("h2=info"),
+            "{named}"
+        );
+    }
 }

@@ -11,6 +11,7 @@ mod auth_tokens;
 mod dependencies;
 mod forwarding;
 mod hardening;
+mod identity_setup;
 mod lifecycle;
 mod process;
 mod websocket;

@@ -27,11 +27,16 @@ struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `portcullis serve` on `yaml` (JSON logs) and waits for its listening line.
     fn spawn(yaml: &str) -> GatewayProcess {
+        Self::spawn_logging(yaml, "info")
+    }
+
+    /// `yaml` must end in its `telemetry:` section, which this completes.
+    fn spawn_logging(yaml: &str, level: &str) -> GatewayProcess {
         let dir = temp_dir("process");
         let config = dir.join("gateway.yaml");
         std::fs::write(
             &config,
-            format!("{yaml}\n  log_format: json\n  log_level: info\n"),
+            format!("{yaml}\n  log_format: json\n  log_level: {level}\n"),
         )
         .unwrap();
         let mut child = Command::new(BINARY)
@@ -133,6 +138,161 @@ fn a_bad_config_exits_non_zero_with_a_one_line_reason() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/gateway.yaml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_user_create_bootstrap_an_admin() {
+    let database = crate::harness::isolated_database("cli").await;
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("cli");
+    let config = dir.join("gateway.yaml");
+    let yaml = base_config_yaml(&upstream.url());
+    std::fs::write(&config, &yaml).unwrap();
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(BINARY)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("PORTCULLIS_DATABASE__URL", &database)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    let migrated = run(&["migrate"], None);
+    assert!(migrated.status.success(), "{migrated:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&migrated.stdout).trim(),
+        "migrations: up to date"
+    );
+
+    let email = crate::harness::identity::unique_email("root");
+    let created = run(
+        &[
+            "user",
+            "create",
+            "--email",
+            &email,
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        Some("Bootstrap-Admin-1\n"),
+    );
+    assert!(created.status.success(), "{created:?}");
+    let weak = run(
+        &[
+            "user",
+            "create",
+            "--email",
+            "x@example.com",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        Some("weak\n"),
+    );
+    assert!(!weak.status.success());
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("at least 8 characters"));
+    let duplicate = run(
+        &[
+            "user",
+            "create",
+            "--email",
+            &email,
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        Some("Bootstrap-Admin-1\n"),
+    );
+    assert!(!duplicate.status.success());
+    let unknown_role = run(
+        &[
+            "user",
+            "create",
+            "--email",
+            "y@example.com",
+            "--role",
+            "emperor",
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&unknown_role.stderr).contains("unknown role"));
+
+    // The bootstrapped admin can log in (verified, admin) through a gateway on that database.
+    let mut gateway_config =
+        crate::harness::base_config(&upstream.url(), crate::harness::shared_smtp().addr.port());
+    gateway_config.database.url = portcullis::config::Secret::new(database.clone());
+    let gateway = crate::harness::TestGateway::start_config(gateway_config, upstream).await;
+    let login = gateway.login(&email, "Bootstrap-Admin-1").await;
+    assert_eq!(login.status, 200, "{login:?}");
+    assert_eq!(login.json()["user"]["role"], "admin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_carry_tokens_cookies_or_passwords() {
+    let upstream = Upstream::start().await;
+    let yaml =
+        base_config_yaml(&upstream.url()).replace("  access_log: false", "  access_log: true");
+    // Debug level: the gateway's own events and its libraries' (which could print SQL
+    // parameters or SMTP conversations) are all let through.
+    let gateway = GatewayProcess::spawn_logging(&yaml, "debug");
+    let mut client = Client::connect(gateway.https, Protocol::Http1).await;
+    let request = client
+        .request("POST", "/auth/login?access_token=query-secret-123")
+        .header("authorization", "Bearer header-secret-456")
+        .header("cookie", "session=cookie-secret-789")
+        .header("content-type", "application/json")
+        .body(crate::harness::full(
+            r#"{"email":"nobody@example.com","password":"Body-Secret-000"}"#,
+        ))
+        .unwrap();
+    assert_eq!(client.send_read(request).await.status, 401);
+    let request = client
+        .request("GET", "/app?token=query-secret-123")
+        .header("authorization", "Bearer header-secret-456")
+        .header("cookie", "session=cookie-secret-789")
+        .body(crate::harness::empty())
+        .unwrap();
+    assert_eq!(client.send_read(request).await.status, 200);
+    // The access log line of the last request marks that the log has caught up.
+    let mut caught_up = false;
+    for _ in 0..200 {
+        if gateway
+            .log
+            .lock()
+            .unwrap()
+            .matches("request finished")
+            .count()
+            >= 2
+        {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = gateway.log.lock().unwrap().clone();
+    assert!(caught_up, "{log}");
+    for secret in [
+        "query-secret-123",
+        "header-secret-456",
+        "cookie-secret-789",
+        "Body-Secret-000",
+    ] {
+        assert!(!log.contains(secret), "{secret} reached the log:\n{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
