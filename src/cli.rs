@@ -122,7 +122,9 @@ fn serve(config_path: &std::path::Path) -> ExitCode {
     if let Err(error) = crate::telemetry::init(&config.telemetry) {
         return fail(error);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // This runtime accepts connections and runs the ops listener, signals and the mail
+    // worker; connections themselves are served by the worker threads (`server::workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -228,6 +228,8 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "duration::deserialize")]
     pub drain_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
+    /// Threads serving connections, each with its own event loop; 0 means one per core.
+    pub worker_threads: usize,
     #[serde(deserialize_with = "deserialize_trusted_proxies")]
     pub trusted_proxies: Vec<IpNet>,
     pub allow_path_parameters: bool,
@@ -247,6 +249,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
             http2_max_concurrent_streams: 128,
+            worker_threads: 0,
             trusted_proxies: Vec::new(),
             allow_path_parameters: false,
         }

@@ -18,6 +18,7 @@ use super::body::{caused_by_body_limit, GatewayBody, LimitedBody};
 use super::headers::remove_hop_by_hop;
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
+use crate::server::workers::current_worker;
 use crate::telemetry::metrics::{Metrics, UpstreamErrorKind};
 
 /// One upstream application and the connection pool to it.
@@ -27,21 +28,27 @@ pub struct Upstream {
     path_prefix: String,
     timeout: Duration,
     preserve_host: bool,
-    client: Client<HttpConnector, LimitedBody>,
+    /// One pool per worker thread, so an upstream connection is only ever driven by the
+    /// thread whose requests use it.
+    clients: Vec<Client<HttpConnector, LimitedBody>>,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Upstream {
+    pub fn new(config: &UpstreamConfig, workers: usize) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let clients = (0..workers.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(config.pool_idle_timeout)
+                    .pool_max_idle_per_host(config.pool_max_idle)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .build(connector.clone())
+            })
+            .collect();
         let authority = config
             .url
             .authority()
@@ -54,7 +61,7 @@ impl Upstream {
             path_prefix,
             timeout: config.timeout,
             preserve_host: config.preserve_host,
-            client,
+            clients,
         }
     }
 
@@ -92,8 +99,8 @@ impl Upstream {
         parts.version = Version::HTTP_11;
         let request = Request::from_parts(parts, LimitedBody::new(body, max_body_bytes));
 
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
-        {
+        let client = &self.clients[current_worker() % self.clients.len()];
+        let response = match tokio::time::timeout(self.timeout, client.request(request)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 if caused_by_body_limit(&error) {

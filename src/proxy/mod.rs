@@ -103,7 +103,10 @@ impl Gateway {
         .map_err(BuildError::Cors)?;
         // The configuration guarantees at least one upstream; until the policy chooses
         // per rule, every request goes to the first.
-        let upstream = Upstream::new(&config.upstreams[0]);
+        let upstream = Upstream::new(
+            &config.upstreams[0],
+            crate::server::workers::worker_count(config.server.worker_threads),
+        );
         Ok(Gateway {
             upstream,
             auth,

@@ -8,6 +8,7 @@
 pub mod ops;
 pub mod redirect;
 pub mod tls;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -97,6 +98,7 @@ struct ConnectionSettings {
     handshake_timeout: Duration,
     drain_timeout: Duration,
     max_connections: usize,
+    worker_threads: usize,
 }
 
 /// The assembled gateway: shared state for every listener.
@@ -145,6 +147,7 @@ impl App {
                 handshake_timeout: server.tls.handshake_timeout,
                 drain_timeout: server.drain_timeout,
                 max_connections: server.max_connections,
+                worker_threads: workers::worker_count(server.worker_threads),
             },
             public_url: server.public_url.as_str().into(),
             draining: Arc::new(AtomicBool::new(false)),
@@ -217,11 +220,13 @@ pub async fn serve(
     let reload = tokio::spawn(reload_on_sighup(app.clone()));
 
     let connection_slots = Arc::new(Semaphore::new(app.settings.max_connections));
+    let workers = workers::Workers::start(app.settings.worker_threads)?;
     let https = accept_https(
         listeners.https,
         app.clone(),
         graceful.clone(),
         connection_slots,
+        &workers,
     );
     let http = async {
         match listeners.http {
@@ -249,6 +254,7 @@ pub async fn serve(
         tracing::warn!("drain timeout reached with requests still in flight; closing them");
     }
     reload.abort();
+    drop(workers);
     let _ = stop_ops.send(true);
     let _ = ops.await;
     if let Some(mail) = mail {
@@ -262,6 +268,7 @@ async fn accept_https(
     app: Arc<App>,
     graceful: Arc<GracefulShutdown>,
     slots: Arc<Semaphore>,
+    workers: &workers::Workers,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -278,11 +285,17 @@ async fn accept_https(
             drop(stream);
             continue;
         };
+        // The socket moves to a worker's own event loop: deregister it from this one.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
         let watcher = graceful.watcher();
         let app = app.clone();
-        tokio::spawn(async move {
+        workers.spawn(async move {
             app.metrics.connection_opened();
-            serve_https_connection(stream, peer, &app, watcher).await;
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                serve_https_connection(stream, peer, &app, watcher).await;
+            }
             app.metrics.connection_closed();
             drop(slot);
         });

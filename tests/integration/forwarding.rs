@@ -415,7 +415,8 @@ async fn path_parameters_are_allowed_only_by_configuration() {
 
 #[tokio::test]
 async fn upstream_connections_are_kept_alive_and_reused() {
-    let gateway = TestGateway::start().await;
+    // One worker thread, so one upstream pool: every request can reuse one connection.
+    let gateway = TestGateway::start_with(|config| config.server.worker_threads = 1).await;
     let mut client = gateway.h1().await;
     for _ in 0..20 {
         assert_eq!(client.get("/").await.status, 200);
