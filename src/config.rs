@@ -622,6 +622,8 @@ pub struct PasswordConfig {
     pub reject_common: bool,
     pub reject_email_local_part: bool,
     pub argon2: Argon2Config,
+    /// Password hashes computed at once; 0 means one fewer than the cores (at least one).
+    pub max_concurrent_hashes: usize,
 }
 
 impl Default for PasswordConfig {
@@ -635,6 +637,7 @@ impl Default for PasswordConfig {
             reject_common: true,
             reject_email_local_part: true,
             argon2: Argon2Config::default(),
+            max_concurrent_hashes: 0,
         }
     }
 }

@@ -682,14 +682,20 @@ impl AuthService {
         let keys = TokenKeys::load(settings, secret, &key_files, tokens.active_kid.as_deref())?;
 
         let argon2 = &config.password.argon2;
+        // One core is always left to forwarding: with every core hashing, a login flood
+        // tripled forwarded p99 on two cores (bench/login.sh).
         let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+        let hashing_threads = match config.password.max_concurrent_hashes {
+            0 => cores.saturating_sub(1).max(1),
+            configured => configured,
+        };
         let hasher = PasswordHasher::new(
             HashParams {
                 memory_kib: argon2.memory_kib,
                 iterations: argon2.iterations,
                 parallelism: argon2.parallelism,
             },
-            cores,
+            hashing_threads,
         )?;
         let p = &config.password;
         let rules = PasswordRules {
