@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Benchmark the Portcullis gateway against nginx with the shared harness (/work/shared/perf).
 #
-# Builds the release binary, starts `portcullis serve` on 127.0.0.1:8443 (proxying to the
-# harness' nginx upstream on 127.0.0.1:18080), runs the harness ONCE with the built-in
-# `direct` and `nginx-tls` targets plus `--extra gateway=https://127.0.0.1:8443/`, and prints
-# the harness summary followed by gateway/nginx-tls and gateway/direct comparisons taken from
-# that same run (raw.tsv). Results: bench/results/<timestamp>/ (gitignored).
+# Builds the release binary and starts two gateways in front of the harness' nginx upstream
+# (127.0.0.1:18080):
+#   gateway       127.0.0.1:8443  a policy that lets everything through, no rate limit:
+#                                 plain pass-through (no token, no Redis)
+#   gateway-auth  127.0.0.1:8444  every request must carry a valid JWT: signature and claims,
+#                                 revocation check and a per-user rate limit in Redis (one
+#                                 round trip), policy decision, identity headers
+# then runs the harness ONCE with direct, nginx-tls, haproxy-tls, haproxy-jwt and both
+# gateways, and prints the summary and the ratios taken from that same run (raw.tsv).
+# Results: bench/results/<timestamp>/ (gitignored).
 #
 # Usage: bench/run.sh [options] [-- extra harness args]
 #   --no-build        use the existing target/release/portcullis (skip cargo build --release)
@@ -22,6 +27,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HARNESS_SRC=/work/shared/perf
 GW_PORT=8443
 OPS_PORT=9902
+AUTH_PORT=8444
+AUTH_OPS_PORT=9903
 UPSTREAM_URL=http://127.0.0.1:18080   # the harness' upstream (it starts it; nothing listens before)
 
 BUILD=1; ACCESS_LOG=false; LOG_LEVEL=warn; MORE_TARGETS=""; HARNESS_ARGS=()
@@ -43,7 +50,7 @@ die() { log "ERROR: $*"; exit 1; }
 listening() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
 
 # direct and nginx-tls are always needed for the ratio lines; extra built-ins are appended once.
-TARGETS=direct,nginx-tls
+TARGETS=direct,nginx-tls,haproxy-tls,haproxy-jwt
 IFS=',' read -r -a _more <<< "$MORE_TARGETS"
 for t in "${_more[@]}"; do
     case ",$TARGETS," in *",$t,"*) ;; *) [ -n "$t" ] && TARGETS+=",$t" ;; esac
@@ -59,23 +66,25 @@ BIN=$ROOT/target/release/portcullis
 OUT=$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 TMP=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
-GW_PID=""
+GW_PIDS=()
 cleanup() {
-    # Stop only the gateway we started, by PID; the harness stops its own nginx/haproxy.
-    if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
-        kill -TERM "$GW_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$GW_PID" 2>/dev/null && { log "gateway did not stop in 10 s, SIGKILL"; kill -KILL "$GW_PID" 2>/dev/null || true; }
-        wait "$GW_PID" 2>/dev/null || true
-        log "stopped gateway pid=$GW_PID"
-    fi
+    # Stop only the gateways we started, by PID; the harness stops its own nginx/haproxy.
+    for pid in "${GW_PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && { log "gateway did not stop in 10 s, SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
+        wait "$pid" 2>/dev/null || true
+        log "stopped gateway pid=$pid"
+    done
     # With --access-log the log is large: keep its tail only.
-    if [ -f "$TMP/gateway.log" ]; then
-        n=$(wc -l < "$TMP/gateway.log")
+    for name in gateway gateway-auth; do
+        [ -f "$TMP/$name.log" ] || continue
+        n=$(wc -l < "$TMP/$name.log")
         if [ "$n" -gt 1000 ]; then
-            { echo "# $n lines, last 1000 kept"; tail -n 1000 "$TMP/gateway.log"; } > "$OUT/gateway.log"
-        else cp "$TMP/gateway.log" "$OUT/gateway.log"; fi
-    fi
+            { echo "# $n lines, last 1000 kept"; tail -n 1000 "$TMP/$name.log"; } > "$OUT/$name.log"
+        else cp "$TMP/$name.log" "$OUT/$name.log"; fi
+    done
     rm -rf -- "$TMP"
 }
 trap cleanup EXIT
@@ -88,7 +97,7 @@ export PERF_WORK=$TMP/perf
 CERTS=$PERF_WORK/certs
 
 # Never benchmark (or curl) somebody else's process that happens to hold our ports.
-for p in $GW_PORT $OPS_PORT; do
+for p in $GW_PORT $OPS_PORT $AUTH_PORT $AUTH_OPS_PORT; do
     listening "$p" && die "port $p already in use: $(ss -Hltnp "sport = :$p" | grep -o 'pid=[0-9]*' | sort -u | tr '\n' ' ')"
 done
 
@@ -102,12 +111,32 @@ if [ -z "${PORTCULLIS_DATABASE__URL:-}" ]; then
     export PORTCULLIS_DATABASE__URL="postgres://postgres@127.0.0.1:5432/$BENCH_DB"
 fi
 
-cat > "$TMP/gateway.yaml" <<EOF
+cat > "$TMP/open-policy.yaml" <<POLICY
+version: 1
+roles: [user, admin]
+rules:
+  - name: everything
+    paths: ["/**"]
+    allow: public
+POLICY
+cat > "$TMP/auth-policy.yaml" <<POLICY
+version: 1
+roles: [user, admin]
+rules:
+  - name: signed-in users
+    paths: ["/**"]
+    allow: authenticated
+    rate_limit: { requests: 1000000000, per: 1h, key: user }
+POLICY
+
+# write_config NAME PORT OPS_PORT POLICY_FILE
+write_config() {
+    cat > "$TMP/$1.yaml" <<CONF
 server:
-  https_listen: 127.0.0.1:$GW_PORT
+  https_listen: 127.0.0.1:$2
   http_listen: null
-  ops_listen: 127.0.0.1:$OPS_PORT
-  public_url: https://127.0.0.1:$GW_PORT
+  ops_listen: 127.0.0.1:$3
+  public_url: https://127.0.0.1:$2
   tls:
     cert_path: $CERTS/server.crt
     key_path: $CERTS/server.key
@@ -119,33 +148,51 @@ redis:
 tokens:
   # The harness signs its benchmark token with these bytes.
   hs256_secret: "$(cat "$CERTS/jwt_hs256.secret")"
+policy:
+  path: $TMP/$4
 telemetry:
   access_log: $ACCESS_LOG
   log_level: $LOG_LEVEL
-EOF
-cp "$TMP/gateway.yaml" "$OUT/gateway.yaml"
-sha256sum "$BIN" > "$OUT/gateway-binary.sha256"
+CONF
+    cp "$TMP/$1.yaml" "$OUT/$1.yaml"
+}
 
-"$BIN" serve --config "$TMP/gateway.yaml" > "$TMP/gateway.log" 2>&1 &
-GW_PID=$!
-log "started gateway pid=$GW_PID"
-# "Answers" = any HTTP status: the upstream is not up yet, so 502 is expected here.
-code=000
-for _ in $(seq 1 150); do
-    kill -0 "$GW_PID" 2>/dev/null || { cat "$TMP/gateway.log" >&2; die "gateway exited during startup"; }
-    code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "https://127.0.0.1:$GW_PORT/" </dev/null || true)
-    [ "$code" != 000 ] && break
-    sleep 0.1
-done
-[ "$code" != 000 ] || { cat "$TMP/gateway.log" >&2; die "gateway did not answer on :$GW_PORT within 15 s"; }
-ss -Hltnp "sport = :$GW_PORT" | grep -q "pid=$GW_PID," || die "port $GW_PORT is not held by our gateway (pid $GW_PID)"
-log "gateway answers on :$GW_PORT (HTTP $code before the upstream is up)"
+# start_gateway NAME PORT: starts it and waits until it answers.
+start_gateway() {
+    "$BIN" serve --config "$TMP/$1.yaml" > "$TMP/$1.log" 2>&1 &
+    local pid=$!
+    GW_PIDS+=("$pid")
+    log "started $1 pid=$pid"
+    local code=000
+    for _ in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || { cat "$TMP/$1.log" >&2; die "$1 exited during startup"; }
+        # Any HTTP status means it answers (the upstream is not up yet: 502, or 401).
+        code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "https://127.0.0.1:$2/" </dev/null || true)
+        [ "$code" != 000 ] && break
+        sleep 0.1
+    done
+    [ "$code" != 000 ] || { cat "$TMP/$1.log" >&2; die "$1 did not answer on :$2 within 15 s"; }
+    ss -Hltnp "sport = :$2" | grep -q "pid=$pid," || die "port $2 is not held by our $1 (pid $pid)"
+    log "$1 answers on :$2 (HTTP $code before the upstream is up)"
+}
+
+write_config gateway "$GW_PORT" "$OPS_PORT" open-policy.yaml
+write_config gateway-auth "$AUTH_PORT" "$AUTH_OPS_PORT" auth-policy.yaml
+sha256sum "$BIN" > "$OUT/gateway-binary.sha256"
+start_gateway gateway "$GW_PORT"
+start_gateway gateway-auth "$AUTH_PORT"
 
 # One harness invocation, so all targets are interleaved under the same conditions.
-"$TMP/perf/run.sh" --targets "$TARGETS" --extra "gateway=https://127.0.0.1:$GW_PORT/" \
+# The token carries every claim the gateway requires (the harness adds sub, role, iat, exp).
+"$TMP/perf/run.sh" --targets "$TARGETS" \
+    --extra "gateway=https://127.0.0.1:$GW_PORT/" --extra "gateway-auth=https://127.0.0.1:$AUTH_PORT/" \
+    --claim email=bench@example.com --claim sid=00000000-0000-4000-8000-000000000001 \
+    --claim jti=bench --claim iss=portcullis --claim aud=portcullis --claim type=access \
     --out "$OUT" "${HARNESS_ARGS[@]}"
 
-kill -0 "$GW_PID" 2>/dev/null || log "WARNING: the gateway is no longer running after the benchmark"
+for pid in "${GW_PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null || log "WARNING: gateway pid $pid is no longer running after the benchmark"
+done
 
 # Comparisons from the same raw.tsv, aggregated exactly like the harness' summarize.py
 # (medians over reps; cpu us/req = summed CPU ticks / summed requests).
@@ -165,6 +212,12 @@ g = "gateway"
 print(f"gateway / nginx-tls throughput ratio: {med(g, 'rps') / med('nginx-tls', 'rps'):.2f}")
 print(f"gateway / direct: {med(g, 'rps') / med('direct', 'rps'):.2f}")
 print(f"gateway / nginx-tls cpu us/req ratio: {cpu(g) / cpu('nginx-tls'):.2f}")
+a = "gateway-auth"
+if a in by:
+    print(f"gateway-auth / gateway (full auth vs pass-through) throughput ratio: {med(a, 'rps') / med(g, 'rps'):.2f}")
+if a in by and "haproxy-jwt" in by:
+    print(f"gateway-auth / haproxy-jwt throughput ratio: {med(a, 'rps') / med('haproxy-jwt', 'rps'):.2f}")
+    print(f"gateway-auth / haproxy-jwt cpu us/req ratio: {cpu(a) / cpu('haproxy-jwt'):.2f}")
 def other(r):
     # box busy minus what the benchmark itself used (target, upstream unless it is the
     # target, wrk): load from other work DURING the run, which the harness' bg cpu% (sampled

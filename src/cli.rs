@@ -88,7 +88,27 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Migrate { config } => migrate(&config),
-        Command::Policy { .. } => not_yet("policy", "the policy engine"),
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => policy_check(&file),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    file,
+                    method,
+                    path,
+                    role,
+                    user_id,
+                    anonymous,
+                },
+        } => policy_explain(
+            &file,
+            &method,
+            &path,
+            role.as_deref(),
+            user_id.as_deref(),
+            anonymous,
+        ),
         Command::User {
             command:
                 UserCommand::Create {
@@ -106,12 +126,107 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Commands whose subsystem has not landed yet say so plainly instead of pretending.
-fn not_yet(command: &str, subsystem: &str) -> ExitCode {
-    eprintln!(
-        "portcullis: `{command}` is not available in this build: {subsystem} has not landed yet"
-    );
-    ExitCode::from(2)
+/// Reads and compiles a policy file, printing every diagnostic as `file:line:col: message`.
+fn read_policy(file: &std::path::Path) -> Result<crate::policy::Policy, ExitCode> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|error| fail(format!("{name}: {error}")))?;
+    match crate::policy::Policy::parse(&text, None) {
+        Ok((policy, warnings)) => {
+            for warning in warnings {
+                println!("{}", warning.render(&name));
+            }
+            Ok(policy)
+        }
+        Err(diagnostics) => {
+            for diagnostic in diagnostics {
+                println!("{}", diagnostic.render(&name));
+            }
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn policy_check(file: &std::path::Path) -> ExitCode {
+    match read_policy(file) {
+        Ok(policy) => {
+            println!("{}: valid ({} rules)", file.display(), policy.rule_count());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn policy_explain(
+    file: &std::path::Path,
+    method: &str,
+    path: &str,
+    role: Option<&str>,
+    user_id: Option<&str>,
+    anonymous: bool,
+) -> ExitCode {
+    use crate::policy::{Decision, Identity, Request};
+
+    let policy = match read_policy(file) {
+        Ok(policy) => policy,
+        Err(code) => return code,
+    };
+    // The gateway judges the normalised path; explain the same one.
+    let normalised = match crate::proxy::path::normalize_path(path, false) {
+        Ok(normalised) => normalised,
+        Err(error) => {
+            println!("request: {method} {path}");
+            println!("decision: 400 ({error})");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let method = method.to_ascii_uppercase();
+    let identity = match (anonymous, role) {
+        (false, Some(role)) => Some(Identity {
+            sub: user_id.unwrap_or("user"),
+            role,
+        }),
+        _ => None,
+    };
+    let request = Request {
+        method: &method,
+        host: None,
+        path: &normalised,
+    };
+    let caller = match &identity {
+        Some(identity) => format!("user {} with role {}", identity.sub, identity.role),
+        None => "anonymous".to_string(),
+    };
+    println!("request: {method} {normalised} as {caller}");
+    let rule_line = |rule: Option<usize>| match rule {
+        Some(index) => format!("rule #{} \"{}\"", index + 1, policy.rule_name(index)),
+        None => "no rule matches".to_string(),
+    };
+    match policy.evaluate(&request, identity.as_ref()) {
+        Decision::Allow {
+            rule,
+            rate_limit,
+            upstream,
+        } => {
+            println!("matches: {}", rule_line(Some(rule)));
+            println!("decision: allow");
+            if let Some(limit) = rate_limit {
+                println!(
+                    "rate limit: {} per {:?} by {:?}",
+                    limit.requests, limit.per, limit.key
+                );
+            }
+            println!("upstream: {}", upstream.as_deref().unwrap_or("(default)"));
+        }
+        Decision::Unauthenticated { rule } => {
+            println!("matches: {}", rule_line(rule));
+            println!("decision: 401 (Not authenticated)");
+        }
+        Decision::Forbidden { rule, detail } => {
+            println!("matches: {}", rule_line(rule));
+            println!("decision: 403 ({detail})");
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve(config_path: &std::path::Path) -> ExitCode {

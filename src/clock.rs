@@ -31,6 +31,13 @@ impl Clock {
         unix_seconds(self.now())
     }
 
+    /// Milliseconds since the Unix epoch, as rate-limit windows count them.
+    pub fn unix_millis(&self) -> u64 {
+        self.now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64)
+    }
+
     /// Moves this clock forward (tests only; production never calls it).
     pub fn advance(&self, by: Duration) {
         self.offset_ms

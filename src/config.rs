@@ -696,12 +696,15 @@ impl Default for RateLimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     pub path: PathBuf,
+    /// Reload the policy when the file changes; SIGHUP reloads it either way.
+    pub watch: bool,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             path: PathBuf::from("config/policy.yaml"),
+            watch: true,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
 use crate::proxy::body::GatewayBody;
@@ -44,6 +44,9 @@ pub enum GatewayError {
     Unprocessable(Cow<'static, str>),
     #[error("Request headers too large")]
     HeadersTooLarge,
+    /// Over a rate limit; the client may retry after this many seconds.
+    #[error("Too many requests")]
+    TooManyRequests { retry_after_secs: u64 },
     /// Something the client did not cause; the cause is logged where it happened.
     #[error("Internal server error")]
     Internal,
@@ -91,6 +94,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -123,6 +127,11 @@ impl GatewayError {
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
             );
+        }
+        if let GatewayError::TooManyRequests { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
         }
         if self.closes_connection() {
             response

@@ -24,6 +24,7 @@ pub mod error;
 pub mod limits;
 pub mod mail;
 pub mod password;
+pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod store;

@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::clock::{rfc3339, Clock};
 use crate::config::FailMode;
 use crate::error::GatewayError;
+use crate::limits::gate::{Gate, GateCheck, Limit};
 use crate::limits::revocation::Revocations;
 use crate::limits::RedisError;
 use crate::password::{PasswordError, PasswordHasher, PasswordRules};
@@ -40,6 +41,15 @@ use crate::proxy::body::GatewayBody;
 use crate::store::{Store, StoreError, User};
 use crate::token::{AccessClaims, TokenKeys};
 use routes::{Access, Route, RouteSpec};
+
+/// The access token a request carries, checked for signature, claims and expiry (not yet
+/// for revocation, which needs Redis).
+#[derive(Debug)]
+pub enum TokenState {
+    Absent,
+    Invalid,
+    Valid(Box<AccessClaims>),
+}
 
 /// Marks a response that must not leak its URL (and so the token in it) as a referrer.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +72,17 @@ pub struct AuthSettings {
     pub access_cookie: Option<String>,
     /// `/auth` bodies are small JSON documents; anything larger is refused early.
     pub max_body_bytes: usize,
+    pub limits: AuthLimits,
+}
+
+/// Per-address rate limits of the `/auth` routes.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthLimits {
+    pub login: Limit,
+    pub register: Limit,
+    pub password_reset: Limit,
+    pub default: Limit,
+    pub on_redis_error: FailMode,
 }
 
 /// The dependencies and settings of every `/auth` route.
@@ -74,6 +95,7 @@ pub struct AuthService {
     pub(crate) clock: Arc<Clock>,
     pub(crate) settings: AuthSettings,
     pub(crate) mail_waker: Arc<Notify>,
+    pub(crate) gate: Gate,
 }
 
 /// One parsed `/auth` request.
@@ -174,6 +196,58 @@ impl AuthService {
     }
 
     async fn dispatch(&self, spec: &RouteSpec, id: Option<&str>, call: &Call) -> Reply {
+        let rate = self.rate_limit(spec.route, call).await?;
+        // Every answer within the limit says how much is left, failures included.
+        let mut response = self
+            .route(spec, id, call)
+            .await
+            .unwrap_or_else(GatewayError::into_response);
+        if let Some(rate) = rate {
+            crate::proxy::enforce::set_rate_headers(response.headers_mut(), &rate);
+        }
+        Ok(response)
+    }
+
+    /// The per-address limits of the `/auth` routes: login, register and password reset
+    /// have their own, every other route the default.
+    async fn rate_limit(
+        &self,
+        route: Route,
+        call: &Call,
+    ) -> Result<Option<crate::limits::gate::RateOutcome>, GatewayError> {
+        let limits = &self.settings.limits;
+        let (name, limit) = match route {
+            Route::Login => ("login", limits.login),
+            Route::Register => ("register", limits.register),
+            Route::PasswordReset => ("password-reset", limits.password_reset),
+            _ => ("auth", limits.default),
+        };
+        let bucket = format!("{name}:ip:{}", call.ip);
+        let check = GateCheck {
+            bucket: Some((&bucket, limit)),
+            token: None,
+            now_ms: self.clock.unix_millis(),
+        };
+        match self.gate.check(&check).await {
+            Ok(outcome) => match outcome.rate {
+                Some(rate) if !rate.allowed => Err(GatewayError::TooManyRequests {
+                    retry_after_secs: rate
+                        .retry_after
+                        .map_or(1, |wait| wait.as_millis().div_ceil(1000) as u64),
+                }),
+                rate => Ok(rate),
+            },
+            Err(error) => {
+                tracing::warn!(%error, "auth rate limit check failed");
+                match self.settings.limits.on_redis_error {
+                    FailMode::Deny => Err(GatewayError::Unavailable("Rate limiter unavailable")),
+                    FailMode::Allow => Ok(None),
+                }
+            }
+        }
+    }
+
+    async fn route(&self, spec: &RouteSpec, id: Option<&str>, call: &Call) -> Reply {
         let principal = match spec.access {
             Access::Public => None,
             Access::Bearer => Some(self.authenticate(call).await?),
@@ -257,6 +331,28 @@ impl AuthService {
             user_id,
             session_id,
         })
+    }
+
+    /// Reads and verifies the access token of a forwarded request.
+    pub fn read_access_token(&self, headers: &HeaderMap) -> TokenState {
+        let Some(token) = self.bearer_token(headers) else {
+            return TokenState::Absent;
+        };
+        match self.keys.verify_access(token, self.clock.unix_now()) {
+            Ok(claims) => TokenState::Valid(Box::new(claims)),
+            Err(error) => {
+                tracing::debug!(%error, "access token refused");
+                TokenState::Invalid
+            }
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// The token from `Authorization: Bearer`, or from the access cookie in cookie mode.
@@ -643,6 +739,7 @@ impl AuthService {
             &config.redis.key_prefix,
             config.redis.timeout,
         )?;
+        let redis_for_gate = redis.clone();
         let tokens = &config.tokens;
         let settings = TokenSettings {
             issuer: tokens.issuer.clone(),
@@ -755,8 +852,16 @@ impl AuthService {
                     .enabled
                     .then(|| tokens.cookie.access_name.clone()),
                 max_body_bytes: 64 * 1024,
+                limits: AuthLimits {
+                    login: limit(&config.rate_limits.login),
+                    register: limit(&config.rate_limits.register),
+                    password_reset: limit(&config.rate_limits.password_reset),
+                    default: limit(&config.rate_limits.default),
+                    on_redis_error: config.rate_limits.on_redis_error,
+                },
             },
             mail_waker: worker.waker(),
+            gate: Gate::new(redis_for_gate),
         };
         Ok((service, worker))
     }
@@ -768,5 +873,12 @@ impl AuthService {
     /// Whether Postgres and Redis answer now.
     pub async fn dependencies_up(&self) -> (bool, bool) {
         tokio::join!(self.store.ping(), self.revocations.ping())
+    }
+}
+
+fn limit(config: &crate::config::RateLimit) -> Limit {
+    Limit {
+        requests: config.requests,
+        window: config.per,
     }
 }

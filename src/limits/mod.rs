@@ -5,7 +5,9 @@
 //! and keeps serving while Redis is away; each caller decides what an outage means for it
 //! (a revocation check fails closed by default).
 
+pub mod gate;
 pub mod revocation;
+pub mod window;
 
 use std::time::Duration;
 

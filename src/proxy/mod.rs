@@ -9,6 +9,7 @@
 
 pub mod body;
 pub mod cors;
+pub mod enforce;
 pub mod forward;
 pub mod headers;
 pub mod path;
@@ -27,9 +28,11 @@ use crate::auth::routes;
 use crate::auth::{AuthService, NoReferrer};
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::server::policy_source::PolicySource;
 use crate::telemetry::metrics::Metrics;
 use body::GatewayBody;
 use cors::{Cors, CorsSettings, Preflight};
+use enforce::Enforcer;
 use forward::Upstream;
 use headers::{RequestIds, SecurityHeaders, StripList};
 
@@ -53,8 +56,10 @@ pub enum BuildError {
 /// Everything a request needs, built once from the configuration and shared by all
 /// connections.
 pub struct Gateway {
-    upstream: Upstream,
+    /// In configuration order; the first is where a rule without `upstream:` goes.
+    upstreams: Vec<(String, Upstream)>,
     auth: Arc<AuthService>,
+    enforcer: Enforcer,
     security_headers: SecurityHeaders,
     cors: Cors,
     strip_list: StripList,
@@ -72,6 +77,7 @@ impl Gateway {
         config: &Config,
         metrics: Arc<Metrics>,
         auth: Arc<AuthService>,
+        policy: Arc<PolicySource>,
     ) -> Result<Gateway, BuildError> {
         let h = &config.headers;
         let security_headers = SecurityHeaders::new(
@@ -101,15 +107,17 @@ impl Gateway {
             max_age: c.max_age,
         })
         .map_err(BuildError::Cors)?;
-        // The configuration guarantees at least one upstream; until the policy chooses
-        // per rule, every request goes to the first.
-        let upstream = Upstream::new(
-            &config.upstreams[0],
-            crate::server::workers::worker_count(config.server.worker_threads),
-        );
+        let workers = crate::server::workers::worker_count(config.server.worker_threads);
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|upstream| (upstream.name.clone(), Upstream::new(upstream, workers)))
+            .collect();
+        let enforcer = Enforcer::new(config, policy, auth.gate().clone(), auth.clone());
         Ok(Gateway {
-            upstream,
+            upstreams,
             auth,
+            enforcer,
             security_headers,
             cors,
             strip_list: StripList::new(&h.strip_request),
@@ -219,14 +227,25 @@ impl Gateway {
         let target = path::normalize_target(target, self.allow_path_parameters)
             .map_err(GatewayError::InvalidPath)?;
         let path = target.split('?').next().unwrap_or("/");
+        let client_ip =
+            headers::client_ip(conn.peer.ip(), request.headers(), &self.trusted_proxies);
         if routes::is_gateway_path(path) {
-            let client_ip =
-                headers::client_ip(conn.peer.ip(), request.headers(), &self.trusted_proxies);
             return Ok(self.auth.handle(request, path.to_string(), client_ip).await);
         }
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
             return Err(GatewayError::PayloadTooLarge);
         }
+        let verdict = self
+            .enforcer
+            .decide(
+                request.method().as_str(),
+                host.to_str().ok(),
+                path,
+                request.headers(),
+                client_ip,
+                &self.metrics,
+            )
+            .await?;
 
         // The upgrade is read before hop-by-hop headers go, and those go before the gateway
         // sets its own: a client naming `X-Forwarded-For` in `Connection` must not be able
@@ -238,8 +257,12 @@ impl Gateway {
         let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
         headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let Some(claims) = &verdict.identity {
+            enforce::set_identity(headers, claims);
+        }
 
-        self.upstream
+        let mut response = self
+            .upstream(verdict.upstream.as_deref())
             .forward(
                 request,
                 &target,
@@ -248,7 +271,23 @@ impl Gateway {
                 self.max_body_bytes,
                 &self.metrics,
             )
-            .await
+            .await?;
+        if let Some(rate) = &verdict.rate {
+            enforce::set_rate_headers(response.headers_mut(), rate);
+        }
+        Ok(response)
+    }
+
+    /// The upstream a rule names, or the first. Names are checked against the configuration
+    /// when the policy is compiled, so an unknown one cannot reach here; the first is the
+    /// safe answer if it somehow did.
+    fn upstream(&self, name: Option<&str>) -> &Upstream {
+        let named = name.and_then(|name| self.upstreams.iter().find(|(known, _)| known == name));
+        &named.unwrap_or(&self.upstreams[0]).1
+    }
+
+    pub fn enforcer(&self) -> &Enforcer {
+        &self.enforcer
     }
 }
 

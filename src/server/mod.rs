@@ -6,6 +6,7 @@
 //! port 0 and decide when the server stops.
 
 pub mod ops;
+pub mod policy_source;
 pub mod redirect;
 pub mod tls;
 pub mod workers;
@@ -31,6 +32,7 @@ use crate::config::Config;
 use crate::mail::OutboxWorker;
 use crate::proxy::{BuildError, ConnectionInfo, Gateway};
 use crate::telemetry::metrics::Metrics;
+use policy_source::PolicySource;
 use tls::{ReloadableTls, TlsError};
 
 /// Why the application could not be built from a validated configuration.
@@ -42,6 +44,8 @@ pub enum AppError {
     Gateway(#[from] BuildError),
     #[error(transparent)]
     Auth(#[from] AuthBuildError),
+    #[error("policy:\n{0}")]
+    Policy(String),
 }
 
 /// The listeners, bound before serving so that callers (and tests using port 0) know the
@@ -103,6 +107,8 @@ struct ConnectionSettings {
 
 /// The assembled gateway: shared state for every listener.
 pub struct App {
+    policy: Arc<PolicySource>,
+    policy_watch: bool,
     gateway: Arc<Gateway>,
     auth: Arc<AuthService>,
     mail_worker: std::sync::Mutex<Option<OutboxWorker>>,
@@ -135,8 +141,18 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let (auth, mail_worker) = AuthService::from_config(config, clock)?;
         let auth = Arc::new(auth);
-        let gateway = Gateway::new(config, metrics.clone(), auth.clone())?;
+        let upstream_names = config
+            .upstreams
+            .iter()
+            .map(|upstream| upstream.name.clone())
+            .collect();
+        let policy = Arc::new(
+            PolicySource::load(&config.policy.path, upstream_names).map_err(AppError::Policy)?,
+        );
+        let gateway = Gateway::new(config, metrics.clone(), auth.clone(), policy.clone())?;
         Ok(App {
+            policy,
+            policy_watch: config.policy.watch,
             gateway: Arc::new(gateway),
             auth,
             mail_worker: std::sync::Mutex::new(Some(mail_worker)),
@@ -158,9 +174,14 @@ impl App {
         &self.auth
     }
 
-    /// Re-reads what can change without a restart (today: the TLS certificate). A failure
-    /// keeps what is in force and is logged.
+    pub fn policy(&self) -> &Arc<PolicySource> {
+        &self.policy
+    }
+
+    /// Re-reads what can change without a restart: the TLS certificate and the policy. A
+    /// failure keeps what is in force and is logged.
     pub fn reload(&self) {
+        self.policy.reload();
         match self.tls.reload() {
             Ok(true) => tracing::info!("TLS certificate reloaded"),
             Ok(false) => {}
@@ -218,6 +239,9 @@ pub async fn serve(
         .take();
     let mail = mail_worker.map(|worker| tokio::spawn(worker.run(ops_stopped)));
     let reload = tokio::spawn(reload_on_sighup(app.clone()));
+    let policy_watch = app
+        .policy_watch
+        .then(|| tokio::spawn(app.policy.clone().watch()));
 
     let connection_slots = Arc::new(Semaphore::new(app.settings.max_connections));
     let workers = workers::Workers::start(app.settings.worker_threads)?;
@@ -254,6 +278,9 @@ pub async fn serve(
         tracing::warn!("drain timeout reached with requests still in flight; closing them");
     }
     reload.abort();
+    if let Some(watch) = policy_watch {
+        watch.abort();
+    }
     drop(workers);
     let _ = stop_ops.send(true);
     let _ = ops.await;

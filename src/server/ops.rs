@@ -53,7 +53,9 @@ async fn answer(app: &App, request: &Request<Incoming>) -> Response<GatewayBody>
         "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         "/readyz" => readiness(app).await,
         "/metrics" => {
-            let mut response = Response::new(GatewayBody::full(app.metrics.render("")));
+            let mut response = Response::new(GatewayBody::full(
+                app.metrics.render(&app.policy().render_metrics()),
+            ));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -81,6 +81,7 @@ pub struct Metrics {
     connections_total: AtomicU64,
     connections_rejected: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    redis_errors: AtomicU64,
 }
 
 impl Metrics {
@@ -126,6 +127,11 @@ impl Metrics {
 
     pub fn tls_handshake_failed(&self) {
         self.tls_handshake_failures.fetch_add(1, Relaxed);
+    }
+
+    /// A Redis command for a request failed (rate limit or revocation check).
+    pub fn redis_error(&self) {
+        self.redis_errors.fetch_add(1, Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4, every metric
@@ -221,6 +227,13 @@ impl Metrics {
             "counter",
             "TLS handshakes that failed.",
             self.tls_handshake_failures.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "portcullis_redis_errors_total",
+            "counter",
+            "Rate-limit or revocation checks that failed because Redis did not answer.",
+            self.redis_errors.load(Relaxed),
         );
 
         out.push_str(extra);

@@ -295,6 +295,114 @@ async fn logs_never_carry_tokens_cookies_or_passwords() {
     }
 }
 
+#[test]
+fn policy_check_and_explain() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.yaml");
+    let check = Command::new(BINARY)
+        .args(["policy", "check", shipped])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    let dir = temp_dir("policy-check");
+    let broken = dir.join("broken.yaml");
+    std::fs::write(&broken, "version: 1\nroles: [user]\nrules:\n  - name: x\n    paths: [\"/a/**/b\"]\n    allow: { role: emperor }\n").unwrap();
+    let failed = Command::new(BINARY)
+        .arg("policy")
+        .arg("check")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&failed.stdout).to_string()
+        + &String::from_utf8_lossy(&failed.stderr);
+    let prefix = format!("{}:", broken.display());
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .collect();
+    assert!(lines.len() >= 2, "one line per error: {stdout}");
+    for line in lines {
+        let rest = &line[prefix.len()..];
+        let mut parts = rest.splitn(3, ':');
+        assert!(parts.next().unwrap().parse::<usize>().is_ok(), "{line}");
+        assert!(parts.next().unwrap().parse::<usize>().is_ok(), "{line}");
+    }
+
+    let explain = |args: &[&str]| {
+        let output = Command::new(BINARY)
+            .args(["policy", "explain", shipped])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let user_admin = explain(&[
+        "--method",
+        "GET",
+        "--path",
+        "/admin/x",
+        "--role",
+        "user",
+        "--user-id",
+        "u1",
+    ]);
+    assert!(
+        user_admin.contains("admin area") && user_admin.contains("403"),
+        "{user_admin}"
+    );
+    let anonymous = explain(&["--method", "GET", "--path", "/admin/x", "--anonymous"]);
+    assert!(anonymous.contains("401"), "{anonymous}");
+    let owner = explain(&[
+        "--method",
+        "GET",
+        "--path",
+        "/users/u1",
+        "--role",
+        "user",
+        "--user-id",
+        "u1",
+    ]);
+    assert!(
+        owner.contains("own profile") && owner.contains("allow"),
+        "{owner}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_policy() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("sighup-policy");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, crate::harness::OPEN_POLICY).unwrap();
+    let yaml = base_config_yaml(&upstream.url())
+        .replace(
+            &crate::harness::run_resources()
+                .open_policy
+                .display()
+                .to_string(),
+            &policy.display().to_string(),
+        )
+        .replace("policy:\n", "policy:\n  watch: false\n");
+    let gateway = GatewayProcess::spawn(&yaml);
+    let mut client = Client::connect(gateway.https, Protocol::Http1).await;
+    assert_eq!(client.get("/admin").await.status, 200);
+    std::fs::write(&policy, "version: 1\nroles: [user]\nrules:\n  - name: nothing\n    paths: [\"/**\"]\n    allow: deny\n").unwrap();
+    // Not watching: the edit waits for the signal.
+    assert_eq!(client.get("/admin").await.status, 200);
+    gateway.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..200 {
+        if client.get("/admin").await.status == 401 {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reloaded, "{}", gateway.log.lock().unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
     let upstream = Upstream::start().await;

@@ -56,7 +56,18 @@ pub fn temp_dir(label: &str) -> PathBuf {
 pub struct RunResources {
     pub database_url: String,
     pub redis_prefix: String,
+    /// A policy that lets every request through, for tests about anything but the policy.
+    pub open_policy: PathBuf,
 }
+
+/// Every path public: the gateway forwards everything, as tests of forwarding need.
+pub const OPEN_POLICY: &str = "version: 1
+roles: [user, manager, admin]
+rules:
+  - name: everything
+    paths: [\"/**\"]
+    allow: public
+";
 
 pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -96,9 +107,12 @@ pub fn run_resources() -> &'static RunResources {
         })
         .join()
         .unwrap();
+        let open_policy = temp_dir("policy").join("open.yaml");
+        std::fs::write(&open_policy, OPEN_POLICY).unwrap();
         RunResources {
             database_url,
             redis_prefix: format!("portcullis-test:{started}-{}:", std::process::id()),
+            open_policy,
         }
     })
 }
@@ -216,6 +230,14 @@ smtp:
   poll_interval: 100ms
 tokens:
   hs256_secret: test-secret-that-is-at-least-32-bytes-long
+# Tests that are not about rate limits must never meet one.
+rate_limits:
+  login: {{ requests: 1000000, per: 1m }}
+  register: {{ requests: 1000000, per: 1m }}
+  password_reset: {{ requests: 1000000, per: 1m }}
+  default: {{ requests: 1000000, per: 1m }}
+policy:
+  path: {policy}
 password:
   argon2:
     memory_kib: 1024
@@ -229,6 +251,7 @@ telemetry:
         database = run.database_url,
         redis = REDIS_URL,
         prefix = run.redis_prefix,
+        policy = run.open_policy.display(),
     )
 }
 
@@ -243,6 +266,9 @@ pub struct TestGateway {
     pub upstream: Upstream,
     pub smtp: &'static SmtpServer,
     pub clock: Arc<Clock>,
+    /// This gateway's Redis key prefix; a second instance meant to share its rate limits and
+    /// revocations is started with the same one.
+    pub redis_prefix: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -252,9 +278,34 @@ impl TestGateway {
         Self::start_with(|_| {}).await
     }
 
+    /// A gateway enforcing `policy` (written to a file of its own, which the test may edit
+    /// to exercise live reloads).
+    pub async fn with_policy(
+        policy: &str,
+        configure: impl FnOnce(&mut Config),
+    ) -> (TestGateway, PathBuf) {
+        let path = temp_dir("policy").join("policy.yaml");
+        std::fs::write(&path, policy).unwrap();
+        let policy_path = path.clone();
+        let gateway = Self::start_with(move |config| {
+            config.policy.path = policy_path;
+            configure(config);
+        })
+        .await;
+        (gateway, path)
+    }
+
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestGateway {
+        static GATEWAYS: AtomicUsize = AtomicUsize::new(0);
         let upstream = Upstream::start().await;
         let mut config = base_config(&upstream.url(), shared_smtp().addr.port());
+        // Every client here is 127.0.0.1: gateways of concurrent tests must not share rate
+        // limit buckets, so each gets a prefix of its own unless a test says otherwise.
+        config.redis.key_prefix = format!(
+            "{}gw{}:",
+            run_resources().redis_prefix,
+            GATEWAYS.fetch_add(1, Ordering::SeqCst)
+        );
         configure(&mut config);
         Self::start_config(config, upstream).await
     }
@@ -264,6 +315,7 @@ impl TestGateway {
     pub async fn start_config(config: Config, upstream: Upstream) -> TestGateway {
         let smtp = shared_smtp();
         let clock = Arc::new(Clock::system());
+        let redis_prefix = config.redis.key_prefix.clone();
         let app = App::build_with_clock(&config, clock.clone()).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();
         let (https, http, ops) = (
@@ -282,6 +334,7 @@ impl TestGateway {
             upstream,
             smtp,
             clock,
+            redis_prefix,
             shutdown: Some(shutdown),
             task: Some(task),
         }

@@ -1,0 +1,274 @@
+//! Enforcement on forwarded requests: read and verify the caller's token, ask the policy,
+//! then make one Redis round trip for the revocation check and the rate limit together.
+//!
+//! Forwarded requests are rate limited by their rule's `rate_limit`, else the policy's
+//! default; a policy with neither limits nothing (and an anonymous request then costs no
+//! Redis round trip at all).
+//!
+//! A revoked or invalid token counts as no token: on a rule anyone may use the request goes
+//! on anonymously; anywhere else it is a 401 with `error="invalid_token"`. What a Redis
+//! outage means is the operator's choice: `revocation_on_redis_error` (default deny) and
+//! `on_redis_error` for rate limits (default allow).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+
+use crate::auth::{AuthService, TokenState};
+use crate::config::{Config, FailMode};
+use crate::error::GatewayError;
+use crate::limits::gate::{Gate, GateCheck, Limit, RateOutcome};
+use crate::policy::{Decision, Identity, RateKey, RateLimit, Request};
+use crate::server::policy_source::PolicySource;
+use crate::telemetry::metrics::Metrics;
+use crate::token::AccessClaims;
+
+static X_AUTH_USER_ID: HeaderName = HeaderName::from_static("x-auth-user-id");
+static X_AUTH_EMAIL: HeaderName = HeaderName::from_static("x-auth-email");
+static X_AUTH_ROLE: HeaderName = HeaderName::from_static("x-auth-role");
+static X_AUTH_SESSION_ID: HeaderName = HeaderName::from_static("x-auth-session-id");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// What the gateway forwards with, once a request is allowed.
+#[derive(Debug)]
+pub struct Verdict {
+    /// The caller, when a valid, unrevoked token was presented.
+    pub identity: Option<AccessClaims>,
+    /// The rule's upstream; `None` is the gateway's first.
+    pub upstream: Option<String>,
+    pub rate: Option<RateOutcome>,
+}
+
+pub struct Enforcer {
+    policy: Arc<PolicySource>,
+    gate: Gate,
+    auth: Arc<AuthService>,
+    rate_on_redis_error: FailMode,
+    revocation_on_redis_error: FailMode,
+}
+
+impl Enforcer {
+    pub fn new(
+        config: &Config,
+        policy: Arc<PolicySource>,
+        gate: Gate,
+        auth: Arc<AuthService>,
+    ) -> Enforcer {
+        Enforcer {
+            policy,
+            gate,
+            auth,
+            rate_on_redis_error: config.rate_limits.on_redis_error,
+            revocation_on_redis_error: config.rate_limits.revocation_on_redis_error,
+        }
+    }
+
+    pub fn policy(&self) -> &Arc<PolicySource> {
+        &self.policy
+    }
+
+    /// Decides a forwarded request: `Ok` to forward (with whom and where), `Err` with the
+    /// gateway's answer (401, 403, 429 or 503).
+    pub async fn decide(
+        &self,
+        method: &str,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+        client_ip: IpAddr,
+        metrics: &Metrics,
+    ) -> Result<Verdict, GatewayError> {
+        let (claims, invalid_token) = match self.auth.read_access_token(headers) {
+            TokenState::Valid(claims) => (Some(*claims), false),
+            TokenState::Invalid => (None, true),
+            TokenState::Absent => (None, false),
+        };
+        let loaded = self.policy.current();
+        let request = Request { method, host, path };
+        let identity = claims.as_ref().map(|claims| Identity {
+            sub: &claims.sub,
+            role: &claims.role,
+        });
+        let (rate_limit, upstream) = match loaded.policy.evaluate(&request, identity.as_ref()) {
+            Decision::Allow {
+                rate_limit,
+                upstream,
+                ..
+            } => (rate_limit, upstream),
+            Decision::Unauthenticated { .. } if invalid_token => {
+                return Err(GatewayError::invalid_token("Invalid or expired token"));
+            }
+            Decision::Unauthenticated { .. } => {
+                return Err(GatewayError::unauthorized("Not authenticated"))
+            }
+            Decision::Forbidden { detail, .. } => {
+                return Err(GatewayError::Forbidden(detail.into()))
+            }
+        };
+
+        let bucket = rate_limit.map(|rule| bucket_for(rule, claims.as_ref(), client_ip));
+        let token_check = claims
+            .as_ref()
+            .map(|claims| (claims.sid.as_str(), claims.sub.as_str(), claims.iat));
+        let now_ms = self.auth.clock().unix_millis();
+        let outcome = self
+            .gate
+            .check(&GateCheck {
+                bucket: bucket
+                    .as_ref()
+                    .map(|(bucket, limit)| (bucket.as_str(), *limit)),
+                token: token_check,
+                now_ms,
+            })
+            .await;
+        match outcome {
+            Ok(outcome) if outcome.revoked => {
+                // The token is revoked: go on only if the rule lets anyone in.
+                match loaded.policy.evaluate(&request, None) {
+                    Decision::Allow {
+                        rate_limit,
+                        upstream,
+                        ..
+                    } => {
+                        let rate = match rate_limit {
+                            Some(rule) => {
+                                let (bucket, limit) = bucket_for(rule, None, client_ip);
+                                self.rate_only(&bucket, limit, now_ms, metrics).await?
+                            }
+                            None => None,
+                        };
+                        Ok(Verdict {
+                            identity: None,
+                            upstream,
+                            rate,
+                        })
+                    }
+                    _ => Err(GatewayError::invalid_token("Token has been revoked")),
+                }
+            }
+            Ok(outcome) => {
+                refuse_over_limit(outcome.rate)?;
+                Ok(Verdict {
+                    identity: claims,
+                    upstream,
+                    rate: outcome.rate,
+                })
+            }
+            Err(error) => {
+                metrics.redis_error();
+                tracing::warn!(%error, "rate limit and revocation check failed");
+                if bucket.is_some() && self.rate_on_redis_error == FailMode::Deny {
+                    return Err(GatewayError::Unavailable("Rate limiter unavailable"));
+                }
+                if claims.is_some() && self.revocation_on_redis_error == FailMode::Deny {
+                    // Revocation cannot be checked, so the token cannot be trusted: the
+                    // request may still go on without it where anyone is allowed.
+                    return match loaded.policy.evaluate(&request, None) {
+                        Decision::Allow { upstream, .. } => Ok(Verdict {
+                            identity: None,
+                            upstream,
+                            rate: None,
+                        }),
+                        _ => Err(GatewayError::Unavailable("Revocation service unavailable")),
+                    };
+                }
+                Ok(Verdict {
+                    identity: claims,
+                    upstream,
+                    rate: None,
+                })
+            }
+        }
+    }
+
+    async fn rate_only(
+        &self,
+        bucket: &str,
+        limit: Limit,
+        now_ms: u64,
+        metrics: &Metrics,
+    ) -> Result<Option<RateOutcome>, GatewayError> {
+        let check = GateCheck {
+            bucket: Some((bucket, limit)),
+            token: None,
+            now_ms,
+        };
+        match self.gate.check(&check).await {
+            Ok(outcome) => {
+                refuse_over_limit(outcome.rate)?;
+                Ok(outcome.rate)
+            }
+            Err(error) => {
+                metrics.redis_error();
+                tracing::warn!(%error, "rate limit check failed");
+                match self.rate_on_redis_error {
+                    FailMode::Deny => Err(GatewayError::Unavailable("Rate limiter unavailable")),
+                    FailMode::Allow => Ok(None),
+                }
+            }
+        }
+    }
+}
+
+/// The bucket a request counts against: per user when the rule says so and the caller is
+/// known, per client address otherwise.
+fn bucket_for(
+    rule: RateLimit,
+    claims: Option<&AccessClaims>,
+    client_ip: IpAddr,
+) -> (String, Limit) {
+    let limit = Limit {
+        requests: rule.requests,
+        window: rule.per,
+    };
+    let bucket = match (rule.key, claims) {
+        (RateKey::User, Some(claims)) => format!("user:{}", claims.sub),
+        _ => format!("ip:{client_ip}"),
+    };
+    (bucket, limit)
+}
+
+fn refuse_over_limit(rate: Option<RateOutcome>) -> Result<(), GatewayError> {
+    match rate {
+        Some(rate) if !rate.allowed => Err(GatewayError::TooManyRequests {
+            retry_after_secs: ceil_seconds(rate.retry_after.unwrap_or(Duration::from_secs(1))),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn ceil_seconds(duration: Duration) -> u64 {
+    duration.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// The identity headers of contract 6.1, set after every client-sent `X-Auth-*` is gone.
+pub fn set_identity(headers: &mut HeaderMap, claims: &AccessClaims) {
+    for (name, value) in [
+        (&X_AUTH_USER_ID, claims.sub.as_str()),
+        (&X_AUTH_EMAIL, claims.email.as_str()),
+        (&X_AUTH_ROLE, claims.role.as_str()),
+        (&X_AUTH_SESSION_ID, claims.sid.as_str()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name.clone(), value);
+        }
+    }
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds) on an allowed response.
+pub fn set_rate_headers(headers: &mut HeaderMap, rate: &RateOutcome) {
+    headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(rate.limit));
+    headers.insert(
+        RATELIMIT_REMAINING.clone(),
+        HeaderValue::from(rate.remaining),
+    );
+    headers.insert(
+        RATELIMIT_RESET.clone(),
+        HeaderValue::from(ceil_seconds(rate.reset)),
+    );
+}
