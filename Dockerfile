@@ -5,6 +5,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY tests tests
+COPY benches benches
 COPY migrations migrations
 COPY config config
 RUN cargo build --release --locked --bin portcullis

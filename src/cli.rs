@@ -333,10 +333,21 @@ fn create_user(
     if !crate::auth::is_valid_email(&email) {
         return fail("Invalid email address");
     }
-    if !crate::auth::DEFAULT_ROLES.contains(&role) {
+    // The policy file defines the roles; without one the built-in defaults apply.
+    let roles: Vec<String> = match std::fs::read_to_string(&config.policy.path)
+        .ok()
+        .and_then(|text| crate::policy::Policy::parse(&text, None).ok())
+    {
+        Some((policy, _)) => policy.roles().to_vec(),
+        None => crate::auth::DEFAULT_ROLES
+            .iter()
+            .map(|role| role.to_string())
+            .collect(),
+    };
+    if !roles.iter().any(|known| known == role) {
         return fail(format!(
             "unknown role {role:?}; known roles: {}",
-            crate::auth::DEFAULT_ROLES.join(", ")
+            roles.join(", ")
         ));
     }
     let (password, generated) = if password_stdin {

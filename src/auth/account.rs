@@ -41,11 +41,12 @@ impl AuthService {
             .transaction()
             .await
             .map_err(|error| store_error(error.into()))?;
+        let role = self.default_role();
         let new_user = NewUser {
             email: &email,
             name,
             password_hash: &password_hash,
-            role: &self.settings.default_role,
+            role: &role,
             is_verified: false,
         };
         let user = match Store::create_user(&transaction, &new_user, now).await {

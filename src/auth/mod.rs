@@ -96,6 +96,8 @@ pub struct AuthService {
     pub(crate) settings: AuthSettings,
     pub(crate) mail_waker: Arc<Notify>,
     pub(crate) gate: Gate,
+    /// The policy in force defines the roles and their order; set once the policy is loaded.
+    pub(crate) policy: std::sync::OnceLock<Arc<crate::server::policy_source::PolicySource>>,
 }
 
 /// One parsed `/auth` request.
@@ -377,7 +379,15 @@ impl AuthService {
             .map(|(_, value)| value)
     }
 
+    /// Takes the roles, their order and the role new users get from this policy source.
+    pub fn use_policy(&self, policy: Arc<crate::server::policy_source::PolicySource>) {
+        let _ = self.policy.set(policy);
+    }
+
     pub(crate) fn role_at_least(&self, role: &str, needed: &str) -> bool {
+        if let Some(policy) = self.policy.get() {
+            return policy.current().policy.role_at_least(role, needed);
+        }
         let rank = |name: &str| self.settings.roles.iter().position(|known| known == name);
         match (rank(role), rank(needed)) {
             (Some(have), Some(need)) => have >= need,
@@ -386,7 +396,24 @@ impl AuthService {
     }
 
     pub(crate) fn is_known_role(&self, role: &str) -> bool {
-        self.settings.roles.iter().any(|known| known == role)
+        match self.policy.get() {
+            Some(policy) => policy.current().policy.is_role(role),
+            None => self.settings.roles.iter().any(|known| known == role),
+        }
+    }
+
+    /// The lowest role: what a self-registered user gets.
+    pub(crate) fn default_role(&self) -> String {
+        match self.policy.get() {
+            Some(policy) => policy
+                .current()
+                .policy
+                .roles()
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.settings.default_role.clone()),
+            None => self.settings.default_role.clone(),
+        }
     }
 
     /// Loads the principal's user, refusing a deleted or deactivated one.
@@ -713,7 +740,7 @@ pub enum AuthBuildError {
     Mail(#[from] crate::mail::MailError),
 }
 
-/// The roles known until the policy file supplies them, lowest first.
+/// The roles used when no policy is attached (the policy file's `roles` win), lowest first.
 pub const DEFAULT_ROLES: [&str; 3] = ["user", "manager", "admin"];
 
 impl AuthService {
@@ -862,6 +889,7 @@ impl AuthService {
             },
             mail_waker: worker.waker(),
             gate: Gate::new(redis_for_gate),
+            policy: std::sync::OnceLock::new(),
         };
         Ok((service, worker))
     }

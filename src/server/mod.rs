@@ -149,6 +149,7 @@ impl App {
         let policy = Arc::new(
             PolicySource::load(&config.policy.path, upstream_names).map_err(AppError::Policy)?,
         );
+        auth.use_policy(policy.clone());
         let gateway = Gateway::new(config, metrics.clone(), auth.clone(), policy.clone())?;
         Ok(App {
             policy,

@@ -41,9 +41,14 @@ pub fn init(config: &TelemetryConfig) -> Result<(), String> {
     result.map_err(|error| format!("cannot install the log subscriber: {error}"))
 }
 
-/// Appends `library=info` for each quiet library the directives do not mention.
+/// Appends `library=info` for each quiet library the directives do not mention, when they
+/// ask for debug or trace at all (at info and above the libraries follow the directives).
 fn with_quiet_libraries(directives: &str) -> String {
     let mut full = directives.to_string();
+    let verbose = directives.contains("debug") || directives.contains("trace");
+    if !verbose {
+        return full;
+    }
     for library in QUIET_LIBRARIES {
         if !directives.contains(library) {
             if !full.is_empty() {

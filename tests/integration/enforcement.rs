@@ -470,3 +470,82 @@ async fn rate_limits_can_fail_closed_and_revocation_open() {
     assert_eq!(response.status, 503);
     assert_eq!(response.detail(), "Rate limiter unavailable");
 }
+
+#[tokio::test]
+async fn the_policy_defines_the_roles_the_auth_routes_use() {
+    let policy = "version: 1
+roles: [member, editor, admin, owner]
+rules:
+  - name: open
+    paths: [\"/**\"]
+    allow: public
+";
+    let (gateway, _) = TestGateway::with_policy(policy, |_| {}).await;
+    let member = gateway.signup("roles-member").await;
+    let login = gateway.login(&member.email, &member.password).await;
+    assert_eq!(
+        login.json()["user"]["role"],
+        "member",
+        "new users get the lowest role"
+    );
+    let (_, owner) = gateway.account_with_role("roles-owner", "owner").await;
+    let listed = gateway
+        .call(
+            "GET",
+            "/auth/admin/users?limit=1",
+            None,
+            Some(&owner.access),
+        )
+        .await;
+    assert_eq!(
+        listed.status, 200,
+        "a role above admin reaches the admin API"
+    );
+    let path = format!("/auth/admin/users/{}", member.id);
+    let promoted = gateway
+        .call(
+            "PATCH",
+            &path,
+            Some(serde_json::json!({ "role": "editor" })),
+            Some(&owner.access),
+        )
+        .await;
+    assert_eq!(promoted.json()["role"], "editor");
+    let unknown = gateway
+        .call(
+            "PATCH",
+            &path,
+            Some(serde_json::json!({ "role": "manager" })),
+            Some(&owner.access),
+        )
+        .await;
+    assert_eq!(unknown.status, 422, "manager is not a role of this policy");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_address_has_its_own_limit() {
+    let policy = LIMITED_POLICY.replace("requests: 4, per: 1m", "requests: 2, per: 1m");
+    let (gateway, _) = TestGateway::with_policy(&policy, |config| {
+        config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for client in [
+        "203.0.113.1",
+        "203.0.113.1",
+        "203.0.113.2",
+        "203.0.113.2",
+        "203.0.113.1",
+    ] {
+        let mut connection = gateway.h1().await;
+        let request = connection
+            .request("GET", "/open")
+            // The proxy appended the address it saw; whatever the client claimed before it
+            // (198.51.100.7) is not trusted.
+            .header("x-forwarded-for", format!("198.51.100.7, {client}"))
+            .body(crate::harness::empty())
+            .unwrap();
+        statuses.push(connection.send_read(request).await.status.as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 200, 429]);
+}
