@@ -3,8 +3,9 @@
 #
 # Builds the release binary and starts two gateways in front of the harness' nginx upstream
 # (127.0.0.1:18080):
-#   gateway       127.0.0.1:8443  a policy that lets everything through, no rate limit:
-#                                 plain pass-through (no token, no Redis)
+#   gateway       127.0.0.1:8443  a policy that lets everything through, no rate limit, and
+#                                 a secret that is not the harness' (its token is ignored):
+#                                 plain pass-through, no Redis
 #   gateway-auth  127.0.0.1:8444  every request must carry a valid JWT: signature and claims,
 #                                 revocation check and a per-user rate limit in Redis (one
 #                                 round trip), policy decision, identity headers
@@ -129,7 +130,7 @@ rules:
     rate_limit: { requests: 1000000000, per: 1h, key: user }
 POLICY
 
-# write_config NAME PORT OPS_PORT POLICY_FILE
+# write_config NAME PORT OPS_PORT POLICY_FILE HS256_SECRET
 write_config() {
     cat > "$TMP/$1.yaml" <<CONF
 server:
@@ -146,8 +147,7 @@ upstreams:
 redis:
   key_prefix: "portcullis-bench:"
 tokens:
-  # The harness signs its benchmark token with these bytes.
-  hs256_secret: "$(cat "$CERTS/jwt_hs256.secret")"
+  hs256_secret: "$5"
 policy:
   path: $TMP/$4
 telemetry:
@@ -176,8 +176,13 @@ start_gateway() {
     log "$1 answers on :$2 (HTTP $code before the upstream is up)"
 }
 
-write_config gateway "$GW_PORT" "$OPS_PORT" open-policy.yaml
-write_config gateway-auth "$AUTH_PORT" "$AUTH_OPS_PORT" auth-policy.yaml
+# The harness sends its token to every target. gateway-auth shares the harness' secret, so
+# the token is valid there. The pass-through gateway gets a secret of its own: the token
+# fails its signature check and, on a public rule, is ignored, so no request of that run
+# makes a Redis round trip (a valid token on a public rule would still be checked for
+# revocation).
+write_config gateway "$GW_PORT" "$OPS_PORT" open-policy.yaml "pass-through-benchmark-secret-not-the-harness-one"
+write_config gateway-auth "$AUTH_PORT" "$AUTH_OPS_PORT" auth-policy.yaml "$(cat "$CERTS/jwt_hs256.secret")"
 sha256sum "$BIN" > "$OUT/gateway-binary.sha256"
 start_gateway gateway "$GW_PORT"
 start_gateway gateway-auth "$AUTH_PORT"

@@ -98,6 +98,57 @@ pub struct AuthService {
     pub(crate) gate: Gate,
     /// The policy in force defines the roles and their order; set once the policy is loaded.
     pub(crate) policy: std::sync::OnceLock<Arc<crate::server::policy_source::PolicySource>>,
+    /// Tokens whose signature and claims were already verified, for forwarded requests.
+    pub(crate) verified: VerifiedTokens,
+}
+
+/// Access tokens already verified, per worker thread, so a client presenting the same token
+/// on every request pays for the signature and claim parsing once. Only what cannot change
+/// is cached (the token's bytes fix its claims); the time checks run on every use, and
+/// revocation is checked in Redis on every request as before.
+pub(crate) struct VerifiedTokens {
+    /// One map per worker: each is only ever locked by its own thread, so never contended.
+    shards: Vec<std::sync::Mutex<std::collections::HashMap<Box<str>, AccessClaims>>>,
+    leeway: u64,
+}
+
+/// Entries per worker; a full map is simply emptied (tokens are re-verified on next use).
+const VERIFIED_TOKENS_PER_WORKER: usize = 10_000;
+
+impl VerifiedTokens {
+    fn new(workers: usize, leeway: std::time::Duration) -> VerifiedTokens {
+        VerifiedTokens {
+            shards: (0..workers.max(1))
+                .map(|_| std::sync::Mutex::default())
+                .collect(),
+            leeway: leeway.as_secs(),
+        }
+    }
+
+    fn shard(&self) -> &std::sync::Mutex<std::collections::HashMap<Box<str>, AccessClaims>> {
+        &self.shards[crate::server::workers::current_worker() % self.shards.len()]
+    }
+
+    /// The cached claims, if the token was verified before and is still within its times.
+    fn get(&self, token: &str, now: u64) -> Option<AccessClaims> {
+        let shard = self.shard().lock().ok()?;
+        let claims = shard.get(token)?;
+        let live = now < claims.exp.saturating_add(self.leeway)
+            && claims
+                .nbf
+                .is_none_or(|nbf| now.saturating_add(self.leeway) >= nbf)
+            && now.saturating_add(self.leeway) >= claims.iat;
+        live.then(|| claims.clone())
+    }
+
+    fn put(&self, token: &str, claims: &AccessClaims) {
+        if let Ok(mut shard) = self.shard().lock() {
+            if shard.len() >= VERIFIED_TOKENS_PER_WORKER {
+                shard.clear();
+            }
+            shard.insert(token.into(), claims.clone());
+        }
+    }
 }
 
 /// One parsed `/auth` request.
@@ -340,8 +391,15 @@ impl AuthService {
         let Some(token) = self.bearer_token(headers) else {
             return TokenState::Absent;
         };
-        match self.keys.verify_access(token, self.clock.unix_now()) {
-            Ok(claims) => TokenState::Valid(Box::new(claims)),
+        let now = self.clock.unix_now();
+        if let Some(claims) = self.verified.get(token, now) {
+            return TokenState::Valid(Box::new(claims));
+        }
+        match self.keys.verify_access(token, now) {
+            Ok(claims) => {
+                self.verified.put(token, &claims);
+                TokenState::Valid(Box::new(claims))
+            }
             Err(error) => {
                 tracing::debug!(%error, "access token refused");
                 TokenState::Invalid
@@ -890,6 +948,10 @@ impl AuthService {
             mail_waker: worker.waker(),
             gate: Gate::new(redis_for_gate),
             policy: std::sync::OnceLock::new(),
+            verified: VerifiedTokens::new(
+                crate::server::workers::worker_count(config.server.worker_threads),
+                tokens.leeway,
+            ),
         };
         Ok((service, worker))
     }
@@ -908,5 +970,53 @@ fn limit(config: &crate::config::RateLimit) -> Limit {
     Limit {
         requests: config.requests,
         window: config.per,
+    }
+}
+
+#[cfg(test)]
+mod verified_tokens_tests {
+    use super::*;
+
+    fn claims(iat: u64, exp: u64, nbf: Option<u64>) -> AccessClaims {
+        AccessClaims {
+            sub: "u".into(),
+            email: "u@example.com".into(),
+            role: "user".into(),
+            sid: "s".into(),
+            jti: "j".into(),
+            iat,
+            exp,
+            nbf,
+            iss: "i".into(),
+            aud: "a".into(),
+            token_type: "access".into(),
+        }
+    }
+
+    #[test]
+    fn cached_tokens_still_expire_and_other_tokens_miss() {
+        let cache = VerifiedTokens::new(1, std::time::Duration::ZERO);
+        cache.put("token-a", &claims(100, 200, Some(150)));
+        assert!(cache.get("token-a", 149).is_none(), "not yet valid");
+        assert!(cache.get("token-a", 150).is_some());
+        assert!(cache.get("token-a", 199).is_some());
+        assert!(
+            cache.get("token-a", 200).is_none(),
+            "expired at exp, as verification says"
+        );
+        assert!(cache.get("token-b", 150).is_none());
+        assert!(
+            cache.get("token-", 150).is_none(),
+            "only the exact token hits"
+        );
+    }
+
+    #[test]
+    fn a_full_cache_is_emptied_rather_than_grown() {
+        let cache = VerifiedTokens::new(1, std::time::Duration::ZERO);
+        for index in 0..VERIFIED_TOKENS_PER_WORKER + 1 {
+            cache.put(&format!("token-{index}"), &claims(0, 10, None));
+        }
+        assert!(cache.shards[0].lock().unwrap().len() <= VERIFIED_TOKENS_PER_WORKER);
     }
 }

@@ -549,3 +549,27 @@ async fn behind_a_trusted_proxy_each_client_address_has_its_own_limit() {
     }
     assert_eq!(statuses, vec![200, 200, 200, 200, 429]);
 }
+
+#[tokio::test]
+async fn a_token_already_seen_on_forwarded_requests_still_expires() {
+    let (gateway, _) = TestGateway::with_policy(CONTRACT_POLICY, |_| {}).await;
+    let (_, tokens) = gateway.account_with_role("cached", "user").await;
+    for _ in 0..3 {
+        assert_eq!(
+            gateway
+                .call("GET", "/dashboard", None, Some(&tokens.access))
+                .await
+                .status,
+            200
+        );
+    }
+    gateway.clock.advance(Duration::from_secs(30 * 60));
+    let expired = gateway
+        .call("GET", "/dashboard", None, Some(&tokens.access))
+        .await;
+    assert_eq!(expired.status, 401);
+    assert_eq!(
+        expired.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\"")
+    );
+}
