@@ -3,14 +3,14 @@
 use http::StatusCode;
 
 use super::{
-    json, normalize_email, object, status_only, store_error, user_json, AuthService, Call,
-    Principal, Reply,
+    db_error, json, normalize_email, object, status_only, store_error, user_json, AuthService,
+    Call, Principal, Reply,
 };
 use crate::error::GatewayError;
-use crate::mail;
+
 use crate::password::check_rules;
 use crate::store::{NewUser, Store, StoreError, TokenPurpose};
-use crate::token::{hash_opaque, OpaqueToken};
+use crate::token::hash_opaque;
 
 impl AuthService {
     pub(super) async fn register(&self, call: &Call) -> Reply {
@@ -35,12 +35,8 @@ impl AuthService {
             .map_err(super::password_error)?;
 
         let now = self.now();
-        let token = OpaqueToken::generate();
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client
-            .transaction()
-            .await
-            .map_err(|error| store_error(error.into()))?;
+        let transaction = client.transaction().await.map_err(db_error)?;
         let role = self.default_role();
         let new_user = NewUser {
             email: &email,
@@ -56,40 +52,17 @@ impl AuthService {
             }
             Err(error) => return Err(store_error(error)),
         };
-        Store::create_email_token(
-            &transaction,
-            user.id,
-            TokenPurpose::VerifyEmail,
-            &token.hash,
-            self.settings.verification_ttl,
-            now,
-        )
-        .await
-        .map_err(store_error)?;
-        let message = mail::verification_mail(
-            &user.email,
-            &self.settings.public_url,
-            &token.token,
-            self.settings.verification_ttl,
-        );
-        mail::enqueue(&transaction, &message)
-            .await
-            .map_err(|error| store_error(error.into()))?;
-        Store::audit(
+        self.issue_email_token(&transaction, &user, TokenPurpose::VerifyEmail, now)
+            .await?;
+        self.audit_in(
             &transaction,
             "register",
             Some(user.id),
-            Some(&call.ip),
-            call.user_agent.as_deref(),
-            &serde_json::json!({}),
-            now,
+            call,
+            serde_json::json!({}),
         )
-        .await
-        .map_err(store_error)?;
-        transaction
-            .commit()
-            .await
-            .map_err(|error| store_error(error.into()))?;
+        .await?;
+        transaction.commit().await.map_err(db_error)?;
         self.mail_waker.notify_one();
         Ok(json(StatusCode::CREATED, &user_json(&user)))
     }
@@ -99,10 +72,7 @@ impl AuthService {
         let token = fields.string("token")?;
         let now = self.now();
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client
-            .transaction()
-            .await
-            .map_err(|error| store_error(error.into()))?;
+        let transaction = client.transaction().await.map_err(db_error)?;
         let Some(user_id) = Store::consume_email_token(
             &transaction,
             TokenPurpose::VerifyEmail,
@@ -117,21 +87,15 @@ impl AuthService {
         let user = Store::mark_verified(&transaction, user_id, now)
             .await
             .map_err(store_error)?;
-        Store::audit(
+        self.audit_in(
             &transaction,
             "email_verified",
             Some(user.id),
-            Some(&call.ip),
-            call.user_agent.as_deref(),
-            &serde_json::json!({}),
-            now,
+            call,
+            serde_json::json!({}),
         )
-        .await
-        .map_err(store_error)?;
-        transaction
-            .commit()
-            .await
-            .map_err(|error| store_error(error.into()))?;
+        .await?;
+        transaction.commit().await.map_err(db_error)?;
         Ok(json(StatusCode::OK, &user_json(&user)))
     }
 
@@ -146,35 +110,11 @@ impl AuthService {
             .map_err(store_error)?;
         if let Some(user) = user.filter(|user| !user.is_verified && user.is_active) {
             let now = self.now();
-            let token = OpaqueToken::generate();
             let mut client = self.store.client().await.map_err(store_error)?;
-            let transaction = client
-                .transaction()
-                .await
-                .map_err(|error| store_error(error.into()))?;
-            Store::create_email_token(
-                &transaction,
-                user.id,
-                TokenPurpose::VerifyEmail,
-                &token.hash,
-                self.settings.verification_ttl,
-                now,
-            )
-            .await
-            .map_err(store_error)?;
-            let message = mail::verification_mail(
-                &user.email,
-                &self.settings.public_url,
-                &token.token,
-                self.settings.verification_ttl,
-            );
-            mail::enqueue(&transaction, &message)
-                .await
-                .map_err(|error| store_error(error.into()))?;
-            transaction
-                .commit()
-                .await
-                .map_err(|error| store_error(error.into()))?;
+            let transaction = client.transaction().await.map_err(db_error)?;
+            self.issue_email_token(&transaction, &user, TokenPurpose::VerifyEmail, now)
+                .await?;
+            transaction.commit().await.map_err(db_error)?;
             self.mail_waker.notify_one();
         }
         Ok(status_only(StatusCode::ACCEPTED))

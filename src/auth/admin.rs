@@ -4,8 +4,8 @@ use http::StatusCode;
 use uuid::Uuid;
 
 use super::{
-    json, object, query_param, status_only, store_error, user_json, AuthService, Call, Principal,
-    Reply,
+    db_error, json, object, query_param, status_only, store_error, user_json, AuthService, Call,
+    Principal, Reply,
 };
 use crate::clock::{rfc3339, unix_seconds};
 use crate::error::GatewayError;
@@ -88,10 +88,7 @@ impl AuthService {
         }
 
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client
-            .transaction()
-            .await
-            .map_err(|error| store_error(error.into()))?;
+        let transaction = client.transaction().await.map_err(db_error)?;
         let Some(user) = Store::update_user(&transaction, user_id, &patch, now)
             .await
             .map_err(store_error)?
@@ -112,35 +109,20 @@ impl AuthService {
         let actor = serde_json::json!(principal.user_id.to_string());
         if role_changed {
             let detail = serde_json::json!({ "from": before.role, "to": user.role, "by": actor });
-            Store::audit(
-                &transaction,
-                "role_changed",
-                Some(user_id),
-                Some(&call.ip),
-                call.user_agent.as_deref(),
-                &detail,
-                now,
-            )
-            .await
-            .map_err(store_error)?;
+            self.audit_in(&transaction, "role_changed", Some(user_id), call, detail)
+                .await?;
         }
         if deactivated {
-            Store::audit(
+            self.audit_in(
                 &transaction,
                 "user_deactivated",
                 Some(user_id),
-                Some(&call.ip),
-                call.user_agent.as_deref(),
-                &serde_json::json!({ "by": actor }),
-                now,
+                call,
+                serde_json::json!({ "by": actor }),
             )
-            .await
-            .map_err(store_error)?;
+            .await?;
         }
-        transaction
-            .commit()
-            .await
-            .map_err(|error| store_error(error.into()))?;
+        transaction.commit().await.map_err(db_error)?;
         self.revoke_in_redis(&ended, None).await?;
         Ok(json(StatusCode::OK, &user_json(&user)))
     }

@@ -3,7 +3,7 @@
 use http::StatusCode;
 
 use super::{
-    normalize_email, object, password_error, status_only, store_error, AuthService, Call,
+    db_error, normalize_email, object, password_error, status_only, store_error, AuthService, Call,
     Principal, Reply,
 };
 use crate::clock::unix_seconds;
@@ -11,7 +11,7 @@ use crate::error::GatewayError;
 use crate::mail;
 use crate::password::{check_rules, Verification};
 use crate::store::{Store, TokenPurpose};
-use crate::token::{hash_opaque, OpaqueToken};
+use crate::token::hash_opaque;
 
 impl AuthService {
     /// Always 202, so the answer does not tell whether an address is registered.
@@ -25,46 +25,19 @@ impl AuthService {
             .map_err(store_error)?;
         if let Some(user) = user.filter(|user| user.is_active) {
             let now = self.now();
-            let token = OpaqueToken::generate();
             let mut client = self.store.client().await.map_err(store_error)?;
-            let transaction = client
-                .transaction()
-                .await
-                .map_err(|error| store_error(error.into()))?;
-            Store::create_email_token(
-                &transaction,
-                user.id,
-                TokenPurpose::PasswordReset,
-                &token.hash,
-                self.settings.reset_ttl,
-                now,
-            )
-            .await
-            .map_err(store_error)?;
-            let message = mail::password_reset_mail(
-                &user.email,
-                &self.settings.public_url,
-                &token.token,
-                self.settings.reset_ttl,
-            );
-            mail::enqueue(&transaction, &message)
-                .await
-                .map_err(|error| store_error(error.into()))?;
-            Store::audit(
+            let transaction = client.transaction().await.map_err(db_error)?;
+            self.issue_email_token(&transaction, &user, TokenPurpose::PasswordReset, now)
+                .await?;
+            self.audit_in(
                 &transaction,
                 "password_reset_requested",
                 Some(user.id),
-                Some(&call.ip),
-                call.user_agent.as_deref(),
-                &serde_json::json!({}),
-                now,
+                call,
+                serde_json::json!({}),
             )
-            .await
-            .map_err(store_error)?;
-            transaction
-                .commit()
-                .await
-                .map_err(|error| store_error(error.into()))?;
+            .await?;
+            transaction.commit().await.map_err(db_error)?;
             self.mail_waker.notify_one();
         }
         Ok(status_only(StatusCode::ACCEPTED))
@@ -90,7 +63,7 @@ impl AuthService {
                     &[&hash.as_slice(), &now],
                 )
                 .await
-                .map_err(|error| store_error(error.into()))?
+                .map_err(db_error)?
                 .map(|row| row.get::<_, String>(0))
         };
         let Some(email) = owner else {
@@ -105,10 +78,7 @@ impl AuthService {
             .map_err(password_error)?;
 
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client
-            .transaction()
-            .await
-            .map_err(|error| store_error(error.into()))?;
+        let transaction = client.transaction().await.map_err(db_error)?;
         let Some(user_id) =
             Store::consume_email_token(&transaction, TokenPurpose::PasswordReset, &hash, now)
                 .await
@@ -127,22 +97,16 @@ impl AuthService {
             .map_err(store_error)?;
         mail::enqueue(&transaction, &mail::password_changed_mail(&user.email))
             .await
-            .map_err(|error| store_error(error.into()))?;
-        Store::audit(
+            .map_err(db_error)?;
+        self.audit_in(
             &transaction,
             "password_reset_completed",
             Some(user_id),
-            Some(&call.ip),
-            call.user_agent.as_deref(),
-            &serde_json::json!({ "sessions_ended": ended.len() }),
-            now,
+            call,
+            serde_json::json!({ "sessions_ended": ended.len() }),
         )
-        .await
-        .map_err(store_error)?;
-        transaction
-            .commit()
-            .await
-            .map_err(|error| store_error(error.into()))?;
+        .await?;
+        transaction.commit().await.map_err(db_error)?;
         self.mail_waker.notify_one();
         self.revoke_in_redis(&ended, None).await?;
         Ok(status_only(StatusCode::NO_CONTENT))
@@ -186,10 +150,7 @@ impl AuthService {
         self.revoke_in_redis(&others, None).await?;
 
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client
-            .transaction()
-            .await
-            .map_err(|error| store_error(error.into()))?;
+        let transaction = client.transaction().await.map_err(db_error)?;
         Store::set_password(&transaction, user.id, &password_hash, now)
             .await
             .map_err(store_error)?;
@@ -204,22 +165,16 @@ impl AuthService {
         .map_err(store_error)?;
         mail::enqueue(&transaction, &mail::password_changed_mail(&user.email))
             .await
-            .map_err(|error| store_error(error.into()))?;
-        Store::audit(
+            .map_err(db_error)?;
+        self.audit_in(
             &transaction,
             "password_changed",
             Some(user.id),
-            Some(&call.ip),
-            call.user_agent.as_deref(),
-            &serde_json::json!({ "sessions_ended": ended.len() }),
-            now,
+            call,
+            serde_json::json!({ "sessions_ended": ended.len() }),
         )
-        .await
-        .map_err(store_error)?;
-        transaction
-            .commit()
-            .await
-            .map_err(|error| store_error(error.into()))?;
+        .await?;
+        transaction.commit().await.map_err(db_error)?;
         self.mail_waker.notify_one();
         // Sessions started between the list and the commit are ended here too.
         self.revoke_in_redis(&ended, None).await?;

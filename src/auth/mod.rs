@@ -514,8 +514,21 @@ impl AuthService {
         detail: Value,
     ) -> Result<(), GatewayError> {
         let client = self.store.client().await.map_err(store_error)?;
+        self.audit_in(&client, event, user_id, call, detail).await
+    }
+
+    /// Writes an audit entry with the caller's client or transaction, stamped with the
+    /// call's address and user agent.
+    pub(crate) async fn audit_in(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        event: &str,
+        user_id: Option<Uuid>,
+        call: &Call,
+        detail: Value,
+    ) -> Result<(), GatewayError> {
         Store::audit(
-            &client,
+            client,
             event,
             user_id,
             Some(&call.ip),
@@ -525,6 +538,42 @@ impl AuthService {
         )
         .await
         .map_err(store_error)
+    }
+
+    /// Issues a single-use email token for `user` and queues the email that carries it, in
+    /// the caller's transaction, so the token and its mail exist together or not at all.
+    pub(crate) async fn issue_email_token(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        user: &User,
+        purpose: crate::store::TokenPurpose,
+        now: SystemTime,
+    ) -> Result<(), GatewayError> {
+        use crate::store::TokenPurpose;
+        let token = crate::token::OpaqueToken::generate();
+        let public_url = &self.settings.public_url;
+        let (ttl, message) = match purpose {
+            TokenPurpose::VerifyEmail => {
+                let ttl = self.settings.verification_ttl;
+                (
+                    ttl,
+                    crate::mail::verification_mail(&user.email, public_url, &token.token, ttl),
+                )
+            }
+            TokenPurpose::PasswordReset => {
+                let ttl = self.settings.reset_ttl;
+                (
+                    ttl,
+                    crate::mail::password_reset_mail(&user.email, public_url, &token.token, ttl),
+                )
+            }
+        };
+        Store::create_email_token(client, user.id, purpose, &token.hash, ttl, now)
+            .await
+            .map_err(store_error)?;
+        crate::mail::enqueue(client, &message)
+            .await
+            .map_err(db_error)
     }
 
     pub(crate) fn now(&self) -> SystemTime {
@@ -584,6 +633,11 @@ pub(crate) fn store_error(error: StoreError) -> GatewayError {
             GatewayError::Internal
         }
     }
+}
+
+/// A failed query or transaction step, mapped like any store failure.
+pub(crate) fn db_error(error: tokio_postgres::Error) -> GatewayError {
+    store_error(error.into())
 }
 
 pub(crate) fn redis_error(error: RedisError) -> GatewayError {

@@ -8,7 +8,7 @@ use http::StatusCode;
 use uuid::Uuid;
 
 use super::{
-    json, normalize_email, object, password_error, status_only, store_error, user_json,
+    db_error, json, normalize_email, object, password_error, status_only, store_error, user_json,
     AuthService, Call, Principal, Reply,
 };
 use crate::clock::{rfc3339, unix_seconds};
@@ -36,22 +36,27 @@ impl AuthService {
 
         if let Some(user) = &user {
             if let Some(until) = user.locked_at(now) {
-                self.store
-                    .record_login_failure(
-                        user.id,
-                        self.settings.max_failures,
-                        self.settings.lock_for,
-                        now,
-                    )
-                    .await
-                    .map_err(store_error)?;
-                self.audit(
+                // Counted like any failure, in one transaction with its audit entry.
+                let mut client = self.store.client().await.map_err(store_error)?;
+                let transaction = client.transaction().await.map_err(db_error)?;
+                Store::record_login_failure(
+                    &transaction,
+                    user.id,
+                    self.settings.max_failures,
+                    self.settings.lock_for,
+                    now,
+                )
+                .await
+                .map_err(store_error)?;
+                self.audit_in(
+                    &transaction,
                     "login_failure",
                     Some(user.id),
                     call,
                     serde_json::json!({ "reason": "locked" }),
                 )
                 .await?;
+                transaction.commit().await.map_err(db_error)?;
                 return Err(locked(until, now));
             }
         }
@@ -63,13 +68,28 @@ impl AuthService {
             .await
             .map_err(password_error)?;
         let Some(user) = user else {
-            self.audit(
+            // The same statements and one commit as a wrong password (the update matches no
+            // row), so the database does not tell the two apart by time either.
+            let mut client = self.store.client().await.map_err(store_error)?;
+            let transaction = client.transaction().await.map_err(db_error)?;
+            Store::record_login_failure(
+                &transaction,
+                Uuid::nil(),
+                self.settings.max_failures,
+                self.settings.lock_for,
+                now,
+            )
+            .await
+            .map_err(store_error)?;
+            self.audit_in(
+                &transaction,
                 "login_failure",
                 None,
                 call,
                 serde_json::json!({ "reason": "unknown email", "email": email }),
             )
             .await?;
+            transaction.commit().await.map_err(db_error)?;
             return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
         };
         let needs_rehash = match verification {
@@ -146,17 +166,25 @@ impl AuthService {
         call: &Call,
         now: SystemTime,
     ) -> Result<GatewayError, GatewayError> {
-        let failure = self
-            .store
-            .record_login_failure(
-                user.id,
-                self.settings.max_failures,
-                self.settings.lock_for,
-                now,
-            )
-            .await
-            .map_err(store_error)?;
-        self.audit(
+        // The counter, its audit entry and a lockout's mail commit together: one commit, as
+        // the unknown-email path has one, so the two cost the same.
+        let mut client = self.store.client().await.map_err(store_error)?;
+        let transaction = client.transaction().await.map_err(db_error)?;
+        let Some(failure) = Store::record_login_failure(
+            &transaction,
+            user.id,
+            self.settings.max_failures,
+            self.settings.lock_for,
+            now,
+        )
+        .await
+        .map_err(store_error)?
+        else {
+            // Deleted since it was read: a wrong password for no one.
+            return Ok(GatewayError::unauthorized(INVALID_CREDENTIALS));
+        };
+        self.audit_in(
+            &transaction,
             "login_failure",
             Some(user.id),
             call,
@@ -165,22 +193,27 @@ impl AuthService {
         .await?;
         if failure.newly_locked {
             let minutes = minutes_until(failure.locked_until.unwrap_or(now), now);
-            let client = self.store.client().await.map_err(store_error)?;
-            mail::enqueue(&client, &mail::account_locked_mail(&user.email, minutes))
-                .await
-                .map_err(|error| store_error(error.into()))?;
-            self.mail_waker.notify_one();
-            self.audit(
+            mail::enqueue(
+                &transaction,
+                &mail::account_locked_mail(&user.email, minutes),
+            )
+            .await
+            .map_err(db_error)?;
+            self.audit_in(
+                &transaction,
                 "account_locked",
                 Some(user.id),
                 call,
                 serde_json::json!({ "minutes": minutes }),
             )
             .await?;
+            transaction.commit().await.map_err(db_error)?;
+            self.mail_waker.notify_one();
             return Ok(GatewayError::unauthorized(
                 "Too many failed attempts. Account locked.",
             ));
         }
+        transaction.commit().await.map_err(db_error)?;
         if let Some(until) = failure.locked_until.filter(|until| *until > now) {
             return Ok(locked(until, now));
         }

@@ -124,19 +124,18 @@ impl Store {
     }
 
     /// Counts one failed login in a single statement, so concurrent failures are all
-    /// counted. A lockout that has expired starts the count again; while the account is
+    /// counted; `None` when there is no such user. A lockout that has expired starts the count again; while the account is
     /// locked the count still grows but the lockout is not extended.
     pub async fn record_login_failure(
-        &self,
+        client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
         max_failures: i32,
         lock_for: Duration,
         now: SystemTime,
-    ) -> Result<LoginFailure, StoreError> {
-        let client = self.client().await?;
+    ) -> Result<Option<LoginFailure>, StoreError> {
         let lock_end = now + lock_for;
         let row = client
-            .query_one(
+            .query_opt(
                 "UPDATE users SET
                     failed_login_attempts = CASE
                         WHEN locked_until IS NOT NULL AND locked_until <= $2 THEN 1
@@ -154,11 +153,11 @@ impl Store {
             .await?;
         // The lock end this attempt would set is unique to it (it derives from its own
         // `now`), so finding it stored means this attempt is the one that locked.
-        Ok(LoginFailure {
+        Ok(row.map(|row| LoginFailure {
             attempts: row.get(0),
             locked_until: row.get(1),
             newly_locked: row.get(2),
-        })
+        }))
     }
 
     /// A successful login: clear the counters, stamp `last_login`, and store a rehash when
