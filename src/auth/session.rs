@@ -15,7 +15,7 @@ use crate::clock::{rfc3339, unix_seconds};
 use crate::error::GatewayError;
 use crate::mail;
 use crate::password::Verification;
-use crate::store::{RefreshOutcome, Store, User};
+use crate::store::{LoginFailure, RefreshOutcome, Store, User};
 use crate::token::{hash_opaque, OpaqueToken};
 
 const INVALID_CREDENTIALS: &str = "Invalid email or password";
@@ -36,27 +36,8 @@ impl AuthService {
 
         if let Some(user) = &user {
             if let Some(until) = user.locked_at(now) {
-                // Counted like any failure, in one transaction with its audit entry.
-                let mut client = self.store.client().await.map_err(store_error)?;
-                let transaction = client.transaction().await.map_err(db_error)?;
-                Store::record_login_failure(
-                    &transaction,
-                    user.id,
-                    self.settings.max_failures,
-                    self.settings.lock_for,
-                    now,
-                )
-                .await
-                .map_err(store_error)?;
-                self.audit_in(
-                    &transaction,
-                    "login_failure",
-                    Some(user.id),
-                    call,
-                    serde_json::json!({ "reason": "locked" }),
-                )
-                .await?;
-                transaction.commit().await.map_err(db_error)?;
+                self.record_failure(Some(user), &email, "locked", call, now)
+                    .await?;
                 return Err(locked(until, now));
             }
         }
@@ -68,28 +49,8 @@ impl AuthService {
             .await
             .map_err(password_error)?;
         let Some(user) = user else {
-            // The same statements and one commit as a wrong password (the update matches no
-            // row), so the database does not tell the two apart by time either.
-            let mut client = self.store.client().await.map_err(store_error)?;
-            let transaction = client.transaction().await.map_err(db_error)?;
-            Store::record_login_failure(
-                &transaction,
-                Uuid::nil(),
-                self.settings.max_failures,
-                self.settings.lock_for,
-                now,
-            )
-            .await
-            .map_err(store_error)?;
-            self.audit_in(
-                &transaction,
-                "login_failure",
-                None,
-                call,
-                serde_json::json!({ "reason": "unknown email", "email": email }),
-            )
-            .await?;
-            transaction.commit().await.map_err(db_error)?;
+            self.record_failure(None, &email, "unknown email", call, now)
+                .await?;
             return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
         };
         let needs_rehash = match verification {
@@ -166,32 +127,59 @@ impl AuthService {
         call: &Call,
         now: SystemTime,
     ) -> Result<GatewayError, GatewayError> {
-        // The counter, its audit entry and a lockout's mail commit together: one commit, as
-        // the unknown-email path has one, so the two cost the same.
+        let Some(failure) = self
+            .record_failure(Some(user), &user.email, "wrong password", call, now)
+            .await?
+        else {
+            // Deleted since it was read: a wrong password for no one.
+            return Ok(GatewayError::unauthorized(INVALID_CREDENTIALS));
+        };
+        if failure.newly_locked {
+            return Ok(GatewayError::unauthorized(
+                "Too many failed attempts. Account locked.",
+            ));
+        }
+        if let Some(until) = failure.locked_until.filter(|until| *until > now) {
+            return Ok(locked(until, now));
+        }
+        Ok(GatewayError::unauthorized(INVALID_CREDENTIALS))
+    }
+
+    /// Counts a failed login and writes its audit entry in one transaction. Every failure
+    /// runs the same statements with one commit, whether or not the email exists (the
+    /// update then matches no row), so the database does not tell the cases apart by time.
+    /// The attempt that locks the account also queues the email telling its owner and
+    /// audits the lockout, committed with it.
+    async fn record_failure(
+        &self,
+        user: Option<&User>,
+        email: &str,
+        reason: &str,
+        call: &Call,
+        now: SystemTime,
+    ) -> Result<Option<LoginFailure>, GatewayError> {
+        let user_id = user.map(|user| user.id);
         let mut client = self.store.client().await.map_err(store_error)?;
         let transaction = client.transaction().await.map_err(db_error)?;
-        let Some(failure) = Store::record_login_failure(
+        let failure = Store::record_login_failure(
             &transaction,
-            user.id,
+            user_id.unwrap_or(Uuid::nil()),
             self.settings.max_failures,
             self.settings.lock_for,
             now,
         )
         .await
-        .map_err(store_error)?
-        else {
-            // Deleted since it was read: a wrong password for no one.
-            return Ok(GatewayError::unauthorized(INVALID_CREDENTIALS));
+        .map_err(store_error)?;
+        let detail = match (&failure, user) {
+            (Some(failure), Some(_)) => {
+                serde_json::json!({ "reason": reason, "attempts": failure.attempts })
+            }
+            _ => serde_json::json!({ "reason": reason, "email": email }),
         };
-        self.audit_in(
-            &transaction,
-            "login_failure",
-            Some(user.id),
-            call,
-            serde_json::json!({ "reason": "wrong password", "attempts": failure.attempts }),
-        )
-        .await?;
-        if failure.newly_locked {
+        self.audit_in(&transaction, "login_failure", user_id, call, detail)
+            .await?;
+        let newly_locked = failure.filter(|failure| failure.newly_locked);
+        if let (Some(failure), Some(user)) = (newly_locked, user) {
             let minutes = minutes_until(failure.locked_until.unwrap_or(now), now);
             mail::enqueue(
                 &transaction,
@@ -207,17 +195,12 @@ impl AuthService {
                 serde_json::json!({ "minutes": minutes }),
             )
             .await?;
-            transaction.commit().await.map_err(db_error)?;
-            self.mail_waker.notify_one();
-            return Ok(GatewayError::unauthorized(
-                "Too many failed attempts. Account locked.",
-            ));
         }
         transaction.commit().await.map_err(db_error)?;
-        if let Some(until) = failure.locked_until.filter(|until| *until > now) {
-            return Ok(locked(until, now));
+        if newly_locked.is_some() {
+            self.mail_waker.notify_one();
         }
-        Ok(GatewayError::unauthorized(INVALID_CREDENTIALS))
+        Ok(failure)
     }
 
     pub(super) async fn refresh(&self, call: &Call) -> Reply {
