@@ -106,10 +106,27 @@ pub struct AuthService {
 /// on every request pays for the signature and claim parsing once. Only what cannot change
 /// is cached (the token's bytes fix its claims); the time checks run on every use, and
 /// revocation is checked in Redis on every request as before.
+///
+/// Refused tokens are remembered too (an expired or foreign token sent to public assets is
+/// common), but only as a keyed 64-bit hash: a client sending large garbage tokens cannot
+/// fill memory with them, and a collision could only refuse, never accept.
 pub(crate) struct VerifiedTokens {
-    /// One map per worker: each is only ever locked by its own thread, so never contended.
-    shards: Vec<std::sync::Mutex<std::collections::HashMap<Box<str>, AccessClaims>>>,
+    /// One set of maps per worker: each is only ever locked by its own thread.
+    shards: Vec<std::sync::Mutex<Shard>>,
+    refused_hasher: std::collections::hash_map::RandomState,
     leeway: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    valid: std::collections::HashMap<Box<str>, AccessClaims>,
+    refused: std::collections::HashSet<u64>,
+}
+
+enum Cached {
+    Valid(Box<AccessClaims>),
+    Refused,
+    Unknown,
 }
 
 /// Entries per worker; a full map is simply emptied (tokens are re-verified on next use).
@@ -121,32 +138,58 @@ impl VerifiedTokens {
             shards: (0..workers.max(1))
                 .map(|_| std::sync::Mutex::default())
                 .collect(),
+            refused_hasher: std::collections::hash_map::RandomState::new(),
             leeway: leeway.as_secs(),
         }
     }
 
-    fn shard(&self) -> &std::sync::Mutex<std::collections::HashMap<Box<str>, AccessClaims>> {
+    fn shard(&self) -> &std::sync::Mutex<Shard> {
         &self.shards[crate::server::workers::current_worker() % self.shards.len()]
     }
 
-    /// The cached claims, if the token was verified before and is still within its times.
-    fn get(&self, token: &str, now: u64) -> Option<AccessClaims> {
-        let shard = self.shard().lock().ok()?;
-        let claims = shard.get(token)?;
-        let live = now < claims.exp.saturating_add(self.leeway)
-            && claims
-                .nbf
-                .is_none_or(|nbf| now.saturating_add(self.leeway) >= nbf)
-            && now.saturating_add(self.leeway) >= claims.iat;
-        live.then(|| claims.clone())
+    fn refused_key(&self, token: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.refused_hasher, token)
+    }
+
+    /// What is known of a token: verified (and still within its times), refused, or new.
+    fn get(&self, token: &str, now: u64) -> Cached {
+        let Ok(shard) = self.shard().lock() else {
+            return Cached::Unknown;
+        };
+        if let Some(claims) = shard.valid.get(token) {
+            let live = now < claims.exp.saturating_add(self.leeway)
+                && claims
+                    .nbf
+                    .is_none_or(|nbf| now.saturating_add(self.leeway) >= nbf)
+                && now.saturating_add(self.leeway) >= claims.iat;
+            return if live {
+                Cached::Valid(Box::new(claims.clone()))
+            } else {
+                Cached::Unknown
+            };
+        }
+        if shard.refused.contains(&self.refused_key(token)) {
+            return Cached::Refused;
+        }
+        Cached::Unknown
     }
 
     fn put(&self, token: &str, claims: &AccessClaims) {
         if let Ok(mut shard) = self.shard().lock() {
-            if shard.len() >= VERIFIED_TOKENS_PER_WORKER {
-                shard.clear();
+            if shard.valid.len() >= VERIFIED_TOKENS_PER_WORKER {
+                shard.valid.clear();
             }
-            shard.insert(token.into(), claims.clone());
+            shard.valid.insert(token.into(), claims.clone());
+        }
+    }
+
+    fn refuse(&self, token: &str) {
+        let key = self.refused_key(token);
+        if let Ok(mut shard) = self.shard().lock() {
+            if shard.refused.len() >= VERIFIED_TOKENS_PER_WORKER {
+                shard.refused.clear();
+            }
+            shard.refused.insert(key);
         }
     }
 }
@@ -392,8 +435,10 @@ impl AuthService {
             return TokenState::Absent;
         };
         let now = self.clock.unix_now();
-        if let Some(claims) = self.verified.get(token, now) {
-            return TokenState::Valid(Box::new(claims));
+        match self.verified.get(token, now) {
+            Cached::Valid(claims) => return TokenState::Valid(claims),
+            Cached::Refused => return TokenState::Invalid,
+            Cached::Unknown => {}
         }
         match self.keys.verify_access(token, now) {
             Ok(claims) => {
@@ -401,6 +446,11 @@ impl AuthService {
                 TokenState::Valid(Box::new(claims))
             }
             Err(error) => {
+                // Only a refusal that time cannot undo is remembered: a token that is not
+                // yet valid will be, later.
+                if error != crate::token::TokenError::NotYetValid {
+                    self.verified.refuse(token);
+                }
                 tracing::debug!(%error, "access token refused");
                 TokenState::Invalid
             }
@@ -1051,18 +1101,19 @@ mod verified_tokens_tests {
     fn cached_tokens_still_expire_and_other_tokens_miss() {
         let cache = VerifiedTokens::new(1, std::time::Duration::ZERO);
         cache.put("token-a", &claims(100, 200, Some(150)));
-        assert!(cache.get("token-a", 149).is_none(), "not yet valid");
-        assert!(cache.get("token-a", 150).is_some());
-        assert!(cache.get("token-a", 199).is_some());
+        let valid = |token: &str, now: u64| matches!(cache.get(token, now), Cached::Valid(_));
+        assert!(!valid("token-a", 149), "not yet valid");
+        assert!(valid("token-a", 150));
+        assert!(valid("token-a", 199));
         assert!(
-            cache.get("token-a", 200).is_none(),
+            !valid("token-a", 200),
             "expired at exp, as verification says"
         );
-        assert!(cache.get("token-b", 150).is_none());
-        assert!(
-            cache.get("token-", 150).is_none(),
-            "only the exact token hits"
-        );
+        assert!(!valid("token-b", 150));
+        assert!(!valid("token-", 150), "only the exact token hits");
+        cache.refuse("forged");
+        assert!(matches!(cache.get("forged", 150), Cached::Refused));
+        assert!(matches!(cache.get("forged2", 150), Cached::Unknown));
     }
 
     #[test]
@@ -1071,6 +1122,10 @@ mod verified_tokens_tests {
         for index in 0..VERIFIED_TOKENS_PER_WORKER + 1 {
             cache.put(&format!("token-{index}"), &claims(0, 10, None));
         }
-        assert!(cache.shards[0].lock().unwrap().len() <= VERIFIED_TOKENS_PER_WORKER);
+        assert!(cache.shards[0].lock().unwrap().valid.len() <= VERIFIED_TOKENS_PER_WORKER);
+        for index in 0..VERIFIED_TOKENS_PER_WORKER + 1 {
+            cache.refuse(&format!("garbage-{index}"));
+        }
+        assert!(cache.shards[0].lock().unwrap().refused.len() <= VERIFIED_TOKENS_PER_WORKER);
     }
 }
