@@ -923,10 +923,11 @@ impl AuthService {
             config.database.max_connections,
             config.database.connect_timeout,
         )?;
-        let redis = crate::limits::Redis::connect(
+        let redis = crate::limits::Redis::connect_for_workers(
             config.redis.url.expose(),
             &config.redis.key_prefix,
             config.redis.timeout,
+            crate::server::workers::worker_count(config.server.worker_threads),
         )?;
         let redis_for_gate = redis.clone();
         let tokens = &config.tokens;

@@ -25,29 +25,55 @@ pub enum RedisError {
 /// test run's) keys apart from any other's.
 #[derive(Clone)]
 pub struct Redis {
-    connection: ConnectionManager,
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// One connection per worker thread, made on that thread so that its I/O runs there and
+    /// a request's Redis round trip never hops threads.
+    per_worker: Vec<std::sync::OnceLock<ConnectionManager>>,
+    /// For callers outside the workers (the ops listener, tests).
+    shared: ConnectionManager,
     prefix: String,
 }
 
 impl Redis {
     /// No connection is made until the first command.
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Redis, RedisError> {
+        Self::connect_for_workers(url, prefix, timeout, 0)
+    }
+
+    /// As `connect`, with a connection of its own for each of `workers` worker threads.
+    pub fn connect_for_workers(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        workers: usize,
+    ) -> Result<Redis, RedisError> {
         let client = redis::Client::open(url).map_err(|_| RedisError::BadUrl)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
+        // Made now, so a configuration the client refuses fails here rather than later.
+        let shared = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
         Ok(Redis {
-            connection,
-            prefix: prefix.to_string(),
+            inner: std::sync::Arc::new(Inner {
+                client,
+                config,
+                per_worker: (0..workers).map(|_| std::sync::OnceLock::new()).collect(),
+                shared,
+                prefix: prefix.to_string(),
+            }),
         })
     }
 
     pub fn key(&self, parts: &[&str]) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 48);
-        key.push_str(&self.prefix);
+        let mut key = String::with_capacity(self.inner.prefix.len() + 48);
+        key.push_str(&self.inner.prefix);
         for (index, part) in parts.iter().enumerate() {
             if index > 0 {
                 key.push(':');
@@ -57,12 +83,24 @@ impl Redis {
         key
     }
 
+    /// The calling worker's connection (made on first use, on that worker), or the shared
+    /// one outside the workers.
     pub fn connection(&self) -> ConnectionManager {
-        self.connection.clone()
+        let inner = &self.inner;
+        let slot =
+            crate::server::workers::worker_index().and_then(|index| inner.per_worker.get(index));
+        let Some(slot) = slot else {
+            return inner.shared.clone();
+        };
+        slot.get_or_init(|| {
+            ConnectionManager::new_lazy_with_config(inner.client.clone(), inner.config.clone())
+                .unwrap_or_else(|_| inner.shared.clone())
+        })
+        .clone()
     }
 
     pub async fn ping(&self) -> bool {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         redis::cmd("PING")
             .query_async::<String>(&mut connection)
             .await

@@ -15,11 +15,16 @@ use tokio::runtime::{Builder, Handle};
 use tokio::sync::watch;
 
 thread_local! {
-    static WORKER_INDEX: Cell<usize> = const { Cell::new(0) };
+    static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// The index of the worker running the caller (0 outside the workers).
 pub fn current_worker() -> usize {
+    worker_index().unwrap_or(0)
+}
+
+/// The index of the worker running the caller, `None` outside the workers.
+pub fn worker_index() -> Option<usize> {
     WORKER_INDEX.with(Cell::get)
 }
 
@@ -49,7 +54,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("portcullis-worker-{index}"))
                 .spawn(move || {
-                    WORKER_INDEX.with(|cell| cell.set(index));
+                    WORKER_INDEX.with(|cell| cell.set(Some(index)));
                     // Runs the connections spawned onto this worker until told to stop (or
                     // until the pool is dropped); the runtime, and whatever still runs on
                     // it, is dropped with the thread.
