@@ -333,16 +333,19 @@ fn create_user(
     if !crate::auth::is_valid_email(&email) {
         return fail("Invalid email address");
     }
-    // The policy file defines the roles; without one the built-in defaults apply.
-    let roles: Vec<String> = match std::fs::read_to_string(&config.policy.path)
-        .ok()
-        .and_then(|text| crate::policy::Policy::parse(&text, None).ok())
-    {
-        Some((policy, _)) => policy.roles().to_vec(),
-        None => crate::auth::DEFAULT_ROLES
-            .iter()
-            .map(|role| role.to_string())
-            .collect(),
+    // The policy file defines the roles.
+    let policy_text = match std::fs::read_to_string(&config.policy.path) {
+        Ok(text) => text,
+        Err(error) => return fail(format!("{}: {error}", config.policy.path.display())),
+    };
+    let roles: Vec<String> = match crate::policy::Policy::parse(&policy_text, None) {
+        Ok((policy, _)) => policy.roles().to_vec(),
+        Err(_) => {
+            return fail(format!(
+                "{} is not a valid policy (see `portcullis policy check`)",
+                config.policy.path.display()
+            ))
+        }
     };
     if !roles.iter().any(|known| known == role) {
         return fail(format!(

@@ -64,9 +64,6 @@ pub struct AuthSettings {
     pub reset_ttl: Duration,
     pub max_failures: i32,
     pub lock_for: Duration,
-    /// Lowest first; a higher role has every right of the lower ones.
-    pub roles: Vec<String>,
-    pub default_role: String,
     pub revocation_on_redis_error: FailMode,
     /// The access-token cookie, when cookie mode is on.
     pub access_cookie: Option<String>,
@@ -96,8 +93,8 @@ pub struct AuthService {
     pub(crate) settings: AuthSettings,
     pub(crate) mail_waker: Arc<Notify>,
     pub(crate) gate: Gate,
-    /// The policy in force defines the roles and their order; set once the policy is loaded.
-    pub(crate) policy: std::sync::OnceLock<Arc<crate::server::policy_source::PolicySource>>,
+    /// The policy in force defines the roles, their order, and the role new users get.
+    pub(crate) policy: Arc<crate::server::policy_source::PolicySource>,
     /// Tokens whose signature and claims were already verified, for forwarded requests.
     pub(crate) verified: VerifiedTokens,
 }
@@ -325,14 +322,10 @@ impl AuthService {
             now_ms: self.clock.unix_millis(),
         };
         match self.gate.check(&check).await {
-            Ok(outcome) => match outcome.rate {
-                Some(rate) if !rate.allowed => Err(GatewayError::TooManyRequests {
-                    retry_after_secs: rate
-                        .retry_after
-                        .map_or(1, |wait| wait.as_millis().div_ceil(1000) as u64),
-                }),
-                rate => Ok(rate),
-            },
+            Ok(outcome) => {
+                crate::proxy::enforce::refuse_over_limit(outcome.rate)?;
+                Ok(outcome.rate)
+            }
             Err(error) => {
                 tracing::warn!(%error, "auth rate limit check failed");
                 match self.settings.limits.on_redis_error {
@@ -405,13 +398,17 @@ impl AuthService {
         else {
             return Err(GatewayError::invalid_token("Invalid or expired token"));
         };
-        match self
-            .revocations
-            .is_revoked(&claims.sid, &claims.sub, claims.iat)
-            .await
-        {
-            Ok(false) => {}
-            Ok(true) => return Err(GatewayError::invalid_token("Token has been revoked")),
+        // The same one-round-trip check forwarded requests make, without a rate bucket.
+        let check = GateCheck {
+            bucket: None,
+            token: Some((&claims.sid, &claims.sub, claims.iat)),
+            now_ms: self.clock.unix_millis(),
+        };
+        match self.gate.check(&check).await {
+            Ok(outcome) if outcome.revoked => {
+                return Err(GatewayError::invalid_token("Token has been revoked"));
+            }
+            Ok(_) => {}
             Err(error) => match self.settings.revocation_on_redis_error {
                 FailMode::Deny => {
                     tracing::warn!(%error, "revocation check failed; refusing (revocation_on_redis_error: deny)");
@@ -487,41 +484,23 @@ impl AuthService {
             .map(|(_, value)| value)
     }
 
-    /// Takes the roles, their order and the role new users get from this policy source.
-    pub fn use_policy(&self, policy: Arc<crate::server::policy_source::PolicySource>) {
-        let _ = self.policy.set(policy);
-    }
-
     pub(crate) fn role_at_least(&self, role: &str, needed: &str) -> bool {
-        if let Some(policy) = self.policy.get() {
-            return policy.current().policy.role_at_least(role, needed);
-        }
-        let rank = |name: &str| self.settings.roles.iter().position(|known| known == name);
-        match (rank(role), rank(needed)) {
-            (Some(have), Some(need)) => have >= need,
-            _ => false,
-        }
+        self.policy.current().policy.role_at_least(role, needed)
     }
 
     pub(crate) fn is_known_role(&self, role: &str) -> bool {
-        match self.policy.get() {
-            Some(policy) => policy.current().policy.is_role(role),
-            None => self.settings.roles.iter().any(|known| known == role),
-        }
+        self.policy.current().policy.is_role(role)
     }
 
-    /// The lowest role: what a self-registered user gets.
+    /// The lowest role: what a self-registered user gets. A policy always has one.
     pub(crate) fn default_role(&self) -> String {
-        match self.policy.get() {
-            Some(policy) => policy
-                .current()
-                .policy
-                .roles()
-                .first()
-                .cloned()
-                .unwrap_or_else(|| self.settings.default_role.clone()),
-            None => self.settings.default_role.clone(),
-        }
+        self.policy
+            .current()
+            .policy
+            .roles()
+            .first()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Loads the principal's user, refusing a deleted or deactivated one.
@@ -902,9 +881,6 @@ pub enum AuthBuildError {
     Mail(#[from] crate::mail::MailError),
 }
 
-/// The roles used when no policy is attached (the policy file's `roles` win), lowest first.
-pub const DEFAULT_ROLES: [&str; 3] = ["user", "manager", "admin"];
-
 impl AuthService {
     /// Assembles the routes' dependencies and the outbox worker that sends their mail.
     /// Nothing connects yet: Postgres and Redis are reached on first use, so the gateway
@@ -912,6 +888,7 @@ impl AuthService {
     pub fn from_config(
         config: &crate::config::Config,
         clock: Arc<Clock>,
+        policy: Arc<crate::server::policy_source::PolicySource>,
     ) -> Result<(AuthService, crate::mail::OutboxWorker), AuthBuildError> {
         use crate::config::{KeyAlgorithm as ConfigAlgorithm, SmtpSecurity as ConfigSecurity};
         use crate::mail::{MailerSettings, OutboxWorker, SmtpSecurity};
@@ -1034,8 +1011,6 @@ impl AuthService {
                 reset_ttl: tokens.reset_ttl,
                 max_failures: i32::try_from(config.lockout.max_failures).unwrap_or(i32::MAX),
                 lock_for: config.lockout.duration,
-                roles: DEFAULT_ROLES.iter().map(|role| role.to_string()).collect(),
-                default_role: DEFAULT_ROLES[0].to_string(),
                 revocation_on_redis_error: config.rate_limits.revocation_on_redis_error,
                 access_cookie: tokens
                     .cookie
@@ -1052,7 +1027,7 @@ impl AuthService {
             },
             mail_waker: worker.waker(),
             gate: Gate::new(redis_for_gate),
-            policy: std::sync::OnceLock::new(),
+            policy,
             verified: VerifiedTokens::new(
                 crate::server::workers::worker_count(config.server.worker_threads),
                 tokens.leeway,

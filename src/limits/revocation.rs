@@ -1,6 +1,7 @@
-//! Revocation shared through Redis: a revoked session id, and a per-user "not before" time
-//! that ends every token issued earlier. Keys expire on their own after the access-token
-//! lifetime, when every token they could refuse has expired anyway.
+//! Writing revocation to Redis: a revoked session id, and a per-user "not before" time that
+//! ends every token issued earlier. Keys expire on their own after the access-token
+//! lifetime, when every token they could refuse has expired anyway. Reading them is the
+//! gate's job (`gate.rs`), in the same round trip as the rate limit.
 
 use std::time::Duration;
 
@@ -65,25 +66,6 @@ impl Revocations {
         Ok(())
     }
 
-    /// Whether a token with this session, user and issue time has been revoked. One round
-    /// trip for both checks.
-    pub async fn is_revoked(
-        &self,
-        session_id: &str,
-        user_id: &str,
-        issued_at: u64,
-    ) -> Result<bool, RedisError> {
-        let mut connection = self.redis.connection();
-        let (session, not_before): (Option<u8>, Option<u64>) = redis::pipe()
-            .exists(self.session_key(session_id))
-            .get(self.user_key(user_id))
-            .query_async(&mut connection)
-            .await?;
-        Ok(session == Some(1) || not_before.is_some_and(|not_before| issued_at < not_before))
-    }
-}
-
-impl Revocations {
     pub async fn ping(&self) -> bool {
         self.redis.ping().await
     }

@@ -233,7 +233,8 @@ fn bucket_for(
     (bucket, limit)
 }
 
-fn refuse_over_limit(rate: Option<RateOutcome>) -> Result<(), GatewayError> {
+/// 429 with `Retry-After` for a request over its limit; `Ok` otherwise.
+pub(crate) fn refuse_over_limit(rate: Option<RateOutcome>) -> Result<(), GatewayError> {
     match rate {
         Some(rate) if !rate.allowed => Err(GatewayError::TooManyRequests {
             retry_after_secs: ceil_seconds(rate.retry_after.unwrap_or(Duration::from_secs(1))),

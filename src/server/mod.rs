@@ -139,8 +139,6 @@ impl App {
             tracing::warn!("no TLS certificate configured: serving a generated self-signed development certificate");
         }
         let metrics = Arc::new(Metrics::new());
-        let (auth, mail_worker) = AuthService::from_config(config, clock)?;
-        let auth = Arc::new(auth);
         let upstream_names = config
             .upstreams
             .iter()
@@ -149,7 +147,8 @@ impl App {
         let policy = Arc::new(
             PolicySource::load(&config.policy.path, upstream_names).map_err(AppError::Policy)?,
         );
-        auth.use_policy(policy.clone());
+        let (auth, mail_worker) = AuthService::from_config(config, clock, policy.clone())?;
+        let auth = Arc::new(auth);
         let gateway = Gateway::new(config, metrics.clone(), auth.clone(), policy.clone())?;
         Ok(App {
             policy,
