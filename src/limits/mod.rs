@@ -71,6 +71,11 @@ impl Redis {
         })
     }
 
+    /// How many worker threads have a connection of their own.
+    pub fn workers(&self) -> usize {
+        self.inner.per_worker.len()
+    }
+
     pub fn key(&self, parts: &[&str]) -> String {
         let mut key = String::with_capacity(self.inner.prefix.len() + 48);
         key.push_str(&self.inner.prefix);

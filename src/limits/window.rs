@@ -1,6 +1,5 @@
 //! The sliding-window counter's arithmetic, kept pure so that it can be tested exhaustively.
-//! The Lua script in `gate.rs` mirrors it step for step (Redis must decide atomically, so the
-//! decision itself is made there), and a test there holds the two to the same answers.
+//! The gate (`gate.rs`) reads the two windows' counts from Redis and decides with [`decide`].
 //!
 //! Two fixed windows of `length_ms`: the current one and the one before. The count over the
 //! sliding window that ends now is estimated as
@@ -13,16 +12,13 @@
 //! A request is allowed when the estimate plus that request stays within the limit.
 //!
 //! Everything is computed on integers multiplied through by `length_ms` instead of on
-//! fractions, so that Lua (whose numbers are doubles) and Rust agree to the millisecond rather
-//! than to within rounding. Doubles hold integers exactly up to 2^53, which is why
-//! [`length_ms`] bounds the window by the limit.
+//! fractions, so the answers are exact to the millisecond rather than to within rounding.
 
 use std::time::Duration;
 
-/// Counts never exceed the limit (a request is counted only when it fits), so every
-/// intermediate value of the arithmetic is below `2 × (limit + 1) × length_ms`; keeping that at
-/// or under 2^53 keeps it exact in Lua.
-const LUA_EXACT: u64 = 1 << 52;
+/// About 35 years: longer windows are cut to this, which keeps a counter's lifetime (two
+/// windows, in milliseconds) a number Redis accepts.
+const LONGEST_MS: u64 = 1 << 40;
 
 /// The two windows' counts and where in the current window the request falls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,13 +44,11 @@ pub struct Decision {
     pub retry_after_ms: Option<u64>,
 }
 
-/// The window length, in milliseconds, used for a limit: at least 1 ms, and at most what keeps
-/// the Lua arithmetic exact (about 52 days for a million requests; only absurd limits, such as
-/// four billion requests a window, are cut, to about 17 minutes).
-pub fn length_ms(window: Duration, limit: u32) -> u64 {
-    let longest = LUA_EXACT / (u64::from(limit) + 1);
+/// The window length, in milliseconds, used for a limit: at least 1 ms and at most
+/// [`LONGEST_MS`].
+pub fn length_ms(window: Duration) -> u64 {
     let millis = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    millis.clamp(1, longest)
+    millis.clamp(1, LONGEST_MS)
 }
 
 /// The index of the fixed window `now_ms` falls in, and the milliseconds elapsed in it.
@@ -321,17 +315,15 @@ mod tests {
     }
 
     #[test]
-    fn window_length_is_at_least_a_millisecond_and_exact_in_lua() {
-        assert_eq!(length_ms(Duration::ZERO, 5), 1);
-        assert_eq!(length_ms(Duration::from_micros(1500), 5), 1);
-        assert_eq!(length_ms(Duration::from_secs(1), 5), 1000);
-        assert_eq!(
-            length_ms(Duration::from_secs(86_400), 1_000_000),
-            86_400_000
-        );
-        let longest = length_ms(Duration::MAX, u32::MAX);
-        assert_eq!(longest, (1 << 52) / (1 << 32));
-        assert!(2 * (u64::from(u32::MAX) + 1) * longest <= 1 << 53);
+    fn window_length_is_at_least_a_millisecond_and_at_most_the_longest() {
+        assert_eq!(length_ms(Duration::ZERO), 1);
+        assert_eq!(length_ms(Duration::from_micros(1500)), 1);
+        assert_eq!(length_ms(Duration::from_secs(1)), 1000);
+        assert_eq!(length_ms(Duration::from_secs(86_400)), 86_400_000);
+        assert_eq!(length_ms(Duration::MAX), LONGEST_MS);
+        // Redis takes a counter's lifetime of two windows as a signed 64-bit count of
+        // milliseconds added to its own clock.
+        assert!(2 * LONGEST_MS < (i64::MAX as u64) / 2);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Enforcement on forwarded requests: read and verify the caller's token, ask the policy,
-//! then make one Redis round trip for the revocation check and the rate limit together.
+//! then check revocation and the rate limit together in Redis (one round trip, shared with
+//! the other requests the worker has waiting: `limits::gate`).
 //!
 //! Forwarded requests are rate limited by their rule's `rate_limit`, else the policy's
 //! default; a policy with neither limits nothing (and an anonymous request then costs no
