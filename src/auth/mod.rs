@@ -48,7 +48,24 @@ use routes::{Access, Route, RouteSpec};
 pub enum TokenState {
     Absent,
     Invalid,
-    Valid(Box<AccessClaims>),
+    Valid(Arc<VerifiedToken>),
+}
+
+/// A verified access token's claims and the identity headers it is forwarded with, made once
+/// when the token is first verified and shared by every request that presents it.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    pub claims: AccessClaims,
+    pub identity: crate::proxy::enforce::IdentityHeaders,
+}
+
+impl VerifiedToken {
+    fn new(claims: AccessClaims) -> VerifiedToken {
+        VerifiedToken {
+            identity: crate::proxy::enforce::IdentityHeaders::new(&claims),
+            claims,
+        }
+    }
 }
 
 /// Marks a response that must not leak its URL (and so the token in it) as a referrer.
@@ -116,12 +133,12 @@ pub(crate) struct VerifiedTokens {
 
 #[derive(Default)]
 struct Shard {
-    valid: std::collections::HashMap<Box<str>, AccessClaims>,
+    valid: std::collections::HashMap<Box<str>, Arc<VerifiedToken>>,
     refused: std::collections::HashSet<u64>,
 }
 
 enum Cached {
-    Valid(Box<AccessClaims>),
+    Valid(Arc<VerifiedToken>),
     Refused,
     Unknown,
 }
@@ -153,14 +170,15 @@ impl VerifiedTokens {
         let Ok(shard) = self.shard().lock() else {
             return Cached::Unknown;
         };
-        if let Some(claims) = shard.valid.get(token) {
+        if let Some(verified) = shard.valid.get(token) {
+            let claims = &verified.claims;
             let live = now < claims.exp.saturating_add(self.leeway)
                 && claims
                     .nbf
                     .is_none_or(|nbf| now.saturating_add(self.leeway) >= nbf)
                 && now.saturating_add(self.leeway) >= claims.iat;
             return if live {
-                Cached::Valid(Box::new(claims.clone()))
+                Cached::Valid(verified.clone())
             } else {
                 Cached::Unknown
             };
@@ -171,12 +189,12 @@ impl VerifiedTokens {
         Cached::Unknown
     }
 
-    fn put(&self, token: &str, claims: &AccessClaims) {
+    fn put(&self, token: &str, verified: &Arc<VerifiedToken>) {
         if let Ok(mut shard) = self.shard().lock() {
             if shard.valid.len() >= VERIFIED_TOKENS_PER_WORKER {
                 shard.valid.clear();
             }
-            shard.valid.insert(token.into(), claims.clone());
+            shard.valid.insert(token.into(), verified.clone());
         }
     }
 
@@ -439,8 +457,9 @@ impl AuthService {
         }
         match self.keys.verify_access(token, now) {
             Ok(claims) => {
-                self.verified.put(token, &claims);
-                TokenState::Valid(Box::new(claims))
+                let verified = Arc::new(VerifiedToken::new(claims));
+                self.verified.put(token, &verified);
+                TokenState::Valid(verified)
             }
             Err(error) => {
                 // Only a refusal that time cannot undo is remembered: a token that is not
@@ -1057,8 +1076,8 @@ fn limit(config: &crate::config::RateLimit) -> Limit {
 mod verified_tokens_tests {
     use super::*;
 
-    fn claims(iat: u64, exp: u64, nbf: Option<u64>) -> AccessClaims {
-        AccessClaims {
+    fn verified(iat: u64, exp: u64, nbf: Option<u64>) -> Arc<VerifiedToken> {
+        Arc::new(VerifiedToken::new(AccessClaims {
             sub: "u".into(),
             email: "u@example.com".into(),
             role: "user".into(),
@@ -1070,13 +1089,13 @@ mod verified_tokens_tests {
             iss: "i".into(),
             aud: "a".into(),
             token_type: "access".into(),
-        }
+        }))
     }
 
     #[test]
     fn cached_tokens_still_expire_and_other_tokens_miss() {
         let cache = VerifiedTokens::new(1, std::time::Duration::ZERO);
-        cache.put("token-a", &claims(100, 200, Some(150)));
+        cache.put("token-a", &verified(100, 200, Some(150)));
         let valid = |token: &str, now: u64| matches!(cache.get(token, now), Cached::Valid(_));
         assert!(!valid("token-a", 149), "not yet valid");
         assert!(valid("token-a", 150));
@@ -1096,7 +1115,7 @@ mod verified_tokens_tests {
     fn a_full_cache_is_emptied_rather_than_grown() {
         let cache = VerifiedTokens::new(1, std::time::Duration::ZERO);
         for index in 0..VERIFIED_TOKENS_PER_WORKER + 1 {
-            cache.put(&format!("token-{index}"), &claims(0, 10, None));
+            cache.put(&format!("token-{index}"), &verified(0, 10, None));
         }
         assert!(cache.shards[0].lock().unwrap().valid.len() <= VERIFIED_TOKENS_PER_WORKER);
         for index in 0..VERIFIED_TOKENS_PER_WORKER + 1 {

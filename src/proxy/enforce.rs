@@ -18,7 +18,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
-use crate::auth::{AuthService, TokenState};
+use crate::auth::{AuthService, TokenState, VerifiedToken};
 use crate::config::{Config, FailMode};
 use crate::error::GatewayError;
 use crate::limits::gate::{Gate, GateCheck, Limit, RateOutcome};
@@ -39,7 +39,7 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 #[derive(Debug)]
 pub struct Verdict {
     /// The caller, when a valid, unrevoked token was presented.
-    pub identity: Option<AccessClaims>,
+    pub identity: Option<Arc<VerifiedToken>>,
     /// The rule's upstream; `None` is the gateway's first.
     pub upstream: Option<String>,
     pub rate: Option<RateOutcome>,
@@ -84,14 +84,15 @@ impl Enforcer {
         client_ip: IpAddr,
         metrics: &Metrics,
     ) -> Result<Verdict, GatewayError> {
-        let (claims, invalid_token) = match self.auth.read_access_token(headers) {
-            TokenState::Valid(claims) => (Some(*claims), false),
+        let (verified, invalid_token) = match self.auth.read_access_token(headers) {
+            TokenState::Valid(verified) => (Some(verified), false),
             TokenState::Invalid => (None, true),
             TokenState::Absent => (None, false),
         };
+        let claims = verified.as_ref().map(|verified| &verified.claims);
         let loaded = self.policy.current();
         let request = Request { method, host, path };
-        let identity = claims.as_ref().map(|claims| Identity {
+        let identity = claims.map(|claims| Identity {
             sub: &claims.sub,
             role: &claims.role,
         });
@@ -112,10 +113,9 @@ impl Enforcer {
             }
         };
 
-        let bucket = rate_limit.map(|rule| bucket_for(rule, claims.as_ref(), client_ip));
-        let token_check = claims
-            .as_ref()
-            .map(|claims| (claims.sid.as_str(), claims.sub.as_str(), claims.iat));
+        let bucket = rate_limit.map(|rule| bucket_for(rule, claims, client_ip));
+        let token_check =
+            claims.map(|claims| (claims.sid.as_str(), claims.sub.as_str(), claims.iat));
         let now_ms = self.auth.clock().unix_millis();
         let outcome = self
             .gate
@@ -155,7 +155,7 @@ impl Enforcer {
             Ok(outcome) => {
                 refuse_over_limit(outcome.rate)?;
                 Ok(Verdict {
-                    identity: claims,
+                    identity: verified,
                     upstream,
                     rate: outcome.rate,
                 })
@@ -179,7 +179,7 @@ impl Enforcer {
                     };
                 }
                 Ok(Verdict {
-                    identity: claims,
+                    identity: verified,
                     upstream,
                     rate: None,
                 })
@@ -248,16 +248,40 @@ fn ceil_seconds(duration: Duration) -> u64 {
     duration.as_millis().div_ceil(1000).max(1) as u64
 }
 
-/// The identity headers of contract 6.1, set after every client-sent `X-Auth-*` is gone.
-pub fn set_identity(headers: &mut HeaderMap, claims: &AccessClaims) {
-    for (name, value) in [
-        (&X_AUTH_USER_ID, claims.sub.as_str()),
-        (&X_AUTH_EMAIL, claims.email.as_str()),
-        (&X_AUTH_ROLE, claims.role.as_str()),
-        (&X_AUTH_SESSION_ID, claims.sid.as_str()),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name.clone(), value);
+/// The identity headers of contract 6.1 for one token, made when it is first verified.
+#[derive(Debug)]
+pub struct IdentityHeaders {
+    /// A claim that cannot be a header value (a control character, say) is left out.
+    values: [Option<HeaderValue>; 4],
+}
+
+static IDENTITY_NAMES: [&HeaderName; 4] = [
+    &X_AUTH_USER_ID,
+    &X_AUTH_EMAIL,
+    &X_AUTH_ROLE,
+    &X_AUTH_SESSION_ID,
+];
+
+impl IdentityHeaders {
+    pub fn new(claims: &AccessClaims) -> IdentityHeaders {
+        // Cloning a value onto a request shares its bytes (a reference count), not a copy.
+        let value = |claim: &str| HeaderValue::from_str(claim).ok();
+        IdentityHeaders {
+            values: [
+                value(&claims.sub),
+                value(&claims.email),
+                value(&claims.role),
+                value(&claims.sid),
+            ],
+        }
+    }
+
+    /// Sets them, after every client-sent `X-Auth-*` is gone.
+    pub fn set(&self, headers: &mut HeaderMap) {
+        for (name, value) in IDENTITY_NAMES.iter().zip(&self.values) {
+            if let Some(value) = value {
+                headers.insert((*name).clone(), value.clone());
+            }
         }
     }
 }
@@ -273,4 +297,57 @@ pub fn set_rate_headers(headers: &mut HeaderMap, rate: &RateOutcome) {
         RATELIMIT_RESET.clone(),
         HeaderValue::from(ceil_seconds(rate.reset)),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(email: &str) -> AccessClaims {
+        AccessClaims {
+            sub: "6f1c0c4e-6b8e-4a55-9a55-0c1f8a1b2c3d".into(),
+            email: email.into(),
+            role: "admin".into(),
+            sid: "0b5e7f3a-1d2c-4e5f-8a9b-0c1d2e3f4a5b".into(),
+            jti: "j".into(),
+            iat: 0,
+            exp: 10,
+            nbf: None,
+            iss: "portcullis".into(),
+            aud: "portcullis".into(),
+            token_type: "access".into(),
+        }
+    }
+
+    #[test]
+    fn identity_headers_replace_whatever_was_there() {
+        let identity = IdentityHeaders::new(&claims("ada@example.com"));
+        let mut headers = HeaderMap::new();
+        headers.append(&X_AUTH_ROLE, HeaderValue::from_static("spoofed"));
+        headers.append(&X_AUTH_ROLE, HeaderValue::from_static("spoofed-too"));
+        identity.set(&mut headers);
+        let one = |name: &HeaderName| {
+            let values: Vec<_> = headers.get_all(name).iter().collect();
+            assert_eq!(values.len(), 1, "{name}");
+            values[0].to_str().expect("ascii").to_string()
+        };
+        assert_eq!(one(&X_AUTH_USER_ID), "6f1c0c4e-6b8e-4a55-9a55-0c1f8a1b2c3d");
+        assert_eq!(one(&X_AUTH_EMAIL), "ada@example.com");
+        assert_eq!(one(&X_AUTH_ROLE), "admin");
+        assert_eq!(
+            one(&X_AUTH_SESSION_ID),
+            "0b5e7f3a-1d2c-4e5f-8a9b-0c1d2e3f4a5b"
+        );
+    }
+
+    #[test]
+    fn a_claim_that_cannot_be_a_header_value_is_left_out() {
+        for email in ["ada@example.com\r\nX-Evil: 1", "ada\0@example.com"] {
+            let identity = IdentityHeaders::new(&claims(email));
+            let mut headers = HeaderMap::new();
+            identity.set(&mut headers);
+            assert!(headers.get(&X_AUTH_EMAIL).is_none(), "{email:?}");
+            assert_eq!(headers.get(&X_AUTH_ROLE).expect("set"), "admin");
+        }
+    }
 }

@@ -257,8 +257,8 @@ impl Gateway {
         let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
         headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let Some(claims) = &verdict.identity {
-            enforce::set_identity(headers, claims);
+        if let Some(verified) = &verdict.identity {
+            verified.identity.set(headers);
         }
 
         let mut response = self
