@@ -113,8 +113,10 @@ struct Inner {
     redis: Redis,
     /// One per worker thread, and a last one for callers outside the workers.
     queues: Box<[Mutex<Queue>]>,
-    /// Pipelines sent, give-backs included: with the checks answered, how well batches fill.
+    /// Pipelines sent, give-backs included, and the checks they carried: how well batches
+    /// fill.
     round_trips: AtomicU64,
+    checks_sent: AtomicU64,
 }
 
 #[derive(Default)]
@@ -154,6 +156,7 @@ impl Gate {
                 redis,
                 queues,
                 round_trips: AtomicU64::new(0),
+                checks_sent: AtomicU64::new(0),
             }),
         }
     }
@@ -194,6 +197,22 @@ impl Gate {
     /// Redis round trips made so far.
     pub fn round_trips(&self) -> u64 {
         self.inner.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// The gate's counters in Prometheus text format, for `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let round_trips = self.round_trips();
+        let checks = self.inner.checks_sent.load(Ordering::Relaxed);
+        format!(
+            "# HELP portcullis_redis_round_trips_total Redis round trips of the rate-limit and \
+             revocation checks, give-backs of refused requests included.\n\
+             # TYPE portcullis_redis_round_trips_total counter\n\
+             portcullis_redis_round_trips_total {round_trips}\n\
+             # HELP portcullis_redis_checks_total Rate-limit and revocation checks sent to Redis; \
+             over round trips, how many share one.\n\
+             # TYPE portcullis_redis_checks_total counter\n\
+             portcullis_redis_checks_total {checks}\n"
+        )
     }
 
     fn keyed(&self, check: &GateCheck<'_>) -> Keyed {
@@ -277,6 +296,9 @@ impl Gate {
         let plan = Plan::new(&batch);
         let mut connection = self.inner.redis.connection();
         self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .checks_sent
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let replies = plan.pipeline().query_async(&mut connection).await;
         let read = replies
             .map_err(GateError::from)

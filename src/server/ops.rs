@@ -53,9 +53,11 @@ async fn answer(app: &App, request: &Request<Incoming>) -> Response<GatewayBody>
         "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         "/readyz" => readiness(app).await,
         "/metrics" => {
-            let mut response = Response::new(GatewayBody::full(
-                app.metrics.render(&app.policy().render_metrics()),
-            ));
+            let mut response = Response::new(GatewayBody::full(app.metrics.render(&format!(
+                "{}{}",
+                app.policy().render_metrics(),
+                app.auth().gate().render_metrics()
+            ))));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

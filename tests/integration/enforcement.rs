@@ -364,6 +364,28 @@ async fn two_instances_enforce_one_limit_together() {
         10,
         "20 requests across two instances, limit 10"
     );
+    // Each request was one check; /metrics says how many round trips carried them.
+    let mut checks = 0;
+    for gateway in [&both.0, &both.1] {
+        let metrics = gateway.ops_get("/metrics").await;
+        let metrics = String::from_utf8_lossy(&metrics.body);
+        let value = |name: &str| -> u64 {
+            let line = metrics
+                .lines()
+                .find(|line| line.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} in /metrics"));
+            line[name.len() + 1..].parse().expect("a count")
+        };
+        let round_trips = value("portcullis_redis_round_trips_total");
+        let sent = value("portcullis_redis_checks_total");
+        // At most one for the checks and one to give back refused places, per check.
+        assert!(
+            (1..=2 * sent).contains(&round_trips),
+            "{round_trips} for {sent}"
+        );
+        checks += sent;
+    }
+    assert_eq!(checks, 20);
 }
 
 #[tokio::test]
