@@ -303,7 +303,8 @@ impl Gate {
         let read = replies
             .map_err(GateError::from)
             .and_then(|replies| plan.read(replies));
-        let (places, values) = match read {
+        // Each counter's next place to hand out, in batch order.
+        let (mut next_place, values) = match read {
             Ok(read) => read,
             Err(error) => {
                 for waiting in batch {
@@ -313,7 +314,6 @@ impl Gate {
             }
         };
 
-        let mut next_place = places.clone();
         let mut given_back = vec![0u64; plan.counters.len()];
         let mut refused = Vec::new();
         for (waiting, slots) in batch.into_iter().zip(&plan.slots) {
