@@ -13,6 +13,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+/// A timer that keeps each worker's time driver waking at least this often. Without one,
+/// a worker that parked with no timer due records no next wake, and the first timeout armed
+/// after it (every request arms one: the header-read timeout, Redis' response timeout) counts
+/// as earlier than that next wake and writes the worker's eventfd to wake a thread that is
+/// already awake: a system call, and a spurious return from the next `epoll_wait`. Timeouts
+/// due later than the heartbeat do not.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(100);
 
 thread_local! {
     static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
@@ -59,7 +68,17 @@ impl Workers {
                     // until the pool is dropped); the runtime, and whatever still runs on
                     // it, is dropped with the thread.
                     runtime.block_on(async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
+                        let heartbeat = async {
+                            let mut tick = tokio::time::interval(HEARTBEAT);
+                            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                            loop {
+                                tick.tick().await;
+                            }
+                        };
+                        tokio::select! {
+                            _ = stopped.wait_for(|stop| *stop) => {}
+                            () = heartbeat => {}
+                        }
                     });
                 })?;
         }
