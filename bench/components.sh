@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Where a forwarded request's CPU goes: one gateway in one mode, under wrk, with the gateway's
+# and Redis' CPU per request and how many checks share a Redis round trip. A development aid
+# for bench/run.sh's full-auth figure (which counts Redis only as "other cpu%").
+#
+# Starts the harness' nginx upstream (127.0.0.1:18080) from a private copy of /work/shared/perf
+# and one gateway on 127.0.0.1:8444 (ops 9903), warms up 3 s, then runs wrk for the duration.
+#
+# Usage: bench/components.sh [options]
+#   --mode M          auth      every request needs the harness' JWT; per-user rate limit (default)
+#                     auth-only the same without a rate limit: the revocation check alone
+#                     pass      a public rule and a token the gateway cannot verify: no Redis
+#   --duration S      seconds of measured load (default 10)
+#   --connections N   wrk connections (default 64, as the harness; 1 shows idle latency)
+#   --no-build        use the existing target/release/portcullis
+#   --perf FILE       also record the gateway with perf (cpu-clock, frame-pointer call graphs:
+#                     build with RUSTFLAGS="-C force-frame-pointers=yes" for useful stacks)
+#   -h, --help        this text
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MODE=auth; DURATION=10; CONNECTIONS=64; BUILD=1; PERF_OUT=""
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case $1 in
+        --mode) MODE=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --connections) CONNECTIONS=$2; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        --perf) PERF_OUT=$2; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+case $MODE in auth|auth-only|pass) ;; *) echo "unknown mode: $MODE" >&2; exit 2 ;; esac
+
+if [ $BUILD = 1 ]; then (cd "$ROOT" && cargo build --release); fi
+BIN=$ROOT/target/release/portcullis
+[ -x "$BIN" ] || { echo "$BIN not found" >&2; exit 1; }
+
+TMP=$(mktemp -d /tmp/portcullis-components.XXXXXX)
+cp -r /work/shared/perf "$TMP/perf"
+export PERF_WORK=$TMP/perf
+# shellcheck source=/dev/null
+source "$TMP/perf/lib.sh"
+GW=""
+cleanup() {
+    [ -n "$GW" ] && { kill "$GW" 2>/dev/null; wait "$GW" 2>/dev/null || true; }
+    stop_all
+    rm -rf -- "$TMP"
+}
+trap cleanup EXIT
+ensure_certs
+make_run_dir
+check_ports_free 8444 9903
+start_upstream
+
+SECRET=$(jwt_secret)
+case $MODE in
+    auth) ALLOW=authenticated; LIMIT='    rate_limit: { requests: 1000000000, per: 1h, key: user }' ;;
+    auth-only) ALLOW=authenticated; LIMIT='' ;;
+    pass) ALLOW=public; LIMIT=''; SECRET=pass-through-benchmark-secret-not-the-harness-one ;;
+esac
+cat > "$TMP/policy.yaml" <<POLICY
+version: 1
+roles: [user, admin]
+rules:
+  - name: everything
+    paths: ["/**"]
+    allow: $ALLOW
+$LIMIT
+POLICY
+cat > "$TMP/gateway.yaml" <<CONF
+server:
+  https_listen: 127.0.0.1:8444
+  http_listen: null
+  ops_listen: 127.0.0.1:9903
+  public_url: https://127.0.0.1:8444
+  tls:
+    cert_path: $CERT_DIR/server.crt
+    key_path: $CERT_DIR/server.key
+upstreams:
+  - name: app
+    url: http://127.0.0.1:18080
+redis:
+  key_prefix: "portcullis-components:"
+tokens:
+  hs256_secret: "$SECRET"
+policy:
+  path: $TMP/policy.yaml
+telemetry:
+  access_log: false
+  log_level: warn
+CONF
+BENCH_DB=${BENCH_DB:-portcullis_bench}
+psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$BENCH_DB'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $BENCH_DB"
+PORTCULLIS_DATABASE__URL=${PORTCULLIS_DATABASE__URL:-postgres://postgres@127.0.0.1:5432/$BENCH_DB} \
+    "$BIN" serve --config "$TMP/gateway.yaml" > "$TMP/gateway.log" 2>&1 &
+GW=$!
+for _ in $(seq 1 150); do
+    curl -sk -o /dev/null --max-time 1 https://127.0.0.1:8444/ </dev/null && break
+    kill -0 "$GW" 2>/dev/null || { cat "$TMP/gateway.log" >&2; exit 1; }
+    sleep 0.1
+done
+
+TOKEN=$(mint --claim email=bench@example.com --claim sid=00000000-0000-4000-8000-000000000001 \
+    --claim jti=bench --claim iss=portcullis --claim aud=portcullis --claim type=access)
+code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8444/)
+[ "$code" = 200 ] || { echo "probe answered $code, not 200" >&2; exit 1; }
+REDIS_PID=$(ss -Hltnp 'sport = :6379' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+
+load() {  # load SECONDS OUT
+    # wrk needs at least as many connections as threads.
+    BENCH_TOKEN=$TOKEN wrk -t"$(( CONNECTIONS < 2 ? 1 : 2 ))" -c"$CONNECTIONS" -d"$1"s --timeout 5s \
+        -s "$PERF_WORK/tools/wrk_report.lua" https://127.0.0.1:8444/ > "$2" 2>&1 \
+        || { cat "$2" >&2; return 1; }
+}
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+metric() { curl -s http://127.0.0.1:9903/metrics | awk -v name="$1" '$1 == name {print $2}'; }
+
+load 3 "$TMP/warmup.txt"
+gateway0=$(ticks "$GW"); redis0=$(ticks "$REDIS_PID")
+trips0=$(metric portcullis_redis_round_trips_total); checks0=$(metric portcullis_redis_checks_total)
+if [ -n "$PERF_OUT" ]; then
+    perf record -F 2000 -e cpu-clock --call-graph fp -p "$GW" -o "$PERF_OUT" -- sleep "$DURATION" \
+        > /dev/null 2>&1 &
+    PERF_PID=$!
+fi
+load "$DURATION" "$TMP/wrk.txt"
+[ -n "$PERF_OUT" ] && wait "$PERF_PID"
+gateway1=$(ticks "$GW"); redis1=$(ticks "$REDIS_PID")
+trips1=$(metric portcullis_redis_round_trips_total); checks1=$(metric portcullis_redis_checks_total)
+
+result=$(grep '^RESULT' "$TMP/wrk.txt") || { cat "$TMP/wrk.txt" >&2; exit 1; }
+python3 - "$result" "$((gateway1 - gateway0))" "$((redis1 - redis0))" \
+    "$((trips1 - trips0))" "$((checks1 - checks0))" "$(getconf CLK_TCK)" "$MODE" <<'PY'
+import sys
+fields = dict(item.split("=") for item in sys.argv[1].split()[1:])
+gateway, redis, trips, checks, hz = (int(value) for value in sys.argv[2:7])
+requests = int(fields["requests"])
+per_request = lambda ticks: ticks / hz * 1e6 / requests
+errors = sum(int(value) for key, value in fields.items() if key.startswith("err_"))
+print(f"{sys.argv[7]}: {float(fields['rps']):,.0f} req/s  p50 {int(fields['p50_us'])} us  "
+      f"p99 {int(fields['p99_us'])} us  errors {errors}")
+print(f"  gateway cpu {per_request(gateway):.1f} us/req   redis cpu {per_request(redis):.1f} us/req")
+if trips:
+    print(f"  {checks:,} checks in {trips:,} redis round trips: {checks / trips:.1f} per round trip")
+PY
