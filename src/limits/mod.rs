@@ -1,5 +1,5 @@
-//! Redis: the state many gateway instances share so that they act as one — revoked sessions
-//! and per-user "not before" times today, sliding-window rate limits next.
+//! Redis: the state many gateway instances share so that they act as one — revoked sessions,
+//! per-user "not before" times, and the sliding-window rate-limit counters.
 //!
 //! The connection is made lazily and remade by itself after an outage, so the gateway starts
 //! and keeps serving while Redis is away; each caller decides what an outage means for it
