@@ -293,22 +293,28 @@ impl Gate {
     /// One round trip for the whole batch (two when something is refused), then each check's
     /// answer.
     async fn send(&self, batch: Vec<Waiting>) {
-        let plan = Plan::new(&batch);
+        let (checks, replies): (Vec<Keyed>, Vec<_>) = batch
+            .into_iter()
+            .map(|waiting| (waiting.check, waiting.reply))
+            .unzip();
+        let plan = Plan::new(&checks);
         let mut connection = self.inner.redis.connection();
         self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
         self.inner
             .checks_sent
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let replies = plan.pipeline().query_async(&mut connection).await;
-        let read = replies
+            .fetch_add(checks.len() as u64, Ordering::Relaxed);
+        let read = plan
+            .pipeline()
+            .query_async(&mut connection)
+            .await
             .map_err(GateError::from)
-            .and_then(|replies| plan.read(replies));
+            .and_then(|values| plan.read(values));
         // Each counter's next place to hand out, in batch order.
         let (mut next_place, values) = match read {
             Ok(read) => read,
             Err(error) => {
-                for waiting in batch {
-                    let _ = waiting.reply.send(Err(error.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
                 }
                 return;
             }
@@ -316,19 +322,15 @@ impl Gate {
 
         let mut given_back = vec![0u64; plan.counters.len()];
         let mut refused = Vec::new();
-        for (waiting, slots) in batch.into_iter().zip(&plan.slots) {
-            let revoked = waiting
-                .check
-                .token
-                .as_ref()
-                .is_some_and(|(_, _, issued_at)| {
-                    let (session, not_before) = slots.token.expect("a token's keys were read");
-                    // Revocation's own test (revocation.rs): the session's key exists, or the
-                    // token was issued before the user's not-before time.
-                    values[session].is_some()
-                        || values[not_before].is_some_and(|not_before| *issued_at < not_before)
-                });
-            let rate = match (&waiting.check.rate, slots.rate) {
+        for ((check, reply), slots) in checks.iter().zip(replies).zip(&plan.slots) {
+            let revoked = check.token.as_ref().is_some_and(|(_, _, issued_at)| {
+                let (session, not_before) = slots.token.expect("a token's keys were read");
+                // Revocation's own test (revocation.rs): the session's key exists, or the
+                // token was issued before the user's not-before time.
+                values[session].is_some()
+                    || values[not_before].is_some_and(|not_before| *issued_at < not_before)
+            });
+            let rate = match (&check.rate, slots.rate) {
                 (Some(rate), Some((counter, previous))) => {
                     let place = next_place[counter];
                     next_place[counter] += 1;
@@ -358,9 +360,9 @@ impl Gate {
             };
             let outcome = GateOutcome { rate, revoked };
             if rate.is_some_and(|rate| !rate.allowed) || (revoked && rate.is_some()) {
-                refused.push((waiting.reply, outcome));
+                refused.push((reply, outcome));
             } else {
-                let _ = waiting.reply.send(Ok(outcome));
+                let _ = reply.send(Ok(outcome));
             }
         }
         if refused.is_empty() {
@@ -373,7 +375,7 @@ impl Gate {
             if *count > 0 {
                 give_back
                     .cmd("DECRBY")
-                    .arg(&plan.counters[counter].0)
+                    .arg(plan.counters[counter].0)
                     .arg(*count)
                     .ignore();
             }
@@ -418,13 +420,13 @@ impl Drop for Unstuck<'_> {
 }
 
 /// The commands one batch sends, and where each check's answers are in the replies.
-struct Plan {
+struct Plan<'a> {
     /// Each rate-limit counter the batch touches: the current window's key, how many of the
     /// batch's checks take a place in it, and its lifetime in ms (two windows: it is read as
     /// the previous window until the next one ends).
-    counters: Vec<(String, u64, u64)>,
+    counters: Vec<(&'a str, u64, u64)>,
     /// Every other key the batch reads, once each.
-    reads: Vec<String>,
+    reads: Vec<&'a str>,
     /// For each check, in batch order.
     slots: Vec<Slots>,
 }
@@ -437,42 +439,39 @@ struct Slots {
     token: Option<(usize, usize)>,
 }
 
-impl Plan {
-    fn new(batch: &[Waiting]) -> Plan {
-        let mut counters: Vec<(String, u64, u64)> = Vec::new();
-        let mut reads: Vec<String> = Vec::new();
-        let mut counter_at: HashMap<&str, usize> = HashMap::new();
-        let mut read_at: HashMap<&str, usize> = HashMap::new();
+impl<'a> Plan<'a> {
+    /// The keys stay the checks': the plan only points at them.
+    fn new(checks: &'a [Keyed]) -> Plan<'a> {
+        let mut counters: Vec<(&'a str, u64, u64)> = Vec::new();
+        let mut reads: Vec<&'a str> = Vec::new();
+        let mut counter_at: HashMap<&'a str, usize> = HashMap::new();
+        let mut read_at: HashMap<&'a str, usize> = HashMap::new();
         fn read<'a>(
             key: &'a str,
             at: &mut HashMap<&'a str, usize>,
-            reads: &mut Vec<String>,
+            reads: &mut Vec<&'a str>,
         ) -> usize {
             *at.entry(key).or_insert_with(|| {
-                reads.push(key.to_owned());
+                reads.push(key);
                 reads.len() - 1
             })
         }
-        let mut slots = Vec::with_capacity(batch.len());
-        for waiting in batch {
-            let rate = waiting.check.rate.as_ref().map(|rate| {
+        let mut slots = Vec::with_capacity(checks.len());
+        for check in checks {
+            let rate = check.rate.as_ref().map(|rate| {
                 let counter = *counter_at.entry(&rate.current).or_insert_with(|| {
-                    counters.push((rate.current.clone(), 0, 2 * rate.length_ms));
+                    counters.push((&rate.current, 0, 2 * rate.length_ms));
                     counters.len() - 1
                 });
                 counters[counter].1 += 1;
                 (counter, read(&rate.previous, &mut read_at, &mut reads))
             });
-            let token = waiting
-                .check
-                .token
-                .as_ref()
-                .map(|(session, not_before, _)| {
-                    (
-                        read(session, &mut read_at, &mut reads),
-                        read(not_before, &mut read_at, &mut reads),
-                    )
-                });
+            let token = check.token.as_ref().map(|(session, not_before, _)| {
+                (
+                    read(session, &mut read_at, &mut reads),
+                    read(not_before, &mut read_at, &mut reads),
+                )
+            });
             slots.push(Slots { rate, token });
         }
         Plan {
