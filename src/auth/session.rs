@@ -57,25 +57,22 @@ impl AuthService {
             Verification::Match { needs_rehash } => needs_rehash,
             Verification::Mismatch => return Err(self.failed_login(&user, call, now).await?),
         };
-        if !user.is_active {
+        let refusal = if !user.is_active {
+            Some(("deactivated", "Account has been deactivated"))
+        } else if !user.is_verified {
+            Some(("unverified", "Please verify your email first"))
+        } else {
+            None
+        };
+        if let Some((reason, detail)) = refusal {
             self.audit(
                 "login_failure",
                 Some(user.id),
                 call,
-                serde_json::json!({ "reason": "deactivated" }),
+                serde_json::json!({ "reason": reason }),
             )
             .await?;
-            return Err(GatewayError::unauthorized("Account has been deactivated"));
-        }
-        if !user.is_verified {
-            self.audit(
-                "login_failure",
-                Some(user.id),
-                call,
-                serde_json::json!({ "reason": "unverified" }),
-            )
-            .await?;
-            return Err(GatewayError::unauthorized("Please verify your email first"));
+            return Err(GatewayError::unauthorized(detail));
         }
 
         let rehash = if needs_rehash {
