@@ -1,5 +1,6 @@
-//! Forwarding to an upstream over a pooled HTTP/1.1 client: rewriting the target, streaming
-//! both bodies, mapping upstream failures to 502/504, and tunnelling WebSocket upgrades.
+//! Forwarding to an upstream over pooled HTTP/1.1 connections: rewriting the target,
+//! streaming both bodies, mapping upstream failures to 502/504, and tunnelling WebSocket
+//! upgrades.
 //!
 //! Requests from HTTP/2 clients are sent upstream as HTTP/1.1: upstreams are ordinary
 //! applications and the gateway must not require them to speak HTTP/2.
@@ -7,15 +8,15 @@
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
-use super::body::{caused_by_body_limit, GatewayBody, LimitedBody};
+use super::body::{caused_by_body_limit, ForwardedBody, GatewayBody, LimitedBody};
 use super::headers::remove_hop_by_hop;
+use super::pool::{Pool, SendError};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::server::workers::current_worker;
@@ -24,13 +25,12 @@ use crate::telemetry::metrics::{Metrics, UpstreamErrorKind};
 /// One upstream application and the connection pool to it.
 pub struct Upstream {
     name: String,
-    authority: Authority,
+    /// `Host` for the upstream when the client's is not preserved.
+    host: HeaderValue,
     path_prefix: String,
     timeout: Duration,
     preserve_host: bool,
-    /// One pool per worker thread, so an upstream connection is only ever driven by the
-    /// thread whose requests use it.
-    clients: Vec<Client<HttpConnector, LimitedBody>>,
+    pool: Pool,
 }
 
 impl Upstream {
@@ -39,29 +39,27 @@ impl Upstream {
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let clients = (0..workers.max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(config.pool_idle_timeout)
-                    .pool_max_idle_per_host(config.pool_max_idle)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .build(connector.clone())
-            })
-            .collect();
         let authority = config
             .url
             .authority()
             .cloned()
             .expect("upstream URLs are validated to have a host");
+        let host = HeaderValue::from_str(authority.as_str())
+            .expect("an authority is a valid header value");
         let path_prefix = config.url.path().trim_end_matches('/').to_string();
         Upstream {
             name: config.name.clone(),
-            authority,
+            pool: Pool::new(
+                connector,
+                authority,
+                config.pool_idle_timeout,
+                config.pool_max_idle,
+                workers,
+            ),
+            host,
             path_prefix,
             timeout: config.timeout,
             preserve_host: config.preserve_host,
-            clients,
         }
     }
 
@@ -89,30 +87,27 @@ impl Upstream {
         if self.preserve_host && !host.is_empty() {
             parts.headers.insert(HOST, host);
         } else {
-            parts.headers.insert(
-                HOST,
-                HeaderValue::from_str(self.authority.as_str())
-                    .expect("an authority is a valid header value"),
-            );
+            parts.headers.insert(HOST, self.host.clone());
         }
-        parts.uri = self.upstream_uri(target)?;
+        parts.uri = self.upstream_target(target)?;
         parts.version = Version::HTTP_11;
         let request = Request::from_parts(parts, LimitedBody::new(body, max_body_bytes));
 
-        let client = &self.clients[current_worker() % self.clients.len()];
-        let response = match tokio::time::timeout(self.timeout, client.request(request)).await {
-            Ok(Ok(response)) => response,
+        let exchange = self.pool.send(current_worker(), request);
+        let (response, lease) = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(exchanged)) => exchanged,
+            Ok(Err(SendError::Request(error))) if caused_by_body_limit(&error) => {
+                return Err(GatewayError::PayloadTooLarge);
+            }
             Ok(Err(error)) => {
-                if caused_by_body_limit(&error) {
-                    return Err(GatewayError::PayloadTooLarge);
-                }
-                let kind = if error.is_connect() {
-                    UpstreamErrorKind::Connect
-                } else {
-                    UpstreamErrorKind::Other
+                let (kind, chain) = match &error {
+                    SendError::Connect(error) => {
+                        (UpstreamErrorKind::Connect, error_chain(error.as_ref()))
+                    }
+                    SendError::Request(error) => (UpstreamErrorKind::Other, error_chain(error)),
                 };
                 metrics.upstream_error(kind);
-                tracing::warn!(upstream = %self.name, error = %error_chain(&error), "upstream request failed");
+                tracing::warn!(upstream = %self.name, error = %chain, "upstream request failed");
                 return Err(GatewayError::UpstreamUnreachable);
             }
             Err(_elapsed) => {
@@ -123,6 +118,8 @@ impl Upstream {
         };
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection now belongs to the tunnel: it never goes back to the pool.
+            drop(lease);
             return match client_upgrade {
                 Some(client_upgrade) => Ok(tunnel(response, client_upgrade)),
                 None => {
@@ -135,22 +132,22 @@ impl Upstream {
 
         let (mut parts, body) = response.into_parts();
         remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, GatewayBody::Streamed(body)))
+        Ok(Response::from_parts(
+            parts,
+            GatewayBody::Forwarded(ForwardedBody::new(body, lease)),
+        ))
     }
 
-    fn upstream_uri(&self, target: &str) -> Result<Uri, GatewayError> {
+    /// The origin-form target the upstream is sent: its path prefix, then the client's
+    /// normalised path and query.
+    fn upstream_target(&self, target: &str) -> Result<Uri, GatewayError> {
         let path_and_query = if self.path_prefix.is_empty() {
             PathAndQuery::try_from(target)
         } else {
             PathAndQuery::try_from(format!("{}{}", self.path_prefix, target))
         }
         .map_err(|_| GatewayError::bad_request("Invalid request target"))?;
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| GatewayError::bad_request("Invalid request target"))
+        Ok(Uri::from(path_and_query))
     }
 }
 

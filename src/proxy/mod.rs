@@ -13,6 +13,7 @@ pub mod enforce;
 pub mod forward;
 pub mod headers;
 pub mod path;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

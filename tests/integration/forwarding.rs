@@ -436,6 +436,84 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
+#[tokio::test]
+async fn with_pool_max_idle_0_every_request_opens_its_own_upstream_connection() {
+    let gateway = TestGateway::start_with(|config| {
+        config.server.worker_threads = 1;
+        config.upstreams[0].pool_max_idle = 0;
+    })
+    .await;
+    let mut client = gateway.h1().await;
+    for _ in 0..3 {
+        assert_eq!(client.get("/").await.status, 200);
+    }
+    let connections = gateway
+        .upstream
+        .state
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(connections, 3);
+}
+
+/// An upstream whose keep-alive ends after every response: it answers without
+/// `Connection: close` (so the connection looks reusable), then closes it, as a server does
+/// when its idle timeout runs out. Reports each request it read and each close.
+async fn closing_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (events, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = events.send("request");
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = stream.shutdown().await;
+                drop(stream);
+                let _ = events.send("closed");
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_used_again() {
+    let (upstream, mut events) = closing_upstream().await;
+    let gateway = TestGateway::start_with(|config| {
+        config.server.worker_threads = 1;
+        config.upstreams[0].url = format!("http://{upstream}").parse().unwrap();
+    })
+    .await;
+    let mut client = gateway.h1().await;
+    for round in 0..5 {
+        let response = client.get("/").await;
+        assert_eq!(response.status, 200, "round {round}: {response:?}");
+        assert_eq!(response.body, "ok".as_bytes());
+        assert_eq!(events.recv().await, Some("request"));
+        // The next request goes out only once the upstream has closed this connection.
+        assert_eq!(events.recv().await, Some("closed"));
+    }
+    assert!(
+        events.try_recv().is_err(),
+        "each request reached the upstream exactly once"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_responses_stream_to_both_protocols() {
     let gateway = TestGateway::start().await;
