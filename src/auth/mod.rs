@@ -127,13 +127,17 @@ pub struct AuthService {
 pub(crate) struct VerifiedTokens {
     /// One set of maps per worker: each is only ever locked by its own thread.
     shards: Vec<std::sync::Mutex<Shard>>,
-    refused_hasher: std::collections::hash_map::RandomState,
+    /// Keys both maps; random per process, so nobody can aim tokens at one bucket.
+    hasher: std::collections::hash_map::RandomState,
     leeway: u64,
 }
 
 #[derive(Default)]
 struct Shard {
-    valid: std::collections::HashMap<Box<str>, Arc<VerifiedToken>>,
+    /// Keyed by a hash of the token's signature segment alone (a few dozen bytes instead of
+    /// the whole token); the entry holds the whole token, compared on every hit.
+    valid: std::collections::HashMap<u64, (Box<str>, Arc<VerifiedToken>)>,
+    /// Keyed by a hash of the whole token: a refused token need not have a signature of its own.
     refused: std::collections::HashSet<u64>,
 }
 
@@ -152,7 +156,7 @@ impl VerifiedTokens {
             shards: (0..workers.max(1))
                 .map(|_| std::sync::Mutex::default())
                 .collect(),
-            refused_hasher: std::collections::hash_map::RandomState::new(),
+            hasher: std::collections::hash_map::RandomState::new(),
             leeway: leeway.as_secs(),
         }
     }
@@ -162,7 +166,12 @@ impl VerifiedTokens {
     }
 
     fn refused_key(&self, token: &str) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.refused_hasher, token)
+        std::hash::BuildHasher::hash_one(&self.hasher, token)
+    }
+
+    fn valid_key(&self, token: &str) -> u64 {
+        let signature = token.rsplit('.').next().unwrap_or(token);
+        std::hash::BuildHasher::hash_one(&self.hasher, signature)
     }
 
     /// What is known of a token: verified (and still within its times), refused, or new.
@@ -170,7 +179,11 @@ impl VerifiedTokens {
         let Ok(shard) = self.shard().lock() else {
             return Cached::Unknown;
         };
-        if let Some(verified) = shard.valid.get(token) {
+        let cached = shard
+            .valid
+            .get(&self.valid_key(token))
+            .filter(|(cached, _)| **cached == *token);
+        if let Some((_, verified)) = cached {
             let claims = &verified.claims;
             let live = now < claims.exp.saturating_add(self.leeway)
                 && claims
@@ -194,7 +207,9 @@ impl VerifiedTokens {
             if shard.valid.len() >= VERIFIED_TOKENS_PER_WORKER {
                 shard.valid.clear();
             }
-            shard.valid.insert(token.into(), verified.clone());
+            shard
+                .valid
+                .insert(self.valid_key(token), (token.into(), verified.clone()));
         }
     }
 
@@ -1109,6 +1124,26 @@ mod verified_tokens_tests {
         cache.refuse("forged");
         assert!(matches!(cache.get("forged", 150), Cached::Refused));
         assert!(matches!(cache.get("forged2", 150), Cached::Unknown));
+    }
+
+    #[test]
+    fn a_token_sharing_only_the_signature_of_a_cached_one_misses() {
+        let cache = VerifiedTokens::new(1, std::time::Duration::ZERO);
+        cache.put("header.payload.signature", &verified(100, 200, None));
+        assert!(matches!(
+            cache.get("header.payload.signature", 150),
+            Cached::Valid(_)
+        ));
+        // Same signature segment, different payload: one hash bucket, but not the same token.
+        assert!(matches!(
+            cache.get("header.forged.signature", 150),
+            Cached::Unknown
+        ));
+        cache.refuse("header.forged.signature");
+        assert!(
+            matches!(cache.get("header.payload.signature", 150), Cached::Valid(_)),
+            "refusing the forgery does not touch the verified token"
+        );
     }
 
     #[test]

@@ -442,10 +442,11 @@ struct Slots {
 impl<'a> Plan<'a> {
     /// The keys stay the checks': the plan only points at them.
     fn new(checks: &'a [Keyed]) -> Plan<'a> {
-        let mut counters: Vec<(&'a str, u64, u64)> = Vec::new();
-        let mut reads: Vec<&'a str> = Vec::new();
-        let mut counter_at: HashMap<&'a str, usize> = HashMap::new();
-        let mut read_at: HashMap<&'a str, usize> = HashMap::new();
+        // Sized for the batch up front: growing the maps while filling them showed in profiles.
+        let mut counters: Vec<(&'a str, u64, u64)> = Vec::with_capacity(checks.len());
+        let mut reads: Vec<&'a str> = Vec::with_capacity(3 * checks.len());
+        let mut counter_at: HashMap<&'a str, usize> = HashMap::with_capacity(checks.len());
+        let mut read_at: HashMap<&'a str, usize> = HashMap::with_capacity(3 * checks.len());
         fn read<'a>(
             key: &'a str,
             at: &mut HashMap<&'a str, usize>,
