@@ -165,11 +165,11 @@ impl Gateway {
         let (mut response, cors_answered) =
             match self.cors.preflight(request.method(), request.headers()) {
                 Preflight::NotPreflight => {
-                    let response = match self
-                        .route(request, conn, &request_id)
-                        .instrument(span.clone())
-                        .await
-                    {
+                    // Boxed: the routing future is several kilobytes, and held inline it would
+                    // make this future (and the connection's, which holds it) as large, and
+                    // futures are moved (copied) into place on every request.
+                    let routed = Box::pin(self.route(request, conn, &request_id));
+                    let response = match routed.instrument(span.clone()).await {
                         Ok(response) => response,
                         Err(error) => error.into_response(),
                     };

@@ -84,7 +84,10 @@ impl Pool {
             let reused = pooled.is_some();
             let mut sender = match pooled {
                 Some(sender) => sender,
-                None => self.connect().await?,
+                // Boxed: connecting is the rare path, and its future is large. Inline, it would
+                // make every request's future that much larger, and futures are moved (copied)
+                // into place on every request.
+                None => Box::pin(self.connect()).await?,
             };
             // An idle connection is ready at once; one the upstream closed says so here.
             if reused && sender.ready().await.is_err() {
