@@ -395,9 +395,12 @@ impl Gate {
     /// so that changing a limit's window starts new counts instead of misreading old ones. The
     /// index is signed only so that the window before index 0 has a name (one never written).
     fn rate_key(&self, bucket: &str, length_ms: u64, index: i128) -> String {
-        self.inner
-            .redis
-            .key(&["rate", bucket, &length_ms.to_string(), &index.to_string()])
+        use std::fmt::Write as _;
+        let mut key = self.inner.redis.key(&["rate", bucket]);
+        // The numbers straight into the key: no string of their own. Writing to a String
+        // cannot fail.
+        let _ = write!(key, ":{length_ms}:{index}");
+        key
     }
 }
 
