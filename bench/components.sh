@@ -35,7 +35,7 @@ done
 case $MODE in auth|auth-only|pass) ;; *) echo "unknown mode: $MODE" >&2; exit 2 ;; esac
 
 if [ $BUILD = 1 ]; then (cd "$ROOT" && cargo build --release); fi
-BIN=$ROOT/target/release/portcullis
+BIN=${GATEWAY_BIN:-$ROOT/target/release/portcullis}   # GATEWAY_BIN: another build (e.g. with frame pointers)
 [ -x "$BIN" ] || { echo "$BIN not found" >&2; exit 1; }
 
 TMP=$(mktemp -d /tmp/portcullis-components.XXXXXX)
