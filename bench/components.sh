@@ -16,11 +16,14 @@
 #   --perf FILE       also record the gateway with perf (cpu-clock, frame-pointer call graphs:
 #                     build with RUSTFLAGS="-C force-frame-pointers=yes" for useful stacks)
 #   -h, --help        this text
+# Environment: GATEWAY_BIN=path runs that binary instead (implies nothing about building), e.g.
+#   CARGO_TARGET_DIR=target/fp RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release
+#   GATEWAY_BIN=target/fp/release/portcullis bench/components.sh --no-build --perf /tmp/auth.data
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=auth; DURATION=10; CONNECTIONS=64; BUILD=1; PERF_OUT=""
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case $1 in
         --mode) MODE=$2; shift 2 ;;
