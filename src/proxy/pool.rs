@@ -145,8 +145,8 @@ impl Pool {
 }
 
 /// A connection lent to one exchange. [`Lease::release`] puts it back once the response is
-/// finished; dropping it instead closes the connection (hyper cannot reuse a connection whose
-/// response was not read to the end).
+/// finished (and the request too); dropping it instead closes the connection (hyper cannot
+/// reuse a connection whose response was not read to the end).
 pub struct Lease {
     sender: Sender,
     home: Weak<Mutex<IdleList<Sender>>>,
@@ -160,10 +160,29 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    pub fn release(self) {
+    pub fn release(mut self) {
         if self.sender.is_closed() {
             return;
         }
+        if self.sender.is_ready() {
+            self.put_back();
+            return;
+        }
+        // The response is finished but the connection is not free: the request's body is
+        // still going up (the upstream answered before reading it all). It goes back only
+        // once it can take the next request, or a request that took it would wait behind the
+        // upload.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if self.sender.ready().await.is_ok() {
+                self.put_back();
+            }
+        });
+    }
+
+    fn put_back(self) {
         if let Some(home) = self.home.upgrade() {
             lock(&home).put(self.sender, Instant::now(), self.max_idle);
         }

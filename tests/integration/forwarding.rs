@@ -1,6 +1,7 @@
 //! Forwarding: what the upstream receives, what the client gets back, over HTTP/1.1 and
 //! HTTP/2.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::harness::{full, Protocol, TestGateway};
@@ -512,6 +513,116 @@ async fn a_pooled_connection_the_upstream_closed_is_not_used_again() {
         events.try_recv().is_err(),
         "each request reached the upstream exactly once"
     );
+}
+
+/// An upstream that answers `/early` at once, before reading the request's body, and keeps
+/// the connection for more requests once that body has arrived; everything else is answered
+/// `quick`. Counts connections.
+async fn early_answering_upstream() -> (std::net::SocketAddr, std::sync::Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let head_end = loop {
+                        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => received.extend_from_slice(&buffer[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&received[..head_end]).to_lowercase();
+                    received.drain(..head_end);
+                    let text = if head.starts_with("post /early ") {
+                        "early"
+                    } else {
+                        "quick"
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    // Only now the body, if any: a chunked one ends with an empty chunk.
+                    if head.contains("transfer-encoding: chunked") {
+                        let body_end = loop {
+                            if let Some(at) = received.windows(5).position(|w| w == b"0\r\n\r\n") {
+                                break at + 5;
+                            }
+                            match stream.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => received.extend_from_slice(&buffer[..n]),
+                            }
+                        };
+                        received.drain(..body_end);
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn a_connection_still_carrying_an_upload_is_not_lent_to_the_next_request() {
+    use http_body_util::BodyExt;
+    let (upstream, connections) = early_answering_upstream().await;
+    let gateway = TestGateway::start_with(|config| {
+        config.server.worker_threads = 1;
+        config.upstreams[0].url = format!("http://{upstream}").parse().unwrap();
+    })
+    .await;
+
+    // An upload whose answer comes back while its body is still being sent.
+    let (chunks, body) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    let body = http_body_util::StreamBody::new(futures_util::stream::unfold(
+        body,
+        |mut body| async move {
+            let chunk = body.recv().await?;
+            Some((Ok(hyper::body::Frame::data(chunk)), body))
+        },
+    ));
+    let mut uploader = gateway.h1().await;
+    let request = uploader
+        .request("POST", "/early")
+        .body(http_body_util::BodyExt::boxed(body))
+        .unwrap();
+    chunks
+        .send(bytes::Bytes::from_static(b"first part"))
+        .await
+        .unwrap();
+    let response = uploader.send(request).await;
+    assert_eq!(response.status(), 200);
+    let answer = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(answer, "early".as_bytes());
+
+    // The upload is still open: the next request must not wait behind it.
+    let mut other = gateway.h1().await;
+    let quick = tokio::time::timeout(Duration::from_secs(5), other.get("/quick"))
+        .await
+        .expect("the second request was not held behind the unfinished upload");
+    assert_eq!(quick.status, 200);
+    assert_eq!(quick.body, "quick".as_bytes());
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+
+    // Once the upload ends, its connection is free for reuse again.
+    drop(chunks);
+    let mut third = gateway.h1().await;
+    for _ in 0..3 {
+        assert_eq!(third.get("/quick").await.status, 200);
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
