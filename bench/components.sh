@@ -15,6 +15,11 @@
 #   --no-build        use the existing target/release/portcullis
 #   --perf FILE       also record the gateway with perf (cpu-clock, frame-pointer call graphs:
 #                     build with RUSTFLAGS="-C force-frame-pointers=yes" for useful stacks)
+#   --callgrind       instead of wrk: run the gateway under valgrind's callgrind and print its
+#                     user-space instructions per request, (Ir(3N) - Ir(N)) / 2N over h2load runs
+#                     of N=2000 and 6000 requests (--connections, default 4 here, as the
+#                     harness' callgrind.sh). Deterministic, so small changes show; kernel work
+#                     (TCP, wake-ups) is not counted. Needs valgrind and h2load.
 #   -h, --help        this text
 # Environment: GATEWAY_BIN=path runs that binary instead (implies nothing about building), e.g.
 #   CARGO_TARGET_DIR=target/fp RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release
@@ -22,8 +27,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MODE=auth; DURATION=10; CONNECTIONS=64; BUILD=1; PERF_OUT=""
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+MODE=auth; DURATION=10; CONNECTIONS=""; BUILD=1; PERF_OUT=""; CALLGRIND=0
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case $1 in
         --mode) MODE=$2; shift 2 ;;
@@ -31,11 +36,20 @@ while [ $# -gt 0 ]; do
         --connections) CONNECTIONS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --perf) PERF_OUT=$2; shift 2 ;;
+        --callgrind) CALLGRIND=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 case $MODE in auth|auth-only|pass) ;; *) echo "unknown mode: $MODE" >&2; exit 2 ;; esac
+if [ $CALLGRIND = 1 ]; then
+    [ -z "$PERF_OUT" ] || { echo "--perf and --callgrind do not mix" >&2; exit 2; }
+    for tool in valgrind callgrind_control h2load; do
+        command -v "$tool" > /dev/null || { echo "--callgrind needs $tool" >&2; exit 1; }
+    done
+    CONNECTIONS=${CONNECTIONS:-4}
+fi
+CONNECTIONS=${CONNECTIONS:-64}
 
 if [ $BUILD = 1 ]; then (cd "$ROOT" && cargo build --release); fi
 BIN=${GATEWAY_BIN:-$ROOT/target/release/portcullis}   # GATEWAY_BIN: another build (e.g. with frame pointers)
@@ -98,10 +112,12 @@ CONF
 BENCH_DB=${BENCH_DB:-portcullis_bench}
 psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$BENCH_DB'" | grep -q 1 \
     || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $BENCH_DB"
+UNDER=()
+[ $CALLGRIND = 1 ] && UNDER=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" --dump-instr=no)
 PORTCULLIS_DATABASE__URL=${PORTCULLIS_DATABASE__URL:-postgres://postgres@127.0.0.1:5432/$BENCH_DB} \
-    "$BIN" serve --config "$TMP/gateway.yaml" > "$TMP/gateway.log" 2>&1 &
+    "${UNDER[@]}" "$BIN" serve --config "$TMP/gateway.yaml" > "$TMP/gateway.log" 2>&1 &
 GW=$!
-for _ in $(seq 1 150); do
+for _ in $(seq 1 600); do   # valgrind needs far longer to start than the gateway alone
     curl -sk -o /dev/null --max-time 1 https://127.0.0.1:8444/ </dev/null && break
     kill -0 "$GW" 2>/dev/null || { cat "$TMP/gateway.log" >&2; exit 1; }
     sleep 0.1
@@ -112,6 +128,25 @@ TOKEN=$(mint --claim email=bench@example.com --claim sid=00000000-0000-4000-8000
 code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8444/)
 [ "$code" = 200 ] || { echo "probe answered $code, not 200" >&2; exit 1; }
 REDIS_PID=$(ss -Hltnp 'sport = :6379' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+
+if [ $CALLGRIND = 1 ]; then
+    requests() {  # requests N: N keep-alive HTTPS/1.1 requests, all of which must be 2xx
+        h2load --h1 -n "$1" -c "$CONNECTIONS" -t 1 -H "authorization: Bearer $TOKEN" \
+            https://127.0.0.1:8444/ > "$TMP/h2load.txt" 2>&1
+        grep -qE "status codes: $1 2xx" "$TMP/h2load.txt" || { cat "$TMP/h2load.txt" >&2; exit 1; }
+    }
+    instructions() {  # instructions N: user-space instructions the gateway ran for N requests
+        callgrind_control -z "$GW" > /dev/null
+        requests "$1"
+        callgrind_control -d "$GW" > /dev/null
+        ls -v "$TMP"/callgrind."$GW".* | tail -1 | xargs awk '/^summary:/ {print $2}'
+    }
+    requests 300   # warm-up: connections, TLS sessions, caches
+    few=$(instructions 2000); many=$(instructions 6000)
+    echo "$MODE: $(( (many - few) / 4000 )) instructions/request (callgrind, user space only;" \
+        "$CONNECTIONS connections)"
+    exit 0
+fi
 
 load() {  # load SECONDS OUT
     # wrk needs at least as many connections as threads.
