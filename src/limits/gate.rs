@@ -220,10 +220,9 @@ impl Gate {
         let rate = check.bucket.map(|(bucket, limit)| {
             let length_ms = window::length_ms(limit.window);
             let (index, elapsed_ms) = window::position(check.now_ms, length_ms);
-            let index = i128::from(index);
             KeyedRate {
-                current: self.rate_key(bucket, length_ms, index),
-                previous: self.rate_key(bucket, length_ms, index - 1),
+                current: self.rate_key(bucket, length_ms, Window::Index(index)),
+                previous: self.rate_key(bucket, length_ms, Window::Before(index)),
                 limit,
                 length_ms,
                 elapsed_ms,
@@ -393,15 +392,27 @@ impl Gate {
 
     /// `{prefix}rate:{bucket}:{window_ms}:{window_index}`. The window length is part of the key
     /// so that changing a limit's window starts new counts instead of misreading old ones. The
-    /// index is signed only so that the window before index 0 has a name (one never written).
-    fn rate_key(&self, bucket: &str, length_ms: u64, index: i128) -> String {
+    /// window before index 0 is named -1 (a key never written).
+    fn rate_key(&self, bucket: &str, length_ms: u64, window: Window) -> String {
         use std::fmt::Write as _;
         let mut key = self.inner.redis.key(&["rate", bucket]);
         // The numbers straight into the key: no string of their own. Writing to a String
         // cannot fail.
-        let _ = write!(key, ":{length_ms}:{index}");
+        let _ = match window {
+            Window::Index(index) => write!(key, ":{length_ms}:{index}"),
+            Window::Before(0) => write!(key, ":{length_ms}:-1"),
+            Window::Before(index) => write!(key, ":{length_ms}:{}", index - 1),
+        };
         key
     }
+}
+
+/// A window by its index, or the one before it (which, before index 0, has no index of its
+/// own). Spares formatting a wider signed integer for every key.
+#[derive(Debug, Clone, Copy)]
+enum Window {
+    Index(u64),
+    Before(u64),
 }
 
 /// Answers whatever is still waiting with `Dropped` if a flush task is dropped part way (at
@@ -589,7 +600,7 @@ mod tests {
     }
 
     async fn counter(gate: &Gate, bucket: &str, length_ms: u64, index: u64) -> Option<u64> {
-        let key = gate.rate_key(bucket, length_ms, i128::from(index));
+        let key = gate.rate_key(bucket, length_ms, Window::Index(index));
         gate.inner.redis.connection().get(key).await.expect("redis")
     }
 
@@ -700,6 +711,25 @@ mod tests {
             .await
             .expect("redis");
         assert!((1..=2000).contains(&ttl), "{key} expires in {ttl} ms");
+    }
+
+    #[tokio::test]
+    async fn window_keys_name_the_index_and_the_one_before() {
+        let gate = Gate::new(redis("p:"));
+        let key = |window| gate.rate_key("ip:1.2.3.4", 1000, window);
+        assert_eq!(
+            key(Window::Index(1_700_000_000)),
+            "p:rate:ip:1.2.3.4:1000:1700000000"
+        );
+        assert_eq!(
+            key(Window::Before(1_700_000_000)),
+            "p:rate:ip:1.2.3.4:1000:1699999999"
+        );
+        assert_eq!(
+            key(Window::Index(u64::MAX)),
+            format!("p:rate:ip:1.2.3.4:1000:{}", u64::MAX)
+        );
+        assert_eq!(key(Window::Before(0)), "p:rate:ip:1.2.3.4:1000:-1");
     }
 
     #[tokio::test]
@@ -853,7 +883,7 @@ mod tests {
                 for (index, count) in [(index, current), (index - 1, previous)] {
                     // A zero count is left as a missing key, as Redis would have it.
                     if count > 0 {
-                        let key = gate.rate_key(&bucket, length_ms, i128::from(index));
+                        let key = gate.rate_key(&bucket, length_ms, Window::Index(index));
                         connection
                             .pset_ex::<_, _, ()>(key, count, 60_000)
                             .await
