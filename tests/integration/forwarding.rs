@@ -426,13 +426,9 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     for _ in 0..20 {
         assert_eq!(client.get("/").await.status, 200);
     }
-    let connections = gateway
-        .upstream
-        .state
-        .connections
-        .load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
-        connections, 1,
+        gateway.upstream.connections(),
+        1,
         "40 sequential requests used one pooled upstream connection"
     );
 }
@@ -448,12 +444,7 @@ async fn with_pool_max_idle_0_every_request_opens_its_own_upstream_connection() 
     for _ in 0..3 {
         assert_eq!(client.get("/").await.status, 200);
     }
-    let connections = gateway
-        .upstream
-        .state
-        .connections
-        .load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(connections, 3);
+    assert_eq!(gateway.upstream.connections(), 3);
 }
 
 /// An upstream whose keep-alive ends after every response: it answers without

@@ -89,6 +89,13 @@ impl Upstream {
     pub fn last_seen(&self) -> Seen {
         self.seen().pop().expect("the upstream saw a request")
     }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
