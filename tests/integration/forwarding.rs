@@ -506,11 +506,31 @@ async fn a_pooled_connection_the_upstream_closed_is_not_used_again() {
     );
 }
 
+/// Reads from `stream` into `received` until it holds `end`; takes everything up to and
+/// including `end` off the front and returns it. `None` once the peer is gone.
+async fn take_through(
+    stream: &mut tokio::net::TcpStream,
+    received: &mut Vec<u8>,
+    end: &[u8],
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 4096];
+    loop {
+        if let Some(at) = received.windows(end.len()).position(|w| w == end) {
+            return Some(received.drain(..at + end.len()).collect());
+        }
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
 /// An upstream that answers `/early` at once, before reading the request's body, and keeps
 /// the connection for more requests once that body has arrived; everything else is answered
 /// `quick`. Counts connections.
 async fn early_answering_upstream() -> (std::net::SocketAddr, std::sync::Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = std::sync::Arc::new(AtomicUsize::new(0));
@@ -520,19 +540,8 @@ async fn early_answering_upstream() -> (std::net::SocketAddr, std::sync::Arc<Ato
             counted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut received = Vec::new();
-                let mut buffer = [0u8; 4096];
-                loop {
-                    let head_end = loop {
-                        if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break at + 4;
-                        }
-                        match stream.read(&mut buffer).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => received.extend_from_slice(&buffer[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&received[..head_end]).to_lowercase();
-                    received.drain(..head_end);
+                while let Some(head) = take_through(&mut stream, &mut received, b"\r\n\r\n").await {
+                    let head = String::from_utf8_lossy(&head).to_lowercase();
                     let text = if head.starts_with("post /early ") {
                         "early"
                     } else {
@@ -546,17 +555,12 @@ async fn early_answering_upstream() -> (std::net::SocketAddr, std::sync::Arc<Ato
                         return;
                     }
                     // Only now the body, if any: a chunked one ends with an empty chunk.
-                    if head.contains("transfer-encoding: chunked") {
-                        let body_end = loop {
-                            if let Some(at) = received.windows(5).position(|w| w == b"0\r\n\r\n") {
-                                break at + 5;
-                            }
-                            match stream.read(&mut buffer).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => received.extend_from_slice(&buffer[..n]),
-                            }
-                        };
-                        received.drain(..body_end);
+                    if head.contains("transfer-encoding: chunked")
+                        && take_through(&mut stream, &mut received, b"0\r\n\r\n")
+                            .await
+                            .is_none()
+                    {
+                        return;
                     }
                 }
             });
