@@ -20,6 +20,8 @@
 #                     of N=2000 and 6000 requests (--connections, default 4 here, as the
 #                     harness' callgrind.sh). Deterministic, so small changes show; kernel work
 #                     (TCP, wake-ups) is not counted. Needs valgrind and h2load.
+#   --callgrind-out F with --callgrind: keep the profile of the N=6000 run in F, for
+#                     callgrind_annotate (where the instructions go, function by function)
 #   -h, --help        this text
 # Environment: GATEWAY_BIN=path runs that binary instead (implies nothing about building), e.g.
 #   CARGO_TARGET_DIR=target/fp RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release
@@ -27,8 +29,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MODE=auth; DURATION=10; CONNECTIONS=""; BUILD=1; PERF_OUT=""; CALLGRIND=0
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+MODE=auth; DURATION=10; CONNECTIONS=""; BUILD=1; PERF_OUT=""; CALLGRIND=0; CALLGRIND_OUT=""
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case $1 in
         --mode) MODE=$2; shift 2 ;;
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0; shift ;;
         --perf) PERF_OUT=$2; shift 2 ;;
         --callgrind) CALLGRIND=1; shift ;;
+        --callgrind-out) CALLGRIND_OUT=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -113,7 +116,8 @@ BENCH_DB=${BENCH_DB:-portcullis_bench}
 psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$BENCH_DB'" | grep -q 1 \
     || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $BENCH_DB"
 UNDER=()
-[ $CALLGRIND = 1 ] && UNDER=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" --dump-instr=no)
+[ $CALLGRIND = 1 ] && UNDER=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" --dump-instr=no
+    --compress-strings=no)  # each dump names its functions itself, so one alone can be read
 PORTCULLIS_DATABASE__URL=${PORTCULLIS_DATABASE__URL:-postgres://postgres@127.0.0.1:5432/$BENCH_DB} \
     "${UNDER[@]}" "$BIN" serve --config "$TMP/gateway.yaml" > "$TMP/gateway.log" 2>&1 &
 GW=$!
@@ -143,6 +147,7 @@ if [ $CALLGRIND = 1 ]; then
     }
     requests 300   # warm-up: connections, TLS sessions, caches
     few=$(instructions 2000); many=$(instructions 6000)
+    [ -z "$CALLGRIND_OUT" ] || cp "$(ls -v "$TMP"/callgrind."$GW".* | tail -1)" "$CALLGRIND_OUT"
     echo "$MODE: $(( (many - few) / 4000 )) instructions/request (callgrind, user space only;" \
         "$CONNECTIONS connections)"
     exit 0
@@ -155,10 +160,14 @@ load() {  # load SECONDS OUT
         || { cat "$2" >&2; return 1; }
 }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+switches() {  # switches PID: context switches of all the process' threads, voluntary or not
+    cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'
+}
 metric() { curl -s http://127.0.0.1:9903/metrics | awk -v name="$1" '$1 == name {print $2}'; }
 
 load 3 "$TMP/warmup.txt"
 gateway0=$(ticks "$GW"); redis0=$(ticks "$REDIS_PID")
+gw_switches0=$(switches "$GW"); redis_switches0=$(switches "$REDIS_PID")
 trips0=$(metric portcullis_redis_round_trips_total); checks0=$(metric portcullis_redis_checks_total)
 if [ -n "$PERF_OUT" ]; then
     perf record -F 2000 -e cpu-clock --call-graph fp -p "$GW" -o "$PERF_OUT" -- sleep "$DURATION" \
@@ -168,20 +177,25 @@ fi
 load "$DURATION" "$TMP/wrk.txt"
 [ -n "$PERF_OUT" ] && wait "$PERF_PID"
 gateway1=$(ticks "$GW"); redis1=$(ticks "$REDIS_PID")
+gw_switches1=$(switches "$GW"); redis_switches1=$(switches "$REDIS_PID")
 trips1=$(metric portcullis_redis_round_trips_total); checks1=$(metric portcullis_redis_checks_total)
 
 result=$(grep '^RESULT' "$TMP/wrk.txt") || { cat "$TMP/wrk.txt" >&2; exit 1; }
 python3 - "$result" "$((gateway1 - gateway0))" "$((redis1 - redis0))" \
-    "$((trips1 - trips0))" "$((checks1 - checks0))" "$(getconf CLK_TCK)" "$MODE" <<'PY'
+    "$((trips1 - trips0))" "$((checks1 - checks0))" "$(getconf CLK_TCK)" "$MODE" \
+    "$((gw_switches1 - gw_switches0))" "$((redis_switches1 - redis_switches0))" <<'PY'
 import sys
 fields = dict(item.split("=") for item in sys.argv[1].split()[1:])
 gateway, redis, trips, checks, hz = (int(value) for value in sys.argv[2:7])
+gateway_switches, redis_switches = (int(value) for value in sys.argv[8:10])
 requests = int(fields["requests"])
 per_request = lambda ticks: ticks / hz * 1e6 / requests
 errors = sum(int(value) for key, value in fields.items() if key.startswith("err_"))
 print(f"{sys.argv[7]}: {float(fields['rps']):,.0f} req/s  p50 {int(fields['p50_us'])} us  "
       f"p99 {int(fields['p99_us'])} us  errors {errors}")
 print(f"  gateway cpu {per_request(gateway):.1f} us/req   redis cpu {per_request(redis):.1f} us/req")
+print(f"  context switches per request: gateway {gateway_switches / requests:.2f}"
+      f"   redis {redis_switches / requests:.2f}")
 if trips:
     print(f"  {checks:,} checks in {trips:,} redis round trips: {checks / trips:.1f} per round trip")
 PY
