@@ -2,24 +2,26 @@
 //! `TokenKeys::load`, which reads key files; the current time is always passed in.
 //!
 //! # Verification
-//! jsonwebtoken checks the signature only. Everything it would decide from the token itself
-//! or from the system clock is decided here instead, before or after it runs:
+//! A signature is checked by ring (HS256: an HMAC compared in constant time) or by
+//! jsonwebtoken's ring-backed verifier (ES256, EdDSA), and nothing else is left to a library.
+//! Everything a JWT library would decide from the token itself or from the system clock is
+//! decided here:
 //! - the header is parsed here first, so members we do not implement (`crit`) and members that
 //!   would let the token pick its own key (`jwk`, `jku`, `x5u`, `x5c`) are refused outright;
 //! - the key is chosen by `kid` from the configured keys only, and the header's `alg` must be
 //!   exactly that key's algorithm. This is what stops `none` and the HS256-with-public-key
 //!   confusion: the algorithm follows from the key, never the other way round;
+//! - the payload is read only once the signature holds, straight into the claims it must
+//!   have (a forwarded request from a caller the gateway has not seen yet pays for this);
 //! - every claim is checked against the `now` the caller passes, with an explicit leeway.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Map, Value};
@@ -35,7 +37,8 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// A shorter HMAC key is below SHA-256's security level (RFC 7518 §3.2).
 const MIN_SECRET_LEN: usize = 32;
 
-/// Claims that must all be present, in the order they are reported missing.
+/// Claims that must all be present, in the order `check_claims` reports them missing.
+#[cfg(test)]
 const REQUIRED_CLAIMS: [&str; 10] = [
     "sub", "email", "role", "sid", "jti", "iat", "exp", "iss", "aud", "type",
 ];
@@ -170,7 +173,7 @@ struct Signer {
 
 pub struct TokenKeys {
     settings: TokenSettings,
-    hs256: Option<DecodingKey>,
+    hs256: Option<ring::hmac::Key>,
     keys: Vec<VerifyingKey>,
     signer: Signer,
 }
@@ -249,7 +252,7 @@ impl TokenKeys {
 
         Ok(TokenKeys {
             settings,
-            hs256: hs256_secret.map(DecodingKey::from_secret),
+            hs256: hs256_secret.map(|secret| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)),
             keys,
             signer,
         })
@@ -360,14 +363,19 @@ impl TokenKeys {
             Some(_) => return Err(TokenError::Malformed),
         };
 
-        let (key, key_algorithm) = self.select_key(kid)?;
-        // jsonwebtoken refuses this too (its `algorithms` is exactly the key's); deciding it
-        // here keeps the rule in our code rather than in a library setting.
-        if algorithm != key_algorithm {
+        let key = self.select_key(kid)?;
+        // jsonwebtoken would refuse this too; deciding it here keeps the rule in our code.
+        if algorithm != key.algorithm() {
             return Err(TokenError::AlgorithmNotAllowed);
         }
 
-        let claims = check_signature(token, key, key_algorithm)?;
+        let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+        key.verify(signing_input, signature_b64)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .map_err(|_| TokenError::Malformed)?;
+        let claims: PayloadClaims =
+            serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         self.check_claims(claims, now)
     }
 
@@ -381,42 +389,47 @@ impl TokenKeys {
     /// The key a token may be verified with, and the one algorithm it may use. HS256 has no
     /// kid, so a token with a kid can only mean an asymmetric key; this keeps the two key
     /// spaces apart.
-    fn select_key(&self, kid: Option<&str>) -> Result<(&DecodingKey, Algorithm), TokenError> {
+    fn select_key(&self, kid: Option<&str>) -> Result<SignatureKey<'_>, TokenError> {
         match kid {
             Some(kid) => self
                 .keys
                 .iter()
                 .find(|k| k.kid == kid)
-                .map(|k| (&k.decoding, k.algorithm.jwt_algorithm()))
+                .map(|k| SignatureKey::Public(&k.decoding, k.algorithm.jwt_algorithm()))
                 .ok_or(TokenError::UnknownKid),
             None => self
                 .hs256
                 .as_ref()
-                .map(|key| (key, Algorithm::HS256))
+                .map(SignatureKey::Hmac)
                 .ok_or(TokenError::UnknownKid),
         }
     }
 
-    fn check_claims(&self, claims: Value, now: u64) -> Result<AccessClaims, TokenError> {
-        let Value::Object(claims) = claims else {
-            return Err(TokenError::Malformed);
-        };
-        for name in REQUIRED_CLAIMS {
-            claim(&claims, name)?;
-        }
-        let sub = string_claim(&claims, "sub")?;
-        let email = string_claim(&claims, "email")?;
-        let role = string_claim(&claims, "role")?;
-        let sid = string_claim(&claims, "sid")?;
-        let jti = string_claim(&claims, "jti")?;
-        let iat = time_claim(&claims, "iat")?;
-        let exp = time_claim(&claims, "exp")?;
-        let nbf = match claims.get("nbf") {
-            None | Some(Value::Null) => None,
-            Some(_) => Some(time_claim(&claims, "nbf")?),
-        };
-        let iss = string_claim(&claims, "iss")?;
-        let token_type = string_claim(&claims, "type")?;
+    fn check_claims(&self, claims: PayloadClaims, now: u64) -> Result<AccessClaims, TokenError> {
+        let PayloadClaims {
+            sub,
+            email,
+            role,
+            sid,
+            jti,
+            iat,
+            exp,
+            nbf,
+            iss,
+            aud,
+            token_type,
+        } = claims;
+        // Reported in the order of REQUIRED_CLAIMS (the tests hold the two together).
+        let sub = sub.ok_or(TokenError::MissingClaim("sub"))?;
+        let email = email.ok_or(TokenError::MissingClaim("email"))?;
+        let role = role.ok_or(TokenError::MissingClaim("role"))?;
+        let sid = sid.ok_or(TokenError::MissingClaim("sid"))?;
+        let jti = jti.ok_or(TokenError::MissingClaim("jti"))?;
+        let iat = iat.ok_or(TokenError::MissingClaim("iat"))?;
+        let exp = exp.ok_or(TokenError::MissingClaim("exp"))?;
+        let iss = iss.ok_or(TokenError::MissingClaim("iss"))?;
+        let aud = aud.ok_or(TokenError::MissingClaim("aud"))?;
+        let token_type = token_type.ok_or(TokenError::MissingClaim("type"))?;
 
         let leeway = self.settings.leeway.as_secs();
         // `exp` is the first instant the token is no longer valid (RFC 7519 §4.1.4).
@@ -433,19 +446,9 @@ impl TokenKeys {
         if iss != self.settings.issuer {
             return Err(TokenError::WrongIssuer);
         }
-        let audience_ok = match claim(&claims, "aud")? {
-            Value::String(aud) => *aud == self.settings.audience,
-            Value::Array(auds) => {
-                let mut found = false;
-                for aud in auds {
-                    match aud {
-                        Value::String(aud) => found |= *aud == self.settings.audience,
-                        _ => return Err(TokenError::Malformed),
-                    }
-                }
-                found
-            }
-            _ => return Err(TokenError::Malformed),
+        let audience_ok = match &aud {
+            Audience::One(aud) => *aud == self.settings.audience,
+            Audience::Many(auds) => auds.contains(&self.settings.audience),
         };
         if !audience_ok {
             return Err(TokenError::WrongAudience);
@@ -455,47 +458,92 @@ impl TokenKeys {
         }
 
         Ok(AccessClaims {
-            sub: sub.to_owned(),
-            email: email.to_owned(),
-            role: role.to_owned(),
-            sid: sid.to_owned(),
-            jti: jti.to_owned(),
+            sub,
+            email,
+            role,
+            sid,
+            jti,
             iat,
             exp,
             nbf,
-            iss: iss.to_owned(),
+            iss,
             // An array audience has been checked to contain ours, which is the one that
             // matters to the caller.
             aud: self.settings.audience.clone(),
-            token_type: token_type.to_owned(),
+            token_type,
         })
     }
 }
 
-/// Verifies the signature with jsonwebtoken and returns the claims, unchecked. Every check
-/// jsonwebtoken would make from the claims is off: it would read the system clock, and the
-/// claims are checked against the caller's `now` in `check_claims`.
-fn check_signature(
-    token: &str,
-    key: &DecodingKey,
-    algorithm: Algorithm,
-) -> Result<Value, TokenError> {
-    let mut validation = Validation::new(algorithm);
-    validation.algorithms = vec![algorithm];
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims = HashSet::new();
-    validation.leeway = 0;
-    match jsonwebtoken::decode::<Value>(token, key, &validation) {
-        Ok(data) => Ok(data.claims),
-        Err(e) => Err(match e.kind() {
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidAlgorithm => TokenError::AlgorithmNotAllowed,
-            // Bad base64, bad JSON, a header it cannot parse: all shape errors.
-            _ => TokenError::Malformed,
-        }),
+/// The key a token's header selected.
+enum SignatureKey<'a> {
+    Hmac(&'a ring::hmac::Key),
+    Public(&'a DecodingKey, Algorithm),
+}
+
+impl SignatureKey<'_> {
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            SignatureKey::Hmac(_) => Algorithm::HS256,
+            SignatureKey::Public(_, algorithm) => *algorithm,
+        }
     }
+
+    /// `signature_b64` is already known to be base64url characters only.
+    fn verify(&self, signing_input: &str, signature_b64: &str) -> Result<(), TokenError> {
+        let valid = match self {
+            SignatureKey::Hmac(key) => {
+                // Not the length of a SHA-256 MAC: a wrong signature, like any other.
+                let mut signature = [0u8; 32];
+                matches!(
+                    URL_SAFE_NO_PAD.decode_slice(signature_b64, &mut signature),
+                    Ok(32)
+                ) && ring::hmac::verify(key, signing_input.as_bytes(), &signature).is_ok()
+            }
+            SignatureKey::Public(key, algorithm) => jsonwebtoken::crypto::verify(
+                signature_b64,
+                signing_input.as_bytes(),
+                key,
+                *algorithm,
+            )
+            // Only a signature that is not base64 errs; its shape is wrong.
+            .map_err(|_| TokenError::Malformed)?,
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(TokenError::BadSignature)
+        }
+    }
+}
+
+/// The payload as read, before any check: each claim absent (or `null`, which counts as
+/// absent) or of its one accepted type. Any other type, a time that is not a whole
+/// non-negative number of seconds (`"9999999999"`, `1.5`, `-1`), a member given twice, or a
+/// payload that is not an object fails the read, and the token is malformed. Other members
+/// are ignored.
+#[derive(serde::Deserialize)]
+struct PayloadClaims {
+    sub: Option<String>,
+    email: Option<String>,
+    role: Option<String>,
+    sid: Option<String>,
+    jti: Option<String>,
+    iat: Option<u64>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iss: Option<String>,
+    aud: Option<Audience>,
+    #[serde(rename = "type")]
+    token_type: Option<String>,
+}
+
+/// `aud`: one audience, or an array of them (RFC 7519 §4.1.3).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 fn is_base64url(segment: &str) -> bool {
@@ -509,27 +557,6 @@ fn decode_json_object(segment: &str) -> Result<Map<String, Value>, TokenError> {
         .decode(segment)
         .map_err(|_| TokenError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
-}
-
-/// A present claim; JSON `null` counts as absent.
-fn claim<'a>(claims: &'a Map<String, Value>, name: &'static str) -> Result<&'a Value, TokenError> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Err(TokenError::MissingClaim(name)),
-        Some(value) => Ok(value),
-    }
-}
-
-fn string_claim<'a>(
-    claims: &'a Map<String, Value>,
-    name: &'static str,
-) -> Result<&'a str, TokenError> {
-    claim(claims, name)?.as_str().ok_or(TokenError::Malformed)
-}
-
-/// A NumericDate as a whole number of seconds. Strings ("9999999999"), fractions and
-/// negative numbers are refused rather than coerced.
-fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<u64, TokenError> {
-    claim(claims, name)?.as_u64().ok_or(TokenError::Malformed)
 }
 
 fn bad_key(kid: &str, reason: &str) -> TokenError {
@@ -673,7 +700,10 @@ pub fn hash_opaque(token: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
     use base64::engine::general_purpose::URL_SAFE;
+    use jsonwebtoken::Validation;
     use ring::hmac;
 
     const NOW: u64 = 1_700_000_000;
