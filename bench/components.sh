@@ -12,6 +12,10 @@
 #                     pass      a public rule and a token the gateway cannot verify: no Redis
 #   --duration S      seconds of measured load (default 10)
 #   --connections N   wrk connections (default 64, as the harness; 1 shows idle latency)
+#   --callers N       N distinct users and sessions, a token each, one picked at random per
+#                     request (default 1: the harness' single token). With N well above the
+#                     verified-token cache (10,000 per worker) nearly every request verifies
+#                     its signature, and each batch touches many Redis keys
 #   --no-build        use the existing target/release/portcullis
 #   --perf FILE       also record the gateway with perf (cpu-clock, frame-pointer call graphs:
 #                     build with RUSTFLAGS="-C force-frame-pointers=yes" for useful stacks)
@@ -29,13 +33,14 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MODE=auth; DURATION=10; CONNECTIONS=""; BUILD=1; PERF_OUT=""; CALLGRIND=0; CALLGRIND_OUT=""
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+MODE=auth; DURATION=10; CONNECTIONS=""; BUILD=1; PERF_OUT=""; CALLGRIND=0; CALLGRIND_OUT=""; CALLERS=1
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case $1 in
         --mode) MODE=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --connections) CONNECTIONS=$2; shift 2 ;;
+        --callers) CALLERS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --perf) PERF_OUT=$2; shift 2 ;;
         --callgrind) CALLGRIND=1; shift ;;
@@ -131,6 +136,27 @@ TOKEN=$(mint --claim email=bench@example.com --claim sid=00000000-0000-4000-8000
     --claim jti=bench --claim iss=portcullis --claim aud=portcullis --claim type=access)
 code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8444/)
 [ "$code" = 200 ] || { echo "probe answered $code, not 200" >&2; exit 1; }
+if [ "$CALLERS" -gt 1 ]; then
+    [ $CALLGRIND = 0 ] || { echo "--callers and --callgrind do not mix" >&2; exit 2; }
+    # As mint_jwt.py does for one token (HMAC key: the secret file's bytes), N at once.
+    "$PY" - "$SECRET_FILE" "$CALLERS" > "$TMP/tokens.txt" <<'MINT'
+import base64, hashlib, hmac, json, sys, time, uuid
+b64 = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+secret = open(sys.argv[1], "rb").read().rstrip(b"\r\n")
+now = int(time.time())
+header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+for n in range(int(sys.argv[2])):
+    claims = {"sub": str(uuid.uuid4()), "role": "user", "iat": now, "exp": now + 86400,
+              "email": f"caller{n}@example.com", "sid": str(uuid.uuid4()), "jti": str(n),
+              "iss": "portcullis", "aud": "portcullis", "type": "access"}
+    signing_input = header + "." + b64(json.dumps(claims, separators=(",", ":")).encode())
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    print(signing_input + "." + b64(signature))
+MINT
+    code=$(curl -sk -o /dev/null -w '%{http_code}' \
+        -H "Authorization: Bearer $(tail -1 "$TMP/tokens.txt")" https://127.0.0.1:8444/)
+    [ "$code" = 200 ] || { echo "probe with a minted caller answered $code, not 200" >&2; exit 1; }
+fi
 REDIS_PID=$(ss -Hltnp 'sport = :6379' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
 
 if [ $CALLGRIND = 1 ]; then
@@ -155,8 +181,10 @@ fi
 
 load() {  # load SECONDS OUT
     # wrk needs at least as many connections as threads.
-    BENCH_TOKEN=$TOKEN wrk -t"$(( CONNECTIONS < 2 ? 1 : 2 ))" -c"$CONNECTIONS" -d"$1"s --timeout 5s \
-        -s "$PERF_WORK/tools/wrk_report.lua" https://127.0.0.1:8444/ > "$2" 2>&1 \
+    local script=$PERF_WORK/tools/wrk_report.lua
+    [ "$CALLERS" -gt 1 ] && script=$ROOT/bench/many_tokens.lua
+    BENCH_TOKEN=$TOKEN BENCH_TOKENS=$TMP/tokens.txt wrk -t"$(( CONNECTIONS < 2 ? 1 : 2 ))" \
+        -c"$CONNECTIONS" -d"$1"s --timeout 5s -s "$script" https://127.0.0.1:8444/ > "$2" 2>&1 \
         || { cat "$2" >&2; return 1; }
 }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
