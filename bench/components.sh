@@ -13,9 +13,10 @@
 #   --duration S      seconds of measured load (default 10)
 #   --connections N   wrk connections (default 64, as the harness; 1 shows idle latency)
 #   --callers N       N distinct users and sessions, a token each, one picked at random per
-#                     request (default 1: the harness' single token). With N well above the
-#                     verified-token cache (10,000 per worker) nearly every request verifies
-#                     its signature, and each batch touches many Redis keys
+#                     request by bench/many_tokens.lua (without it: the harness' one token and
+#                     script). With N well above the verified-token cache (10,000 per worker)
+#                     nearly every request verifies its signature, and each batch touches many
+#                     Redis keys. --callers 1 is the control: the same wrk script, one token
 #   --no-build        use the existing target/release/portcullis
 #   --perf FILE       also record the gateway with perf (cpu-clock, frame-pointer call graphs:
 #                     build with RUSTFLAGS="-C force-frame-pointers=yes" for useful stacks)
@@ -33,8 +34,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MODE=auth; DURATION=10; CONNECTIONS=""; BUILD=1; PERF_OUT=""; CALLGRIND=0; CALLGRIND_OUT=""; CALLERS=1
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
+MODE=auth; DURATION=10; CONNECTIONS=""; BUILD=1; PERF_OUT=""; CALLGRIND=0; CALLGRIND_OUT=""; CALLERS=""
+usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case $1 in
         --mode) MODE=$2; shift 2 ;;
@@ -136,7 +137,7 @@ TOKEN=$(mint --claim email=bench@example.com --claim sid=00000000-0000-4000-8000
     --claim jti=bench --claim iss=portcullis --claim aud=portcullis --claim type=access)
 code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" https://127.0.0.1:8444/)
 [ "$code" = 200 ] || { echo "probe answered $code, not 200" >&2; exit 1; }
-if [ "$CALLERS" -gt 1 ]; then
+if [ -n "$CALLERS" ]; then
     [ $CALLGRIND = 0 ] || { echo "--callers and --callgrind do not mix" >&2; exit 2; }
     # As mint_jwt.py does for one token (HMAC key: the secret file's bytes), N at once.
     "$PY" - "$SECRET_FILE" "$CALLERS" > "$TMP/tokens.txt" <<'MINT'
@@ -182,7 +183,7 @@ fi
 load() {  # load SECONDS OUT
     # wrk needs at least as many connections as threads.
     local script=$PERF_WORK/tools/wrk_report.lua
-    [ "$CALLERS" -gt 1 ] && script=$ROOT/bench/many_tokens.lua
+    [ -n "$CALLERS" ] && script=$ROOT/bench/many_tokens.lua
     BENCH_TOKEN=$TOKEN BENCH_TOKENS=$TMP/tokens.txt wrk -t"$(( CONNECTIONS < 2 ? 1 : 2 ))" \
         -c"$CONNECTIONS" -d"$1"s --timeout 5s -s "$script" https://127.0.0.1:8444/ > "$2" 2>&1 \
         || { cat "$2" >&2; return 1; }
