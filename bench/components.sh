@@ -25,6 +25,11 @@
 #                     of N=2000 and 6000 requests (--connections, default 4 here, as the
 #                     harness' callgrind.sh). Deterministic, so small changes show; kernel work
 #                     (TCP, wake-ups) is not counted. Needs valgrind and h2load.
+#   --versus-haproxy R  after the measurement above, R interleaved reps of the same load
+#                     against the gateway and the harness' haproxy-jwt (127.0.0.1:18444: HS256
+#                     signature, exp, per-IP stick table; no revocation, nothing shared), with
+#                     the median ratios of req/s and of CPU per request (gateway + Redis vs
+#                     HAProxy). With --callers: the two compared on many callers
 #   --callgrind-out F with --callgrind: keep the profile of the N=6000 run in F, for
 #                     callgrind_annotate (where the instructions go, function by function)
 #   -h, --help        this text
@@ -34,14 +39,15 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MODE=auth; DURATION=10; CONNECTIONS=""; BUILD=1; PERF_OUT=""; CALLGRIND=0; CALLGRIND_OUT=""; CALLERS=""
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+MODE=auth; DURATION=10; CONNECTIONS=""; BUILD=1; PERF_OUT=""; CALLGRIND=0; CALLGRIND_OUT=""; CALLERS=""; VERSUS_REPS=0
+usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case $1 in
         --mode) MODE=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --connections) CONNECTIONS=$2; shift 2 ;;
         --callers) CALLERS=$2; shift 2 ;;
+        --versus-haproxy) VERSUS_REPS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --perf) PERF_OUT=$2; shift 2 ;;
         --callgrind) CALLGRIND=1; shift ;;
@@ -80,6 +86,10 @@ ensure_certs
 make_run_dir
 check_ports_free 8444 9903
 start_upstream
+if [ "$VERSUS_REPS" -gt 0 ]; then
+    [ $CALLGRIND = 0 ] || { echo "--versus-haproxy and --callgrind do not mix" >&2; exit 2; }
+    start_haproxy
+fi
 
 SECRET=$(jwt_secret)
 case $MODE in
@@ -180,13 +190,13 @@ if [ $CALLGRIND = 1 ]; then
     exit 0
 fi
 
-load() {  # load SECONDS OUT
+load() {  # load SECONDS OUT [URL]
     # wrk needs at least as many connections as threads.
     local script=$PERF_WORK/tools/wrk_report.lua
     [ -n "$CALLERS" ] && script=$ROOT/bench/many_tokens.lua
     BENCH_TOKEN=$TOKEN BENCH_TOKENS=$TMP/tokens.txt wrk -t"$(( CONNECTIONS < 2 ? 1 : 2 ))" \
-        -c"$CONNECTIONS" -d"$1"s --timeout 5s -s "$script" https://127.0.0.1:8444/ > "$2" 2>&1 \
-        || { cat "$2" >&2; return 1; }
+        -c"$CONNECTIONS" -d"$1"s --timeout 5s -s "$script" "${3:-https://127.0.0.1:8444/}" \
+        > "$2" 2>&1 || { cat "$2" >&2; return 1; }
 }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 switches() {  # switches PID: context switches of all the process' threads, voluntary or not
@@ -227,4 +237,37 @@ print(f"  context switches per request: gateway {gateway_switches / requests:.2f
       f"   redis {redis_switches / requests:.2f}")
 if trips:
     print(f"  {checks:,} checks in {trips:,} redis round trips: {checks / trips:.1f} per round trip")
+PY
+
+[ "$VERSUS_REPS" -gt 0 ] || exit 0
+HAPROXY_PID=$(pids_on_port "$HAPROXY_JWT_PORT" | tr -s " " "\n" | grep -m1 .)
+HAPROXY_URL=https://127.0.0.1:$HAPROXY_JWT_PORT/
+load 3 "$TMP/warmup-haproxy.txt" "$HAPROXY_URL"
+: > "$TMP/versus.tsv"
+for rep in $(seq 1 "$VERSUS_REPS"); do
+    for target in gateway haproxy-jwt; do
+        if [ $target = gateway ]; then pids=("$GW" "$REDIS_PID"); url=https://127.0.0.1:8444/
+        else pids=("$HAPROXY_PID"); url=$HAPROXY_URL; fi
+        before=0; for pid in "${pids[@]}"; do before=$((before + $(ticks "$pid"))); done
+        load "$DURATION" "$TMP/versus.txt" "$url"
+        after=0; for pid in "${pids[@]}"; do after=$((after + $(ticks "$pid"))); done
+        echo "$rep $target $((after - before)) $(grep '^RESULT' "$TMP/versus.txt")" >> "$TMP/versus.tsv"
+    done
+done
+python3 - "$TMP/versus.tsv" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+hz = int(sys.argv[2])
+runs = {}
+for line in open(sys.argv[1]):
+    rep, target, ticks, _, *fields = line.split()
+    fields = dict(item.split("=") for item in fields)
+    errors = sum(int(value) for key, value in fields.items() if key.startswith("err_"))
+    cpu = int(ticks) / hz * 1e6 / int(fields["requests"])
+    runs.setdefault(target, []).append((float(fields["rps"]), cpu, errors))
+    print(f"rep {rep} {target:12} {float(fields['rps']):8,.0f} req/s  cpu {cpu:5.1f} us/req"
+          f"{'  (gateway + redis)' if target == 'gateway' else ''}  errors {errors}")
+pairs = list(zip(runs["gateway"], runs["haproxy-jwt"]))
+print(f"gateway / haproxy-jwt, median of {len(pairs)} paired reps: throughput "
+      f"{statistics.median(g[0] / h[0] for g, h in pairs):.2f}, cpu us/req "
+      f"{statistics.median(g[1] / h[1] for g, h in pairs):.2f}")
 PY
