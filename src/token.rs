@@ -1565,6 +1565,27 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_given_twice_is_malformed() {
+        // Two `sub` members: which one a reader takes differs between JSON parsers, so a
+        // signed token that says it twice is refused rather than read one way here and
+        // another by the upstream or an audit tool.
+        let keys = hs_keys();
+        let good = serde_json::to_string(&good_claims()).unwrap();
+        let twice = good.replacen('{', "{\"sub\":\"someone-else\",", 1);
+        assert_ne!(twice, good);
+        let sign = |m: &[u8]| hmac_sha256(SECRET, m);
+        let token = craft_raw(
+            &b64_json(&hs_header()),
+            &URL_SAFE_NO_PAD.encode(twice),
+            sign,
+        );
+        assert_eq!(keys.verify_access(&token, NOW), Err(TokenError::Malformed));
+        // The same payload without the second member verifies, so the refusal is the repeat's.
+        let once = craft_raw(&b64_json(&hs_header()), &URL_SAFE_NO_PAD.encode(good), sign);
+        assert_eq!(keys.verify_access(&once, NOW).unwrap().sub, SUB);
+    }
+
+    #[test]
     fn malformed_tokens_are_refused() {
         let keys = hs_keys();
         let (token, _) = issue(&keys);
