@@ -78,6 +78,7 @@ source "$TMP/perf/lib.sh"
 GW=""
 cleanup() {
     [ -n "$GW" ] && { kill "$GW" 2>/dev/null; wait "$GW" 2>/dev/null || true; }
+    clear_keys 2> /dev/null || true
     stop_all
     rm -rf -- "$TMP"
 }
@@ -128,6 +129,14 @@ telemetry:
   access_log: false
   log_level: warn
 CONF
+# An earlier run's counters (a 1 h window's live 2 h) would leave Redis' keyspace larger and
+# this run's callers warm: each run starts with none of its prefix's keys, and ends so too.
+clear_keys() {
+    command -v redis-cli > /dev/null || return 0
+    redis-cli -h 127.0.0.1 -p 6379 --scan --pattern 'portcullis-components:*' \
+        | xargs -r -n 1000 redis-cli -h 127.0.0.1 -p 6379 unlink > /dev/null
+}
+clear_keys
 BENCH_DB=${BENCH_DB:-portcullis_bench}
 psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$BENCH_DB'" | grep -q 1 \
     || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $BENCH_DB"
