@@ -12,11 +12,18 @@
 //! grows with the load and a quiet gateway sends each check at once. Every check still goes
 //! to Redis after its request arrived, so a revocation is seen on the very next request.
 //!
-//! **Commands.** Native commands, not a script: one `INCRBY n` and `PEXPIRE` per rate-limit
-//! counter the batch touches (its `n` requests take places `v − n + 1 ..= v` of the returned
-//! `v`), and one `MGET` of every other key the batch reads: previous windows' counters,
-//! sessions' revocation keys and users' not-before times, each once. A Lua script doing one
-//! request's work cost Redis 6.3 µs a call against 0.6 µs for these commands.
+//! **Commands.** Native commands, not a script: one `INCRBY n` per rate-limit counter the
+//! batch touches (its `n` requests take places `v − n + 1 ..= v` of the returned `v`), and
+//! one `MGET` of every other key the batch reads: previous windows' counters, sessions'
+//! revocation keys and users' not-before times, each once. A Lua script doing one request's
+//! work cost Redis 6.3 µs a call against 0.6 µs for these commands.
+//!
+//! A counter is given its lifetime (`PEXPIRE`, two windows) by the first batch of each worker
+//! that touches it, in the same pipeline as its `INCRBY`; the worker remembers that for the
+//! rest of the window and sends no more (with many callers, a `PEXPIRE` per check was a fifth
+//! of Redis' work). Should the key vanish meanwhile (Redis restarted or flushed), the next
+//! `INCRBY` recreates it without a lifetime and answers exactly the batch's own count: that
+//! reply is how the loss shows, and the lifetime is set again at once.
 //!
 //! **Exactness.** `INCRBY` makes the limit exact across instances without a script: the
 //! places it hands out are each request's position in the current window, so of concurrent
@@ -124,7 +131,16 @@ struct Queue {
     waiting: Vec<Waiting>,
     /// A flush task is running for this queue and will take what is waiting.
     flushing: bool,
+    /// Counters this worker has given their lifetime, each until its window ends (ms): no
+    /// check will count in it after that.
+    expiring: HashMap<Box<str>, u64>,
+    /// Past this many entries, the ended windows' are dropped.
+    expiring_prune_at: usize,
 }
+
+/// `expiring` is pruned when it grows past twice what was left after the last pruning (and
+/// this at least), so pruning costs O(1) a batch however many callers there are.
+const EXPIRING_PRUNE_MIN: usize = 1024;
 
 struct Waiting {
     check: Keyed,
@@ -133,6 +149,7 @@ struct Waiting {
 
 /// A check with its Redis keys, owned so that it can wait for its batch.
 struct Keyed {
+    now_ms: u64,
     rate: Option<KeyedRate>,
     /// The session's revocation key, the user's not-before key, and the token's issue time.
     token: Option<(String, String, u64)>,
@@ -144,6 +161,8 @@ struct KeyedRate {
     limit: Limit,
     length_ms: u64,
     elapsed_ms: u64,
+    /// When the current window ends (ms, the caller's clock).
+    window_end_ms: u64,
 }
 
 impl Gate {
@@ -226,6 +245,7 @@ impl Gate {
                 limit,
                 length_ms,
                 elapsed_ms,
+                window_end_ms: check.now_ms - elapsed_ms + length_ms,
             }
         });
         let token = check.token.map(|(session_id, user_id, issued_at)| {
@@ -235,7 +255,11 @@ impl Gate {
                 issued_at,
             )
         });
-        Keyed { rate, token }
+        Keyed {
+            now_ms: check.now_ms,
+            rate,
+            token,
+        }
     }
 
     /// The calling worker's queue, or the shared one outside the workers.
@@ -285,18 +309,24 @@ impl Gate {
                 let take = waiting.waiting.len().min(MAX_BATCH);
                 waiting.waiting.drain(..take).collect::<Vec<_>>()
             };
-            self.send(batch).await;
+            self.send(queue, batch).await;
         }
     }
 
     /// One round trip for the whole batch (two when something is refused), then each check's
     /// answer.
-    async fn send(&self, batch: Vec<Waiting>) {
+    async fn send(&self, queue: usize, batch: Vec<Waiting>) {
         let (checks, replies): (Vec<Keyed>, Vec<_>) = batch
             .into_iter()
             .map(|waiting| (waiting.check, waiting.reply))
             .unzip();
-        let plan = Plan::new(&checks);
+        let mut plan = Plan::new(&checks);
+        {
+            let queue = self.queue(queue);
+            for counter in &mut plan.counters {
+                counter.expire = !queue.expiring.contains_key(counter.key);
+            }
+        }
         let mut connection = self.inner.redis.connection();
         self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
         self.inner
@@ -318,6 +348,12 @@ impl Gate {
                 return;
             }
         };
+        // Counters whose key had vanished since this worker gave it a lifetime: the INCRBY
+        // made it anew, without one (its first place is 1, the batch's count is all of it).
+        let lost_lifetime: Vec<usize> = (0..plan.counters.len())
+            .filter(|&index| !plan.counters[index].expire && next_place[index] == 1)
+            .collect();
+        self.remember_lifetimes(queue, &plan);
 
         let mut given_back = vec![0u64; plan.counters.len()];
         let mut refused = Vec::new();
@@ -364,7 +400,7 @@ impl Gate {
                 let _ = reply.send(Ok(outcome));
             }
         }
-        if refused.is_empty() {
+        if refused.is_empty() && lost_lifetime.is_empty() {
             return;
         }
         // The admitted are answered; the refused after their places are given back, so that
@@ -374,19 +410,52 @@ impl Gate {
             if *count > 0 {
                 give_back
                     .cmd("DECRBY")
-                    .arg(plan.counters[counter].0)
+                    .arg(plan.counters[counter].key)
                     .arg(*count)
                     .ignore();
             }
+        }
+        for &index in &lost_lifetime {
+            let counter = &plan.counters[index];
+            give_back
+                .cmd("PEXPIRE")
+                .arg(counter.key)
+                .arg(counter.lifetime_ms)
+                .ignore();
         }
         self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
         // If Redis fails here the count stays too high until the window slides past it, which
         // errs on the side of refusing.
         if let Err(error) = give_back.query_async::<()>(&mut connection).await {
             tracing::debug!(%error, "could not give back refused requests' places");
+            // A lifetime that did not land is set by the next batch instead.
+            let mut queue = self.queue(queue);
+            for &index in &lost_lifetime {
+                queue.expiring.remove(plan.counters[index].key);
+            }
         }
         for (reply, outcome) in refused {
             let _ = reply.send(Ok(outcome));
+        }
+    }
+
+    /// Notes the counters this batch gave (or found without, and is about to give) a
+    /// lifetime, and drops the ended windows' once there are enough of them.
+    fn remember_lifetimes(&self, queue: usize, plan: &Plan<'_>) {
+        let mut queue = self.queue(queue);
+        let queue = &mut *queue;
+        for counter in &plan.counters {
+            if counter.expire {
+                queue
+                    .expiring
+                    .insert(counter.key.into(), counter.window_end_ms);
+            }
+        }
+        if queue.expiring.len() > queue.expiring_prune_at.max(EXPIRING_PRUNE_MIN) {
+            queue
+                .expiring
+                .retain(|_, window_end_ms| *window_end_ms > plan.now_ms);
+            queue.expiring_prune_at = 2 * queue.expiring.len();
         }
     }
 
@@ -435,14 +504,26 @@ impl Drop for Unstuck<'_> {
 
 /// The commands one batch sends, and where each check's answers are in the replies.
 struct Plan<'a> {
-    /// Each rate-limit counter the batch touches: the current window's key, how many of the
-    /// batch's checks take a place in it, and its lifetime in ms (two windows: it is read as
-    /// the previous window until the next one ends).
-    counters: Vec<(&'a str, u64, u64)>,
+    /// Each rate-limit counter the batch touches.
+    counters: Vec<Counter<'a>>,
+    /// The latest of the checks' times.
+    now_ms: u64,
     /// Every other key the batch reads, once each.
     reads: Vec<&'a str>,
     /// For each check, in batch order.
     slots: Vec<Slots>,
+}
+
+/// A rate-limit counter: the current window's key.
+struct Counter<'a> {
+    key: &'a str,
+    /// How many of the batch's checks take a place in it.
+    count: u64,
+    /// Two windows: it is read as the previous window until the next one ends.
+    lifetime_ms: u64,
+    window_end_ms: u64,
+    /// Whether the batch sets its lifetime (`PEXPIRE`) after counting.
+    expire: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -457,7 +538,7 @@ impl<'a> Plan<'a> {
     /// The keys stay the checks': the plan only points at them.
     fn new(checks: &'a [Keyed]) -> Plan<'a> {
         // Sized for the batch up front: growing the maps while filling them showed in profiles.
-        let mut counters: Vec<(&'a str, u64, u64)> = Vec::with_capacity(checks.len());
+        let mut counters: Vec<Counter<'a>> = Vec::with_capacity(checks.len());
         let mut reads: Vec<&'a str> = Vec::with_capacity(3 * checks.len());
         let mut counter_at: HashMap<&'a str, usize> = HashMap::with_capacity(checks.len());
         let mut read_at: HashMap<&'a str, usize> = HashMap::with_capacity(3 * checks.len());
@@ -475,10 +556,16 @@ impl<'a> Plan<'a> {
         for check in checks {
             let rate = check.rate.as_ref().map(|rate| {
                 let counter = *counter_at.entry(&rate.current).or_insert_with(|| {
-                    counters.push((&rate.current, 0, 2 * rate.length_ms));
+                    counters.push(Counter {
+                        key: &rate.current,
+                        count: 0,
+                        lifetime_ms: 2 * rate.length_ms,
+                        window_end_ms: rate.window_end_ms,
+                        expire: true,
+                    });
                     counters.len() - 1
                 });
-                counters[counter].1 += 1;
+                counters[counter].count += 1;
                 (counter, read(&rate.previous, &mut read_at, &mut reads))
             });
             let token = check.token.as_ref().map(|(session, not_before, _)| {
@@ -491,6 +578,7 @@ impl<'a> Plan<'a> {
         }
         Plan {
             counters,
+            now_ms: checks.iter().map(|check| check.now_ms).max().unwrap_or(0),
             reads,
             slots,
         }
@@ -498,14 +586,14 @@ impl<'a> Plan<'a> {
 
     fn pipeline(&self) -> redis::Pipeline {
         let mut pipe = redis::pipe();
-        for (key, count, lifetime_ms) in &self.counters {
-            pipe.cmd("INCRBY")
-                .arg(key)
-                .arg(*count)
-                .cmd("PEXPIRE")
-                .arg(key)
-                .arg(*lifetime_ms)
-                .ignore();
+        for counter in &self.counters {
+            pipe.cmd("INCRBY").arg(counter.key).arg(counter.count);
+            if counter.expire {
+                pipe.cmd("PEXPIRE")
+                    .arg(counter.key)
+                    .arg(counter.lifetime_ms)
+                    .ignore();
+            }
         }
         if !self.reads.is_empty() {
             pipe.cmd("MGET").arg(&self.reads);
@@ -531,10 +619,10 @@ impl<'a> Plan<'a> {
             ))));
         }
         let mut places = Vec::with_capacity(replies.len());
-        for (reply, (_, count, _)) in replies.into_iter().zip(&self.counters) {
+        for (reply, counter) in replies.into_iter().zip(&self.counters) {
             let last: u64 = redis::from_redis_value(reply)
                 .map_err(|error| GateError::from(redis::RedisError::from(error)))?;
-            places.push((last + 1).saturating_sub(*count));
+            places.push((last + 1).saturating_sub(counter.count));
         }
         Ok((places, values))
     }
@@ -710,6 +798,70 @@ mod tests {
             .query_async(&mut connection)
             .await
             .expect("redis");
+        assert!((1..=2000).contains(&ttl), "{key} expires in {ttl} ms");
+    }
+
+    async fn ttl_ms(gate: &Gate, key: &str) -> i64 {
+        let mut connection = gate.inner.redis.connection();
+        redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .expect("redis")
+    }
+
+    #[tokio::test]
+    async fn a_counter_is_given_its_lifetime_once_per_window() {
+        let gate = Gate::new(redis(&prefix()));
+        let bucket = "ip:198.51.100.31";
+        let key = gate.rate_key(bucket, 1000, Window::Index(1_700_000_000));
+        rate(&gate, bucket, FIVE_A_SECOND, T0 + 100).await;
+        assert!(ttl_ms(&gate, &key).await > 0);
+        // Taken away behind the gate's back: a later check of the same window does not set it
+        // again, which is how we see that it sends no second PEXPIRE.
+        let mut connection = gate.inner.redis.connection();
+        let _: () = redis::cmd("PERSIST")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .expect("redis");
+        let second = rate(&gate, bucket, FIVE_A_SECOND, T0 + 200).await;
+        assert_eq!(second, allowed(3, 800));
+        assert_eq!(ttl_ms(&gate, &key).await, -1, "no lifetime: none was sent");
+        // The next window's counter is new, and gets one.
+        rate(&gate, bucket, FIVE_A_SECOND, T0 + 1_100).await;
+        let next = gate.rate_key(bucket, 1000, Window::Index(1_700_000_001));
+        assert!(ttl_ms(&gate, &next).await > 0);
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .expect("redis");
+    }
+
+    #[tokio::test]
+    async fn a_counter_that_vanished_is_given_its_lifetime_again() {
+        let gate = Gate::new(redis(&prefix()));
+        let bucket = "ip:198.51.100.32";
+        let key = gate.rate_key(bucket, 1000, Window::Index(1_700_000_000));
+        rate(&gate, bucket, FIVE_A_SECOND, T0 + 100).await;
+        // As if Redis had restarted empty: the gate still thinks the key has its lifetime.
+        let mut connection = gate.inner.redis.connection();
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .expect("redis");
+        let recreated = rate(&gate, bucket, FIVE_A_SECOND, T0 + 200).await;
+        assert_eq!(
+            recreated,
+            allowed(4, 800),
+            "counted afresh from the new key"
+        );
+        // The lifetime goes out right after the answers; a further check is answered only
+        // once that round trip is done (one flush at a time), so by then it has landed.
+        rate(&gate, bucket, FIVE_A_SECOND, T0 + 300).await;
+        let ttl = ttl_ms(&gate, &key).await;
         assert!((1..=2000).contains(&ttl), "{key} expires in {ttl} ms");
     }
 
