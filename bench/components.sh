@@ -85,7 +85,8 @@ cleanup() {
 trap cleanup EXIT
 ensure_certs
 make_run_dir
-check_ports_free 8444 9903
+check_ports_free 8444 9903 "$UPSTREAM_PORT"
+[ "$VERSUS_REPS" -gt 0 ] && check_ports_free "$HAPROXY_JWT_PORT" "$HAPROXY_TLS_PORT"
 start_upstream
 if [ "$VERSUS_REPS" -gt 0 ]; then
     [ $CALLGRIND = 0 ] || { echo "--versus-haproxy and --callgrind do not mix" >&2; exit 2; }
