@@ -801,13 +801,18 @@ mod tests {
         assert!((1..=2000).contains(&ttl), "{key} expires in {ttl} ms");
     }
 
-    async fn ttl_ms(gate: &Gate, key: &str) -> i64 {
+    /// `command key` straight to Redis, behind the gate's back.
+    async fn on_key<T: redis::FromRedisValue>(gate: &Gate, command: &str, key: &str) -> T {
         let mut connection = gate.inner.redis.connection();
-        redis::cmd("PTTL")
+        redis::cmd(command)
             .arg(key)
             .query_async(&mut connection)
             .await
             .expect("redis")
+    }
+
+    async fn ttl_ms(gate: &Gate, key: &str) -> i64 {
+        on_key(gate, "PTTL", key).await
     }
 
     #[tokio::test]
@@ -819,12 +824,7 @@ mod tests {
         assert!(ttl_ms(&gate, &key).await > 0);
         // Taken away behind the gate's back: a later check of the same window does not set it
         // again, which is how we see that it sends no second PEXPIRE.
-        let mut connection = gate.inner.redis.connection();
-        let _: () = redis::cmd("PERSIST")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .expect("redis");
+        let _: () = on_key(&gate, "PERSIST", &key).await;
         let second = rate(&gate, bucket, FIVE_A_SECOND, T0 + 200).await;
         assert_eq!(second, allowed(3, 800));
         assert_eq!(ttl_ms(&gate, &key).await, -1, "no lifetime: none was sent");
@@ -832,11 +832,7 @@ mod tests {
         rate(&gate, bucket, FIVE_A_SECOND, T0 + 1_100).await;
         let next = gate.rate_key(bucket, 1000, Window::Index(1_700_000_001));
         assert!(ttl_ms(&gate, &next).await > 0);
-        let _: () = redis::cmd("DEL")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .expect("redis");
+        let _: () = on_key(&gate, "DEL", &key).await;
     }
 
     #[tokio::test]
@@ -846,12 +842,7 @@ mod tests {
         let key = gate.rate_key(bucket, 1000, Window::Index(1_700_000_000));
         rate(&gate, bucket, FIVE_A_SECOND, T0 + 100).await;
         // As if Redis had restarted empty: the gate still thinks the key has its lifetime.
-        let mut connection = gate.inner.redis.connection();
-        let _: () = redis::cmd("DEL")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .expect("redis");
+        let _: () = on_key(&gate, "DEL", &key).await;
         let recreated = rate(&gate, bucket, FIVE_A_SECOND, T0 + 200).await;
         assert_eq!(
             recreated,
