@@ -141,6 +141,13 @@ struct Queue {
 /// `expiring` is pruned when it grows past twice what was left after the last pruning (and
 /// this at least), so pruning costs O(1) a batch however many callers there are.
 const EXPIRING_PRUNE_MIN: usize = 1024;
+/// Entries per worker at most (about 6 MB), whatever the windows' length and however many
+/// addresses a client sends from: a full set is emptied, which costs only `PEXPIRE`s sent
+/// again.
+#[cfg(not(test))]
+const EXPIRING_MAX: usize = 50_000;
+#[cfg(test)]
+const EXPIRING_MAX: usize = 64;
 
 struct Waiting {
     check: Keyed,
@@ -456,6 +463,10 @@ impl Gate {
                 .expiring
                 .retain(|_, window_end_ms| *window_end_ms > plan.now_ms);
             queue.expiring_prune_at = 2 * queue.expiring.len();
+        }
+        if queue.expiring.len() > EXPIRING_MAX {
+            queue.expiring.clear();
+            queue.expiring_prune_at = 0;
         }
     }
 
@@ -833,6 +844,29 @@ mod tests {
         let next = gate.rate_key(bucket, 1000, Window::Index(1_700_000_001));
         assert!(ttl_ms(&gate, &next).await > 0);
         let _: () = on_key(&gate, "DEL", &key).await;
+    }
+
+    #[tokio::test]
+    async fn the_remembered_lifetimes_stay_bounded_and_forgetting_costs_only_a_pexpire() {
+        let gate = Gate::new(redis(&prefix()));
+        // One address after another, as from a client with many: more than the set holds.
+        for n in 0..=EXPIRING_MAX {
+            rate(
+                &gate,
+                &format!("ip:2001:db8::{n:x}"),
+                FIVE_A_SECOND,
+                T0 + 100,
+            )
+            .await;
+        }
+        let remembered = gate.queue(gate.queue_index()).expiring.len();
+        assert!(remembered <= EXPIRING_MAX, "{remembered} remembered");
+        // The first address was forgotten: its next check sends PEXPIRE again, and counts on.
+        let first = gate.rate_key("ip:2001:db8::0", 1000, Window::Index(1_700_000_000));
+        let _: () = on_key(&gate, "PERSIST", &first).await;
+        let again = rate(&gate, "ip:2001:db8::0", FIVE_A_SECOND, T0 + 200).await;
+        assert_eq!(again, allowed(3, 800));
+        assert!(ttl_ms(&gate, &first).await > 0);
     }
 
     #[tokio::test]
