@@ -79,7 +79,9 @@ GW=""
 cleanup() {
     [ -n "$GW" ] && { kill "$GW" 2>/dev/null; wait "$GW" 2>/dev/null || true; }
     clear_keys 2> /dev/null || true
-    stop_all
+    # `|| true` keeps errexit off inside: waiting on a stopped HAProxy returns its signal
+    # status, which would otherwise end the cleanup before the upstream is stopped.
+    stop_all || true
     rm -rf -- "$TMP"
 }
 trap cleanup EXIT
