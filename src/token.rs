@@ -406,30 +406,18 @@ impl TokenKeys {
     }
 
     fn check_claims(&self, claims: PayloadClaims, now: u64) -> Result<AccessClaims, TokenError> {
-        let PayloadClaims {
-            sub,
-            email,
-            role,
-            sid,
-            jti,
-            iat,
-            exp,
-            nbf,
-            iss,
-            aud,
-            token_type,
-        } = claims;
         // Reported in the order of REQUIRED_CLAIMS (the tests hold the two together).
-        let sub = sub.ok_or(TokenError::MissingClaim("sub"))?;
-        let email = email.ok_or(TokenError::MissingClaim("email"))?;
-        let role = role.ok_or(TokenError::MissingClaim("role"))?;
-        let sid = sid.ok_or(TokenError::MissingClaim("sid"))?;
-        let jti = jti.ok_or(TokenError::MissingClaim("jti"))?;
-        let iat = iat.ok_or(TokenError::MissingClaim("iat"))?;
-        let exp = exp.ok_or(TokenError::MissingClaim("exp"))?;
-        let iss = iss.ok_or(TokenError::MissingClaim("iss"))?;
-        let aud = aud.ok_or(TokenError::MissingClaim("aud"))?;
-        let token_type = token_type.ok_or(TokenError::MissingClaim("type"))?;
+        let sub = claims.sub.ok_or(TokenError::MissingClaim("sub"))?;
+        let email = claims.email.ok_or(TokenError::MissingClaim("email"))?;
+        let role = claims.role.ok_or(TokenError::MissingClaim("role"))?;
+        let sid = claims.sid.ok_or(TokenError::MissingClaim("sid"))?;
+        let jti = claims.jti.ok_or(TokenError::MissingClaim("jti"))?;
+        let iat = claims.iat.ok_or(TokenError::MissingClaim("iat"))?;
+        let exp = claims.exp.ok_or(TokenError::MissingClaim("exp"))?;
+        let iss = claims.iss.ok_or(TokenError::MissingClaim("iss"))?;
+        let aud = claims.aud.ok_or(TokenError::MissingClaim("aud"))?;
+        let token_type = claims.token_type.ok_or(TokenError::MissingClaim("type"))?;
+        let nbf = claims.nbf;
 
         let leeway = self.settings.leeway.as_secs();
         // `exp` is the first instant the token is no longer valid (RFC 7519 §4.1.4).
