@@ -15,24 +15,9 @@ const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c; // "portcull"
 pub(super) async fn apply(
     client: &mut deadpool_postgres::Object,
 ) -> Result<Vec<&'static str>, StoreError> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                version integer PRIMARY KEY,
-                name text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )",
-        )
-        .await
-        .or_else(|error| {
-            // Two instances racing to create the bookkeeping table: the loser's error is
-            // harmless, the table exists.
-            if error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(error)
-            }
-        })?;
+    // Everything under the lock, the bookkeeping table's creation included: two instances'
+    // concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog (seen as 42710,
+    // "type schema_migrations already exists", as well as 23505).
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -48,6 +33,15 @@ pub(super) async fn apply(
 async fn apply_locked(
     client: &mut deadpool_postgres::Object,
 ) -> Result<Vec<&'static str>, StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
     let mut applied = Vec::new();
     for &(version, name, sql) in MIGRATIONS {
         let done = client
