@@ -134,16 +134,13 @@ struct Queue {
     /// Counters this worker has given their lifetime, each until its window ends (ms): no
     /// check will count in it after that.
     expiring: HashMap<Box<str>, u64>,
-    /// Past this many entries, the ended windows' are dropped.
-    expiring_prune_at: usize,
 }
 
-/// `expiring` is pruned when it grows past twice what was left after the last pruning (and
-/// this at least), so pruning costs O(1) a batch however many callers there are.
-const EXPIRING_PRUNE_MIN: usize = 1024;
-/// Entries per worker at most (about 6 MB), whatever the windows' length and however many
-/// addresses a client sends from: a full set is emptied, which costs only `PEXPIRE`s sent
-/// again.
+/// Entries of `expiring` per worker at most (about 6 MB), whatever the windows' length and
+/// however many addresses a client sends from. Past it the ended windows' entries are
+/// dropped, and if that leaves more than half, all of them: forgetting costs only `PEXPIRE`s
+/// sent again, and at least half the cap fills between two prunings, so pruning costs O(1) a
+/// batch.
 #[cfg(not(test))]
 const EXPIRING_MAX: usize = 50_000;
 #[cfg(test)]
@@ -447,10 +444,9 @@ impl Gate {
     }
 
     /// Notes the counters this batch gave (or found without, and is about to give) a
-    /// lifetime, and drops the ended windows' once there are enough of them.
+    /// lifetime, and prunes the set past its cap.
     fn remember_lifetimes(&self, queue: usize, plan: &Plan<'_>) {
         let mut queue = self.queue(queue);
-        let queue = &mut *queue;
         for counter in &plan.counters {
             if counter.expire {
                 queue
@@ -458,15 +454,13 @@ impl Gate {
                     .insert(counter.key.into(), counter.window_end_ms);
             }
         }
-        if queue.expiring.len() > queue.expiring_prune_at.max(EXPIRING_PRUNE_MIN) {
+        if queue.expiring.len() > EXPIRING_MAX {
             queue
                 .expiring
                 .retain(|_, window_end_ms| *window_end_ms > plan.now_ms);
-            queue.expiring_prune_at = 2 * queue.expiring.len();
-        }
-        if queue.expiring.len() > EXPIRING_MAX {
-            queue.expiring.clear();
-            queue.expiring_prune_at = 0;
+            if queue.expiring.len() > EXPIRING_MAX / 2 {
+                queue.expiring.clear();
+            }
         }
     }
 
