@@ -441,6 +441,13 @@ pub struct RedisConfig {
     pub key_prefix: String,
     #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
+    /// Keep a copy of the revocation list on each instance, pushed from Redis, and check
+    /// signed-in requests against it instead of reading Redis for each.
+    pub revocation_feed: bool,
+    /// How long the copy is trusted after each confirmation from Redis, and the longest a
+    /// revocation waits for an instance that does not acknowledge it.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub revocation_lease: Duration,
 }
 
 impl Default for RedisConfig {
@@ -449,6 +456,8 @@ impl Default for RedisConfig {
             url: Secret::new("redis://127.0.0.1:6379/"),
             key_prefix: "portcullis:".to_owned(),
             timeout: Duration::from_secs(1),
+            revocation_feed: true,
+            revocation_lease: Duration::from_secs(2),
         }
     }
 }
@@ -1663,7 +1672,11 @@ impl Config {
                 "must start with redis://, rediss://, redis+unix:// or unix://",
             ));
         }
-        require_positive("redis.timeout", self.redis.timeout)
+        require_positive("redis.timeout", self.redis.timeout)?;
+        if self.redis.revocation_lease < Duration::from_millis(20) {
+            return Err(invalid("redis.revocation_lease", "must be at least 20ms"));
+        }
+        Ok(())
     }
 
     fn validate_smtp(&self) -> Result<(), ValidationError> {

@@ -110,6 +110,8 @@ pub struct AuthService {
     pub(crate) settings: AuthSettings,
     pub(crate) mail_waker: Arc<Notify>,
     pub(crate) gate: Gate,
+    /// Kept up to date by [`AuthService::follow_revocations`] while the gateway serves.
+    feed: Option<crate::limits::feed::RevocationFeed>,
     /// The policy in force defines the roles, their order, and the role new users get.
     pub(crate) policy: Arc<crate::server::policy_source::PolicySource>,
     /// Tokens whose signature and claims were already verified, for forwarded requests.
@@ -941,6 +943,14 @@ impl AuthService {
             crate::server::workers::worker_count(config.server.worker_threads),
         )?;
         let redis_for_gate = redis.clone();
+        let feed = config.redis.revocation_feed.then(|| {
+            crate::limits::feed::RevocationFeed::new(
+                redis.clone(),
+                clock.clone(),
+                config.tokens.access_ttl + config.tokens.leeway,
+                config.redis.revocation_lease,
+            )
+        });
         let tokens = &config.tokens;
         let settings = TokenSettings {
             issuer: tokens.issuer.clone(),
@@ -1032,7 +1042,7 @@ impl AuthService {
         )?;
 
         let service = AuthService {
-            revocations: Revocations::new(redis, tokens.access_ttl + tokens.leeway),
+            revocations: Revocations::new(redis, tokens.access_ttl + tokens.leeway, feed.clone()),
             store,
             keys,
             hasher,
@@ -1060,7 +1070,8 @@ impl AuthService {
                 },
             },
             mail_waker: worker.waker(),
-            gate: Gate::new(redis_for_gate),
+            gate: Gate::with_feed(redis_for_gate, feed.clone()),
+            feed,
             policy,
             verified: VerifiedTokens::new(
                 crate::server::workers::worker_count(config.server.worker_threads),
@@ -1068,6 +1079,19 @@ impl AuthService {
             ),
         };
         Ok((service, worker))
+    }
+
+    /// Keeps this instance's copy of the revocation list current, for as long as it runs;
+    /// without a feed, returns at once.
+    pub async fn follow_revocations(&self) {
+        if let Some(feed) = self.feed.clone() {
+            feed.run().await;
+        }
+    }
+
+    /// Whether signed-in requests are checked against the local revocation copy now.
+    pub fn revocation_copy_trusted(&self) -> bool {
+        self.feed.as_ref().is_some_and(|feed| feed.trusted())
     }
 
     pub fn store(&self) -> &Store {

@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::feed::RevocationFeed;
 use super::window;
 use super::Redis;
 
@@ -77,7 +78,8 @@ pub struct RateOutcome {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GateOutcome {
-    /// None when no limit was asked.
+    /// None when no limit was asked, and may be None for a revoked token (which is not
+    /// counted).
     pub rate: Option<RateOutcome>,
     /// False when no token was given.
     pub revoked: bool,
@@ -118,6 +120,9 @@ pub struct Gate {
 
 struct Inner {
     redis: Redis,
+    /// This instance's copy of the revocation list: while it is trusted, a token is checked
+    /// against it and Redis is not asked.
+    feed: Option<RevocationFeed>,
     /// One per worker thread, and a last one for callers outside the workers.
     queues: Box<[Mutex<Queue>]>,
     /// Pipelines sent, give-backs included, and the checks they carried: how well batches
@@ -171,12 +176,17 @@ struct KeyedRate {
 
 impl Gate {
     pub fn new(redis: Redis) -> Gate {
+        Gate::with_feed(redis, None)
+    }
+
+    pub fn with_feed(redis: Redis, feed: Option<RevocationFeed>) -> Gate {
         let queues = (0..=redis.workers())
             .map(|_| Mutex::new(Queue::default()))
             .collect();
         Gate {
             inner: Arc::new(Inner {
                 redis,
+                feed,
                 queues,
                 round_trips: AtomicU64::new(0),
                 checks_sent: AtomicU64::new(0),
@@ -192,8 +202,25 @@ impl Gate {
     /// budget (a `user:` bucket) or a shared address's. Its `rate` then reports whether it
     /// would have been admitted and the room left, unchanged.
     ///
-    /// Nothing asked (no bucket, no token): answered without touching Redis.
+    /// Nothing asked (no bucket, no token): answered without touching Redis. A token the
+    /// trusted revocation copy answers for is not sent to Redis: if it is revoked, the answer
+    /// comes at once (with no rate).
     pub async fn check(&self, check: &GateCheck<'_>) -> Result<GateOutcome, GateError> {
+        let mut check = *check;
+        if let (Some((session_id, user_id, issued_at)), Some(feed)) =
+            (check.token, &self.inner.feed)
+        {
+            match feed.revoked(session_id, user_id, issued_at) {
+                Some(true) => {
+                    return Ok(GateOutcome {
+                        rate: None,
+                        revoked: true,
+                    })
+                }
+                Some(false) => check.token = None,
+                None => {}
+            }
+        }
         if check.bucket.is_none() && check.token.is_none() {
             return Ok(GateOutcome {
                 rate: None,
@@ -202,7 +229,7 @@ impl Gate {
         }
         let (reply, answer) = oneshot::channel();
         let waiting = Waiting {
-            check: self.keyed(check),
+            check: self.keyed(&check),
             reply,
         };
         let queue = self.queue_index();
@@ -226,6 +253,12 @@ impl Gate {
     pub fn render_metrics(&self) -> String {
         let round_trips = self.round_trips();
         let checks = self.inner.checks_sent.load(Ordering::Relaxed);
+        let trusted = u8::from(
+            self.inner
+                .feed
+                .as_ref()
+                .is_some_and(RevocationFeed::trusted),
+        );
         format!(
             "# HELP portcullis_redis_round_trips_total Redis round trips of the rate-limit and \
              revocation checks, give-backs of refused requests included.\n\
@@ -234,7 +267,11 @@ impl Gate {
              # HELP portcullis_redis_checks_total Rate-limit and revocation checks sent to Redis; \
              over round trips, how many share one.\n\
              # TYPE portcullis_redis_checks_total counter\n\
-             portcullis_redis_checks_total {checks}\n"
+             portcullis_redis_checks_total {checks}\n\
+             # HELP portcullis_revocation_copy_trusted 1 while this instance checks tokens against \
+             its pushed copy of the revocation list; 0 while it reads Redis for each.\n\
+             # TYPE portcullis_revocation_copy_trusted gauge\n\
+             portcullis_revocation_copy_trusted {trusted}\n"
         )
     }
 

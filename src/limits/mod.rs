@@ -5,6 +5,7 @@
 //! and keeps serving while Redis is away; each caller decides what an outage means for it
 //! (a revocation check fails closed by default).
 
+pub mod feed;
 pub mod gate;
 pub mod revocation;
 pub mod window;
@@ -69,6 +70,10 @@ impl Redis {
                 prefix: prefix.to_string(),
             }),
         })
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.inner.client
     }
 
     /// How many worker threads have a connection of their own.

@@ -239,6 +239,10 @@ pub async fn serve(
         .take();
     let mail = mail_worker.map(|worker| tokio::spawn(worker.run(ops_stopped)));
     let reload = tokio::spawn(reload_on_sighup(app.clone()));
+    let revocations = {
+        let auth = app.auth.clone();
+        tokio::spawn(async move { auth.follow_revocations().await })
+    };
     let policy_watch = app
         .policy_watch
         .then(|| tokio::spawn(app.policy.clone().watch()));
@@ -278,6 +282,7 @@ pub async fn serve(
         tracing::warn!("drain timeout reached with requests still in flight; closing them");
     }
     reload.abort();
+    revocations.abort();
     if let Some(watch) = policy_watch {
         watch.abort();
     }

@@ -495,6 +495,8 @@ async fn logout_on_one_instance_is_seen_by_another_sharing_redis() {
     let first = TestGateway::start().await;
     let prefix = first.redis_prefix.clone();
     let second = TestGateway::start_with(|config| config.redis.key_prefix = prefix).await;
+    first.revocation_copy_trusted().await;
+    second.revocation_copy_trusted().await;
     let account = first.signup("instances").await;
     let tokens = first.tokens(&account).await;
     assert_eq!(

@@ -68,6 +68,8 @@ async fn redis_down_refuses_bearer_routes_with_503_and_recovers() {
     let tokens = gateway.tokens(&account).await;
 
     relay.cut();
+    // The pushed revocation copy stays trusted only while its subscription is up.
+    gateway.revocation_copy_untrusted().await;
     let me = gateway
         .call("GET", "/auth/me", None, Some(&tokens.access))
         .await;

@@ -219,13 +219,32 @@ async fn identity_headers_are_set_by_the_gateway_alone() {
 
 #[tokio::test]
 async fn a_logout_is_refused_on_the_next_forwarded_request_on_every_instance() {
-    let (first, policy) = TestGateway::with_policy(CONTRACT_POLICY, |_| {}).await;
+    logout_on_one_instance_refused_on_the_next_request_on_another(true).await;
+}
+
+#[tokio::test]
+async fn without_the_revocation_feed_a_logout_is_still_refused_on_the_next_request() {
+    logout_on_one_instance_refused_on_the_next_request_on_another(false).await;
+}
+
+/// With the feed, both instances check tokens against their pushed copies (the logout
+/// returns once both have it); without, against Redis on every request.
+async fn logout_on_one_instance_refused_on_the_next_request_on_another(feed: bool) {
+    let (first, policy) = TestGateway::with_policy(CONTRACT_POLICY, |config| {
+        config.redis.revocation_feed = feed;
+    })
+    .await;
     let prefix = first.redis_prefix.clone();
     let second = TestGateway::start_with(|config| {
         config.policy.path = policy.clone();
         config.redis.key_prefix = prefix;
+        config.redis.revocation_feed = feed;
     })
     .await;
+    if feed {
+        first.revocation_copy_trusted().await;
+        second.revocation_copy_trusted().await;
+    }
     let (_, tokens) = first.account_with_role("revoked", "user").await;
     assert_eq!(
         second

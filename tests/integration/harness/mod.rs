@@ -269,6 +269,7 @@ pub struct TestGateway {
     /// This gateway's Redis key prefix; a second instance meant to share its rate limits and
     /// revocations is started with the same one.
     pub redis_prefix: String,
+    auth: Arc<portcullis::auth::AuthService>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -317,6 +318,7 @@ impl TestGateway {
         let clock = Arc::new(Clock::system());
         let redis_prefix = config.redis.key_prefix.clone();
         let app = App::build_with_clock(&config, clock.clone()).unwrap();
+        let auth = app.auth().clone();
         let listeners = Listeners::bind(&config).await.unwrap();
         let (https, http, ops) = (
             listeners.https_addr(),
@@ -335,9 +337,31 @@ impl TestGateway {
             smtp,
             clock,
             redis_prefix,
+            auth,
             shutdown: Some(shutdown),
             task: Some(task),
         }
+    }
+
+    /// Waits (for the feed's subscription, not for time to pass) until this instance checks
+    /// tokens against its pushed copy of the revocation list rather than Redis.
+    pub async fn revocation_copy_trusted(&self) {
+        self.until_revocation_copy(true).await;
+    }
+
+    /// Waits until this instance has noticed its revocation feed is cut off.
+    pub async fn revocation_copy_untrusted(&self) {
+        self.until_revocation_copy(false).await;
+    }
+
+    async fn until_revocation_copy(&self, trusted: bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.auth.revocation_copy_trusted() != trusted {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the revocation copy never became trusted: {trusted}"));
     }
 
     /// Starts the graceful shutdown; `stopped` waits for it to finish.

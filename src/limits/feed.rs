@@ -1,0 +1,573 @@
+//! The revocation list pushed to every instance, so that a signed-in request is checked
+//! against a local copy instead of Redis, without giving up "revoked on one instance, refused
+//! by every instance on the very next request".
+//!
+//! **How a revocation travels.** The writer (`revocation.rs`) sets the Redis keys the gate
+//! reads, adds the revocation to an index (a sorted set scored by when it may be forgotten),
+//! and publishes it, all in one pipeline. Every instance's feed is subscribed: it applies the
+//! revocation to its copy, then acknowledges it to the writer. The writer answers its caller
+//! (the logout, say) only once every subscriber has acknowledged, or once a lease has passed.
+//!
+//! **Why the copy can be trusted: a lease.** The feed sends `PING` on its subscribed
+//! connection every quarter lease. Redis answers a subscribed connection in order, so the
+//! `PONG` arrives after every message published before Redis read the `PING`; the feed
+//! applies those first, then trusts its copy for one lease from when it *sent* the `PING`.
+//! A writer that has not heard from some subscriber waits out a whole lease after its
+//! publish was answered. By then that subscriber has either applied the revocation (any
+//! `PING` it sent since is answered after the message) or stopped trusting its copy, so the
+//! gate asks Redis for it, where the keys are already set. A feed that loses its connection
+//! stops trusting at once, and trusts again only after reloading the list from the index.
+//!
+//! Nothing here decides alone: an untrusted copy answers "don't know", and the gate then
+//! reads Redis exactly as it does without a feed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use tokio::sync::Notify;
+
+use super::Redis;
+use crate::clock::Clock;
+
+/// One revocation as published and as kept in the index: `sid|<session id>` or
+/// `nbf|<user id>|<unix seconds>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    Session(String),
+    UserBefore(String, u64),
+}
+
+impl Revoked {
+    fn encode(&self) -> String {
+        match self {
+            Revoked::Session(session_id) => format!("sid|{session_id}"),
+            Revoked::UserBefore(user_id, not_before) => format!("nbf|{user_id}|{not_before}"),
+        }
+    }
+
+    fn decode(text: &str) -> Option<Revoked> {
+        let mut parts = text.split('|');
+        let revoked = match (parts.next()?, parts.next()?, parts.next()) {
+            ("sid", session_id, None) => Revoked::Session(session_id.to_owned()),
+            ("nbf", user_id, Some(not_before)) => {
+                Revoked::UserBefore(user_id.to_owned(), not_before.parse().ok()?)
+            }
+            _ => return None,
+        };
+        parts.next().is_none().then_some(revoked)
+    }
+}
+
+/// The revocations still in force, and when each may be forgotten (unix ms).
+#[derive(Default)]
+struct Copy {
+    sessions: HashMap<String, u64>,
+    /// The latest not-before time of each user.
+    users: HashMap<String, (u64, u64)>,
+}
+
+impl Copy {
+    fn apply(&mut self, revoked: Revoked, forget_at_ms: u64) {
+        match revoked {
+            Revoked::Session(session_id) => {
+                let at = self.sessions.entry(session_id).or_insert(0);
+                *at = (*at).max(forget_at_ms);
+            }
+            Revoked::UserBefore(user_id, not_before) => {
+                let (latest, at) = self.users.entry(user_id).or_insert((0, 0));
+                *latest = (*latest).max(not_before);
+                *at = (*at).max(forget_at_ms);
+            }
+        }
+    }
+
+    fn forget_until(&mut self, now_ms: u64) {
+        self.sessions.retain(|_, at| *at > now_ms);
+        self.users.retain(|_, (_, at)| *at > now_ms);
+    }
+}
+
+/// This instance's copy of the revocation list, and the acknowledgements its own
+/// revocations wait for. Cheap to clone.
+#[derive(Clone)]
+pub struct RevocationFeed {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: Redis,
+    clock: Arc<Clock>,
+    /// `{prefix}revocations`, where revocations are published.
+    channel: String,
+    /// `{prefix}revocation-acks:{instance}`, where this instance's revocations are
+    /// acknowledged.
+    acks_channel: String,
+    /// `{prefix}revocation-index`: every revocation in force, scored by when it may be
+    /// forgotten (unix ms).
+    index: String,
+    instance: String,
+    lease: Duration,
+    /// How long a revocation is kept: the access-token lifetime plus leeway.
+    keep: Duration,
+    /// For the lease, which is measured on this monotonic clock (real time, whatever a test
+    /// does to `clock`).
+    started: Instant,
+    /// Milliseconds since `started` until which the copy may be trusted; 0: not trusted.
+    trusted_until_ms: AtomicU64,
+    copy: RwLock<Copy>,
+    next_publication: AtomicU64,
+    /// Each waiting publication's acknowledgements so far.
+    acks: Mutex<HashMap<u64, usize>>,
+    acked: Notify,
+}
+
+impl RevocationFeed {
+    /// `keep`: how long a revocation must be remembered (the access-token lifetime plus
+    /// leeway). `lease`: how long the copy is trusted after each confirmation, and the
+    /// longest a revocation can wait for a silent instance.
+    pub fn new(redis: Redis, clock: Arc<Clock>, keep: Duration, lease: Duration) -> Self {
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        RevocationFeed {
+            inner: Arc::new(Inner {
+                channel: redis.key(&["revocations"]),
+                acks_channel: redis.key(&["revocation-acks", &instance]),
+                index: redis.key(&["revocation-index"]),
+                redis,
+                clock,
+                instance,
+                lease,
+                keep,
+                started: Instant::now(),
+                trusted_until_ms: AtomicU64::new(0),
+                copy: RwLock::new(Copy::default()),
+                next_publication: AtomicU64::new(1),
+                acks: Mutex::new(HashMap::new()),
+                acked: Notify::new(),
+            }),
+        }
+    }
+
+    /// Whether a token of this session and user, issued at `issued_at` (unix seconds), is
+    /// revoked; `None` while the copy is not trusted, when only Redis can say.
+    pub fn revoked(&self, session_id: &str, user_id: &str, issued_at: u64) -> Option<bool> {
+        if !self.trusted() {
+            return None;
+        }
+        let copy = self.inner.copy.read().unwrap_or_else(|e| e.into_inner());
+        let revoked = copy.sessions.contains_key(session_id)
+            || copy
+                .users
+                .get(user_id)
+                .is_some_and(|(not_before, _)| issued_at < *not_before);
+        // Trust is checked again after reading: a copy that lost trust meanwhile may have
+        // missed what was published since.
+        self.trusted().then_some(revoked)
+    }
+
+    pub fn trusted(&self) -> bool {
+        self.inner.trusted_until_ms.load(Ordering::Acquire) > self.elapsed_ms()
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    /// Adds `pipe`'s revocations to the index and publishes them, after the commands already
+    /// in it (which set the gate's keys), then waits until every subscribed instance has
+    /// acknowledged them, for one lease at most.
+    pub async fn publish(
+        &self,
+        mut pipe: redis::Pipeline,
+        revoked: &[Revoked],
+    ) -> Result<(), redis::RedisError> {
+        let inner = &self.inner;
+        let now_ms = inner.clock.unix_millis();
+        let forget_at_ms = now_ms + inner.keep.as_millis() as u64;
+        for revocation in revoked {
+            pipe.zadd(&inner.index, revocation.encode(), forget_at_ms)
+                .ignore();
+        }
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&inner.index)
+            .arg("-inf")
+            .arg(now_ms)
+            .ignore()
+            .pexpire(&inner.index, inner.keep.as_millis() as i64)
+            .ignore();
+        let publication = inner.next_publication.fetch_add(1, Ordering::Relaxed);
+        let message = format!(
+            "{}|{publication}|{forget_at_ms}|{}",
+            inner.instance,
+            revoked
+                .iter()
+                .map(Revoked::encode)
+                .collect::<Vec<_>>()
+                .join(";")
+        );
+        pipe.publish(&inner.channel, message);
+        self.lock_acks().insert(publication, 0);
+        let mut connection = inner.redis.connection();
+        let receivers = pipe.query_async::<(usize,)>(&mut connection).await;
+        let result = match receivers {
+            Ok((receivers,)) => {
+                let acknowledged = async {
+                    loop {
+                        let notified = inner.acked.notified();
+                        if self.lock_acks().get(&publication).copied().unwrap_or(0) >= receivers {
+                            return;
+                        }
+                        notified.await;
+                    }
+                };
+                if tokio::time::timeout(inner.lease, acknowledged)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        receivers,
+                        "a revocation was not acknowledged by every instance; waited out the lease"
+                    );
+                }
+                Ok(())
+            }
+            Err(error) => Err(error),
+        };
+        self.lock_acks().remove(&publication);
+        result
+    }
+
+    fn lock_acks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+        self.inner.acks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the copy up to date for as long as it runs: subscribes, loads the index, and
+    /// renews the lease; after a lost connection, the same again.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let error = self.follow().await;
+            self.inner.trusted_until_ms.store(0, Ordering::Release);
+            tracing::warn!(%error, "revocation feed interrupted; checking revocations in Redis until it is back");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.inner.lease);
+        }
+    }
+
+    async fn follow(&self) -> redis::RedisError {
+        match self.follow_once().await {
+            Ok(never) => match never {},
+            Err(error) => error,
+        }
+    }
+
+    async fn follow_once(&self) -> Result<std::convert::Infallible, redis::RedisError> {
+        let inner = &self.inner;
+        let timeout = inner.lease;
+        let pubsub = within(timeout, inner.redis.client().get_async_pubsub()).await?;
+        let (mut sink, mut messages) = pubsub.split();
+        within(
+            timeout,
+            sink.subscribe(&[inner.channel.as_str(), inner.acks_channel.as_str()]),
+        )
+        .await?;
+        // Subscribed first, then the index: a revocation published meanwhile is in one or the
+        // other (or both; applying one twice changes nothing).
+        let now_ms = inner.clock.unix_millis();
+        let mut connection = inner.redis.connection();
+        let listed: Vec<(String, u64)> = within(
+            timeout,
+            connection.zrangebyscore_withscores(&inner.index, now_ms, "+inf"),
+        )
+        .await?;
+        {
+            let mut copy = inner.copy.write().unwrap_or_else(|e| e.into_inner());
+            *copy = Copy::default();
+            for (member, forget_at_ms) in listed {
+                if let Some(revoked) = Revoked::decode(&member) {
+                    copy.apply(revoked, forget_at_ms);
+                }
+            }
+        }
+        let renew_every = inner.lease / 4;
+        let mut next_ping = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                message = messages.next() => match message {
+                    Some(message) => self.receive(&message),
+                    None => return Err(closed()),
+                },
+                () = tokio::time::sleep_until(next_ping) => {
+                    let sent_ms = self.elapsed_ms();
+                    within(timeout, sink.ping::<redis::Value>()).await?;
+                    // Every message published before the PING is queued now: apply them
+                    // before extending the lease.
+                    // Unconstrained: with the task's budget spent, a ready message could
+                    // read as not ready, and the lease would cover what was not applied.
+                    while let Ok(Some(message)) = tokio::task::unconstrained(
+                        tokio::time::timeout(Duration::ZERO, messages.next()),
+                    )
+                    .await
+                    {
+                        self.receive(&message);
+                    }
+                    inner.copy.write().unwrap_or_else(|e| e.into_inner())
+                        .forget_until(inner.clock.unix_millis());
+                    inner
+                        .trusted_until_ms
+                        .store(sent_ms + inner.lease.as_millis() as u64, Ordering::Release);
+                    next_ping = tokio::time::Instant::now() + renew_every;
+                }
+            }
+        }
+    }
+
+    fn receive(&self, message: &redis::Msg) {
+        let inner = &self.inner;
+        let Ok(payload) = message.get_payload::<String>() else {
+            return;
+        };
+        if message.get_channel_name() == inner.acks_channel {
+            if let Ok(publication) = payload.parse::<u64>() {
+                if let Some(count) = self.lock_acks().get_mut(&publication) {
+                    *count += 1;
+                }
+                inner.acked.notify_waiters();
+            }
+            return;
+        }
+        // `{instance}|{publication}|{forget_at_ms}|{revocation};{revocation}...`
+        let mut parts = payload.splitn(4, '|');
+        let (Some(origin), Some(publication), Some(forget_at_ms), Some(list)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            tracing::warn!("ignoring a malformed revocation message");
+            return;
+        };
+        let Ok(forget_at_ms) = forget_at_ms.parse::<u64>() else {
+            tracing::warn!("ignoring a malformed revocation message");
+            return;
+        };
+        {
+            let mut copy = inner.copy.write().unwrap_or_else(|e| e.into_inner());
+            for revoked in list.split(';').filter_map(Revoked::decode) {
+                copy.apply(revoked, forget_at_ms);
+            }
+        }
+        // Applied: now the writer may be told. Sent from a task of its own so that the next
+        // message is not held up by this round trip.
+        let acks_channel = inner.redis.key(&["revocation-acks", origin]);
+        let publication = publication.to_owned();
+        let mut connection = inner.redis.connection();
+        tokio::spawn(async move {
+            if let Err(error) = connection
+                .publish::<_, _, ()>(acks_channel, publication)
+                .await
+            {
+                tracing::debug!(%error, "could not acknowledge a revocation");
+            }
+        });
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+}
+
+fn closed() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::limits::gate::{Gate, GateCheck};
+    use crate::limits::revocation::Revocations;
+
+    const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+    const KEEP: Duration = Duration::from_secs(60);
+
+    /// Each test's instances share a prefix of their own.
+    fn prefix() -> String {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        format!(
+            "feed-test:{}:{}:",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn redis(prefix: &str) -> Redis {
+        Redis::connect(REDIS_URL, prefix, Duration::from_secs(2)).expect("valid url")
+    }
+
+    fn feed(prefix: &str, lease: Duration) -> RevocationFeed {
+        RevocationFeed::new(redis(prefix), Arc::new(Clock::system()), KEEP, lease)
+    }
+
+    /// An instance: its feed followed until trusted, and its writer.
+    async fn instance(prefix: &str) -> (RevocationFeed, Revocations) {
+        let feed = feed(prefix, Duration::from_secs(2));
+        tokio::spawn(feed.clone().run());
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !feed.trusted() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("trusted once subscribed");
+        let revocations = Revocations::new(redis(prefix), KEEP, Some(feed.clone()));
+        (feed, revocations)
+    }
+
+    #[test]
+    fn revocations_read_back_from_their_text_and_malformed_text_is_nothing() {
+        for revoked in [
+            Revoked::Session("a1".into()),
+            Revoked::UserBefore("u1".into(), 1_700_000_000),
+        ] {
+            assert_eq!(Revoked::decode(&revoked.encode()), Some(revoked));
+        }
+        for malformed in [
+            "",
+            "sid",
+            "sid|a|b",
+            "nbf|u",
+            "nbf|u|soon",
+            "nbf|u|1|2",
+            "x|a",
+        ] {
+            assert_eq!(Revoked::decode(malformed), None, "{malformed:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_is_in_every_copy_when_its_write_returns() {
+        let prefix = prefix();
+        let (first, writer) = instance(&prefix).await;
+        let (second, _) = instance(&prefix).await;
+        let (session, other_session, user) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let (session, other_session, user_id) = (
+            session.to_string(),
+            other_session.to_string(),
+            user.to_string(),
+        );
+        assert_eq!(second.revoked(&session, &user_id, 10), Some(false));
+
+        writer
+            .revoke_sessions(&[Uuid::parse_str(&session).unwrap()])
+            .await
+            .unwrap();
+        for copy in [&first, &second] {
+            assert_eq!(copy.revoked(&session, &user_id, 10), Some(true));
+            assert_eq!(copy.revoked(&other_session, &user_id, 10), Some(false));
+        }
+
+        writer.set_user_not_before(user, 1_000).await.unwrap();
+        for copy in [&first, &second] {
+            assert_eq!(copy.revoked(&other_session, &user_id, 999), Some(true));
+            assert_eq!(copy.revoked(&other_session, &user_id, 1_000), Some(false));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_starting_later_loads_what_was_revoked_before() {
+        let prefix = prefix();
+        let (_, writer) = instance(&prefix).await;
+        let session = Uuid::new_v4();
+        let user = Uuid::new_v4();
+        writer.revoke_sessions(&[session]).await.unwrap();
+        writer.set_user_not_before(user, 500).await.unwrap();
+
+        let (later, _) = instance(&prefix).await;
+        assert_eq!(later.revoked(&session.to_string(), "x", 10), Some(true));
+        assert_eq!(later.revoked("y", &user.to_string(), 499), Some(true));
+        assert_eq!(later.revoked("y", &user.to_string(), 500), Some(false));
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_is_not_following_redis_answers_nothing() {
+        let idle = feed(&prefix(), Duration::from_secs(2));
+        assert_eq!(idle.revoked("s", "u", 1), None);
+
+        let unreachable = RevocationFeed::new(
+            Redis::connect(
+                "redis://127.0.0.1:1/",
+                &prefix(),
+                Duration::from_millis(100),
+            )
+            .unwrap(),
+            Arc::new(Clock::system()),
+            KEEP,
+            Duration::from_millis(100),
+        );
+        let following = tokio::spawn(unreachable.clone().run());
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(unreachable.revoked("s", "u", 1), None);
+        following.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_never_acknowledges_holds_a_revocation_for_one_lease() {
+        let prefix = prefix();
+        let lease = Duration::from_millis(300);
+        let writer_feed = feed(&prefix, lease);
+        tokio::spawn(writer_feed.clone().run());
+        // Something subscribed that is not a gateway: counted by PUBLISH, never answering.
+        let mut silent = redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_async_pubsub()
+            .await
+            .unwrap();
+        silent
+            .subscribe(format!("{prefix}revocations"))
+            .await
+            .unwrap();
+        let writer = Revocations::new(redis(&prefix), KEEP, Some(writer_feed));
+
+        let started = Instant::now();
+        writer.revoke_sessions(&[Uuid::new_v4()]).await.unwrap();
+        assert!(
+            started.elapsed() >= lease,
+            "returned after {:?}, before the silent instance's lease could end",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_gate_checks_a_token_against_a_trusted_copy_without_redis() {
+        let prefix = prefix();
+        let (feed, writer) = instance(&prefix).await;
+        let gate = Gate::with_feed(redis(&prefix), Some(feed));
+        let (session, user) = (Uuid::new_v4(), Uuid::new_v4());
+        let (session_id, user_id) = (session.to_string(), user.to_string());
+        let check = GateCheck {
+            bucket: None,
+            token: Some((&session_id, &user_id, 100)),
+            now_ms: 1_700_000_000_000,
+        };
+        assert!(!gate.check(&check).await.unwrap().revoked);
+        writer.revoke_sessions(&[session]).await.unwrap();
+        assert!(gate.check(&check).await.unwrap().revoked);
+        assert_eq!(gate.round_trips(), 0, "answered from the copy");
+    }
+}
