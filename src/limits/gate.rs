@@ -35,6 +35,18 @@
 //! higher than it will be: the limiter can briefly refuse a request it would have admitted,
 //! never admit one too many. The arithmetic is [`super::window`]'s.
 //!
+//! **Skipping the round trip.** Two things let a check be answered without Redis, each
+//! only where the answer is the one Redis would give or stricter:
+//! - a token is checked against the instance's pushed copy of the revocation list while that
+//!   copy is trusted ([`super::feed`]); Redis is read only when it is not;
+//! - a worker that keeps counting in the same counter takes places ahead ([`Lease`]): the
+//!   first check of a window takes none, each later grant twice the last, at most 256 and a
+//!   sixteenth of the room the window has left. Its next requests are decided on those places
+//!   as if Redis had just handed them out. A place taken and never used counts against the
+//!   window like a request, so leases can only make the limiter refuse early, by at most a
+//!   sixteenth of the room per worker holding one, and never admit one too many; limits under
+//!   16 requests a window are never leased and stay exact request by request.
+//!
 //! The time comes from the caller (the gateway's clock), not from Redis `TIME`: it keeps the
 //! check a function of its arguments, which is what lets tests step through windows. Instances
 //! whose clocks differ by a few milliseconds place a request a few milliseconds differently in
@@ -139,6 +151,117 @@ struct Queue {
     /// Counters this worker has given their lifetime, each until its window ends (ms): no
     /// check will count in it after that.
     expiring: HashMap<Box<str>, u64>,
+    /// Places this worker holds in counters it keeps coming back to, by counter key.
+    leases: HashMap<Box<str>, Lease>,
+}
+
+/// Places in a counter taken ahead of need, so that the next requests of a busy bucket are
+/// decided here without a round trip: each takes the next place and is decided with
+/// [`window::decide`] exactly as if Redis had just handed it that place. Taking a place early
+/// can only make a later request elsewhere see the count higher, so a lease may refuse a
+/// request that would have been admitted, never admit one too many; it is kept small beside
+/// the room the window has left (a sixteenth), so that only a busy bucket far from its limit
+/// gets one.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    /// The next place to hand out, and the last one held; none left once `next > last`.
+    next: u64,
+    last: u64,
+    /// The previous window's count when the places were taken.
+    previous: u64,
+    /// How many places the last grant took; the next doubles it, up to [`MAX_LEASE`].
+    grant: u64,
+    window_end_ms: u64,
+}
+
+/// Places one lease holds at most.
+const MAX_LEASE: u64 = 256;
+
+impl Queue {
+    /// Decides a check on a place this worker already holds, if it holds one.
+    fn decide_on_lease(&mut self, rate: &KeyedRate) -> Option<RateOutcome> {
+        let lease = self.leases.get_mut(rate.current.as_str())?;
+        if lease.next > lease.last {
+            return None;
+        }
+        let state = window::State {
+            previous: lease.previous,
+            current: lease.next - 1,
+            elapsed_ms: rate.elapsed_ms,
+            length_ms: rate.length_ms,
+        };
+        let decision = window::decide(state, u64::from(rate.limit.requests), true);
+        if decision.allowed {
+            lease.next += 1;
+        } else {
+            // Near the limit: the held places go unused, and the next check asks Redis.
+            self.leases.remove(rate.current.as_str());
+        }
+        Some(rate_outcome(rate, decision))
+    }
+
+    /// How many places to take ahead in `rate`'s counter: none the first time this worker
+    /// counts in it (a bucket seen once stays exact and costs no more), then twice the last
+    /// grant, carried over from the previous window, and never more than a sixteenth of the
+    /// room left.
+    fn next_grant(&self, rate: &KeyedRate, now_ms: u64) -> u64 {
+        let limit = u64::from(rate.limit.requests);
+        let (wanted, room) = match self.leases.get(rate.current.as_str()) {
+            // Checked while a grant was on its way: it is here now, and holds places enough.
+            Some(lease) if lease.next <= lease.last => return 0,
+            Some(lease) => {
+                let used = window::decide(
+                    window::State {
+                        previous: lease.previous,
+                        current: lease.last,
+                        elapsed_ms: rate.elapsed_ms,
+                        length_ms: rate.length_ms,
+                    },
+                    limit,
+                    false,
+                );
+                ((2 * lease.grant).max(1), used.remaining)
+            }
+            None => match self.leases.get(rate.previous.as_str()) {
+                Some(lease) if lease.window_end_ms + rate.length_ms > now_ms => {
+                    let room = window::decide(
+                        window::State {
+                            previous: lease.last,
+                            current: 0,
+                            elapsed_ms: rate.elapsed_ms,
+                            length_ms: rate.length_ms,
+                        },
+                        limit,
+                        false,
+                    );
+                    (lease.grant, room.remaining)
+                }
+                _ => (0, limit),
+            },
+        };
+        wanted.min(MAX_LEASE).min(room / 16)
+    }
+
+    fn prune_leases(&mut self, now_ms: u64) {
+        if self.leases.len() > EXPIRING_MAX {
+            self.leases.retain(|_, lease| lease.window_end_ms > now_ms);
+            if self.leases.len() > EXPIRING_MAX / 2 {
+                self.leases.clear();
+            }
+        }
+    }
+}
+
+fn rate_outcome(rate: &KeyedRate, decision: window::Decision) -> RateOutcome {
+    RateOutcome {
+        allowed: decision.allowed,
+        limit: rate.limit.requests,
+        remaining: u32::try_from(decision.remaining)
+            .unwrap_or(u32::MAX)
+            .min(rate.limit.requests),
+        reset: Duration::from_millis(rate.length_ms - rate.elapsed_ms),
+        retry_after: decision.retry_after_ms.map(Duration::from_millis),
+    }
 }
 
 /// Entries of `expiring` per worker at most (about 6 MB), whatever the windows' length and
@@ -227,12 +350,21 @@ impl Gate {
                 revoked: false,
             });
         }
+        let keyed = self.keyed(&check);
+        let queue = self.queue_index();
+        if let (Some(rate), None) = (&keyed.rate, &keyed.token) {
+            if let Some(outcome) = self.queue(queue).decide_on_lease(rate) {
+                return Ok(GateOutcome {
+                    rate: Some(outcome),
+                    revoked: false,
+                });
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let waiting = Waiting {
-            check: self.keyed(&check),
+            check: keyed,
             reply,
         };
-        let queue = self.queue_index();
         let start_flush = {
             let mut queue = self.queue(queue);
             queue.waiting.push(waiting);
@@ -366,6 +498,7 @@ impl Gate {
             let queue = self.queue(queue);
             for counter in &mut plan.counters {
                 counter.expire = !queue.expiring.contains_key(counter.key);
+                counter.extra = queue.next_grant(counter.rate, plan.now_ms);
             }
         }
         let mut connection = self.inner.redis.connection();
@@ -422,15 +555,7 @@ impl Gate {
                     if !decision.allowed || revoked {
                         given_back[counter] += 1;
                     }
-                    Some(RateOutcome {
-                        allowed: decision.allowed,
-                        limit: rate.limit.requests,
-                        remaining: u32::try_from(decision.remaining)
-                            .unwrap_or(u32::MAX)
-                            .min(rate.limit.requests),
-                        reset: Duration::from_millis(rate.length_ms - rate.elapsed_ms),
-                        retry_after: decision.retry_after_ms.map(Duration::from_millis),
-                    })
+                    Some(rate_outcome(rate, decision))
                 }
                 _ => None,
             };
@@ -440,6 +565,36 @@ impl Gate {
             } else {
                 let _ = reply.send(Ok(outcome));
             }
+        }
+        {
+            let mut queue = self.queue(queue);
+            for (index, counter) in plan.counters.iter().enumerate() {
+                let first_extra = next_place[index];
+                if given_back[index] > 0 {
+                    // Some of its checks were refused: the window is near its limit, and the
+                    // places taken ahead go back with theirs.
+                    given_back[index] += counter.extra;
+                    queue.leases.remove(counter.key);
+                    continue;
+                }
+                let held = queue.leases.get(counter.key);
+                if counter.extra == 0 && held.is_some_and(|lease| lease.next <= lease.last) {
+                    // Sent before the lease it holds now came back: keep that one.
+                    continue;
+                }
+                let rate = counter.rate;
+                queue.leases.insert(
+                    counter.key.into(),
+                    Lease {
+                        next: first_extra,
+                        last: first_extra + counter.extra - 1,
+                        previous: values[counter.previous].unwrap_or(0),
+                        grant: counter.extra,
+                        window_end_ms: rate.window_end_ms,
+                    },
+                );
+            }
+            queue.prune_leases(plan.now_ms);
         }
         if refused.is_empty() && lost_lifetime.is_empty() {
             return;
@@ -559,8 +714,14 @@ struct Plan<'a> {
 /// A rate-limit counter: the current window's key.
 struct Counter<'a> {
     key: &'a str,
+    /// The first check's: the window, the limit and the previous window's key.
+    rate: &'a KeyedRate,
+    /// The previous window's counter, in `reads`.
+    previous: usize,
     /// How many of the batch's checks take a place in it.
     count: u64,
+    /// Places taken beyond the checks', for the worker's lease.
+    extra: u64,
     /// Two windows: it is read as the previous window until the next one ends.
     lifetime_ms: u64,
     window_end_ms: u64,
@@ -597,10 +758,14 @@ impl<'a> Plan<'a> {
         let mut slots = Vec::with_capacity(checks.len());
         for check in checks {
             let rate = check.rate.as_ref().map(|rate| {
+                let previous = read(&rate.previous, &mut read_at, &mut reads);
                 let counter = *counter_at.entry(&rate.current).or_insert_with(|| {
                     counters.push(Counter {
                         key: &rate.current,
+                        rate,
+                        previous,
                         count: 0,
+                        extra: 0,
                         lifetime_ms: 2 * rate.length_ms,
                         window_end_ms: rate.window_end_ms,
                         expire: true,
@@ -608,7 +773,7 @@ impl<'a> Plan<'a> {
                     counters.len() - 1
                 });
                 counters[counter].count += 1;
-                (counter, read(&rate.previous, &mut read_at, &mut reads))
+                (counter, previous)
             });
             let token = check.token.as_ref().map(|(session, not_before, _)| {
                 (
@@ -629,7 +794,9 @@ impl<'a> Plan<'a> {
     fn pipeline(&self) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         for counter in &self.counters {
-            pipe.cmd("INCRBY").arg(counter.key).arg(counter.count);
+            pipe.cmd("INCRBY")
+                .arg(counter.key)
+                .arg(counter.count + counter.extra);
             if counter.expire {
                 pipe.cmd("PEXPIRE")
                     .arg(counter.key)
@@ -664,7 +831,7 @@ impl<'a> Plan<'a> {
         for (reply, counter) in replies.into_iter().zip(&self.counters) {
             let last: u64 = redis::from_redis_value(reply)
                 .map_err(|error| GateError::from(redis::RedisError::from(error)))?;
-            places.push((last + 1).saturating_sub(counter.count));
+            places.push((last + 1).saturating_sub(counter.count + counter.extra));
         }
         Ok((places, values))
     }
@@ -1332,5 +1499,72 @@ mod tests {
             assert!(matches!(result, Err(GateError::Redis(_))), "{result:?}");
         }
         assert_eq!(gate.round_trips(), 1);
+    }
+
+    const THOUSAND_A_MINUTE: Limit = Limit {
+        requests: 1000,
+        window: Duration::from_secs(60),
+    };
+
+    #[tokio::test]
+    async fn a_busy_bucket_is_decided_on_places_held_ahead_with_few_round_trips() {
+        let gate = Gate::new(redis(&prefix()));
+        let mut admitted = 0;
+        for step in 0..600 {
+            let outcome = rate(&gate, "busy", THOUSAND_A_MINUTE, T0 + step).await;
+            assert!(outcome.allowed, "request {step}");
+            assert_eq!(outcome.remaining, 1000 - step as u32 - 1, "request {step}");
+            admitted += 1;
+        }
+        // Grants of 0, 1, 2, 4, ... places, never more than a sixteenth of the room left: a
+        // round trip per grant, not per request (20 here).
+        let round_trips = gate.round_trips();
+        assert!(
+            round_trips <= 30,
+            "{round_trips} round trips for 600 checks"
+        );
+        // The places held are counted in Redis, unused ones included, never fewer than used.
+        let counted = counter(&gate, "busy", 60_000, T0 / 60_000).await.unwrap();
+        assert!(
+            (admitted..=admitted + 1000 / 16).contains(&counted),
+            "{counted} counted for {admitted}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bucket_seen_once_takes_no_places_ahead() {
+        let gate = Gate::new(redis(&prefix()));
+        rate(&gate, "once", THOUSAND_A_MINUTE, T0).await;
+        assert_eq!(counter(&gate, "once", 60_000, T0 / 60_000).await, Some(1));
+    }
+
+    #[tokio::test]
+    async fn small_limits_are_never_leased_and_stay_exact() {
+        let gate = Gate::new(redis(&prefix()));
+        for step in 0..5 {
+            assert!(rate(&gate, "small", FIVE_A_SECOND, T0 + step).await.allowed);
+        }
+        assert!(!rate(&gate, "small", FIVE_A_SECOND, T0 + 5).await.allowed);
+        assert_eq!(gate.round_trips(), 7, "six checks, one give-back");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_holding_places_ahead_never_admit_more_than_the_limit_together() {
+        let prefix = prefix();
+        let limit = Limit {
+            requests: 200,
+            window: Duration::from_secs(60),
+        };
+        let gates = [Gate::new(redis(&prefix)), Gate::new(redis(&prefix))];
+        let mut admitted = 0;
+        for step in 0..600u64 {
+            let gate = &gates[(step % 2) as usize];
+            if rate(gate, "shared", limit, T0 + step).await.allowed {
+                admitted += 1;
+            }
+        }
+        assert!(admitted <= 200, "{admitted} admitted, limit 200");
+        // Near the limit the grants shrink to nothing: at most a few places are stranded.
+        assert!(admitted >= 190, "{admitted} admitted, limit 200");
     }
 }
