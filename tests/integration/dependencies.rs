@@ -106,6 +106,7 @@ async fn redis_down_refuses_bearer_routes_with_503_and_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(recovered, "bearer routes work again once Redis is back");
+    gateway.revocation_copy_trusted().await;
     assert_eq!(
         gateway
             .call("POST", "/auth/logout", None, Some(&tokens.access))

@@ -281,6 +281,60 @@ async fn logout_on_one_instance_refused_on_the_next_request_on_another(feed: boo
         .is_none());
 }
 
+/// A counter from the gateway's `/metrics`.
+async fn metric(gateway: &TestGateway, name: &str) -> u64 {
+    let metrics = gateway.ops_get("/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let line = metrics
+        .lines()
+        .find(|line| line.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} in /metrics"));
+    line[name.len() + 1..].parse().expect("a count")
+}
+
+#[tokio::test]
+async fn with_a_trusted_revocation_copy_signed_in_requests_do_not_wait_for_redis() {
+    let policy = "version: 1\nroles: [user]\nrules:\n  - name: members\n    paths: [\"/**\"]\n    allow: authenticated\n";
+    let (gateway, _) = TestGateway::with_policy(policy, |_| {}).await;
+    let (_, tokens) = gateway.account_with_role("copy", "user").await;
+    gateway.revocation_copy_trusted().await;
+    assert_eq!(
+        metric(&gateway, "portcullis_revocation_copy_trusted").await,
+        1
+    );
+    let checks = metric(&gateway, "portcullis_redis_checks_total").await;
+    for _ in 0..5 {
+        let response = gateway
+            .call("GET", "/members/page", None, Some(&tokens.access))
+            .await;
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(
+        metric(&gateway, "portcullis_redis_checks_total").await,
+        checks,
+        "no rate limit, and revocation checked against the copy"
+    );
+    assert_eq!(
+        gateway
+            .call("POST", "/auth/logout", None, Some(&tokens.access))
+            .await
+            .status,
+        204
+    );
+    let checks = metric(&gateway, "portcullis_redis_checks_total").await;
+    assert_eq!(
+        gateway
+            .call("GET", "/members/page", None, Some(&tokens.access))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        metric(&gateway, "portcullis_redis_checks_total").await,
+        checks
+    );
+}
+
 const LIMITED_POLICY: &str = r#"
 version: 1
 roles: [user, admin]
