@@ -194,8 +194,11 @@ impl Queue {
         if decision.allowed {
             lease.next += 1;
         } else {
-            // Near the limit: the held places go unused, and the next check asks Redis.
-            self.leases.remove(rate.current.as_str());
+            // At the limit (a request timed before the grant, with more weight on the
+            // previous window): the places held go unused, and the next check asks Redis
+            // for one place at a time again.
+            lease.last = lease.next - 1;
+            lease.grant = 0;
         }
         Some(rate_outcome(rate, decision))
     }
@@ -570,37 +573,50 @@ impl Gate {
             let mut queue = self.queue(queue);
             for (index, counter) in plan.counters.iter().enumerate() {
                 let first_extra = next_place[index];
-                if given_back[index] > 0 {
-                    // Some of its checks were refused: the window is near its limit, and the
-                    // places taken ahead go back with theirs.
-                    given_back[index] += counter.extra;
-                    queue.leases.remove(counter.key);
-                    continue;
-                }
                 let held = queue.leases.get(counter.key);
                 if counter.extra == 0 && held.is_some_and(|lease| lease.next <= lease.last) {
                     // Sent before the lease it holds now came back: keep that one.
                     continue;
                 }
                 let rate = counter.rate;
+                let previous = values[counter.previous].unwrap_or(0);
+                // Only the places the window admits now are kept; the rest go back at once.
+                // A refused check means the window is at its limit: all of them go back.
+                let keep = if given_back[index] > 0 {
+                    0
+                } else {
+                    let room = window::decide(
+                        window::State {
+                            previous,
+                            current: first_extra - 1,
+                            elapsed_ms: rate.elapsed_ms,
+                            length_ms: rate.length_ms,
+                        },
+                        u64::from(rate.limit.requests),
+                        false,
+                    );
+                    counter.extra.min(room.remaining)
+                };
+                given_back[index] += counter.extra - keep;
                 queue.leases.insert(
                     counter.key.into(),
                     Lease {
                         next: first_extra,
-                        last: first_extra + counter.extra - 1,
-                        previous: values[counter.previous].unwrap_or(0),
-                        grant: counter.extra,
+                        last: first_extra + keep - 1,
+                        previous,
+                        grant: keep,
                         window_end_ms: rate.window_end_ms,
                     },
                 );
             }
             queue.prune_leases(plan.now_ms);
         }
-        if refused.is_empty() && lost_lifetime.is_empty() {
+        if given_back.iter().all(|&count| count == 0) && lost_lifetime.is_empty() {
             return;
         }
-        // The admitted are answered; the refused after their places are given back, so that
-        // whoever they answer sees the count they left.
+        // The admitted are answered; the refused after their places (and the places taken
+        // ahead that did not fit) are given back, so that whoever they answer sees the count
+        // they left.
         let mut give_back = redis::pipe();
         for (counter, count) in given_back.iter().enumerate() {
             if *count > 0 {
@@ -1566,5 +1582,52 @@ mod tests {
         assert!(admitted <= 200, "{admitted} admitted, limit 200");
         // Near the limit the grants shrink to nothing: at most a few places are stranded.
         assert!(admitted >= 190, "{admitted} admitted, limit 200");
+        // Places taken ahead that no longer fitted (the other instance had counted
+        // meanwhile) went back: the count never passes the limit.
+        let counted = counter(&gates[0], "shared", 60_000, T0 / 60_000)
+            .await
+            .unwrap();
+        assert!(
+            (admitted..=200).contains(&counted),
+            "{counted} counted for {admitted} admitted"
+        );
+    }
+
+    #[tokio::test]
+    async fn places_taken_ahead_that_no_longer_fit_go_back_at_once() {
+        let gate = Gate::new(redis(&prefix()));
+        let limit = Limit {
+            requests: 320,
+            window: Duration::from_secs(60),
+        };
+        let mut admitted = 0u64;
+        for step in 0..40 {
+            assert!(rate(&gate, "crowded", limit, T0 + step).await.allowed);
+            admitted += 1;
+        }
+        // Other instances count until five places are left.
+        let key = gate.rate_key("crowded", 60_000, Window::Index(T0 / 60_000));
+        let counted: u64 = gate.inner.redis.connection().get(&key).await.unwrap();
+        let elsewhere = 315 - counted;
+        let _: u64 = gate
+            .inner
+            .redis
+            .connection()
+            .incr(&key, elsewhere)
+            .await
+            .unwrap();
+        let mut step = 40;
+        while rate(&gate, "crowded", limit, T0 + step).await.allowed {
+            admitted += 1;
+            step += 1;
+        }
+        // This worker's next grant was sized on the count it had seen (about 40): the places
+        // past the limit went back, and the count never passes it.
+        let counted: u64 = gate.inner.redis.connection().get(&key).await.unwrap();
+        assert!(counted <= 320, "{counted} counted");
+        assert!(
+            admitted + elsewhere <= 320,
+            "{admitted} admitted here, {elsewhere} elsewhere"
+        );
     }
 }
