@@ -295,8 +295,8 @@ impl RevocationFeed {
         let renew_every = inner.lease / 4;
         let mut next_ping = tokio::time::Instant::now();
         loop {
+            // Not biased: a steady stream of revocations must not hold off the lease renewal.
             tokio::select! {
-                biased;
                 message = messages.next() => match message {
                     Some(message) => self.receive(&message),
                     None => return Err(closed()),
