@@ -9,8 +9,9 @@
 //! together: the first starts a flush task, which lets the rest of the worker's ready requests
 //! join (it yields to the event loop for as long as that brings new ones), then sends them all
 //! as one pipeline. While that round trip is out, new checks wait for the next one, so a batch
-//! grows with the load and a quiet gateway sends each check at once. Every check still goes
-//! to Redis after its request arrived, so a revocation is seen on the very next request.
+//! grows with the load and a quiet gateway sends each check at once. A check that goes to
+//! Redis goes after its request arrived, so a revocation is seen on the very next request
+//! (the copy below keeps that promise its own way).
 //!
 //! **Commands.** Native commands, not a script: one `INCRBY n` per rate-limit counter the
 //! batch touches (its `n` requests take places `v − n + 1 ..= v` of the returned `v`), and
