@@ -441,8 +441,9 @@ pub struct RedisConfig {
     pub key_prefix: String,
     #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
-    /// Keep a copy of the revocation list on each instance, pushed from Redis, and check
-    /// signed-in requests against it instead of reading Redis for each.
+    /// Check signed-in requests against this instance's pushed copy of the revocation list
+    /// instead of reading Redis for each. Either way the instance follows the list and
+    /// acknowledges revocations, so instances may differ in this setting.
     pub revocation_feed: bool,
     /// How long the copy is trusted after each confirmation from Redis, and the longest a
     /// revocation waits for an instance that does not acknowledge it.

@@ -111,7 +111,7 @@ pub struct AuthService {
     pub(crate) mail_waker: Arc<Notify>,
     pub(crate) gate: Gate,
     /// Kept up to date by [`AuthService::follow_revocations`] while the gateway serves.
-    feed: Option<crate::limits::feed::RevocationFeed>,
+    feed: crate::limits::feed::RevocationFeed,
     /// The policy in force defines the roles, their order, and the role new users get.
     pub(crate) policy: Arc<crate::server::policy_source::PolicySource>,
     /// Tokens whose signature and claims were already verified, for forwarded requests.
@@ -943,14 +943,16 @@ impl AuthService {
             crate::server::workers::worker_count(config.server.worker_threads),
         )?;
         let redis_for_gate = redis.clone();
-        let feed = config.redis.revocation_feed.then(|| {
-            crate::limits::feed::RevocationFeed::new(
-                redis.clone(),
-                clock.clone(),
-                config.tokens.access_ttl + config.tokens.leeway,
-                config.redis.revocation_lease,
-            )
-        });
+        // Always followed, even when tokens are not checked against it: this instance's
+        // revocations are published and acknowledged either way, so instances that do check
+        // see them in time.
+        let feed = crate::limits::feed::RevocationFeed::new(
+            redis.clone(),
+            clock.clone(),
+            config.tokens.access_ttl + config.tokens.leeway,
+            config.redis.revocation_lease,
+            config.redis.revocation_feed,
+        );
         let tokens = &config.tokens;
         let settings = TokenSettings {
             issuer: tokens.issuer.clone(),
@@ -1042,7 +1044,11 @@ impl AuthService {
         )?;
 
         let service = AuthService {
-            revocations: Revocations::new(redis, tokens.access_ttl + tokens.leeway, feed.clone()),
+            revocations: Revocations::new(
+                redis,
+                tokens.access_ttl + tokens.leeway,
+                Some(feed.clone()),
+            ),
             store,
             keys,
             hasher,
@@ -1070,7 +1076,7 @@ impl AuthService {
                 },
             },
             mail_waker: worker.waker(),
-            gate: Gate::with_feed(redis_for_gate, feed.clone()),
+            gate: Gate::with_feed(redis_for_gate, Some(feed.clone())),
             feed,
             policy,
             verified: VerifiedTokens::new(
@@ -1081,17 +1087,15 @@ impl AuthService {
         Ok((service, worker))
     }
 
-    /// Keeps this instance's copy of the revocation list current, for as long as it runs;
-    /// without a feed, returns at once.
+    /// Keeps this instance's copy of the revocation list current (and acknowledges other
+    /// instances' revocations), for as long as it runs.
     pub async fn follow_revocations(&self) {
-        if let Some(feed) = self.feed.clone() {
-            feed.run().await;
-        }
+        self.feed.clone().run().await;
     }
 
     /// Whether signed-in requests are checked against the local revocation copy now.
     pub fn revocation_copy_trusted(&self) -> bool {
-        self.feed.as_ref().is_some_and(|feed| feed.trusted())
+        self.feed.trusted()
     }
 
     pub fn store(&self) -> &Store {

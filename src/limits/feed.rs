@@ -110,6 +110,9 @@ struct Inner {
     /// forgotten (unix ms).
     index: String,
     instance: String,
+    /// Whether tokens are checked against the copy. Without, the feed still follows and
+    /// acknowledges, so that instances which do check see this one's revocations in time.
+    check_tokens: bool,
     lease: Duration,
     /// How long a revocation is kept: the access-token lifetime plus leeway.
     keep: Duration,
@@ -129,7 +132,17 @@ impl RevocationFeed {
     /// `keep`: how long a revocation must be remembered (the access-token lifetime plus
     /// leeway). `lease`: how long the copy is trusted after each confirmation, and the
     /// longest a revocation can wait for a silent instance.
-    pub fn new(redis: Redis, clock: Arc<Clock>, keep: Duration, lease: Duration) -> Self {
+    ///
+    /// `check_tokens: false` keeps the feed following and acknowledging (an instance that
+    /// writes revocations needs its subscription for the acknowledgements, and the others
+    /// need its) but never answers from the copy.
+    pub fn new(
+        redis: Redis,
+        clock: Arc<Clock>,
+        keep: Duration,
+        lease: Duration,
+        check_tokens: bool,
+    ) -> Self {
         let instance = uuid::Uuid::new_v4().simple().to_string();
         RevocationFeed {
             inner: Arc::new(Inner {
@@ -139,6 +152,7 @@ impl RevocationFeed {
                 redis,
                 clock,
                 instance,
+                check_tokens,
                 lease,
                 keep,
                 started: Instant::now(),
@@ -168,7 +182,14 @@ impl RevocationFeed {
         self.trusted().then_some(revoked)
     }
 
+    /// Whether tokens are checked against the copy now: it is up to date under a lease, and
+    /// checking against it is on.
     pub fn trusted(&self) -> bool {
+        self.inner.check_tokens && self.following()
+    }
+
+    /// Whether the copy is up to date under a lease.
+    pub fn following(&self) -> bool {
         self.inner.trusted_until_ms.load(Ordering::Acquire) > self.elapsed_ms()
     }
 
@@ -419,21 +440,25 @@ mod tests {
     }
 
     fn feed(prefix: &str, lease: Duration) -> RevocationFeed {
-        RevocationFeed::new(redis(prefix), Arc::new(Clock::system()), KEEP, lease)
+        RevocationFeed::new(redis(prefix), Arc::new(Clock::system()), KEEP, lease, true)
     }
 
     /// An instance: its feed followed until trusted, and its writer.
     async fn instance(prefix: &str) -> (RevocationFeed, Revocations) {
-        let feed = feed(prefix, Duration::from_secs(2));
+        started(feed(prefix, Duration::from_secs(2))).await
+    }
+
+    async fn started(feed: RevocationFeed) -> (RevocationFeed, Revocations) {
+        let prefix = feed.inner.redis.key(&[]);
         tokio::spawn(feed.clone().run());
         tokio::time::timeout(Duration::from_secs(5), async {
-            while !feed.trusted() {
+            while !feed.following() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
         .await
         .expect("trusted once subscribed");
-        let revocations = Revocations::new(redis(prefix), KEEP, Some(feed.clone()));
+        let revocations = Revocations::new(redis(&prefix), KEEP, Some(feed.clone()));
         (feed, revocations)
     }
 
@@ -517,6 +542,7 @@ mod tests {
             Arc::new(Clock::system()),
             KEEP,
             Duration::from_millis(100),
+            true,
         );
         let following = tokio::spawn(unreachable.clone().run());
         for _ in 0..100 {
@@ -569,5 +595,25 @@ mod tests {
         writer.revoke_sessions(&[session]).await.unwrap();
         assert!(gate.check(&check).await.unwrap().revoked);
         assert_eq!(gate.round_trips(), 0, "answered from the copy");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_not_checking_against_its_copy_still_publishes_and_acknowledges() {
+        let prefix = prefix();
+        let (checking, _) = instance(&prefix).await;
+        let (not_checking, writer) = started(RevocationFeed::new(
+            redis(&prefix),
+            Arc::new(Clock::system()),
+            KEEP,
+            Duration::from_secs(2),
+            false,
+        ))
+        .await;
+        assert_eq!(not_checking.revoked("s", "u", 1), None, "never answers");
+        let session = Uuid::new_v4();
+        let started = Instant::now();
+        writer.revoke_sessions(&[session]).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2), "acknowledged");
+        assert_eq!(checking.revoked(&session.to_string(), "u", 1), Some(true));
     }
 }
