@@ -13,7 +13,9 @@
 //! `PONG` arrives after every message published before Redis read the `PING`; the feed
 //! applies those first, then trusts its copy for one lease from when it *sent* the `PING`.
 //! A writer that has not heard from some subscriber waits out a whole lease after its
-//! publish was answered. By then that subscriber has either applied the revocation (any
+//! publish was answered: the longest lease any instance has announced (instances announce
+//! theirs before they first trust their copy), so differently configured instances stay
+//! safe. By then that subscriber has either applied the revocation (any
 //! `PING` it sent since is answered after the message) or stopped trusting its copy, so the
 //! gate asks Redis for it, where the keys are already set. A feed that loses its connection
 //! stops trusting at once, and trusts again only after reloading the list from the index.
@@ -32,6 +34,11 @@ use tokio::sync::Notify;
 
 use super::Redis;
 use crate::clock::Clock;
+
+/// The one member of the longest-lease sorted set.
+const LONGEST: &str = "longest";
+/// How long the longest announced lease is remembered after the last announcement.
+const LONGEST_LEASE_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 /// One revocation as published and as kept in the index: `sid|<session id>` or
 /// `nbf|<user id>|<unix seconds>`.
@@ -109,6 +116,9 @@ struct Inner {
     /// `{prefix}revocation-index`: every revocation in force, scored by when it may be
     /// forgotten (unix ms).
     index: String,
+    /// `{prefix}revocation-lease`: the longest lease any instance has announced (ms), which
+    /// is how long a writer must wait for an instance that does not acknowledge.
+    longest_lease: String,
     instance: String,
     /// Whether tokens are checked against the copy. Without, the feed still follows and
     /// acknowledges, so that instances which do check see this one's revocations in time.
@@ -149,6 +159,7 @@ impl RevocationFeed {
                 channel: redis.key(&["revocations"]),
                 acks_channel: redis.key(&["revocation-acks", &instance]),
                 index: redis.key(&["revocation-index"]),
+                longest_lease: redis.key(&["revocation-lease"]),
                 redis,
                 clock,
                 instance,
@@ -229,12 +240,19 @@ impl RevocationFeed {
                 .collect::<Vec<_>>()
                 .join(";")
         );
-        pipe.publish(&inner.channel, message);
+        pipe.zscore(&inner.longest_lease, LONGEST)
+            .publish(&inner.channel, message);
         self.lock_acks().insert(publication, 0);
         let mut connection = inner.redis.connection();
-        let receivers = pipe.query_async::<(usize,)>(&mut connection).await;
+        let receivers = pipe
+            .query_async::<(Option<u64>, usize)>(&mut connection)
+            .await;
         let result = match receivers {
-            Ok((receivers,)) => {
+            Ok((longest_ms, receivers)) => {
+                // Whoever is silent may trust its copy for as long as its own lease.
+                let wait = inner
+                    .lease
+                    .max(Duration::from_millis(longest_ms.unwrap_or(0)));
                 let acknowledged = async {
                     loop {
                         let notified = inner.acked.notified();
@@ -244,10 +262,7 @@ impl RevocationFeed {
                         notified.await;
                     }
                 };
-                if tokio::time::timeout(inner.lease, acknowledged)
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(wait, acknowledged).await.is_err() {
                     tracing::warn!(
                         receivers,
                         "a revocation was not acknowledged by every instance; waited out the lease"
@@ -288,6 +303,8 @@ impl RevocationFeed {
     async fn follow_once(&self) -> Result<std::convert::Infallible, redis::RedisError> {
         let inner = &self.inner;
         let timeout = inner.lease;
+        // Announced before this copy is ever trusted, so that no writer waits less than it.
+        within(timeout, self.announce_lease()).await?;
         let pubsub = within(timeout, inner.redis.client().get_async_pubsub()).await?;
         let (mut sink, mut messages) = pubsub.split();
         within(
@@ -342,9 +359,36 @@ impl RevocationFeed {
                         .trusted_until_ms
                         .store(sent_ms + inner.lease.as_millis() as u64, Ordering::Release);
                     next_ping = tokio::time::Instant::now() + renew_every;
+                    // Kept from expiring for as long as an instance with this lease runs.
+                    let feed = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = feed.announce_lease().await {
+                            tracing::debug!(%error, "could not announce the revocation lease");
+                        }
+                    });
                 }
             }
         }
+    }
+
+    /// Raises the longest announced lease to this instance's if it is longer (`ZADD GT`,
+    /// Redis 6.2 or later). It does not come down when such an instance leaves, only when no
+    /// instance has announced it for a day: a writer may then wait longer than needed for a
+    /// silent instance, never shorter.
+    async fn announce_lease(&self) -> redis::RedisResult<()> {
+        let inner = &self.inner;
+        let mut connection = inner.redis.connection();
+        redis::pipe()
+            .cmd("ZADD")
+            .arg(&inner.longest_lease)
+            .arg("GT")
+            .arg(inner.lease.as_millis() as u64)
+            .arg(LONGEST)
+            .ignore()
+            .pexpire(&inner.longest_lease, LONGEST_LEASE_KEPT.as_millis() as i64)
+            .ignore()
+            .query_async(&mut connection)
+            .await
     }
 
     fn receive(&self, message: &redis::Msg) {
@@ -615,5 +659,31 @@ mod tests {
         writer.revoke_sessions(&[session]).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(2), "acknowledged");
         assert_eq!(checking.revoked(&session.to_string(), "u", 1), Some(true));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_waits_out_the_longest_lease_any_instance_announced() {
+        let prefix = prefix();
+        // An instance with a long lease announces it, then falls silent (never acknowledges).
+        let long = feed(&prefix, Duration::from_millis(400));
+        long.announce_lease().await.unwrap();
+        let mut silent = redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_async_pubsub()
+            .await
+            .unwrap();
+        silent
+            .subscribe(format!("{prefix}revocations"))
+            .await
+            .unwrap();
+        let (_, writer) = started(feed(&prefix, Duration::from_millis(50))).await;
+
+        let started = Instant::now();
+        writer.revoke_sessions(&[Uuid::new_v4()]).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "returned after {:?}, inside the silent instance's lease",
+            started.elapsed()
+        );
     }
 }
