@@ -7,8 +7,9 @@
 #                                 a secret that is not the harness' (its token is ignored):
 #                                 plain pass-through, no Redis
 #   gateway-auth  127.0.0.1:8444  every request must carry a valid JWT: signature and claims,
-#                                 revocation check and a per-user rate limit in Redis (one
-#                                 round trip), policy decision, identity headers
+#                                 revocation check (pushed copy, or Redis until it is trusted)
+#                                 and a per-user rate limit counted in Redis (places taken
+#                                 ahead for a busy bucket), policy decision, identity headers
 # then runs the harness ONCE with direct, nginx-tls, haproxy-tls, haproxy-jwt and both
 # gateways, and prints the summary and the ratios taken from that same run (raw.tsv).
 # Results: bench/results/<timestamp>/ (gitignored).
