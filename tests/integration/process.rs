@@ -21,6 +21,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
 struct GatewayProcess {
     child: Child,
     https: SocketAddr,
+    ops: SocketAddr,
     log: Arc<Mutex<String>>,
 }
 
@@ -50,6 +51,7 @@ impl GatewayProcess {
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let log = Arc::new(Mutex::new(String::new()));
         let mut https = None;
+        let mut ops = None;
         for line in lines.by_ref() {
             let line = line.unwrap();
             log.lock().unwrap().push_str(&line);
@@ -59,6 +61,7 @@ impl GatewayProcess {
             };
             if event["message"] == "portcullis listening" {
                 https = Some(event["https"].as_str().unwrap().parse().unwrap());
+                ops = event["ops"].as_str().and_then(|ops| ops.parse().ok());
                 break;
             }
         }
@@ -72,7 +75,44 @@ impl GatewayProcess {
                 log.push('\n');
             }
         });
-        GatewayProcess { child, https, log }
+        let ops = ops.expect("the listening line names the ops address");
+        GatewayProcess {
+            child,
+            https,
+            ops,
+            log,
+        }
+    }
+
+    /// The ops listener's `/metrics`, over plain HTTP/1.1.
+    async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.ops).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: ops\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// Waits until this process checks tokens against its pushed revocation copy.
+    async fn revocation_copy_trusted(&self) {
+        for _ in 0..1000 {
+            if self
+                .metrics()
+                .await
+                .contains("\nportcullis_revocation_copy_trusted 1\n")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!(
+            "the revocation copy was never trusted:\n{}",
+            self.log.lock().unwrap()
+        );
     }
 
     fn signal(&self, signal: &str) {
@@ -109,6 +149,62 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_process_is_refused_on_the_next_request_to_another() {
+    // Accounts are made through an in-process gateway; the two processes share its database
+    // and its Redis prefix, and enforce a policy that needs a signed-in caller.
+    let setup = crate::harness::TestGateway::start().await;
+    let (_, tokens) = setup.account_with_role("processes", "user").await;
+    let policy = temp_dir("process-policy").join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: 1\nroles: [user]\nrules:\n  - name: members\n    paths: [\"/**\"]\n    allow: authenticated\n",
+    )
+    .unwrap();
+    let upstream = Upstream::start().await;
+    let run = crate::harness::run_resources();
+    let yaml = base_config_yaml(&upstream.url())
+        .replace(
+            &format!("key_prefix: \"{}\"", run.redis_prefix),
+            &format!("key_prefix: \"{}\"", setup.redis_prefix),
+        )
+        .replace(
+            &run.open_policy.display().to_string(),
+            &policy.display().to_string(),
+        );
+    assert!(yaml.contains(&setup.redis_prefix));
+    let first = GatewayProcess::spawn(&yaml);
+    let second = GatewayProcess::spawn(&yaml);
+    first.revocation_copy_trusted().await;
+    second.revocation_copy_trusted().await;
+
+    let call = |gateway: &GatewayProcess, method: &str, path: &str| {
+        let (https, method, path, token) = (
+            gateway.https,
+            method.to_owned(),
+            path.to_owned(),
+            tokens.access.clone(),
+        );
+        async move {
+            let mut client = Client::connect(https, Protocol::Http1).await;
+            let request = client
+                .request(&method, &path)
+                .header("authorization", format!("Bearer {token}"))
+                .body(crate::harness::empty())
+                .unwrap();
+            client.send_read(request).await
+        }
+    };
+    assert_eq!(call(&second, "GET", "/members").await.status, 200);
+    assert_eq!(call(&first, "POST", "/auth/logout").await.status, 204);
+    let refused = call(&second, "GET", "/members").await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\"")
+    );
 }
 
 #[test]
