@@ -506,6 +506,21 @@ mod tests {
         (feed, revocations)
     }
 
+    /// Something subscribed to the revocations that is not a gateway: counted by `PUBLISH`,
+    /// never acknowledging.
+    async fn silent_subscriber(prefix: &str) -> redis::aio::PubSub {
+        let mut silent = redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_async_pubsub()
+            .await
+            .unwrap();
+        silent
+            .subscribe(format!("{prefix}revocations"))
+            .await
+            .unwrap();
+        silent
+    }
+
     #[test]
     fn revocations_read_back_from_their_text_and_malformed_text_is_nothing() {
         for revoked in [
@@ -602,16 +617,7 @@ mod tests {
         let lease = Duration::from_millis(300);
         let writer_feed = feed(&prefix, lease);
         tokio::spawn(writer_feed.clone().run());
-        // Something subscribed that is not a gateway: counted by PUBLISH, never answering.
-        let mut silent = redis::Client::open(REDIS_URL)
-            .unwrap()
-            .get_async_pubsub()
-            .await
-            .unwrap();
-        silent
-            .subscribe(format!("{prefix}revocations"))
-            .await
-            .unwrap();
+        let _silent = silent_subscriber(&prefix).await;
         let writer = Revocations::new(redis(&prefix), KEEP, Some(writer_feed));
 
         let started = Instant::now();
@@ -667,15 +673,7 @@ mod tests {
         // An instance with a long lease announces it, then falls silent (never acknowledges).
         let long = feed(&prefix, Duration::from_millis(400));
         long.announce_lease().await.unwrap();
-        let mut silent = redis::Client::open(REDIS_URL)
-            .unwrap()
-            .get_async_pubsub()
-            .await
-            .unwrap();
-        silent
-            .subscribe(format!("{prefix}revocations"))
-            .await
-            .unwrap();
+        let _silent = silent_subscriber(&prefix).await;
         let (_, writer) = started(feed(&prefix, Duration::from_millis(50))).await;
 
         let started = Instant::now();
