@@ -185,13 +185,11 @@ impl Queue {
         if lease.next > lease.last {
             return None;
         }
-        let state = window::State {
-            previous: lease.previous,
-            current: lease.next - 1,
-            elapsed_ms: rate.elapsed_ms,
-            length_ms: rate.length_ms,
-        };
-        let decision = window::decide(state, u64::from(rate.limit.requests), true);
+        let decision = window::decide(
+            rate.state(lease.previous, lease.next - 1),
+            rate.limit(),
+            true,
+        );
         if decision.allowed {
             lease.next += 1;
         } else {
@@ -209,35 +207,17 @@ impl Queue {
     /// grant, carried over from the previous window, and never more than a sixteenth of the
     /// room left.
     fn next_grant(&self, rate: &KeyedRate, now_ms: u64) -> u64 {
-        let limit = u64::from(rate.limit.requests);
+        let limit = rate.limit();
         let (wanted, room) = match self.leases.get(rate.current.as_str()) {
             // Checked while a grant was on its way: it is here now, and holds places enough.
             Some(lease) if lease.next <= lease.last => return 0,
             Some(lease) => {
-                let used = window::decide(
-                    window::State {
-                        previous: lease.previous,
-                        current: lease.last,
-                        elapsed_ms: rate.elapsed_ms,
-                        length_ms: rate.length_ms,
-                    },
-                    limit,
-                    false,
-                );
-                ((2 * lease.grant).max(1), used.remaining)
+                let room = window::decide(rate.state(lease.previous, lease.last), limit, false);
+                ((2 * lease.grant).max(1), room.remaining)
             }
             None => match self.leases.get(rate.previous.as_str()) {
                 Some(lease) if lease.window_end_ms + rate.length_ms > now_ms => {
-                    let room = window::decide(
-                        window::State {
-                            previous: lease.last,
-                            current: 0,
-                            elapsed_ms: rate.elapsed_ms,
-                            length_ms: rate.length_ms,
-                        },
-                        limit,
-                        false,
-                    );
+                    let room = window::decide(rate.state(lease.last, 0), limit, false);
                     (lease.grant, room.remaining)
                 }
                 _ => (0, limit),
@@ -299,6 +279,22 @@ struct KeyedRate {
     elapsed_ms: u64,
     /// When the current window ends (ms, the caller's clock).
     window_end_ms: u64,
+}
+
+impl KeyedRate {
+    /// The windows as this check sees them, with `current` counted in this one.
+    fn state(&self, previous: u64, current: u64) -> window::State {
+        window::State {
+            previous,
+            current,
+            elapsed_ms: self.elapsed_ms,
+            length_ms: self.length_ms,
+        }
+    }
+
+    fn limit(&self) -> u64 {
+        u64::from(self.limit.requests)
+    }
 }
 
 impl Gate {
@@ -547,15 +543,11 @@ impl Gate {
                 (Some(rate), Some((counter, previous))) => {
                     let place = next_place[counter];
                     next_place[counter] += 1;
-                    let state = window::State {
-                        previous: values[previous].unwrap_or(0),
-                        // Those counted before this request, less the places this batch
-                        // is about to give back: within a batch, as if one after another.
-                        current: place.saturating_sub(1 + given_back[counter]),
-                        elapsed_ms: rate.elapsed_ms,
-                        length_ms: rate.length_ms,
-                    };
-                    let decision = window::decide(state, u64::from(rate.limit.requests), !revoked);
+                    // Those counted before this request, less the places this batch is
+                    // about to give back: within a batch, as if one after another.
+                    let current = place.saturating_sub(1 + given_back[counter]);
+                    let state = rate.state(values[previous].unwrap_or(0), current);
+                    let decision = window::decide(state, rate.limit(), !revoked);
                     if !decision.allowed || revoked {
                         given_back[counter] += 1;
                     }
@@ -586,16 +578,8 @@ impl Gate {
                 let keep = if given_back[index] > 0 {
                     0
                 } else {
-                    let room = window::decide(
-                        window::State {
-                            previous,
-                            current: first_extra - 1,
-                            elapsed_ms: rate.elapsed_ms,
-                            length_ms: rate.length_ms,
-                        },
-                        u64::from(rate.limit.requests),
-                        false,
-                    );
+                    let room =
+                        window::decide(rate.state(previous, first_extra - 1), rate.limit(), false);
                     counter.extra.min(room.remaining)
                 };
                 given_back[index] += counter.extra - keep;
