@@ -283,10 +283,15 @@ impl RevocationFeed {
     /// Keeps the copy up to date for as long as it runs: subscribes, loads the index, and
     /// renews the lease; after a lost connection, the same again.
     pub async fn run(self) {
-        let mut backoff = Duration::from_millis(50);
+        const FIRST_RETRY: Duration = Duration::from_millis(50);
+        let mut backoff = FIRST_RETRY;
         loop {
             let error = self.follow().await;
-            self.inner.trusted_until_ms.store(0, Ordering::Release);
+            // Zero unless this attempt got as far as trusting its copy: then the next outage
+            // starts its retries quickly again.
+            if self.inner.trusted_until_ms.swap(0, Ordering::AcqRel) != 0 {
+                backoff = FIRST_RETRY;
+            }
             tracing::warn!(%error, "revocation feed interrupted; checking revocations in Redis until it is back");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(self.inner.lease);
