@@ -149,11 +149,17 @@ struct Queue {
     waiting: Vec<Waiting>,
     /// A flush task is running for this queue and will take what is waiting.
     flushing: bool,
-    /// Counters this worker has given their lifetime, each until its window ends (ms): no
-    /// check will count in it after that.
-    expiring: HashMap<Box<str>, u64>,
-    /// Places this worker holds in counters it keeps coming back to, by counter key.
-    leases: HashMap<Box<str>, Lease>,
+    /// What this worker knows of each counter it has counted in, by key.
+    counters: HashMap<Box<str>, Known>,
+}
+
+/// A counter as this worker last left it, remembered until its window ends: no check counts
+/// in it after that.
+struct Known {
+    window_end_ms: u64,
+    /// Whether this worker has given the key its lifetime (`PEXPIRE`).
+    lifetime_set: bool,
+    lease: Lease,
 }
 
 /// Places in a counter taken ahead of need, so that the next requests of a busy bucket are
@@ -172,7 +178,6 @@ struct Lease {
     previous: u64,
     /// How many places the last grant took; the next doubles it, up to [`MAX_LEASE`].
     grant: u64,
-    window_end_ms: u64,
 }
 
 /// Places one lease holds at most.
@@ -181,7 +186,7 @@ const MAX_LEASE: u64 = 256;
 impl Queue {
     /// Decides a check on a place this worker already holds, if it holds one.
     fn decide_on_lease(&mut self, rate: &KeyedRate) -> Option<RateOutcome> {
-        let lease = self.leases.get_mut(rate.current.as_str())?;
+        let lease = &mut self.counters.get_mut(rate.current.as_str())?.lease;
         if lease.next > lease.last {
             return None;
         }
@@ -208,17 +213,21 @@ impl Queue {
     /// room left.
     fn next_grant(&self, rate: &KeyedRate, now_ms: u64) -> u64 {
         let limit = rate.limit();
-        let (wanted, room) = match self.leases.get(rate.current.as_str()) {
+        let (wanted, room) = match self
+            .counters
+            .get(rate.current.as_str())
+            .map(|known| &known.lease)
+        {
             // Checked while a grant was on its way: it is here now, and holds places enough.
             Some(lease) if lease.next <= lease.last => return 0,
             Some(lease) => {
                 let room = window::decide(rate.state(lease.previous, lease.last), limit, false);
                 ((2 * lease.grant).max(1), room.remaining)
             }
-            None => match self.leases.get(rate.previous.as_str()) {
-                Some(lease) if lease.window_end_ms + rate.length_ms > now_ms => {
-                    let room = window::decide(rate.state(lease.last, 0), limit, false);
-                    (lease.grant, room.remaining)
+            None => match self.counters.get(rate.previous.as_str()) {
+                Some(known) if known.window_end_ms + rate.length_ms > now_ms => {
+                    let room = window::decide(rate.state(known.lease.last, 0), limit, false);
+                    (known.lease.grant, room.remaining)
                 }
                 _ => (0, limit),
             },
@@ -226,11 +235,14 @@ impl Queue {
         wanted.min(MAX_LEASE).min(room / 16)
     }
 
-    fn prune_leases(&mut self, now_ms: u64) {
-        if self.leases.len() > EXPIRING_MAX {
-            self.leases.retain(|_, lease| lease.window_end_ms > now_ms);
-            if self.leases.len() > EXPIRING_MAX / 2 {
-                self.leases.clear();
+    /// Past the cap, forgets the ended windows' counters, and if that leaves more than half,
+    /// all of them.
+    fn prune(&mut self, now_ms: u64) {
+        if self.counters.len() > COUNTERS_MAX {
+            self.counters
+                .retain(|_, known| known.window_end_ms > now_ms);
+            if self.counters.len() > COUNTERS_MAX / 2 {
+                self.counters.clear();
             }
         }
     }
@@ -248,15 +260,15 @@ fn rate_outcome(rate: &KeyedRate, decision: window::Decision) -> RateOutcome {
     }
 }
 
-/// Entries of `expiring` per worker at most (about 6 MB), whatever the windows' length and
+/// Counters remembered per worker at most (about 6 MB), whatever the windows' length and
 /// however many addresses a client sends from. Past it the ended windows' entries are
 /// dropped, and if that leaves more than half, all of them: forgetting costs only `PEXPIRE`s
-/// sent again, and at least half the cap fills between two prunings, so pruning costs O(1) a
-/// batch.
+/// sent again and places no longer held, and at least half the cap fills between two
+/// prunings, so pruning costs O(1) a batch.
 #[cfg(not(test))]
-const EXPIRING_MAX: usize = 50_000;
+const COUNTERS_MAX: usize = 50_000;
 #[cfg(test)]
-const EXPIRING_MAX: usize = 64;
+const COUNTERS_MAX: usize = 64;
 
 struct Waiting {
     check: Keyed,
@@ -497,7 +509,10 @@ impl Gate {
         {
             let queue = self.queue(queue);
             for counter in &mut plan.counters {
-                counter.expire = !queue.expiring.contains_key(counter.key);
+                counter.expire = !queue
+                    .counters
+                    .get(counter.key)
+                    .is_some_and(|known| known.lifetime_set);
                 counter.extra = queue.next_grant(counter.rate, plan.now_ms);
             }
         }
@@ -527,7 +542,6 @@ impl Gate {
         let lost_lifetime: Vec<usize> = (0..plan.counters.len())
             .filter(|&index| !plan.counters[index].expire && next_place[index] == 1)
             .collect();
-        self.remember_lifetimes(queue, &plan);
 
         let mut given_back = vec![0u64; plan.counters.len()];
         let mut refused = Vec::new();
@@ -566,10 +580,12 @@ impl Gate {
             let mut queue = self.queue(queue);
             for (index, counter) in plan.counters.iter().enumerate() {
                 let first_extra = next_place[index];
-                let held = queue.leases.get(counter.key);
-                if counter.extra == 0 && held.is_some_and(|lease| lease.next <= lease.last) {
-                    // Sent before the lease it holds now came back: keep that one.
-                    continue;
+                if let Some(known) = queue.counters.get_mut(counter.key) {
+                    if counter.extra == 0 && known.lease.next <= known.lease.last {
+                        // Sent before the lease it holds now came back: keep that one.
+                        known.lifetime_set = true;
+                        continue;
+                    }
                 }
                 let rate = counter.rate;
                 let previous = values[counter.previous].unwrap_or(0);
@@ -583,18 +599,22 @@ impl Gate {
                     counter.extra.min(room.remaining)
                 };
                 given_back[index] += counter.extra - keep;
-                queue.leases.insert(
+                // Its lifetime is set: by this batch, earlier, or (lost) by the give-back.
+                queue.counters.insert(
                     counter.key.into(),
-                    Lease {
-                        next: first_extra,
-                        last: first_extra + keep - 1,
-                        previous,
-                        grant: keep,
+                    Known {
                         window_end_ms: rate.window_end_ms,
+                        lifetime_set: true,
+                        lease: Lease {
+                            next: first_extra,
+                            last: first_extra + keep - 1,
+                            previous,
+                            grant: keep,
+                        },
                     },
                 );
             }
-            queue.prune_leases(plan.now_ms);
+            queue.prune(plan.now_ms);
         }
         if given_back.iter().all(|&count| count == 0) && lost_lifetime.is_empty() {
             return;
@@ -617,7 +637,7 @@ impl Gate {
             give_back
                 .cmd("PEXPIRE")
                 .arg(counter.key)
-                .arg(counter.lifetime_ms)
+                .arg(counter.lifetime_ms())
                 .ignore();
         }
         self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -628,32 +648,13 @@ impl Gate {
             // A lifetime that did not land is set by the next batch instead.
             let mut queue = self.queue(queue);
             for &index in &lost_lifetime {
-                queue.expiring.remove(plan.counters[index].key);
+                if let Some(known) = queue.counters.get_mut(plan.counters[index].key) {
+                    known.lifetime_set = false;
+                }
             }
         }
         for (reply, outcome) in refused {
             let _ = reply.send(Ok(outcome));
-        }
-    }
-
-    /// Notes the counters this batch gave (or found without, and is about to give) a
-    /// lifetime, and prunes the set past its cap.
-    fn remember_lifetimes(&self, queue: usize, plan: &Plan<'_>) {
-        let mut queue = self.queue(queue);
-        for counter in &plan.counters {
-            if counter.expire {
-                queue
-                    .expiring
-                    .insert(counter.key.into(), counter.window_end_ms);
-            }
-        }
-        if queue.expiring.len() > EXPIRING_MAX {
-            queue
-                .expiring
-                .retain(|_, window_end_ms| *window_end_ms > plan.now_ms);
-            if queue.expiring.len() > EXPIRING_MAX / 2 {
-                queue.expiring.clear();
-            }
         }
     }
 
@@ -723,11 +724,15 @@ struct Counter<'a> {
     count: u64,
     /// Places taken beyond the checks', for the worker's lease.
     extra: u64,
-    /// Two windows: it is read as the previous window until the next one ends.
-    lifetime_ms: u64,
-    window_end_ms: u64,
     /// Whether the batch sets its lifetime (`PEXPIRE`) after counting.
     expire: bool,
+}
+
+impl Counter<'_> {
+    /// Two windows: it is read as the previous window until the next one ends.
+    fn lifetime_ms(&self) -> u64 {
+        2 * self.rate.length_ms
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -767,8 +772,6 @@ impl<'a> Plan<'a> {
                         previous,
                         count: 0,
                         extra: 0,
-                        lifetime_ms: 2 * rate.length_ms,
-                        window_end_ms: rate.window_end_ms,
                         expire: true,
                     });
                     counters.len() - 1
@@ -801,7 +804,7 @@ impl<'a> Plan<'a> {
             if counter.expire {
                 pipe.cmd("PEXPIRE")
                     .arg(counter.key)
-                    .arg(counter.lifetime_ms)
+                    .arg(counter.lifetime_ms())
                     .ignore();
             }
         }
@@ -1049,7 +1052,7 @@ mod tests {
     async fn the_remembered_lifetimes_stay_bounded_and_forgetting_costs_only_a_pexpire() {
         let gate = Gate::new(redis(&prefix()));
         // One address after another, as from a client with many: more than the set holds.
-        for n in 0..=EXPIRING_MAX {
+        for n in 0..=COUNTERS_MAX {
             rate(
                 &gate,
                 &format!("ip:2001:db8::{n:x}"),
@@ -1058,8 +1061,8 @@ mod tests {
             )
             .await;
         }
-        let remembered = gate.queue(gate.queue_index()).expiring.len();
-        assert!(remembered <= EXPIRING_MAX, "{remembered} remembered");
+        let remembered = gate.queue(gate.queue_index()).counters.len();
+        assert!(remembered <= COUNTERS_MAX, "{remembered} remembered");
         // The first address was forgotten: its next check sends PEXPIRE again, and counts on.
         let first = gate.rate_key("ip:2001:db8::0", 1000, Window::Index(1_700_000_000));
         let _: () = on_key(&gate, "PERSIST", &first).await;
