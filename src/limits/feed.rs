@@ -463,29 +463,23 @@ fn closed() -> redis::RedisError {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
 
     use uuid::Uuid;
 
     use super::*;
     use crate::limits::gate::{Gate, GateCheck};
     use crate::limits::revocation::Revocations;
+    use crate::limits::test_redis::URL as REDIS_URL;
 
-    const REDIS_URL: &str = "redis://127.0.0.1:6379/";
     const KEEP: Duration = Duration::from_secs(60);
 
     /// Each test's instances share a prefix of their own.
     fn prefix() -> String {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        format!(
-            "feed-test:{}:{}:",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        )
+        crate::limits::test_redis::unique_prefix("feed-test")
     }
 
     fn redis(prefix: &str) -> Redis {
-        Redis::connect(REDIS_URL, prefix, Duration::from_secs(2)).expect("valid url")
+        crate::limits::test_redis::connect(prefix)
     }
 
     fn feed(prefix: &str, lease: Duration) -> RevocationFeed {

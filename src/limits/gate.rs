@@ -843,7 +843,6 @@ impl<'a> Plan<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
     use std::time::Instant;
 
     use redis::AsyncCommands;
@@ -851,7 +850,6 @@ mod tests {
     use super::window::State;
     use super::*;
 
-    const REDIS_URL: &str = "redis://127.0.0.1:6379/";
     /// A whole number of seconds, so that 1 s windows start here.
     const T0: u64 = 1_700_000_000_000;
     const FIVE_A_SECOND: Limit = Limit {
@@ -862,16 +860,11 @@ mod tests {
     /// Each test's keys under their own prefix, so tests run in parallel and never meet
     /// another run's keys; every key written expires on its own.
     fn prefix() -> String {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        format!(
-            "gate-test:{}:{}:",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        )
+        crate::limits::test_redis::unique_prefix("gate-test")
     }
 
     fn redis(prefix: &str) -> Redis {
-        Redis::connect(REDIS_URL, prefix, Duration::from_secs(2)).expect("valid url")
+        crate::limits::test_redis::connect(prefix)
     }
 
     fn unreachable_redis() -> Redis {

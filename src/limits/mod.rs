@@ -117,3 +117,29 @@ impl Redis {
             .is_ok()
     }
 }
+
+/// The real Redis the unit tests talk to, and a key prefix of each test's own so that tests
+/// (and concurrent runs) never meet each other's keys.
+#[cfg(test)]
+pub(crate) mod test_redis {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::Redis;
+
+    pub const URL: &str = "redis://127.0.0.1:6379/";
+
+    /// `{label}:{process}:{n}:`, new for every call.
+    pub fn unique_prefix(label: &str) -> String {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        format!(
+            "{label}:{}:{}:",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    pub fn connect(prefix: &str) -> Redis {
+        Redis::connect(URL, prefix, Duration::from_secs(2)).expect("valid url")
+    }
+}
