@@ -559,14 +559,8 @@ impl AuthService {
         session_ids: &[Uuid],
         user_not_before: Option<(Uuid, u64)>,
     ) -> Result<(), GatewayError> {
-        if let Some((user_id, not_before)) = user_not_before {
-            self.revocations
-                .set_user_not_before(user_id, not_before)
-                .await
-                .map_err(redis_error)?;
-        }
         self.revocations
-            .revoke_sessions(session_ids)
+            .revoke(session_ids, user_not_before)
             .await
             .map_err(redis_error)
     }

@@ -57,18 +57,7 @@ impl Revocations {
 
     /// Ends these sessions' access tokens on every instance, at once.
     pub async fn revoke_sessions(&self, session_ids: &[Uuid]) -> Result<(), RedisError> {
-        if session_ids.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        let mut revoked = Vec::with_capacity(session_ids.len());
-        for id in session_ids {
-            let id = id.to_string();
-            pipe.set_ex(self.session_key(&id), 1, self.ttl_seconds)
-                .ignore();
-            revoked.push(Revoked::Session(id));
-        }
-        self.write(pipe, &revoked).await
+        self.revoke(session_ids, None).await
     }
 
     /// Refuses every token of this user issued before `not_before` (Unix seconds).
@@ -77,12 +66,33 @@ impl Revocations {
         user_id: Uuid,
         not_before: u64,
     ) -> Result<(), RedisError> {
-        let user_id = user_id.to_string();
+        self.revoke(&[], Some((user_id, not_before))).await
+    }
+
+    /// Both at once: one write, and with a feed one publication to wait for.
+    pub async fn revoke(
+        &self,
+        session_ids: &[Uuid],
+        user_not_before: Option<(Uuid, u64)>,
+    ) -> Result<(), RedisError> {
         let mut pipe = redis::pipe();
-        pipe.set_ex(self.user_key(&user_id), not_before, self.ttl_seconds)
-            .ignore();
-        self.write(pipe, &[Revoked::UserBefore(user_id, not_before)])
-            .await
+        let mut revoked = Vec::with_capacity(session_ids.len() + 1);
+        if let Some((user_id, not_before)) = user_not_before {
+            let user_id = user_id.to_string();
+            pipe.set_ex(self.user_key(&user_id), not_before, self.ttl_seconds)
+                .ignore();
+            revoked.push(Revoked::UserBefore(user_id, not_before));
+        }
+        for id in session_ids {
+            let id = id.to_string();
+            pipe.set_ex(self.session_key(&id), 1, self.ttl_seconds)
+                .ignore();
+            revoked.push(Revoked::Session(id));
+        }
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        self.write(pipe, &revoked).await
     }
 
     pub async fn ping(&self) -> bool {
