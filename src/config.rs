@@ -233,6 +233,33 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "deserialize_trusted_proxies")]
     pub trusted_proxies: Vec<IpNet>,
     pub allow_path_parameters: bool,
+    /// Host names the gateway serves (contract 6.8); empty means the host of `public_url`.
+    pub hosts: Vec<String>,
+    /// Method tokens accepted besides GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS.
+    pub extra_methods: Vec<String>,
+    /// Whether a `_method` query parameter is let through to the upstream.
+    pub allow_method_parameter: bool,
+    /// How long a request body may stay silent before it is cut off with 408.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub body_read_timeout: Duration,
+    /// The largest body the `/auth` JSON routes accept.
+    #[serde(deserialize_with = "size::deserialize_usize")]
+    pub max_auth_body_bytes: usize,
+}
+
+impl ServerConfig {
+    /// `hosts`, or the host of `public_url` when none are listed.
+    pub fn served_hosts(&self) -> Vec<String> {
+        if !self.hosts.is_empty() {
+            return self.hosts.clone();
+        }
+        self.public_url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|uri| uri.host().map(str::to_owned))
+            .into_iter()
+            .collect()
+    }
 }
 
 impl Default for ServerConfig {
@@ -252,6 +279,11 @@ impl Default for ServerConfig {
             worker_threads: 0,
             trusted_proxies: Vec::new(),
             allow_path_parameters: false,
+            hosts: Vec::new(),
+            extra_methods: Vec::new(),
+            allow_method_parameter: false,
+            body_read_timeout: Duration::from_secs(10),
+            max_auth_body_bytes: 64 * 1024,
         }
     }
 }
@@ -1474,6 +1506,41 @@ impl Config {
                 "server.max_connections",
                 "must be greater than zero",
             ));
+        }
+        require_positive("server.body_read_timeout", s.body_read_timeout)?;
+        if !(1024..=16 * 1024 * 1024).contains(&s.max_auth_body_bytes) {
+            return Err(invalid(
+                "server.max_auth_body_bytes",
+                format!(
+                    "must be between 1024 and 16777216 (got {})",
+                    s.max_auth_body_bytes
+                ),
+            ));
+        }
+        for (i, host) in s.hosts.iter().enumerate() {
+            let valid = !host.is_empty()
+                && host.parse::<http::uri::Authority>().is_ok_and(|authority| {
+                    authority.port().is_none() && !authority.as_str().contains('@')
+                })
+                || host.parse::<std::net::Ipv6Addr>().is_ok();
+            if !valid {
+                return Err(invalid(
+                    format!("server.hosts[{i}]"),
+                    format!("{host:?} must be a host name or address, without a port"),
+                ));
+            }
+        }
+        for (i, method) in s.extra_methods.iter().enumerate() {
+            let token = !method.is_empty()
+                && method
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
+            if !token || matches!(method.as_str(), "TRACE" | "CONNECT") {
+                return Err(invalid(
+                    format!("server.extra_methods[{i}]"),
+                    format!("{method:?} must be an upper-case method token other than TRACE and CONNECT"),
+                ));
+            }
         }
         if s.http2_max_concurrent_streams == 0 {
             return Err(invalid(

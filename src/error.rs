@@ -44,6 +44,12 @@ pub enum GatewayError {
     Unprocessable(Cow<'static, str>),
     #[error("Request headers too large")]
     HeadersTooLarge,
+    /// `Host` names a host the gateway does not serve.
+    #[error("Host not served by this gateway")]
+    MisdirectedRequest,
+    /// The request body stayed silent for `server.body_read_timeout`.
+    #[error("Request body timed out")]
+    RequestTimeout,
     /// Over a rate limit; the client may retry after this many seconds.
     #[error("Too many requests")]
     TooManyRequests { retry_after_secs: u64 },
@@ -94,6 +100,8 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
@@ -112,6 +120,8 @@ impl GatewayError {
                 | GatewayError::InvalidPath(_)
                 | GatewayError::PayloadTooLarge
                 | GatewayError::HeadersTooLarge
+                | GatewayError::MisdirectedRequest
+                | GatewayError::RequestTimeout
                 | GatewayError::MethodNotAllowed
         )
     }

@@ -24,7 +24,7 @@ use http::header::{
     HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, PRAGMA, USER_AGENT,
 };
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
@@ -37,7 +37,7 @@ use crate::limits::gate::{Gate, GateCheck, Limit};
 use crate::limits::revocation::Revocations;
 use crate::limits::RedisError;
 use crate::password::{PasswordError, PasswordHasher, PasswordRules};
-use crate::proxy::body::GatewayBody;
+use crate::proxy::body::{client_body_failure, ClientBody, GatewayBody};
 use crate::store::{Store, StoreError, User};
 use crate::token::{AccessClaims, TokenKeys};
 use routes::{Access, Route, RouteSpec};
@@ -86,6 +86,8 @@ pub struct AuthSettings {
     pub access_cookie: Option<String>,
     /// `/auth` bodies are small JSON documents; anything larger is refused early.
     pub max_body_bytes: usize,
+    /// How long the body of a request may stay silent.
+    pub body_read_timeout: std::time::Duration,
     pub limits: AuthLimits,
 }
 
@@ -298,17 +300,18 @@ impl AuthService {
         client_ip: IpAddr,
     ) -> Result<Call, GatewayError> {
         let (parts, body) = request.into_parts();
-        let body = Limited::new(body, self.settings.max_body_bytes)
-            .collect()
-            .await
-            .map_err(|error| {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    GatewayError::PayloadTooLarge
-                } else {
-                    GatewayError::bad_request("Request body could not be read")
-                }
-            })?
-            .to_bytes();
+        let body = ClientBody::new(
+            body,
+            self.settings.max_body_bytes as u64,
+            self.settings.body_read_timeout,
+        )
+        .collect()
+        .await
+        .map_err(|error| {
+            client_body_failure(error.as_ref())
+                .unwrap_or_else(|| GatewayError::bad_request("Request body could not be read"))
+        })?
+        .to_bytes();
         let user_agent = parts
             .headers
             .get(USER_AGENT)
@@ -1060,7 +1063,8 @@ impl AuthService {
                     .cookie
                     .enabled
                     .then(|| tokens.cookie.access_name.clone()),
-                max_body_bytes: 64 * 1024,
+                max_body_bytes: config.server.max_auth_body_bytes,
+                body_read_timeout: config.server.body_read_timeout,
                 limits: AuthLimits {
                     login: limit(&config.rate_limits.login),
                     register: limit(&config.rate_limits.register),

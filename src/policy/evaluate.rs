@@ -16,6 +16,8 @@ impl Policy {
         let Some(body) = request.path.strip_prefix('/') else {
             return no_rule(identity);
         };
+        // A trailing slash never changes the decision: `/admin/` is judged as `/admin`.
+        let body = body.strip_suffix('/').unwrap_or(body);
         let segments: Vec<&str> = if body.is_empty() {
             Vec::new()
         } else {

@@ -583,6 +583,11 @@ impl Reader<'_> {
                 }
                 Some(method) if method_bit(method) != 0 => {
                     mask |= method_bit(method);
+                    // A HEAD is a GET without the body: a rule for GET judges both, so that
+                    // HEAD cannot fall through to a later, looser rule.
+                    if method == "GET" {
+                        mask |= method_bit("HEAD");
+                    }
                     continue;
                 }
                 Some(method) if method_bit(&method.to_ascii_uppercase()) != 0 => {

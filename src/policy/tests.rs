@@ -146,6 +146,10 @@ const DECISIONS: &[Case] = &[
     ("contract", "HEAD", None, "/static/app.js",        None,                       Allow(0)),
     ("contract", "GET",  None, "/static",               None,                       Allow(0)),
     ("contract", "GET",  None, "/static/css/site.css",  None,                       Allow(0)),
+    // A trailing slash never changes the decision.
+    ("contract", "GET",  None, "/health/",              None,                       Allow(0)),
+    ("contract", "GET",  None, "/admin/",               None,                       Anonymous(Some(1))),
+    ("strict",   "GET",  None, "/readx/",               Some(("u", "user")),        Forbidden(Some(5), "Missing permission: readx")),
     // Methods filter: rule 0 skipped, the catch-all decides.
     ("contract", "POST", None, "/health",               None,                       Anonymous(Some(4))),
     ("contract", "POST", None, "/health",               Some(("alice", "user")),    AllowWith(4, Some(MINUTELY_BY_USER), None)),
@@ -212,6 +216,8 @@ const DECISIONS: &[Case] = &[
     ("strict", "POST", None, "/posts/9/comments", Some(("g", "guest")),  Forbidden(Some(2), "Missing permission: comment")),
     // No default rate limit: an allowed rule without its own has none.
     ("strict", "GET", None, "/posts/9", Some(("g", "guest")),  Allow(3)),
+    // `methods: [GET]` judges HEAD too, so a HEAD cannot slip past to a looser rule.
+    ("strict", "HEAD", None, "/posts/9", Some(("g", "guest")), Allow(3)),
     ("strict", "GET", None, "/posts/9", Some(("u", "user")),   Allow(3)),
     ("strict", "GET", None, "/posts/9", None,                  Anonymous(Some(3))),
     ("strict", "GET", None, "/posts/9", Some(("n", "nobody")), Forbidden(Some(3), "Missing permission: read:public")),

@@ -14,13 +14,20 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
-use super::body::{caused_by_body_limit, ForwardedBody, GatewayBody, LimitedBody};
+use super::body::{client_body_failure, ClientBody, ForwardedBody, GatewayBody};
 use super::headers::remove_hop_by_hop;
 use super::pool::{Pool, SendError};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::server::workers::current_worker;
 use crate::telemetry::metrics::{Metrics, UpstreamErrorKind};
+
+/// What a forwarded request body may be: its size, and its longest silence.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: u64,
+    pub read_timeout: Duration,
+}
 
 /// One upstream application and the connection pool to it.
 pub struct Upstream {
@@ -72,7 +79,7 @@ impl Upstream {
         target: &str,
         host: HeaderValue,
         upgrade: Option<HeaderValue>,
-        max_body_bytes: u64,
+        body_limits: BodyLimits,
         metrics: &Metrics,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
@@ -91,13 +98,16 @@ impl Upstream {
         }
         parts.uri = self.upstream_target(target)?;
         parts.version = Version::HTTP_11;
-        let request = Request::from_parts(parts, LimitedBody::new(body, max_body_bytes));
+        let body = ClientBody::new(body, body_limits.max_bytes, body_limits.read_timeout);
+        let request = Request::from_parts(parts, body);
 
         let exchange = self.pool.send(current_worker(), request);
         let (response, lease) = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(exchanged)) => exchanged,
-            Ok(Err(SendError::Request(error))) if caused_by_body_limit(&error) => {
-                return Err(GatewayError::PayloadTooLarge);
+            // The client's body failed, not the upstream: that is the client's 400, 408 or
+            // 413, and the upstream connection (left mid-request) is already discarded.
+            Ok(Err(SendError::Request(error))) if client_body_failure(&error).is_some() => {
+                return Err(client_body_failure(&error).unwrap_or(GatewayError::Internal));
             }
             Ok(Err(error)) => {
                 let (kind, chain) = match &error {

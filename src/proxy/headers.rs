@@ -28,7 +28,6 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -105,9 +104,11 @@ fn remove_connection_named(headers: &mut HeaderMap) {
     }
 }
 
-/// Headers that let a client change the method an upstream framework acts on;
-/// always stripped because policy was decided on the real method.
-const METHOD_OVERRIDE: [&str; 3] = [
+/// Always stripped, whatever the configured list says: the gateway's own identity
+/// headers, and the headers that let a client change the method an upstream framework
+/// acts on (the policy judged the real method).
+const ALWAYS_STRIPPED: [&str; 4] = [
+    "x-auth-*",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
@@ -156,19 +157,54 @@ impl Pattern {
     }
 }
 
-/// The comparison form of a header-name byte: lower-case, `_` as `-`.
+/// The comparison form of a header-name byte: lower-case, and every byte other than a
+/// letter or digit as `-`. Frameworks fold `_` (CGI, PHP, Django, Rails) and some fold `.`
+/// into `-` or `_`, so `X.Auth.Role` and `X_Auth_Role` must be stripped like `X-Auth-Role`.
 fn fold(b: u8) -> u8 {
-    if b == b'_' {
-        b'-'
-    } else {
+    if b.is_ascii_alphanumeric() {
         b.to_ascii_lowercase()
+    } else {
+        b'-'
+    }
+}
+
+/// Whether a header name, folded, is one that says where a request came from or what it
+/// asked for before a proxy (the `X-Forwarded-*` family, `Forwarded`, `X-Real-IP`,
+/// `X-Original-URI`): only a trusted proxy may send those.
+fn is_forwarding_header(name: &str) -> bool {
+    let name = name.as_bytes();
+    let folded_eq = |expected: &[u8]| {
+        name.len() == expected.len() && name.iter().zip(expected).all(|(&a, &b)| fold(a) == b)
+    };
+    let prefix = b"x-forwarded-";
+    let forwarded_family = name.len() > prefix.len()
+        && name[..prefix.len()]
+            .iter()
+            .zip(prefix)
+            .all(|(&a, &b)| fold(a) == b);
+    forwarded_family
+        || folded_eq(b"forwarded")
+        || folded_eq(b"x-real-ip")
+        || folded_eq(b"x-original-uri")
+}
+
+/// Removes every header an untrusted peer may not send (see [`is_forwarding_header`]).
+fn remove_forwarding_headers(headers: &mut HeaderMap) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_forwarding_header(name.as_str()) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in &doomed {
+        headers.remove(name);
     }
 }
 
 impl StripList {
     pub fn new(patterns: &[String]) -> StripList {
-        let mut compiled: Vec<Pattern> = Vec::with_capacity(patterns.len() + METHOD_OVERRIDE.len());
-        let all = METHOD_OVERRIDE
+        let mut compiled: Vec<Pattern> = Vec::with_capacity(patterns.len() + ALWAYS_STRIPPED.len());
+        let all = ALWAYS_STRIPPED
             .iter()
             .copied()
             .chain(patterns.iter().map(String::as_str));
@@ -277,10 +313,11 @@ fn parse_forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
 /// When the peer is trusted, the peer's address is appended to the existing
 /// X-Forwarded-For (all existing values joined with ", "), and client-sent
 /// X-Forwarded-Proto / X-Forwarded-Host are kept if present; otherwise
-/// X-Forwarded-For is replaced by the peer address, X-Forwarded-Proto by
-/// `proto`, X-Forwarded-Host by `host` (removed when host is None or empty). Also
-/// removes client-sent `Forwarded` and `X-Real-IP` unless the peer is trusted
-/// (then kept): an untrusted client could otherwise name any address.
+/// every forwarding header the client sent goes (the whole `X-Forwarded-*`
+/// family in any spelling, `Forwarded`, `X-Real-IP`, `X-Original-URI`: an
+/// untrusted client could otherwise name any address, prefix or port), and
+/// X-Forwarded-For is set to the peer address, X-Forwarded-Proto to `proto`,
+/// X-Forwarded-Host to `host` (left out when host is None or empty).
 ///
 /// The peer is written in canonical form (IPv4-mapped IPv6 as IPv4).
 ///
@@ -295,6 +332,9 @@ pub fn set_forwarded(
     host: Option<&HeaderValue>,
 ) {
     let peer = peer.to_canonical();
+    if !peer_trusted {
+        remove_forwarding_headers(headers);
+    }
     let forwarded_for = if peer_trusted {
         appended_forwarded_for(headers, peer)
     } else {
@@ -316,10 +356,6 @@ pub fn set_forwarded(
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
-    }
-    if !peer_trusted {
-        headers.remove(header::FORWARDED);
-        headers.remove(&X_REAL_IP);
     }
 }
 
@@ -664,7 +700,51 @@ mod tests {
         let list = StripList::new(&["".to_owned(), "*".to_owned(), "  ".to_owned()]);
         assert!(!list.matches("host"));
         assert!(list.matches("x-http-method-override"));
-        assert_eq!(list.patterns.len(), METHOD_OVERRIDE.len());
+        assert_eq!(list.patterns.len(), ALWAYS_STRIPPED.len());
+    }
+
+    #[test]
+    fn identity_headers_are_stripped_whatever_the_list_says() {
+        let list = StripList::new(&["x-custom".to_owned()]);
+        for name in [
+            "x-auth-user-id",
+            "X_Auth_Role",
+            "x.auth.email",
+            "X-AUTH-SESSION-ID",
+            "x-custom",
+        ] {
+            assert!(list.matches(name), "{name}");
+        }
+        assert!(!list.matches("x-authx"));
+    }
+
+    #[test]
+    fn look_alike_names_fold_to_the_stripped_name() {
+        let list = default_strip_list();
+        for name in [
+            "X.Auth.User.Id",
+            "x~auth~role",
+            "X_Forwarded_User",
+            "x.forwarded.email",
+            "remote.user",
+        ] {
+            assert!(list.matches(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn forwarding_headers_in_any_spelling() {
+        #[rustfmt::skip]
+        let cases = [
+            ("x-forwarded-prefix", true), ("X-Forwarded-Port", true), ("x_forwarded_server", true),
+            ("x.forwarded.uri", true), ("x-forwarded-method", true), ("forwarded", true),
+            ("x-real-ip", true), ("X_Real_IP", true), ("x-original-uri", true),
+            ("x-forwarded-", false), ("x-forwardedfor", false), ("forwarded-x", false),
+            ("x-original-url", false), ("accept", false),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(is_forwarding_header(name), expected, "{name}");
+        }
     }
 
     #[test]

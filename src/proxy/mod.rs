@@ -8,19 +8,21 @@
 //! module composes them and owns the I/O.
 
 pub mod body;
+pub mod checks;
 pub mod cors;
 pub mod enforce;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod path;
 pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, ORIGIN, REFERRER_POLICY};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, ORIGIN, REFERRER_POLICY};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use tracing::Instrument;
@@ -32,9 +34,10 @@ use crate::error::GatewayError;
 use crate::server::policy_source::PolicySource;
 use crate::telemetry::metrics::Metrics;
 use body::GatewayBody;
+use checks::{AllowedMethods, ServedHosts};
 use cors::{Cors, CorsSettings, Preflight};
 use enforce::Enforcer;
-use forward::Upstream;
+use forward::{BodyLimits, Upstream};
 use headers::{RequestIds, SecurityHeaders, StripList};
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -43,6 +46,9 @@ static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionInfo {
     pub peer: SocketAddr,
+    /// The framing guard refused this request's head; the service answers that and nothing
+    /// else (the head it was given is a stand-in).
+    pub refused: Option<framing::HeadRefusal>,
 }
 
 /// Why the gateway could not be assembled from a validated configuration.
@@ -66,8 +72,13 @@ pub struct Gateway {
     strip_list: StripList,
     request_ids: RequestIds,
     trusted_proxies: Vec<IpNet>,
+    methods: AllowedMethods,
+    hosts: ServedHosts,
+    allow_method_parameter: bool,
     max_header_bytes: usize,
     max_body_bytes: u64,
+    max_auth_body_bytes: u64,
+    body_read_timeout: Duration,
     allow_path_parameters: bool,
     access_log: bool,
     metrics: Arc<Metrics>,
@@ -124,8 +135,13 @@ impl Gateway {
             strip_list: StripList::new(&h.strip_request),
             request_ids: RequestIds::new(process_seed()),
             trusted_proxies: config.server.trusted_proxies.clone(),
+            methods: AllowedMethods::new(&config.server.extra_methods),
+            hosts: ServedHosts::new(&config.server.served_hosts()),
+            allow_method_parameter: config.server.allow_method_parameter,
             max_header_bytes: config.server.max_header_bytes,
             max_body_bytes: config.server.max_body_bytes,
+            max_auth_body_bytes: config.server.max_auth_body_bytes as u64,
+            body_read_timeout: config.server.body_read_timeout,
             allow_path_parameters: config.server.allow_path_parameters,
             access_log: config.telemetry.access_log,
             metrics,
@@ -162,6 +178,10 @@ impl Gateway {
             tracing::Span::none()
         };
 
+        // After a request that may switch protocols the framing guard stops reading heads
+        // (what follows may be a tunnel's bytes), so a connection that did not switch must
+        // not carry another request.
+        let may_switch = conn.refused.is_none() && framing::asks_to_switch(&request);
         let (mut response, cors_answered) =
             match self.cors.preflight(request.method(), request.headers()) {
                 Preflight::NotPreflight => {
@@ -184,6 +204,11 @@ impl Gateway {
                 }
             };
 
+        if may_switch && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         let no_referrer = response.extensions().get::<NoReferrer>().is_some();
         let headers = response.headers_mut();
         self.security_headers.apply(headers);
@@ -217,20 +242,40 @@ impl Gateway {
         conn: ConnectionInfo,
         request_id: &HeaderValue,
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        if request.method() == Method::TRACE || request.method() == Method::CONNECT {
+        if let Some(refusal) = conn.refused {
+            return Err(match refusal {
+                framing::HeadRefusal::TooLarge => GatewayError::HeadersTooLarge,
+                other => GatewayError::bad_request(other.message()),
+            });
+        }
+        if !self.methods.allows(request.method()) {
             return Err(GatewayError::MethodNotAllowed);
         }
         let host = effective_host(&request)?;
+        if !self.hosts.serves(host.to_str().unwrap_or_default()) {
+            return Err(GatewayError::MisdirectedRequest);
+        }
         if header_bytes(&request) > self.max_header_bytes {
             return Err(GatewayError::HeadersTooLarge);
         }
+        checks::check_sensitive_headers(request.headers())?;
         let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let target = path::normalize_target(target, self.allow_path_parameters)
             .map_err(GatewayError::InvalidPath)?;
-        let path = target.split('?').next().unwrap_or("/");
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        if !self.allow_method_parameter && checks::has_method_override_parameter(query) {
+            return Err(GatewayError::bad_request(
+                "The _method query parameter is not allowed",
+            ));
+        }
         let client_ip =
             headers::client_ip(conn.peer.ip(), request.headers(), &self.trusted_proxies);
         if routes::is_gateway_path(path) {
+            // Refused before a byte of the body is read, so that a client declaring a huge
+            // body gets its answer at once instead of waiting on a read.
+            if declared_length(&request).is_some_and(|length| length > self.max_auth_body_bytes) {
+                return Err(GatewayError::PayloadTooLarge);
+            }
             return Ok(self.auth.handle(request, path.to_string(), client_ip).await);
         }
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
@@ -269,7 +314,10 @@ impl Gateway {
                 &target,
                 host,
                 upgrade,
-                self.max_body_bytes,
+                BodyLimits {
+                    max_bytes: self.max_body_bytes,
+                    read_timeout: self.body_read_timeout,
+                },
                 &self.metrics,
             )
             .await?;
@@ -317,9 +365,6 @@ fn effective_host(request: &Request<Incoming>) -> Result<HeaderValue, GatewayErr
         (Some(host), None) => host.clone(),
         (None, Some(authority)) => HeaderValue::from_str(authority.as_str())
             .map_err(|_| GatewayError::bad_request("Invalid Host header"))?,
-        (None, None) if request.version() == Version::HTTP_10 => {
-            return Ok(HeaderValue::from_static(""))
-        }
         (None, None) => return Err(GatewayError::bad_request("Missing Host header")),
     };
     let valid = host

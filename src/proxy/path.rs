@@ -23,6 +23,7 @@ pub enum PathError {
     InvalidUtf8,
     PathParameter,
     ForbiddenCharacter,
+    LookalikeSeparator,
 }
 
 impl PathError {
@@ -40,6 +41,9 @@ impl PathError {
             PathError::InvalidUtf8 => "Invalid request path: invalid UTF-8",
             PathError::PathParameter => "Invalid request path: path parameters are not allowed",
             PathError::ForbiddenCharacter => "Invalid request path: forbidden character",
+            PathError::LookalikeSeparator => {
+                "Invalid request path: encoded character that normalises to '/', '\\' or '.'"
+            }
         }
     }
 }
@@ -209,9 +213,69 @@ fn canonicalize_escapes(raw: &str) -> Result<String, PathError> {
     }
     // `from_utf8` also refuses overlong forms and surrogates, which some decoders accept and
     // turn into '/' or '.'.
-    std::str::from_utf8(&decoded).map_err(|_| PathError::InvalidUtf8)?;
+    let decoded = std::str::from_utf8(&decoded).map_err(|_| PathError::InvalidUtf8)?;
+    if decoded
+        .chars()
+        .any(|c| !c.is_ascii() && LOOKALIKE_SEPARATORS.binary_search(&c).is_ok())
+    {
+        return Err(PathError::LookalikeSeparator);
+    }
     Ok(out)
 }
+
+/// Characters that an upstream normalising the path (Unicode NFKC, as Python, .NET and some
+/// routers do, or a "best fit" code page) can turn into `/`, `\` or `.`, and so into a path
+/// the policy never judged: every code point whose NFKC form contains one of the three
+/// (generated with Python's `unicodedata`), plus the slash and dot look-alikes that NFKC keeps
+/// but other mappings fold (division and fraction slash, big solidi, set minus, ideographic
+/// full stops). Sorted, for the binary search.
+const LOOKALIKE_SEPARATORS: &[char] = &[
+    '\u{2024}',
+    '\u{2025}',
+    '\u{2026}',
+    '\u{2044}',
+    '\u{2100}',
+    '\u{2101}',
+    '\u{2105}',
+    '\u{2106}',
+    '\u{2215}',
+    '\u{2216}',
+    '\u{2488}',
+    '\u{2489}',
+    '\u{248A}',
+    '\u{248B}',
+    '\u{248C}',
+    '\u{248D}',
+    '\u{248E}',
+    '\u{248F}',
+    '\u{2490}',
+    '\u{2491}',
+    '\u{2492}',
+    '\u{2493}',
+    '\u{2494}',
+    '\u{2495}',
+    '\u{2496}',
+    '\u{2497}',
+    '\u{2498}',
+    '\u{2499}',
+    '\u{249A}',
+    '\u{249B}',
+    '\u{29F8}',
+    '\u{29F9}',
+    '\u{3002}',
+    '\u{33C2}',
+    '\u{33C7}',
+    '\u{33D8}',
+    '\u{FE19}',
+    '\u{FE30}',
+    '\u{FE52}',
+    '\u{FE68}',
+    '\u{FF0E}',
+    '\u{FF0F}',
+    '\u{FF3C}',
+    '\u{FF61}',
+    '\u{1F100}',
+];
 
 /// Drops empty segments, then applies RFC 3986 §5.2.4 with `..` clamped at the root.
 /// Expects a path starting with '/'.
@@ -252,6 +316,25 @@ mod tests {
     const PATH_CASES: &[(&str, bool, Result<&str, PathError>)] = &[
         // Already canonical paths come back unchanged.
         ("/", STRICT, Ok("/")),
+        // Encoded characters that NFKC (or a best-fit mapping) turns into a separator or dot.
+        (
+            "/static/..%ef%bc%8fadmin/x",
+            STRICT,
+            Err(LookalikeSeparator),
+        ),
+        (
+            "/static/%EF%BC%8E%EF%BC%8E/admin",
+            STRICT,
+            Err(LookalikeSeparator),
+        ),
+        ("/a/%e2%80%a4%e2%80%a4/b", STRICT, Err(LookalikeSeparator)),
+        ("/a%e2%88%95b", STRICT, Err(LookalikeSeparator)),
+        ("/a%ef%bc%bcb", STRICT, Err(LookalikeSeparator)),
+        ("/a%e2%81%84b", STRICT, Err(LookalikeSeparator)),
+        ("/%f0%9f%84%80", STRICT, Err(LookalikeSeparator)),
+        // Other non-ASCII characters are fine.
+        ("/caf%C3%A9", STRICT, Ok("/caf%C3%A9")),
+        ("/%e2%80%a5x", STRICT, Err(LookalikeSeparator)),
         ("/a/b", STRICT, Ok("/a/b")),
         ("/a/b/", STRICT, Ok("/a/b/")),
         ("/Admin/Users", STRICT, Ok("/Admin/Users")),
@@ -412,6 +495,13 @@ mod tests {
             "{name} not idempotent:\n{}",
             failures.join("\n")
         );
+    }
+
+    #[test]
+    fn lookalike_separators_are_sorted() {
+        assert!(LOOKALIKE_SEPARATORS
+            .windows(2)
+            .all(|pair| pair[0] < pair[1]));
     }
 
     #[test]

@@ -23,9 +23,9 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
-use super::body::{BoxError, LimitedBody};
+use super::body::{BoxError, ClientBody};
 
-type Sender = SendRequest<LimitedBody>;
+type Sender = SendRequest<ClientBody>;
 
 /// Why a request got no response from the upstream.
 #[derive(Debug)]
@@ -76,7 +76,7 @@ impl Pool {
     pub async fn send(
         &self,
         worker: usize,
-        mut request: Request<LimitedBody>,
+        mut request: Request<ClientBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         let home = &self.idle[worker % self.idle.len()];
         loop {

@@ -15,14 +15,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
@@ -30,6 +29,7 @@ use crate::auth::{AuthBuildError, AuthService};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::mail::OutboxWorker;
+use crate::proxy::framing::{self, FramingGuard, FramingReport, FramingScanner, SocketSlot};
 use crate::proxy::{BuildError, ConnectionInfo, Gateway};
 use crate::telemetry::metrics::Metrics;
 use policy_source::PolicySource;
@@ -103,6 +103,7 @@ struct ConnectionSettings {
     drain_timeout: Duration,
     max_connections: usize,
     worker_threads: usize,
+    max_header_bytes: usize,
 }
 
 /// The assembled gateway: shared state for every listener.
@@ -114,7 +115,8 @@ pub struct App {
     mail_worker: std::sync::Mutex<Option<OutboxWorker>>,
     tls: Arc<ReloadableTls>,
     metrics: Arc<Metrics>,
-    http: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     settings: ConnectionSettings,
     public_url: Arc<str>,
     draining: Arc<AtomicBool>,
@@ -158,12 +160,14 @@ impl App {
             mail_worker: std::sync::Mutex::new(Some(mail_worker)),
             tls: Arc::new(tls),
             metrics,
-            http: http_builder(config),
+            http1: http1_builder(config),
+            http2: http2_builder(config),
             settings: ConnectionSettings {
                 handshake_timeout: server.tls.handshake_timeout,
                 drain_timeout: server.drain_timeout,
                 max_connections: server.max_connections,
                 worker_threads: workers::worker_count(server.worker_threads),
+                max_header_bytes: server.max_header_bytes,
             },
             public_url: server.public_url.as_str().into(),
             draining: Arc::new(AtomicBool::new(false)),
@@ -197,20 +201,24 @@ fn public_host(public_url: &str) -> Option<String> {
     Some(uri.host()?.trim_matches(['[', ']']).to_string())
 }
 
-/// hyper's connection settings. Parsing stays strict (no lenient header parsing); hyper's own
-/// buffer is kept somewhat above the configured header limit so that the gateway, not hyper,
-/// usually answers an oversized head, with its JSON 431.
-fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+/// hyper's HTTP/1.1 settings. Parsing stays strict (no lenient header parsing); hyper's own
+/// buffer is kept above the configured header limit, so that the framing guard, which
+/// refuses a longer head first, decides and the gateway answers with its JSON 431.
+fn http1_builder(config: &Config) -> hyper::server::conn::http1::Builder {
     let server = &config.server;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size((server.max_header_bytes * 2).max(64 * 1024))
         .keep_alive(true);
     builder
-        .http2()
+}
+
+fn http2_builder(config: &Config) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let server = &config.server;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(server.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(server.max_header_bytes * 2).unwrap_or(u32::MAX))
@@ -229,7 +237,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let app = Arc::new(app);
-    let graceful = Arc::new(GracefulShutdown::new());
+    let drain = Arc::new(Drain::new());
     let (stop_ops, ops_stopped) = watch::channel(false);
     let ops = tokio::spawn(ops::serve(listeners.ops, app.clone(), ops_stopped.clone()));
     let mail_worker = app
@@ -252,13 +260,13 @@ pub async fn serve(
     let https = accept_https(
         listeners.https,
         app.clone(),
-        graceful.clone(),
+        drain.clone(),
         connection_slots,
         &workers,
     );
     let http = async {
         match listeners.http {
-            Some(listener) => redirect::serve(listener, app.clone(), graceful.clone()).await,
+            Some(listener) => redirect::serve(listener, app.clone(), drain.clone()).await,
             None => std::future::pending().await,
         }
     };
@@ -273,9 +281,7 @@ pub async fn serve(
         drain_timeout_s = app.settings.drain_timeout.as_secs_f64(),
         "shutting down: draining connections"
     );
-    let graceful =
-        Arc::try_unwrap(graceful).unwrap_or_else(|_| unreachable!("the accept loops have ended"));
-    if tokio::time::timeout(app.settings.drain_timeout, graceful.shutdown())
+    if tokio::time::timeout(app.settings.drain_timeout, drain.finish())
         .await
         .is_err()
     {
@@ -298,7 +304,7 @@ pub async fn serve(
 async fn accept_https(
     listener: TcpListener,
     app: Arc<App>,
-    graceful: Arc<GracefulShutdown>,
+    drain: Arc<Drain>,
     slots: Arc<Semaphore>,
     workers: &workers::Workers,
 ) {
@@ -321,12 +327,12 @@ async fn accept_https(
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        let watcher = graceful.watcher();
+        let drain = drain.clone();
         let app = app.clone();
         workers.spawn(async move {
             app.metrics.connection_opened();
             if let Ok(stream) = TcpStream::from_std(stream) {
-                serve_https_connection(stream, peer, &app, watcher).await;
+                serve_https_connection(stream, peer, &app, &drain).await;
             }
             app.metrics.connection_closed();
             drop(slot);
@@ -334,12 +340,7 @@ async fn accept_https(
     }
 }
 
-async fn serve_https_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    app: &App,
-    watcher: hyper_util::server::graceful::Watcher,
-) {
+async fn serve_https_connection(stream: TcpStream, peer: SocketAddr, app: &App, drain: &Drain) {
     let _ = stream.set_nodelay(true);
     let acceptor = app.tls.acceptor();
     let tls =
@@ -358,19 +359,86 @@ async fn serve_https_connection(
         };
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let gateway = app.gateway.clone();
-    let info = ConnectionInfo { peer };
+    let report = Arc::new(FramingReport::default());
+    let scanner = if is_h2 {
+        FramingScanner::opaque(report.clone())
+    } else {
+        FramingScanner::new(app.settings.max_header_bytes, report.clone())
+    };
+    let socket: SocketSlot<_> = Arc::default();
+    let io = FramingGuard::new(tls, scanner, socket.clone());
     let service = service_fn(move |request| {
         let gateway = gateway.clone();
+        let info = ConnectionInfo {
+            peer,
+            refused: if is_h2 { None } else { report.next_request() },
+        };
         async move { Ok::<_, Infallible>(gateway.handle(request, info).await) }
     });
-    let builder = if is_h2 {
-        app.http.clone().http2_only()
+    // The protocol is known from ALPN, so hyper's own connection types serve it directly:
+    // hyper-util's automatic one first waits, with no timeout, for bytes to tell the
+    // versions apart, which a client sending nothing (or a head the guard holds) never gives.
+    let io = TokioIo::new(io);
+    let outcome = if is_h2 {
+        let connection = app.http2.serve_connection(io, service);
+        drain
+            .watch(connection, |connection| connection.graceful_shutdown())
+            .await
     } else {
-        app.http.clone().http1_only()
+        let connection = app.http1.serve_connection(io, service).with_upgrades();
+        drain
+            .watch(connection, |connection| connection.graceful_shutdown())
+            .await
     };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(error) = watcher.watch(connection).await {
+    if let Err(error) = outcome {
         tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+    // hyper is done with the socket (unless a tunnel holds it): close it gracefully.
+    let socket = socket
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .take();
+    if let Some(tls) = socket {
+        framing::linger(tls.into_inner().0).await;
+    }
+}
+
+/// Tells open connections to finish their requests and close, and waits until they have.
+pub(crate) struct Drain {
+    signal: watch::Sender<()>,
+}
+
+impl Drain {
+    fn new() -> Drain {
+        Drain {
+            signal: watch::channel(()).0,
+        }
+    }
+
+    /// Serves `connection` until it ends; once draining starts, `shutdown` asks it to
+    /// finish what is in flight and close. The drain waits for the returned future.
+    pub(crate) fn watch<C: Future>(
+        &self,
+        connection: C,
+        shutdown: impl FnOnce(Pin<&mut C>),
+    ) -> impl Future<Output = C::Output> {
+        let mut draining = self.signal.subscribe();
+        async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                output = connection.as_mut() => return output,
+                _ = draining.changed() => shutdown(connection.as_mut()),
+            }
+            let output = connection.await;
+            drop(draining);
+            output
+        }
+    }
+
+    /// Starts draining and resolves once every watched connection has ended.
+    async fn finish(&self) {
+        let _ = self.signal.send(());
+        self.signal.closed().await;
     }
 }
 

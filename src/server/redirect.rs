@@ -12,20 +12,19 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use super::App;
+use super::{App, Drain};
 use crate::error::json_error;
 use crate::proxy::body::GatewayBody;
 
-pub(super) async fn serve(listener: TcpListener, app: Arc<App>, graceful: Arc<GracefulShutdown>) {
+pub(super) async fn serve(listener: TcpListener, app: Arc<App>, drain: Arc<Drain>) {
     loop {
         let Ok((stream, _peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let watcher = graceful.watcher();
+        let drain = drain.clone();
         let app = app.clone();
         tokio::spawn(async move {
             let public_url = app.public_url.clone();
@@ -39,7 +38,9 @@ pub(super) async fn serve(listener: TcpListener, app: Arc<App>, graceful: Arc<Gr
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10));
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = watcher.watch(connection).await;
+            let _ = drain
+                .watch(connection, |connection| connection.graceful_shutdown())
+                .await;
         });
     }
 }
