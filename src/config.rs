@@ -233,6 +233,9 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "deserialize_trusted_proxies")]
     pub trusted_proxies: Vec<IpNet>,
     pub allow_path_parameters: bool,
+    /// How often an open WebSocket tunnel's token is checked for revocation again.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub websocket_recheck_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -252,6 +255,7 @@ impl Default for ServerConfig {
             worker_threads: 0,
             trusted_proxies: Vec::new(),
             allow_path_parameters: false,
+            websocket_recheck_interval: Duration::from_secs(5),
         }
     }
 }
@@ -1454,6 +1458,10 @@ impl Config {
         }
         require_positive("server.tls.handshake_timeout", s.tls.handshake_timeout)?;
         require_positive("server.header_read_timeout", s.header_read_timeout)?;
+        require_positive(
+            "server.websocket_recheck_interval",
+            s.websocket_recheck_interval,
+        )?;
         if !(1024..=1024 * 1024).contains(&s.max_header_bytes) {
             return Err(invalid(
                 "server.max_header_bytes",
@@ -2525,6 +2533,10 @@ mod tests {
         assert_eq!(
             invalid_key(|c| c.server.http2_max_concurrent_streams = 0),
             "server.http2_max_concurrent_streams"
+        );
+        assert_eq!(
+            invalid_key(|c| c.server.websocket_recheck_interval = Duration::ZERO),
+            "server.websocket_recheck_interval"
         );
         assert_eq!(
             invalid_key(|c| c.server.ops_listen = "0.0.0.0:8443".parse().unwrap()),
