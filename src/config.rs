@@ -245,6 +245,9 @@ pub struct ServerConfig {
     /// The largest body the `/auth` JSON routes accept.
     #[serde(deserialize_with = "size::deserialize_usize")]
     pub max_auth_body_bytes: usize,
+    /// How often an open WebSocket tunnel's token is checked for revocation again.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub websocket_recheck_interval: Duration,
 }
 
 impl ServerConfig {
@@ -284,6 +287,7 @@ impl Default for ServerConfig {
             allow_method_parameter: false,
             body_read_timeout: Duration::from_secs(10),
             max_auth_body_bytes: 64 * 1024,
+            websocket_recheck_interval: Duration::from_secs(5),
         }
     }
 }
@@ -1486,6 +1490,10 @@ impl Config {
         }
         require_positive("server.tls.handshake_timeout", s.tls.handshake_timeout)?;
         require_positive("server.header_read_timeout", s.header_read_timeout)?;
+        require_positive(
+            "server.websocket_recheck_interval",
+            s.websocket_recheck_interval,
+        )?;
         if !(1024..=1024 * 1024).contains(&s.max_header_bytes) {
             return Err(invalid(
                 "server.max_header_bytes",
@@ -2592,6 +2600,10 @@ mod tests {
         assert_eq!(
             invalid_key(|c| c.server.http2_max_concurrent_streams = 0),
             "server.http2_max_concurrent_streams"
+        );
+        assert_eq!(
+            invalid_key(|c| c.server.websocket_recheck_interval = Duration::ZERO),
+            "server.websocket_recheck_interval"
         );
         assert_eq!(
             invalid_key(|c| c.server.ops_listen = "0.0.0.0:8443".parse().unwrap()),

@@ -6,7 +6,8 @@
 //! - [`config`]: `gateway.yaml` with environment overrides, validated; the only file read.
 //! - [`error`]: typed failures mapped to status codes and client messages in one place.
 //! - [`proxy`]: the request path: `path` (pure normalisation), `headers` and `cors` (pure
-//!   rewriting), `forward` (the upstream client), `body` (streaming with limits).
+//!   rewriting), `websocket` (pure upgrade checks), `forward` (the upstream client), `body`
+//!   (streaming with limits).
 //! - [`auth`]: the `/auth` routes, composed from `token`, `password`, `store`, `limits`, `mail`.
 //! - [`token`] (pure): access tokens and opaque tokens. [`password`]: Argon2id and the rules.
 //! - [`store`]: Postgres (users, sessions, email tokens, outbox, audit) and migrations.

@@ -48,7 +48,16 @@ use routes::{Access, Route, RouteSpec};
 pub enum TokenState {
     Absent,
     Invalid,
-    Valid(Arc<VerifiedToken>),
+    Valid(Arc<VerifiedToken>, TokenSource),
+}
+
+/// Where a request's access token was read from. A cookie is sent by the browser on its
+/// own, whichever page asked, so what a cookie authenticates needs checks (a WebSocket's
+/// `Origin`) that a header a script had to set does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    AuthorizationHeader,
+    Cookie,
 }
 
 /// A verified access token's claims and the identity headers it is forwarded with, made once
@@ -421,7 +430,7 @@ impl AuthService {
 
     /// Verifies the caller's access token and that it has not been revoked.
     pub(crate) async fn authenticate(&self, call: &Call) -> Result<Principal, GatewayError> {
-        let Some(token) = self.bearer_token(&call.headers) else {
+        let Some((token, _)) = self.bearer_token(&call.headers) else {
             return Err(GatewayError::unauthorized("Not authenticated"));
         };
         let claims = self
@@ -466,12 +475,12 @@ impl AuthService {
 
     /// Reads and verifies the access token of a forwarded request.
     pub fn read_access_token(&self, headers: &HeaderMap) -> TokenState {
-        let Some(token) = self.bearer_token(headers) else {
+        let Some((token, source)) = self.bearer_token(headers) else {
             return TokenState::Absent;
         };
         let now = self.clock.unix_now();
         match self.verified.get(token, now) {
-            Cached::Valid(claims) => return TokenState::Valid(claims),
+            Cached::Valid(claims) => return TokenState::Valid(claims, source),
             Cached::Refused => return TokenState::Invalid,
             Cached::Unknown => {}
         }
@@ -479,7 +488,7 @@ impl AuthService {
             Ok(claims) => {
                 let verified = Arc::new(VerifiedToken::new(claims));
                 self.verified.put(token, &verified);
-                TokenState::Valid(verified)
+                TokenState::Valid(verified, source)
             }
             Err(error) => {
                 // Only a refusal that time cannot undo is remembered: a token that is not
@@ -503,14 +512,15 @@ impl AuthService {
 
     /// The token from `Authorization: Bearer`, or from the access cookie in cookie mode.
     /// Never from the query string.
-    fn bearer_token<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+    fn bearer_token<'h>(&self, headers: &'h HeaderMap) -> Option<(&'h str, TokenSource)> {
         if let Some(value) = headers.get(AUTHORIZATION) {
             let value = value.to_str().ok()?;
             let (scheme, token) = value.split_once(' ')?;
             return scheme
                 .eq_ignore_ascii_case("bearer")
                 .then_some(token.trim())
-                .filter(|token| !token.is_empty());
+                .filter(|token| !token.is_empty())
+                .map(|token| (token, TokenSource::AuthorizationHeader));
         }
         let cookie_name = self.settings.access_cookie.as_deref()?;
         headers
@@ -520,7 +530,7 @@ impl AuthService {
             .flat_map(|value| value.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(name, _)| *name == cookie_name)
-            .map(|(_, value)| value)
+            .map(|(_, value)| (value, TokenSource::Cookie))
     }
 
     pub(crate) fn role_at_least(&self, role: &str, needed: &str) -> bool {

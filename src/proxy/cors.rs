@@ -138,6 +138,11 @@ impl Cors {
         })
     }
 
+    /// The origins configured by name (not `"*"`), normalised.
+    pub fn listed_origins(&self) -> &[Box<str>] {
+        &self.origins
+    }
+
     /// False when no origins are configured.
     pub fn is_enabled(&self) -> bool {
         self.any_origin || !self.origins.is_empty()
@@ -271,8 +276,8 @@ impl Cors {
 
 /// Checks `scheme://host[:port]` and drops a default port, since browsers
 /// never send one in Origin and a configured `:443` would otherwise never
-/// match.
-fn normalize_origin(origin: &str) -> Result<String, String> {
+/// match. Lower-cases the rest, so equal origins compare equal as strings.
+pub fn normalize_origin(origin: &str) -> Result<String, String> {
     let invalid = |why: &str| Err(format!("invalid allowed origin {origin:?}: {why}"));
     if origin.eq_ignore_ascii_case("null") {
         return invalid(

@@ -10,6 +10,10 @@
 //! on anonymously; anywhere else it is a 401 with `error="invalid_token"`. What a Redis
 //! outage means is the operator's choice: `revocation_on_redis_error` (default deny) and
 //! `on_redis_error` for rate limits (default allow).
+//!
+//! A request that stays open (a WebSocket tunnel) is admitted once but must not outlive its
+//! token: [`TokenWatch`] repeats the revocation check at `server.websocket_recheck_interval`
+//! and watches the token's expiry, answering the same way `decide` would.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
-use crate::auth::{AuthService, TokenState, VerifiedToken};
+use crate::auth::{AuthService, TokenSource, TokenState, VerifiedToken};
 use crate::config::{Config, FailMode};
 use crate::error::GatewayError;
 use crate::limits::gate::{Gate, GateCheck, Limit, RateOutcome};
@@ -40,6 +44,8 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub struct Verdict {
     /// The caller, when a valid, unrevoked token was presented.
     pub identity: Option<Arc<VerifiedToken>>,
+    /// Where `identity`'s token was read from; `None` exactly when `identity` is.
+    pub token_source: Option<TokenSource>,
     /// The rule's upstream; `None` is the gateway's first.
     pub upstream: Option<String>,
     pub rate: Option<RateOutcome>,
@@ -51,6 +57,9 @@ pub struct Enforcer {
     auth: Arc<AuthService>,
     rate_on_redis_error: FailMode,
     revocation_on_redis_error: FailMode,
+    /// `tokens.leeway` in whole seconds, as token verification counts it.
+    leeway_secs: u64,
+    recheck_interval: Duration,
 }
 
 impl Enforcer {
@@ -66,6 +75,21 @@ impl Enforcer {
             auth,
             rate_on_redis_error: config.rate_limits.on_redis_error,
             revocation_on_redis_error: config.rate_limits.revocation_on_redis_error,
+            leeway_secs: config.tokens.leeway.as_secs(),
+            recheck_interval: config.server.websocket_recheck_interval,
+        }
+    }
+
+    /// Watches `verified`, the token a long-lived request was admitted with.
+    pub fn watch(&self, verified: Arc<VerifiedToken>, metrics: Arc<Metrics>) -> TokenWatch {
+        TokenWatch {
+            verified,
+            gate: self.gate.clone(),
+            auth: self.auth.clone(),
+            leeway_secs: self.leeway_secs,
+            interval: self.recheck_interval,
+            revocation_on_redis_error: self.revocation_on_redis_error,
+            metrics,
         }
     }
 
@@ -84,10 +108,10 @@ impl Enforcer {
         client_ip: IpAddr,
         metrics: &Metrics,
     ) -> Result<Verdict, GatewayError> {
-        let (verified, invalid_token) = match self.auth.read_access_token(headers) {
-            TokenState::Valid(verified) => (Some(verified), false),
-            TokenState::Invalid => (None, true),
-            TokenState::Absent => (None, false),
+        let (verified, source, invalid_token) = match self.auth.read_access_token(headers) {
+            TokenState::Valid(verified, source) => (Some(verified), Some(source), false),
+            TokenState::Invalid => (None, None, true),
+            TokenState::Absent => (None, None, false),
         };
         let claims = verified.as_ref().map(|verified| &verified.claims);
         let loaded = self.policy.current();
@@ -145,6 +169,7 @@ impl Enforcer {
                         };
                         Ok(Verdict {
                             identity: None,
+                            token_source: None,
                             upstream,
                             rate,
                         })
@@ -156,6 +181,7 @@ impl Enforcer {
                 refuse_over_limit(outcome.rate)?;
                 Ok(Verdict {
                     identity: verified,
+                    token_source: source,
                     upstream,
                     rate: outcome.rate,
                 })
@@ -172,6 +198,7 @@ impl Enforcer {
                     return match loaded.policy.evaluate(&request, None) {
                         Decision::Allow { upstream, .. } => Ok(Verdict {
                             identity: None,
+                            token_source: None,
                             upstream,
                             rate: None,
                         }),
@@ -180,6 +207,7 @@ impl Enforcer {
                 }
                 Ok(Verdict {
                     identity: verified,
+                    token_source: source,
                     upstream,
                     rate: None,
                 })
@@ -213,6 +241,84 @@ impl Enforcer {
                 }
             }
         }
+    }
+}
+
+/// Why a token no longer admits the request it was checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lapse {
+    Expired,
+    Revoked,
+    /// Revocation cannot be checked and `revocation_on_redis_error` is `deny`.
+    Unverifiable,
+}
+
+impl Lapse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lapse::Expired => "expired",
+            Lapse::Revoked => "revoked",
+            Lapse::Unverifiable => "revocation unverifiable",
+        }
+    }
+}
+
+/// The token of an open tunnel, checked again and again with the check that admitted it.
+pub struct TokenWatch {
+    verified: Arc<VerifiedToken>,
+    gate: Gate,
+    auth: Arc<AuthService>,
+    leeway_secs: u64,
+    interval: Duration,
+    revocation_on_redis_error: FailMode,
+    metrics: Arc<Metrics>,
+}
+
+impl TokenWatch {
+    /// Resolves when the token no longer admits its request, saying why. It wakes every
+    /// interval, and at the expiry if that comes first; the expiry is read from the gateway's
+    /// clock at each wake, so a clock moved forward is noticed at the next one.
+    pub async fn lapsed(self) -> Lapse {
+        let claims = &self.verified.claims;
+        // Verification accepts a token while `now < exp + leeway` in whole seconds.
+        let expires_ms = claims
+            .exp
+            .saturating_add(self.leeway_secs)
+            .saturating_mul(1000);
+        loop {
+            let until_expiry = expires_ms.saturating_sub(self.auth.clock().unix_millis());
+            tokio::time::sleep(self.interval.min(Duration::from_millis(until_expiry))).await;
+            let now_ms = self.auth.clock().unix_millis();
+            if now_ms >= expires_ms {
+                return Lapse::Expired;
+            }
+            let check = GateCheck {
+                bucket: None,
+                token: Some((claims.sid.as_str(), claims.sub.as_str(), claims.iat)),
+                now_ms,
+            };
+            let revoked = match self.gate.check(&check).await {
+                Ok(outcome) => Some(outcome.revoked),
+                Err(error) => {
+                    self.metrics.redis_error();
+                    tracing::warn!(%error, "revocation recheck of an open tunnel failed");
+                    None
+                }
+            };
+            if let Some(lapse) = recheck_lapse(revoked, self.revocation_on_redis_error) {
+                return lapse;
+            }
+        }
+    }
+}
+
+/// What a recheck's revocation answer (`None`: Redis could not say) means for an open
+/// tunnel: the same as for a new request, which such a token could not make either.
+fn recheck_lapse(revoked: Option<bool>, on_redis_error: FailMode) -> Option<Lapse> {
+    match (revoked, on_redis_error) {
+        (Some(true), _) => Some(Lapse::Revoked),
+        (Some(false), _) | (None, FailMode::Allow) => None,
+        (None, FailMode::Deny) => Some(Lapse::Unverifiable),
     }
 }
 
@@ -316,6 +422,25 @@ mod tests {
             iss: "portcullis".into(),
             aud: "portcullis".into(),
             token_type: "access".into(),
+        }
+    }
+
+    #[test]
+    fn a_recheck_lapses_as_a_new_request_would_be_refused() {
+        let cases = [
+            (Some(false), FailMode::Deny, None),
+            (Some(false), FailMode::Allow, None),
+            (Some(true), FailMode::Deny, Some(Lapse::Revoked)),
+            (Some(true), FailMode::Allow, Some(Lapse::Revoked)),
+            (None, FailMode::Deny, Some(Lapse::Unverifiable)),
+            (None, FailMode::Allow, None),
+        ];
+        for (revoked, on_redis_error, expected) in cases {
+            assert_eq!(
+                recheck_lapse(revoked, on_redis_error),
+                expected,
+                "{revoked:?} {on_redis_error:?}"
+            );
         }
     }
 

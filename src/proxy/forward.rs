@@ -1,6 +1,6 @@
 //! Forwarding to an upstream over pooled HTTP/1.1 connections: rewriting the target,
 //! streaming both bodies, mapping upstream failures to 502/504, and tunnelling WebSocket
-//! upgrades.
+//! upgrades for as long as the caller's token admits them.
 //!
 //! Requests from HTTP/2 clients are sent upstream as HTTP/1.1: upstreams are ordinary
 //! applications and the gateway must not require them to speak HTTP/2.
@@ -13,10 +13,13 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use super::body::{client_body_failure, ClientBody, ForwardedBody, GatewayBody};
+use super::enforce::TokenWatch;
 use super::headers::remove_hop_by_hop;
 use super::pool::{Pool, SendError};
+use super::websocket::Upgrade;
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::server::workers::current_worker;
@@ -28,6 +31,9 @@ pub struct BodyLimits {
     pub max_bytes: u64,
     pub read_timeout: Duration,
 }
+
+/// How long a tunnel closed by the gateway waits for each side to take the close.
+const TUNNEL_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// One upstream application and the connection pool to it.
 pub struct Upstream {
@@ -71,25 +77,27 @@ impl Upstream {
     }
 
     /// Sends `request` (headers already rewritten for the upstream, hop-by-hop ones removed)
-    /// to `target`, the normalised path and query; `upgrade` is the WebSocket protocol the
-    /// client asked for, if any.
+    /// to `target`, the normalised path and query; `upgrade` is the WebSocket upgrade the
+    /// client asked for and the gateway admitted, if any.
     pub async fn forward(
         &self,
         mut request: Request<Incoming>,
         target: &str,
         host: HeaderValue,
-        upgrade: Option<HeaderValue>,
+        upgrade: Option<Upgrade>,
         body_limits: BodyLimits,
         metrics: &Metrics,
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+        let upgrade = upgrade.map(|upgrade| (hyper::upgrade::on(&mut request), upgrade));
 
         let (mut parts, body) = request.into_parts();
-        if let Some(protocol) = &upgrade {
+        if let Some((_, upgrade)) = &upgrade {
             parts
                 .headers
                 .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(UPGRADE, protocol.clone());
+            parts
+                .headers
+                .insert(UPGRADE, upgrade.handshake.protocol.clone());
         }
         if self.preserve_host && !host.is_empty() {
             parts.headers.insert(HOST, host);
@@ -128,16 +136,20 @@ impl Upstream {
         };
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            // The connection now belongs to the tunnel: it never goes back to the pool.
+            // The connection now belongs to the tunnel: it never goes back to the pool. When
+            // no tunnel opens, dropping the response with it closes the connection.
             drop(lease);
-            return match client_upgrade {
-                Some(client_upgrade) => Ok(tunnel(response, client_upgrade)),
-                None => {
-                    metrics.upstream_error(UpstreamErrorKind::Other);
-                    tracing::warn!(upstream = %self.name, "upstream switched protocols unasked");
-                    Err(GatewayError::UpstreamUnreachable)
-                }
+            let Some((client_upgrade, upgrade)) = upgrade else {
+                metrics.upstream_error(UpstreamErrorKind::Other);
+                tracing::warn!(upstream = %self.name, "upstream switched protocols unasked");
+                return Err(GatewayError::UpstreamUnreachable);
             };
+            if let Err(why) = upgrade.handshake.agreed(response.headers()) {
+                metrics.upstream_error(UpstreamErrorKind::Other);
+                tracing::warn!(upstream = %self.name, why, "upstream's 101 does not complete the WebSocket handshake");
+                return Err(GatewayError::UpstreamUnreachable);
+            }
+            return Ok(tunnel(response, client_upgrade, upgrade.watch));
         }
 
         let (mut parts, body) = response.into_parts();
@@ -161,33 +173,14 @@ impl Upstream {
     }
 }
 
-/// The protocol a client asks to upgrade to, when it is a WebSocket over HTTP/1.1. Other
-/// upgrades are not passed on: `h2c` in particular would let a client talk to the upstream
-/// past the gateway's checks.
-pub fn websocket_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
-    if request.version() != Version::HTTP_11 {
-        return None;
-    }
-    let upgrade = request.headers().get(UPGRADE)?;
-    if !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
-        return None;
-    }
-    let asks_upgrade = request
-        .headers()
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks_upgrade.then(|| upgrade.clone())
-}
-
 /// Answers the client's upgrade with the upstream's 101 and, once both sides have switched,
-/// copies bytes both ways until either closes. The tunnel only opens after the upstream has
-/// said 101, so a refused upgrade is an ordinary response.
+/// copies bytes both ways until either closes or `watch` finds the caller's token no longer
+/// admits the tunnel. The tunnel only opens after the upstream has said 101, so a refused
+/// upgrade is an ordinary response.
 fn tunnel(
     upstream_response: Response<Incoming>,
     client_upgrade: hyper::upgrade::OnUpgrade,
+    watch: Option<TokenWatch>,
 ) -> Response<GatewayBody> {
     let (mut parts, body) = upstream_response.into_parts();
     let upgrade_header = parts.headers.get(UPGRADE).cloned();
@@ -209,8 +202,29 @@ fn tunnel(
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(%error, "tunnel closed with an error");
+        let lapsed = async move {
+            match watch {
+                Some(watch) => watch.lapsed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(error) = copied {
+                    tracing::debug!(%error, "tunnel closed with an error");
+                }
+            }
+            lapse = lapsed => {
+                tracing::info!(reason = lapse.as_str(), "closing a WebSocket tunnel: its token no longer admits it");
+                // No close frame: the copy was cut off wherever it was, perhaps inside a
+                // frame, so the client is told by the connection closing. Each side gets a
+                // moment to take its close; a peer that does not read is simply dropped.
+                let closing = async {
+                    let _ = client.shutdown().await;
+                    let _ = upstream.shutdown().await;
+                };
+                let _ = tokio::time::timeout(TUNNEL_CLOSE_GRACE, closing).await;
+            }
         }
     });
     Response::from_parts(parts, GatewayBody::empty())

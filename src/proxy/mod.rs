@@ -16,6 +16,7 @@ pub mod framing;
 pub mod headers;
 pub mod path;
 pub mod pool;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use cors::{Cors, CorsSettings, Preflight};
 use enforce::Enforcer;
 use forward::{BodyLimits, Upstream};
 use headers::{RequestIds, SecurityHeaders, StripList};
+use websocket::WebSockets;
 
 static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -69,6 +71,7 @@ pub struct Gateway {
     enforcer: Enforcer,
     security_headers: SecurityHeaders,
     cors: Cors,
+    websockets: WebSockets,
     strip_list: StripList,
     request_ids: RequestIds,
     trusted_proxies: Vec<IpNet>,
@@ -131,6 +134,7 @@ impl Gateway {
             auth,
             enforcer,
             security_headers,
+            websockets: WebSockets::new(&config.server.public_url, &cors),
             cors,
             strip_list: StripList::new(&h.strip_request),
             request_ids: RequestIds::new(process_seed()),
@@ -296,7 +300,9 @@ impl Gateway {
         // The upgrade is read before hop-by-hop headers go, and those go before the gateway
         // sets its own: a client naming `X-Forwarded-For` in `Connection` must not be able
         // to delete what the gateway adds.
-        let upgrade = forward::websocket_upgrade(&request);
+        let upgrade = self
+            .websockets
+            .admit(&request, &verdict, &self.enforcer, &self.metrics)?;
         let headers = request.headers_mut();
         headers::remove_hop_by_hop(headers);
         self.strip_list.strip(headers);

@@ -1,6 +1,8 @@
 //! A real upstream application on 127.0.0.1:0 that records what reached it.
 //!
-//! Routes: `/ws` (WebSocket echo), `/no-upgrade` (answers 200 even to an upgrade),
+//! Routes: `/ws` and `/ws/...` (WebSocket echo), `/no-upgrade` (answers 200 even to an upgrade),
+//! `/ws-bad/accept`, `/ws-bad/other-upgrade` and `/ws-bad/no-upgrade` (a 101 with a wrong
+//! `Sec-WebSocket-Accept`, with `Upgrade: h2c`, and with no `Upgrade`),
 //! `/hold` (answers only when the test releases it), `/never` (never answers),
 //! `/download/N` (streams N bytes), `/sink` (reads and counts the body), and everything else
 //! echoes the request as JSON: method, target, headers, body length.
@@ -119,7 +121,7 @@ async fn handle(
     });
     let path = request.uri().path().to_string();
 
-    if path == "/ws" {
+    if path == "/ws" || path.starts_with("/ws/") {
         let key = request.headers().get("sec-websocket-key").cloned();
         let Some(key) = key else {
             return Ok(status(StatusCode::BAD_REQUEST));
@@ -146,6 +148,28 @@ async fn handle(
             .body(full(Bytes::new()))
             .unwrap();
         return Ok(response);
+    }
+    if let Some(flaw) = path.strip_prefix("/ws-bad/") {
+        let key = request
+            .headers()
+            .get("sec-websocket-key")
+            .cloned()
+            .unwrap_or(http::HeaderValue::from_static(""));
+        let accept = derive_accept_key(key.as_bytes());
+        let mut response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade");
+        response = match flaw {
+            "accept" => response
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", derive_accept_key(b"another key")),
+            "other-upgrade" => response
+                .header("upgrade", "h2c")
+                .header("sec-websocket-accept", accept),
+            "no-upgrade" => response.header("sec-websocket-accept", accept),
+            other => panic!("no such flaw: {other}"),
+        };
+        return Ok(response.body(full(Bytes::new())).unwrap());
     }
     if path == "/hold" {
         let released = state.release.notified();
