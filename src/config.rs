@@ -233,6 +233,10 @@ pub struct ServerConfig {
     #[serde(deserialize_with = "deserialize_trusted_proxies")]
     pub trusted_proxies: Vec<IpNet>,
     pub allow_path_parameters: bool,
+    /// Host names the gateway serves; default the host of `public_url`.
+    pub hosts: Vec<String>,
+    /// Methods accepted besides GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS.
+    pub extra_methods: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -252,6 +256,8 @@ impl Default for ServerConfig {
             worker_threads: 0,
             trusted_proxies: Vec::new(),
             allow_path_parameters: false,
+            hosts: Vec::new(),
+            extra_methods: Vec::new(),
         }
     }
 }

@@ -203,6 +203,7 @@ server:
   http_listen: 127.0.0.1:0
   ops_listen: 127.0.0.1:0
   public_url: https://gateway.test:8443
+  hosts: [gateway.test, localhost, 127.0.0.1]
   tls:
     cert_path: {cert}
     key_path: {key}
