@@ -8,6 +8,7 @@ mod auth_admin;
 mod auth_passwords;
 mod auth_sessions;
 mod auth_tokens;
+mod corpus;
 mod dependencies;
 mod enforcement;
 mod forwarding;

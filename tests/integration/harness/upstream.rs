@@ -5,7 +5,8 @@
 //! `Sec-WebSocket-Accept`, with `Upgrade: h2c`, and with no `Upgrade`),
 //! `/hold` (answers only when the test releases it), `/never` (never answers),
 //! `/download/N` (streams N bytes), `/sink` (reads and counts the body), and everything else
-//! echoes the request as JSON: method, target, headers, body length.
+//! reads the whole body, records it, and echoes the request as JSON: method, target, headers,
+//! body length.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -32,6 +33,9 @@ pub struct Seen {
     pub method: String,
     pub target: String,
     pub headers: HeaderMap,
+    /// The body as received, once the echo route has read all of it (empty until then, and
+    /// always for the streaming routes).
+    pub body: Bytes,
 }
 
 #[derive(Default)]
@@ -114,11 +118,18 @@ async fn handle(
         .uri()
         .path_and_query()
         .map_or("/".to_string(), |pq| pq.to_string());
-    state.seen.lock().unwrap().push(Seen {
-        method: request.method().to_string(),
-        target: target.clone(),
-        headers: request.headers().clone(),
-    });
+    // Recorded before the body is read, so that `/hold` and `/never` are seen too; the index
+    // finds this request's entry again when its body has arrived.
+    let index = {
+        let mut seen = state.seen.lock().unwrap();
+        seen.push(Seen {
+            method: request.method().to_string(),
+            target: target.clone(),
+            headers: request.headers().clone(),
+            body: Bytes::new(),
+        });
+        seen.len() - 1
+    };
     let path = request.uri().path().to_string();
 
     if path == "/ws" || path.starts_with("/ws/") {
@@ -185,13 +196,19 @@ async fn handle(
         return Ok(Response::new(download(size)));
     }
 
+    // `/sink` takes large uploads and only counts them; the echo keeps what it read.
+    let keep = path != "/sink";
     let mut body_len = 0u64;
+    let mut received = Vec::new();
     let mut body = request.into_body();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
                 if let Some(data) = frame.data_ref() {
                     body_len += data.len() as u64;
+                    if keep {
+                        received.extend_from_slice(data);
+                    }
                 }
             }
             Err(_) => return Ok(status(StatusCode::BAD_REQUEST)),
@@ -200,7 +217,11 @@ async fn handle(
     if path == "/sink" {
         return Ok(Response::new(full(body_len.to_string())));
     }
-    let seen = state.seen.lock().unwrap().last().cloned().unwrap();
+    let seen = {
+        let mut seen = state.seen.lock().unwrap();
+        seen[index].body = Bytes::from(received);
+        seen[index].clone()
+    };
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in &seen.headers {
         headers
