@@ -744,6 +744,8 @@ pub struct PolicyConfig {
     pub path: PathBuf,
     /// Reload the policy when the file changes; SIGHUP reloads it either way.
     pub watch: bool,
+    /// Match paths exactly; by default letter case is ignored (contract 6.3).
+    pub case_sensitive: bool,
 }
 
 impl Default for PolicyConfig {
@@ -751,6 +753,7 @@ impl Default for PolicyConfig {
         PolicyConfig {
             path: PathBuf::from("config/policy.yaml"),
             watch: true,
+            case_sensitive: false,
         }
     }
 }

@@ -82,12 +82,14 @@ pub(crate) fn compile(doc: Doc, diagnostics: &mut Vec<Diagnostic>) -> Policy {
         grants.push(inherited.clone());
     }
 
-    let trie = Trie::build(
+    let patterns = || {
         doc.rules
             .iter()
             .enumerate()
-            .flat_map(|(index, rule)| rule.patterns.iter().map(move |p| (index, p))),
-    );
+            .flat_map(|(index, rule)| rule.patterns.iter().map(move |p| (index, p)))
+    };
+    let trie = Trie::build(patterns(), false);
+    let folded_trie = Trie::build(patterns(), true);
     warn_shadowed(&doc.rules, &trie, diagnostics);
     warn_duplicate_names(&doc.rules, diagnostics);
     // The highest role holds every grant there is.
@@ -127,6 +129,8 @@ pub(crate) fn compile(doc: Doc, diagnostics: &mut Vec<Diagnostic>) -> Policy {
         default_rate_limit: doc.rate_limit,
         rules,
         trie,
+        folded_trie,
+        case_sensitive: false,
     }
 }
 

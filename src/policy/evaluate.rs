@@ -30,7 +30,24 @@ impl Policy {
                 .get(rule)
                 .is_some_and(|r| r.accepts(method, host))
         };
-        let Some(terminal) = self.trie.find(&segments, accept, visits) else {
+        // Captures keep the path's own spelling; only the walk down the trie folds case.
+        let found = if self.case_sensitive || !body.bytes().any(|b| b.is_ascii_uppercase()) {
+            let trie = if self.case_sensitive {
+                &self.trie
+            } else {
+                &self.folded_trie
+            };
+            trie.find(&segments, accept, visits)
+        } else {
+            let lower = body.to_ascii_lowercase();
+            let folded: Vec<&str> = if lower.is_empty() {
+                Vec::new()
+            } else {
+                lower.split('/').collect()
+            };
+            self.folded_trie.find(&folded, accept, visits)
+        };
+        let Some(terminal) = found else {
             return no_rule(identity);
         };
         self.apply(terminal, &segments, identity)

@@ -146,8 +146,20 @@ pub(crate) struct Trie {
 
 impl Trie {
     /// Builds the trie from (rule index, pattern) pairs given in rule order.
-    pub(crate) fn build<'p>(patterns: impl IntoIterator<Item = (usize, &'p Pattern)>) -> Trie {
+    /// `fold_case`: literal segments are stored in lower case, for a lookup with the path's
+    /// segments in lower case (case-insensitive matching, contract 6.3).
+    pub(crate) fn build<'p>(
+        patterns: impl IntoIterator<Item = (usize, &'p Pattern)>,
+        fold_case: bool,
+    ) -> Trie {
         let mut nodes = vec![TrieNode::default()];
+        let key = |text: &str| -> Box<str> {
+            if fold_case {
+                text.to_ascii_lowercase().into()
+            } else {
+                Box::from(text)
+            }
+        };
         for (rule, pattern) in patterns {
             let mut at = 0;
             let mut captures = Vec::new();
@@ -158,7 +170,7 @@ impl Trie {
                         rest = true;
                         break;
                     }
-                    Segment::Literal(text) => nodes[at].literals.get(text.as_str()).copied(),
+                    Segment::Literal(text) => nodes[at].literals.get(&key(text)).copied(),
                     Segment::One(name) => {
                         if let Some(name) = name {
                             captures.push((index, Box::from(name.as_str())));
@@ -173,7 +185,7 @@ impl Trie {
                         nodes.push(TrieNode::default());
                         match segment {
                             Segment::Literal(text) => {
-                                nodes[at].literals.insert(Box::from(text.as_str()), child);
+                                nodes[at].literals.insert(key(text), child);
                             }
                             _ => nodes[at].one = Some(child),
                         }

@@ -108,7 +108,13 @@ pub struct Policy {
     grants: Vec<Vec<compile::Grant>>,
     default_rate_limit: Option<RateLimit>,
     rules: Vec<compile::Rule>,
+    /// Literal segments as written, for `policy.case_sensitive: true`.
     trie: matcher::Trie,
+    /// Literal segments in lower case: matching ignores letter case by default (contract
+    /// 6.3), so that an upstream routing case-insensitively cannot be reached through
+    /// `/ADMIN/x` under rules written for `/admin/**`.
+    folded_trie: matcher::Trie,
+    case_sensitive: bool,
 }
 
 impl fmt::Debug for Policy {
@@ -123,6 +129,11 @@ impl fmt::Debug for Policy {
 }
 
 impl Policy {
+    /// Matches paths exactly (`true`) or ignoring ASCII letter case (`false`, the default).
+    pub fn set_case_sensitive(&mut self, case_sensitive: bool) {
+        self.case_sensitive = case_sensitive;
+    }
+
     /// Parses and compiles. `upstreams`: the upstream names the gateway has (a rule naming
     /// another is an error); None skips that check (for `policy check` without a gateway
     /// config). Ok carries warnings (e.g. shadowed rules); Err carries every error found (at

@@ -154,9 +154,11 @@ const DECISIONS: &[Case] = &[
     ("contract", "POST", None, "/health",               None,                       Anonymous(Some(4))),
     ("contract", "POST", None, "/health",               Some(("alice", "user")),    AllowWith(4, Some(MINUTELY_BY_USER), None)),
     ("contract", "OPTIONS", None, "/static/app.js",     None,                       Anonymous(Some(4))),
-    // Paths are case-sensitive.
-    ("contract", "GET",  None, "/Static/app.js",        None,                       Anonymous(Some(4))),
-    ("contract", "GET",  None, "/HEALTH",               Some(("alice", "user")),    AllowWith(4, Some(MINUTELY_BY_USER), None)),
+    // Letter case is ignored by default (contract 6.3); `case_sensitive_matching` below.
+    ("contract", "GET",  None, "/Static/app.js",        None,                       Allow(0)),
+    ("contract", "GET",  None, "/HEALTH",               Some(("alice", "user")),    Allow(0)),
+    ("contract", "GET",  None, "/ADMIN/users",          Some(("alice", "user")),    Forbidden(Some(1), "Requires admin role")),
+    ("contract", "GET",  None, "/aDmIn",                None,                       Anonymous(Some(1))),
     // Admin area: `{role: admin}` is admin or higher.
     ("contract", "GET",  None, "/admin",                None,                       Anonymous(Some(1))),
     ("contract", "GET",  None, "/admin/users",          None,                       Anonymous(Some(1))),
@@ -191,7 +193,9 @@ const DECISIONS: &[Case] = &[
     // `{user_id}` needs a segment: /users alone falls through to the catch-all.
     ("contract", "GET",  None, "/users",                None,                       Anonymous(Some(4))),
     ("contract", "GET",  None, "/users",                Some(("alice", "user")),    AllowWith(4, Some(MINUTELY_BY_USER), None)),
-    ("contract", "GET",  None, "/Users/alice",          Some(("alice", "user")),    AllowWith(4, Some(MINUTELY_BY_USER), None)),
+    // The capture keeps the path's own spelling.
+    ("contract", "GET",  None, "/Users/alice",          Some(("alice", "user")),    Allow(3)),
+    ("contract", "GET",  None, "/USERS/Alice",          Some(("alice", "user")),    Forbidden(Some(3), "Not the owner")),
     // The catch-all `/**` takes the root and anything deep; an unknown role is still signed in.
     ("contract", "GET",  None, "/",                     None,                       Anonymous(Some(4))),
     ("contract", "GET",  None, "/",                     Some(("alice", "user")),    AllowWith(4, Some(MINUTELY_BY_USER), None)),
@@ -751,4 +755,31 @@ fn render_format() {
         warning.render("p.yaml"),
         "p.yaml:3:1: warning: rule `x` is never reached"
     );
+}
+
+#[test]
+fn case_sensitive_matching() {
+    let mut contract = policy("contract");
+    contract.set_case_sensitive(true);
+    let alice = Identity {
+        sub: "alice",
+        role: "user",
+    };
+    let request = |path| Request {
+        method: "GET",
+        host: None,
+        path,
+    };
+    assert!(matches!(
+        contract.evaluate(&request("/ADMIN/users"), Some(&alice)),
+        Decision::Allow { rule: 4, .. }
+    ));
+    assert!(matches!(
+        contract.evaluate(&request("/admin/users"), Some(&alice)),
+        Decision::Forbidden { rule: Some(1), .. }
+    ));
+    assert!(matches!(
+        contract.evaluate(&request("/Static/app.js"), None),
+        Decision::Unauthenticated { rule: Some(4) }
+    ));
 }

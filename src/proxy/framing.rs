@@ -42,6 +42,8 @@ pub enum HeadRefusal {
     TransferEncoding,
     /// A `Content-Length` that is not one plain decimal number.
     ContentLength,
+    /// A chunked body that breaks the grammar, found before the head went on.
+    MalformedBody,
 }
 
 impl HeadRefusal {
@@ -55,6 +57,7 @@ impl HeadRefusal {
             }
             HeadRefusal::TransferEncoding => "Unsupported Transfer-Encoding",
             HeadRefusal::ContentLength => "Invalid Content-Length",
+            HeadRefusal::MalformedBody => "Malformed chunked request body",
         }
     }
 }
@@ -212,14 +215,28 @@ impl FramingScanner {
             return 0;
         }
         let mut at = 0;
+        // The request whose head this read delivered, if any: (where it starts, its number).
+        let mut head: Option<(usize, u64)> = None;
         while at < bytes.len() {
+            let heads = self.heads;
             match self.step(&bytes[at..]) {
-                Step::Pass(len) => at += len,
+                Step::Pass(len) => {
+                    if self.heads > heads {
+                        head = Some((at, heads));
+                    }
+                    at += len;
+                }
                 Step::NeedMore => {
                     self.hold(&bytes[at..]);
                     break;
                 }
-                Step::Stop => break,
+                Step::Stop => {}
+            }
+            if let Some(start) = self.refuse_whole_request(head) {
+                return start;
+            }
+            if matches!(self.state, State::Closed { .. }) {
+                break;
             }
         }
         at
@@ -227,9 +244,14 @@ impl FramingScanner {
 
     fn feed_queued(&mut self, data: &[u8]) {
         let mut at = 0;
+        let mut head: Option<(usize, u64)> = None;
         while at < data.len() {
+            let heads = self.heads;
             match self.step(&data[at..]) {
                 Step::Pass(len) => {
+                    if self.heads > heads {
+                        head = Some((self.ready.len(), heads));
+                    }
                     self.ready.extend_from_slice(&data[at..at + len]);
                     at += len;
                 }
@@ -237,9 +259,34 @@ impl FramingScanner {
                     self.hold(&data[at..]);
                     return;
                 }
-                Step::Stop => return,
+                Step::Stop => {}
+            }
+            if let Some(start) = self.refuse_whole_request(head) {
+                self.ready.truncate(start);
+                self.ready.extend_from_slice(STAND_IN_HEAD);
+                return;
+            }
+            if matches!(self.state, State::Closed { .. }) {
+                return;
             }
         }
+    }
+
+    /// When a chunked body breaks the grammar in the same read that brought its head, the
+    /// head has not reached hyper yet: the whole request is refused like a bad head, so the
+    /// upstream never sees any of it. Returns where the request starts; the caller drops
+    /// everything from there (the fast path's caller queues the stand-in through `refuse`).
+    fn refuse_whole_request(&mut self, head: Option<(usize, u64)>) -> Option<usize> {
+        let (start, index) = head?;
+        if self.state != (State::Closed { error: true }) {
+            return None;
+        }
+        self.report.refuse(index, HeadRefusal::MalformedBody);
+        self.state = State::Closed { error: false };
+        if self.ready.is_empty() {
+            self.ready.extend_from_slice(STAND_IN_HEAD);
+        }
+        Some(start)
     }
 
     /// Checked bytes queued for hyper, if any; `consume` says how many were taken.
@@ -831,7 +878,14 @@ mod tests {
     #[test]
     fn framing_cases_in_any_piece_size() {
         for (name, input, expected, error, first, second) in cases() {
-            for piece in [1, 2, 3, 7, 64, input.len()] {
+            // A body error found in the read that brought its head refuses the whole
+            // request instead; byte by byte, the head has gone on before the error is seen.
+            let pieces: &[usize] = if error {
+                &[1]
+            } else {
+                &[1, 2, 3, 7, 64, input.len()]
+            };
+            for &piece in pieces {
                 let (out, owed, refusals) = run(input.as_bytes(), piece, 256);
                 assert_eq!(
                     String::from_utf8_lossy(&out),
@@ -842,6 +896,32 @@ mod tests {
                 assert_eq!(refusals[0], first, "{name} (pieces of {piece}): request 0");
                 assert_eq!(refusals[1], second, "{name} (pieces of {piece}): request 1");
             }
+            if error {
+                let (out, owed, refusals) = run(input.as_bytes(), input.len(), 256);
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    STAND_IN,
+                    "{name} (one piece)"
+                );
+                assert!(!owed, "{name} (one piece): no error owed");
+                assert_eq!(refusals[0], Some(MalformedBody), "{name} (one piece)");
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_error_after_a_complete_request_refuses_only_the_second() {
+        let first = "GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+        let input = format!("{first}{HEAD}Transfer-Encoding: chunked\r\n\r\n-1\r\n");
+        for piece in [input.len(), first.len() + 5] {
+            let (out, owed, refusals) = run(input.as_bytes(), piece, 256);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                format!("{first}{STAND_IN}"),
+                "{piece}"
+            );
+            assert!(!owed);
+            assert_eq!(refusals[..2], [None, Some(MalformedBody)], "{piece}");
         }
     }
 

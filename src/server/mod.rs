@@ -147,7 +147,12 @@ impl App {
             .map(|upstream| upstream.name.clone())
             .collect();
         let policy = Arc::new(
-            PolicySource::load(&config.policy.path, upstream_names).map_err(AppError::Policy)?,
+            PolicySource::load(
+                &config.policy.path,
+                upstream_names,
+                config.policy.case_sensitive,
+            )
+            .map_err(AppError::Policy)?,
         );
         let (auth, mail_worker) = AuthService::from_config(config, clock, policy.clone())?;
         let auth = Arc::new(auth);

@@ -25,6 +25,7 @@ pub struct LoadedPolicy {
 pub struct PolicySource {
     path: PathBuf,
     upstreams: Vec<String>,
+    case_sensitive: bool,
     current: RwLock<Arc<LoadedPolicy>>,
     /// The file's modification time and length when last read, to notice edits cheaply.
     seen: Mutex<Option<(SystemTime, u64)>>,
@@ -37,15 +38,20 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 impl PolicySource {
     /// Loads the policy or returns every error as `file:line:col: message` lines.
-    pub fn load(path: &Path, upstreams: Vec<String>) -> Result<PolicySource, String> {
+    pub fn load(
+        path: &Path,
+        upstreams: Vec<String>,
+        case_sensitive: bool,
+    ) -> Result<PolicySource, String> {
         let seen = fingerprint(path);
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("{}: {error}", path.display()))?;
-        let loaded = compile(path, &text, &upstreams)
+        let loaded = compile(path, &text, &upstreams, case_sensitive)
             .map_err(|diagnostics| render_all(path, &diagnostics))?;
         Ok(PolicySource {
             path: path.to_path_buf(),
             upstreams,
+            case_sensitive,
             current: RwLock::new(Arc::new(loaded)),
             seen: Mutex::new(seen),
             reloads: AtomicU64::new(0),
@@ -83,7 +89,7 @@ impl PolicySource {
         if content_hash(&text) == self.current().hash {
             return false;
         }
-        match compile(&self.path, &text, &self.upstreams) {
+        match compile(&self.path, &text, &self.upstreams, self.case_sensitive) {
             Ok(loaded) => {
                 tracing::info!(path = %self.path.display(), hash = %loaded.hash, rules = loaded.policy.rule_count(), "policy reloaded");
                 *self
@@ -147,8 +153,14 @@ impl PolicySource {
     }
 }
 
-fn compile(path: &Path, text: &str, upstreams: &[String]) -> Result<LoadedPolicy, Vec<Diagnostic>> {
-    let (policy, warnings) = Policy::parse(text, Some(upstreams))?;
+fn compile(
+    path: &Path,
+    text: &str,
+    upstreams: &[String],
+    case_sensitive: bool,
+) -> Result<LoadedPolicy, Vec<Diagnostic>> {
+    let (mut policy, warnings) = Policy::parse(text, Some(upstreams))?;
+    policy.set_case_sensitive(case_sensitive);
     for warning in &warnings {
         tracing::warn!(diagnostic = %warning.render(&path.display().to_string()), "policy warning");
     }
