@@ -17,4 +17,5 @@ mod identity_setup;
 mod lifecycle;
 mod policy_reload;
 mod process;
+mod slow_requests;
 mod websocket;
