@@ -29,6 +29,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::path::hex_value;
+
 /// Why a request head was refused before hyper saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadRefusal {
@@ -506,7 +508,7 @@ fn check_head(head: &[u8]) -> Result<HeadFraming, HeadRefusal> {
 fn chunk_step(chunk: Chunk, bytes: &[u8]) -> Result<(Option<Chunk>, usize), ()> {
     let byte = bytes[0];
     let next = match chunk {
-        Chunk::Size { size, digits } => match hex_digit(byte) {
+        Chunk::Size { size, digits } => match hex_value(byte) {
             // Sixteen hex digits fill a u64; a seventeenth would overflow.
             Some(_) if digits >= 16 => return Err(()),
             Some(digit) => Chunk::Size {
@@ -581,15 +583,6 @@ fn chunk_step(chunk: Chunk, bytes: &[u8]) -> Result<(Option<Chunk>, usize), ()> 
         }
     };
     Ok((Some(next), 1))
-}
-
-fn hex_digit(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Whether the guard passed this HTTP/1.1 request on as one that may switch protocols (see

@@ -8,29 +8,13 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{raw_exchange, TestGateway};
+use crate::harness::{raw_exchange, read_until_closed, TestGateway};
 
 const WAIT: Duration = Duration::from_secs(5);
 const BODY_TIMEOUT: Duration = Duration::from_millis(300);
 
 async fn gateway() -> TestGateway {
     TestGateway::start_with(|config| config.server.body_read_timeout = BODY_TIMEOUT).await
-}
-
-/// Reads until the gateway closes the connection (or `WAIT` runs out).
-async fn read_answer(
-    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-) -> String {
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 16 * 1024];
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(read)) => received.extend_from_slice(&buffer[..read]),
-        }
-    }
-    String::from_utf8_lossy(&received).into_owned()
 }
 
 fn assert_json_error(answer: &str, status: &str, detail: &str) {
@@ -65,7 +49,7 @@ async fn a_stalled_body_is_cut_off_with_408_on_forwarded_and_auth_routes() {
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         let started = Instant::now();
-        let answer = read_answer(&mut stream).await;
+        let answer = read_until_closed(&mut stream, WAIT).await;
         assert_json_error(&answer, "408", "Request body timed out");
         assert!(
             started.elapsed() < WAIT,
@@ -95,7 +79,7 @@ async fn a_trickling_body_is_cut_off_with_408() {
             match tokio::time::timeout(Duration::from_millis(30), stream.read(&mut buffer)).await {
                 Ok(Ok(read)) if read > 0 => {
                     answer.push_str(&String::from_utf8_lossy(&buffer[..read]));
-                    answer.push_str(&read_answer(&mut stream).await);
+                    answer.push_str(&read_until_closed(&mut stream, WAIT).await);
                     break;
                 }
                 Ok(_) => break,
@@ -115,7 +99,7 @@ async fn an_auth_body_declared_too_large_is_refused_before_it_is_sent() {
         "POST /auth/login HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/json\r\nContent-Length: 10737418240\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    let answer = read_answer(&mut stream).await;
+    let answer = read_until_closed(&mut stream, WAIT).await;
     assert_json_error(&answer, "413", "Request body too large");
 
     // Within the limit, /auth still reads the body.
@@ -142,7 +126,7 @@ async fn a_hundred_kilobyte_head_gets_a_readable_json_431() {
     // The whole head is sent even though the gateway answers after its first 16 KiB: the
     // graceful close reads the rest, so the answer arrives instead of a reset.
     stream.write_all(head.as_bytes()).await.unwrap();
-    let answer = read_answer(&mut stream).await;
+    let answer = read_until_closed(&mut stream, WAIT).await;
     assert_json_error(&answer, "431", "Request headers too large");
     assert_eq!(gateway.upstream.seen_count(), 0);
 }
@@ -168,7 +152,7 @@ async fn a_chunked_body_broken_after_its_head_went_on_is_400_not_502() {
         .write_all(format!("-5\r\nhello\r\n0\r\n\r\n{smuggled}").as_bytes())
         .await
         .unwrap();
-    let answer = read_answer(&mut stream).await;
+    let answer = read_until_closed(&mut stream, WAIT).await;
     assert_json_error(&answer, "400", "Malformed request body");
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert!(gateway

@@ -573,6 +573,11 @@ impl TestResponse {
 pub async fn raw_exchange(stream: &mut TlsStream<TcpStream>, raw: &[u8], wait: Duration) -> String {
     stream.write_all(raw).await.unwrap();
     stream.flush().await.unwrap();
+    read_until_closed(stream, wait).await
+}
+
+/// Everything the gateway sends until it closes the connection or `wait` runs out.
+pub async fn read_until_closed(stream: &mut TlsStream<TcpStream>, wait: Duration) -> String {
     let mut received = Vec::new();
     let mut buffer = [0u8; 16 * 1024];
     let deadline = tokio::time::Instant::now() + wait;
