@@ -97,6 +97,9 @@ impl FramingReport {
 /// service answers the recorded refusal for it.
 const STAND_IN_HEAD: &[u8] = b"GET / HTTP/1.1\r\nhost: refused.invalid\r\n\r\n";
 
+/// hyper's limit on the length of a request target.
+const MAX_TARGET_BYTES: usize = u16::MAX as usize - 1;
+
 /// At most this many header lines in a head (hyper's default limit is 100).
 const MAX_HEADERS: usize = 100;
 
@@ -462,6 +465,14 @@ fn check_head(head: &[u8]) -> Result<HeadFraming, HeadRefusal> {
     match request.parse(head) {
         Ok(httparse::Status::Complete(len)) if len == head.len() => {}
         _ => return Err(HeadRefusal::Malformed),
+    }
+    // hyper refuses a longer target with a bare 414 of its own: refuse it here first, as
+    // part of a head that is too large.
+    if request
+        .path
+        .is_some_and(|target| target.len() >= MAX_TARGET_BYTES)
+    {
+        return Err(HeadRefusal::TooLarge);
     }
     let http11 = request.version == Some(1);
     let mut length: Option<u64> = None;
@@ -916,6 +927,24 @@ mod tests {
             assert!(!owed);
             assert_eq!(refusals[..2], [None, Some(MalformedBody)], "{piece}");
         }
+    }
+
+    #[test]
+    fn a_target_hyper_would_refuse_as_too_long_is_refused_as_too_large() {
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nHost: h\r\n\r\n",
+            "a".repeat(MAX_TARGET_BYTES)
+        );
+        let (out, _, refusals) = run(long.as_bytes(), long.len(), 1 << 20);
+        assert_eq!(String::from_utf8_lossy(&out), STAND_IN);
+        assert_eq!(refusals[0], Some(TooLarge));
+        let fits = format!(
+            "GET /{} HTTP/1.1\r\nHost: h\r\n\r\n",
+            "a".repeat(MAX_TARGET_BYTES - 2)
+        );
+        let (out, _, refusals) = run(fits.as_bytes(), fits.len(), 1 << 20);
+        assert_eq!(out, fits.as_bytes());
+        assert_eq!(refusals[0], None);
     }
 
     #[test]

@@ -226,7 +226,12 @@ fn http2_builder(config: &Config) -> hyper::server::conn::http2::Builder<TokioEx
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(server.http2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(server.max_header_bytes * 2).unwrap_or(u32::MAX))
+        // Well above the gateway's own limit, so that the gateway answers an oversized
+        // list with its JSON 431 rather than h2 with a bare one; h2 holds one header block
+        // in decoding at a time per connection, so this bounds that buffer.
+        .max_header_list_size(
+            u32::try_from((server.max_header_bytes * 8).max(128 * 1024)).unwrap_or(u32::MAX),
+        )
         .max_pending_accept_reset_streams(Some(50))
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)))

@@ -153,6 +153,21 @@ async fn headers_over_the_limit_get_a_json_431() {
         .unwrap();
     let response = client.send_read(request).await;
     assert_eq!(response.status, 431);
+    assert_eq!(response.detail(), "Request headers too large");
+    assert_eq!(gateway.upstream.seen_count(), 0);
+
+    // A 100 kB header list over HTTP/2 is the gateway's JSON 431 too, not h2's bare one.
+    let gateway = TestGateway::start().await;
+    let mut client = gateway.h2().await;
+    let mut request = client.request("GET", "/");
+    for index in 0..100 {
+        request = request.header(format!("x-filler-{index}"), "a".repeat(1000));
+    }
+    let response = client
+        .send_read(request.body(crate::harness::empty()).unwrap())
+        .await;
+    assert_eq!(response.status, 431);
+    assert_eq!(response.detail(), "Request headers too large");
     assert_eq!(gateway.upstream.seen_count(), 0);
 }
 
