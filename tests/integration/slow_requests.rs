@@ -160,4 +160,17 @@ async fn a_chunked_body_broken_after_its_head_went_on_is_400_not_502() {
         .seen()
         .iter()
         .all(|seen| seen.target != "/smuggled"));
+
+    // The upstream connection left mid-request is discarded: the next request needs a new one.
+    let connections = || {
+        gateway
+            .upstream
+            .state
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(connections(), 1);
+    let mut client = gateway.h1().await;
+    assert_eq!(client.get("/after").await.status, 200);
+    assert_eq!(connections(), 2);
 }
