@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::path::hex_value;
+use crate::error::GatewayError;
 
 /// Why a request head was refused before hyper saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +61,15 @@ impl HeadRefusal {
             HeadRefusal::TransferEncoding => "Unsupported Transfer-Encoding",
             HeadRefusal::ContentLength => "Invalid Content-Length",
             HeadRefusal::MalformedBody => "Malformed chunked request body",
+        }
+    }
+}
+
+impl From<HeadRefusal> for GatewayError {
+    fn from(refusal: HeadRefusal) -> GatewayError {
+        match refusal {
+            HeadRefusal::TooLarge => GatewayError::HeadersTooLarge,
+            other => GatewayError::bad_request(other.message()),
         }
     }
 }

@@ -247,10 +247,7 @@ impl Gateway {
         request_id: &HeaderValue,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         if let Some(refusal) = conn.refused {
-            return Err(match refusal {
-                framing::HeadRefusal::TooLarge => GatewayError::HeadersTooLarge,
-                other => GatewayError::bad_request(other.message()),
-            });
+            return Err(refusal.into());
         }
         if !self.methods.allows(request.method()) {
             return Err(GatewayError::MethodNotAllowed);
