@@ -121,13 +121,50 @@ pub fn check_rules(
         return Err(PasswordProblem::NoDigit);
     }
     let lowered = password.to_lowercase();
-    if rules.reject_common && COMMON_PASSWORDS.contains(lowered.as_str()) {
+    if rules.reject_common && is_common(&lowered) {
         return Err(PasswordProblem::TooCommon);
     }
     if rules.reject_email_local_part && matches_email(&lowered, email) {
         return Err(PasswordProblem::MatchesEmail);
     }
     Ok(())
+}
+
+/// Whether a lower-cased password is on the common list as it is, or once the usual
+/// decorations are taken off: the digits and symbols people put before and after a word
+/// (`password123!`, `!!qwerty`) and the usual character substitutions (`p@ssw0rd`, `l3tm31n`).
+/// Guessing tools try exactly these variants first, so they add nothing to a listed word.
+/// A core shorter than 4 characters is not looked up: the list holds no such entries, and a
+/// two-letter core would say nothing about the password.
+fn is_common(lowered: &str) -> bool {
+    let listed_core = |text: &str| -> bool {
+        let core = text.trim_matches(|c: char| !c.is_alphabetic());
+        core.chars().count() >= 4 && COMMON_PASSWORDS.contains(core)
+    };
+    let plain = |text: &str| -> String { text.chars().map(undo_substitution).collect() };
+    // Trailing digits and symbols are decorations far more often than substitutions
+    // (`dr4g0n!2024`), so they come off before the substitutions are undone; a leading
+    // symbol may be a substitution (`@dmin`), so it stays until after.
+    let without_suffix = lowered.trim_end_matches(|c: char| !c.is_alphabetic());
+    COMMON_PASSWORDS.contains(lowered)
+        || listed_core(lowered)
+        || listed_core(&plain(without_suffix))
+        || listed_core(&plain(lowered))
+}
+
+/// The letter a substituted digit or symbol usually stands for.
+fn undo_substitution(c: char) -> char {
+    match c {
+        '0' => 'o',
+        '1' | '!' | '|' => 'i',
+        '3' => 'e',
+        '4' | '@' => 'a',
+        '5' | '$' => 's',
+        '7' | '+' => 't',
+        '8' => 'b',
+        '9' => 'g',
+        other => other,
+    }
 }
 
 /// `lowered_password` is already lower-cased. Empty candidates never match, so an empty email
@@ -462,6 +499,35 @@ mod tests {
                 None,
             ),
             ("Correct-Horse-7", "good password", None, None),
+            // The usual decorations of a listed word are as common as the word.
+            (
+                "Password123!",
+                "digits and a symbol after",
+                Some(TooCommon),
+                None,
+            ),
+            ("!!Password1", "symbols before", Some(TooCommon), None),
+            ("P@ssw0rd1", "substitutions", Some(TooCommon), None),
+            (
+                "Dr4g0n!2024",
+                "substitutions and decorations",
+                Some(TooCommon),
+                None,
+            ),
+            (
+                "Summer2024!",
+                "a listed word and a year",
+                Some(TooCommon),
+                None,
+            ),
+            (
+                "Tr0ub4dor&3x",
+                "an unlisted word with substitutions",
+                None,
+                None,
+            ),
+            ("Zx9!Qw7#Lm2$", "no word at all", None, None),
+            ("@Dmin2024", "a leading substitution", Some(TooCommon), None),
         ];
         for (password, what, expected, message) in cases {
             let got = check_rules(password, email, &defaults);

@@ -1,5 +1,7 @@
 //! Accounts: registration, email verification, and the caller's own user object.
 
+use std::sync::Arc;
+
 use http::StatusCode;
 
 use super::{
@@ -38,6 +40,21 @@ impl AuthService {
         let mut client = self.store.client().await.map_err(store_error)?;
         let transaction = client.transaction().await.map_err(db_error)?;
         let role = self.default_role();
+        // An address held by an account that never verified it, whose link has lapsed, is
+        // free again: the new registration replaces it.
+        if let Some(replaced) = Store::remove_lapsed_unverified(&transaction, &email, now)
+            .await
+            .map_err(store_error)?
+        {
+            self.audit_in(
+                &transaction,
+                "unverified_account_replaced",
+                Some(replaced),
+                call,
+                serde_json::json!({}),
+            )
+            .await?;
+        }
         let new_user = NewUser {
             email: &email,
             name,
@@ -99,8 +116,9 @@ impl AuthService {
         Ok(json(StatusCode::OK, &user_json(&user)))
     }
 
-    /// Always 202, so the answer does not tell whether an address is registered.
-    pub(super) async fn resend_verification(&self, call: &Call) -> Reply {
+    /// Always 202, so the answer does not tell whether an address is registered (nor
+    /// whether it is verified): every address costs the same one lookup before the answer.
+    pub(super) async fn resend_verification(self: &Arc<Self>, call: &Call) -> Reply {
         let fields = object(call)?;
         let email = normalize_email(fields.string("email")?);
         let user = self
@@ -109,13 +127,16 @@ impl AuthService {
             .await
             .map_err(store_error)?;
         if let Some(user) = user.filter(|user| !user.is_verified && user.is_active) {
-            let now = self.now();
-            let mut client = self.store.client().await.map_err(store_error)?;
-            let transaction = client.transaction().await.map_err(db_error)?;
-            self.issue_email_token(&transaction, &user, TokenPurpose::VerifyEmail, now)
-                .await?;
-            transaction.commit().await.map_err(db_error)?;
-            self.mail_waker.notify_one();
+            self.after_answer("verification resend", move |this| async move {
+                let now = this.now();
+                let mut client = this.store.client().await.map_err(store_error)?;
+                let transaction = client.transaction().await.map_err(db_error)?;
+                this.issue_email_token(&transaction, &user, TokenPurpose::VerifyEmail, now)
+                    .await?;
+                transaction.commit().await.map_err(db_error)?;
+                this.mail_waker.notify_one();
+                Ok(())
+            });
         }
         Ok(status_only(StatusCode::ACCEPTED))
     }

@@ -19,7 +19,7 @@ impl AuthService {
     pub(super) async fn admin_users(&self, call: &Call) -> Reply {
         let limit = number_param(call, "limit", DEFAULT_PAGE, 1, MAX_PAGE)?;
         let offset = number_param(call, "offset", 0, 0, i64::MAX)?;
-        let query = query_param(call, "q")
+        let query = query_param(call, "q")?
             .map(|q| q.trim().to_string())
             .filter(|q| !q.is_empty());
         let (users, total) = self
@@ -149,7 +149,7 @@ impl AuthService {
 
     pub(super) async fn admin_audit(&self, call: &Call) -> Reply {
         let limit = number_param(call, "limit", DEFAULT_PAGE, 1, MAX_AUDIT)?;
-        let user_id = match query_param(call, "user_id").filter(|id| !id.is_empty()) {
+        let user_id = match query_param(call, "user_id")?.filter(|id| !id.is_empty()) {
             Some(id) => Some(
                 Uuid::parse_str(&id)
                     .map_err(|_| GatewayError::unprocessable("user_id must be a UUID"))?,
@@ -189,7 +189,7 @@ fn number_param(
     min: i64,
     max: i64,
 ) -> Result<i64, GatewayError> {
-    let Some(text) = query_param(call, name) else {
+    let Some(text) = query_param(call, name)? else {
         return Ok(default);
     };
     match text.parse::<i64>() {

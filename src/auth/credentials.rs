@@ -1,5 +1,7 @@
 //! Passwords: reset by email, confirmation with the emailed token, and change.
 
+use std::sync::Arc;
+
 use http::StatusCode;
 
 use super::{
@@ -14,8 +16,10 @@ use crate::store::{Store, TokenPurpose};
 use crate::token::hash_opaque;
 
 impl AuthService {
-    /// Always 202, so the answer does not tell whether an address is registered.
-    pub(super) async fn password_reset(&self, call: &Call) -> Reply {
+    /// Always 202, so the answer does not tell whether an address is registered: both kinds
+    /// of address cost the same one lookup before the answer, and the token and its mail are
+    /// written after it (see [`AuthService::after_answer`]).
+    pub(super) async fn password_reset(self: &Arc<Self>, call: &Call) -> Reply {
         let fields = object(call)?;
         let email = normalize_email(fields.string("email")?);
         let user = self
@@ -24,21 +28,25 @@ impl AuthService {
             .await
             .map_err(store_error)?;
         if let Some(user) = user.filter(|user| user.is_active) {
-            let now = self.now();
-            let mut client = self.store.client().await.map_err(store_error)?;
-            let transaction = client.transaction().await.map_err(db_error)?;
-            self.issue_email_token(&transaction, &user, TokenPurpose::PasswordReset, now)
+            let call = call.clone();
+            self.after_answer("password reset", move |this| async move {
+                let now = this.now();
+                let mut client = this.store.client().await.map_err(store_error)?;
+                let transaction = client.transaction().await.map_err(db_error)?;
+                this.issue_email_token(&transaction, &user, TokenPurpose::PasswordReset, now)
+                    .await?;
+                this.audit_in(
+                    &transaction,
+                    "password_reset_requested",
+                    Some(user.id),
+                    &call,
+                    serde_json::json!({}),
+                )
                 .await?;
-            self.audit_in(
-                &transaction,
-                "password_reset_requested",
-                Some(user.id),
-                call,
-                serde_json::json!({}),
-            )
-            .await?;
-            transaction.commit().await.map_err(db_error)?;
-            self.mail_waker.notify_one();
+                transaction.commit().await.map_err(db_error)?;
+                this.mail_waker.notify_one();
+                Ok(())
+            });
         }
         Ok(status_only(StatusCode::ACCEPTED))
     }

@@ -238,6 +238,7 @@ impl VerifiedTokens {
 }
 
 /// One parsed `/auth` request.
+#[derive(Clone)]
 pub(crate) struct Call {
     pub query: Option<String>,
     pub headers: HeaderMap,
@@ -276,7 +277,7 @@ impl AuthService {
     }
 
     async fn serve(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
         path: String,
         client_ip: IpAddr,
@@ -335,7 +336,7 @@ impl AuthService {
         })
     }
 
-    async fn dispatch(&self, spec: &RouteSpec, id: Option<&str>, call: &Call) -> Reply {
+    async fn dispatch(self: &Arc<Self>, spec: &RouteSpec, id: Option<&str>, call: &Call) -> Reply {
         let rate = self.rate_limit(spec.route, call).await?;
         // Every answer within the limit says how much is left, failures included.
         let mut response = self
@@ -383,7 +384,7 @@ impl AuthService {
         }
     }
 
-    async fn route(&self, spec: &RouteSpec, id: Option<&str>, call: &Call) -> Reply {
+    async fn route(self: &Arc<Self>, spec: &RouteSpec, id: Option<&str>, call: &Call) -> Reply {
         let principal = match spec.access {
             Access::Public => None,
             Access::Bearer => Some(self.authenticate(call).await?),
@@ -651,6 +652,23 @@ impl AuthService {
     pub(crate) fn now(&self) -> SystemTime {
         self.clock.now()
     }
+
+    /// Runs `work` after the answer is sent, detached: for writes whose presence or absence
+    /// must not show in the response time (the reset and verification mails, which exist
+    /// only for some addresses). A failure is logged; the client has its 202 either way and
+    /// may ask again.
+    pub(crate) fn after_answer<F, W>(self: &Arc<Self>, what: &'static str, work: W)
+    where
+        W: FnOnce(Arc<Self>) -> F + Send + 'static,
+        F: std::future::Future<Output = Result<(), GatewayError>> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = work(this).await {
+                tracing::error!(%error, what, "work after the answer failed");
+            }
+        });
+    }
 }
 
 fn required(principal: Option<&Principal>) -> &Principal {
@@ -701,7 +719,7 @@ pub(crate) fn store_error(error: StoreError) -> GatewayError {
         }
         StoreError::Conflict => GatewayError::Conflict("Conflict"),
         StoreError::Database(cause) => {
-            tracing::error!(error = %cause, "database error");
+            tracing::error!(error = %crate::error::chain(&cause), "database error");
             GatewayError::Internal
         }
     }
@@ -739,10 +757,37 @@ pub(crate) fn object(call: &Call) -> Result<Fields, GatewayError> {
 
 pub(crate) struct Fields(Map<String, Value>);
 
+/// The longest string any `/auth` field takes, in bytes. Passwords have their own, lower,
+/// limit in the password rules; nothing else comes near this.
+const MAX_FIELD_BYTES: usize = 4096;
+
+/// Every string a client sends is checked here, before it can reach Postgres or a log: NUL
+/// (which Postgres text refuses), other control characters (which have no place in an email,
+/// a name or a token, and forge log lines), and length. Passwords may hold any character but
+/// NUL; their own rules judge the rest.
+fn check_text(name: &'static str, text: &str) -> Result<(), GatewayError> {
+    if text.len() > MAX_FIELD_BYTES {
+        return Err(GatewayError::unprocessable(format!(
+            "Field '{name}' is too long"
+        )));
+    }
+    let is_password = name.ends_with("password");
+    let refused = |c: char| c == '\0' || (!is_password && c.is_control());
+    if text.chars().any(refused) {
+        return Err(GatewayError::unprocessable(format!(
+            "Field '{name}' must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
 impl Fields {
     pub fn string(&self, name: &'static str) -> Result<&str, GatewayError> {
         match self.0.get(name) {
-            Some(Value::String(text)) => Ok(text),
+            Some(Value::String(text)) => {
+                check_text(name, text)?;
+                Ok(text)
+            }
             Some(_) => Err(GatewayError::unprocessable(format!(
                 "Field '{name}' must be a string"
             ))),
@@ -755,7 +800,10 @@ impl Fields {
     pub fn optional_string(&self, name: &'static str) -> Result<Option<&str>, GatewayError> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text)),
+            Some(Value::String(text)) => {
+                check_text(name, text)?;
+                Ok(Some(text))
+            }
             Some(_) => Err(GatewayError::unprocessable(format!(
                 "Field '{name}' must be a string"
             ))),
@@ -773,12 +821,22 @@ impl Fields {
     }
 }
 
-/// The query parameter `name`, percent-decoded.
-pub(crate) fn query_param(call: &Call, name: &str) -> Option<String> {
-    call.query.as_deref()?.split('&').find_map(|pair| {
+/// The query parameter `name`, percent-decoded; 400 when it decodes to control characters
+/// or is longer than any field.
+pub(crate) fn query_param(call: &Call, name: &'static str) -> Result<Option<String>, GatewayError> {
+    let Some(query) = call.query.as_deref() else {
+        return Ok(None);
+    };
+    let value = query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then(|| percent_decode(value))
-    })
+    });
+    match value {
+        Some(value) if check_text(name, &value).is_err() => Err(GatewayError::bad_request(
+            format!("Invalid query parameter '{name}'"),
+        )),
+        value => Ok(value),
+    }
 }
 
 fn percent_decode(text: &str) -> String {
@@ -901,11 +959,12 @@ mod tests {
             ip: "127.0.0.1".into(),
             user_agent: None,
         };
-        assert_eq!(query_param(&call, "q").as_deref(), Some("a@b.com"));
-        assert_eq!(query_param(&call, "limit").as_deref(), Some("5"));
-        assert_eq!(query_param(&call, "x").as_deref(), Some("%zz"));
-        assert_eq!(query_param(&call, "name").as_deref(), Some("Ann Lee"));
-        assert_eq!(query_param(&call, "missing"), None);
+        let param = |name| query_param(&call, name).unwrap();
+        assert_eq!(param("q").as_deref(), Some("a@b.com"));
+        assert_eq!(param("limit").as_deref(), Some("5"));
+        assert_eq!(param("x").as_deref(), Some("%zz"));
+        assert_eq!(param("name").as_deref(), Some("Ann Lee"));
+        assert_eq!(param("missing"), None);
     }
 }
 

@@ -119,10 +119,13 @@ impl Upstream {
             }
             Ok(Err(error)) => {
                 let (kind, chain) = match &error {
-                    SendError::Connect(error) => {
-                        (UpstreamErrorKind::Connect, error_chain(error.as_ref()))
+                    SendError::Connect(error) => (
+                        UpstreamErrorKind::Connect,
+                        crate::error::chain(error.as_ref()),
+                    ),
+                    SendError::Request(error) => {
+                        (UpstreamErrorKind::Other, crate::error::chain(error))
                     }
-                    SendError::Request(error) => (UpstreamErrorKind::Other, error_chain(error)),
                 };
                 metrics.upstream_error(kind);
                 tracing::warn!(upstream = %self.name, error = %chain, "upstream request failed");
@@ -228,16 +231,4 @@ fn tunnel(
         }
     });
     Response::from_parts(parts, GatewayBody::empty())
-}
-
-/// The error and its causes on one line, for the log only.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

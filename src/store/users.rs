@@ -101,6 +101,26 @@ impl Store {
         Ok(User::from_row(&row))
     }
 
+    /// Removes the account registered under `email` if it was never verified and no
+    /// verification link for it is still valid at `now`, so that an address cannot be held
+    /// by someone who never proved they own it. Returns the removed account's id.
+    pub async fn remove_lapsed_unverified(
+        client: &impl deadpool_postgres::GenericClient,
+        email: &str,
+        now: SystemTime,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let row = client
+            .query_opt(
+                "DELETE FROM users u WHERE lower(u.email) = lower($1) AND NOT u.is_verified \
+                 AND NOT EXISTS (SELECT 1 FROM email_tokens t WHERE t.user_id = u.id \
+                   AND t.purpose = 'verify_email' AND t.used_at IS NULL AND t.expires_at > $2) \
+                 RETURNING u.id",
+                &[&email, &now],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         let client = self.client().await?;
         let row = client

@@ -276,3 +276,99 @@ async fn mail_survives_an_smtp_outage() {
     assert!(marked, "the outbox row is marked sent");
     assert_eq!(revived.received().len(), 1, "delivered exactly once");
 }
+
+#[tokio::test]
+async fn control_characters_and_nul_in_any_field_are_422_and_change_nothing() {
+    let gateway = TestGateway::start().await;
+    let email = unique_email("nul");
+    let nul_email = format!("{email}\u{0}");
+    let cases = [
+        (
+            "/auth/register",
+            json!({ "email": nul_email, "password": PASSWORD, "name": "N" }),
+        ),
+        (
+            "/auth/register",
+            json!({ "email": email, "password": PASSWORD, "name": "a\nFAKE LOG LINE" }),
+        ),
+        (
+            "/auth/register",
+            json!({ "email": email, "password": format!("{PASSWORD}\u{0}"), "name": "N" }),
+        ),
+        ("/auth/resend-verification", json!({ "email": nul_email })),
+        ("/auth/password-reset", json!({ "email": nul_email })),
+        (
+            "/auth/login",
+            json!({ "email": nul_email, "password": PASSWORD }),
+        ),
+        ("/auth/verify-email", json!({ "token": "abc\u{0}" })),
+        ("/auth/refresh", json!({ "refresh_token": "abc\u{7}" })),
+        (
+            "/auth/password-reset/confirm",
+            json!({ "token": "t\u{0}", "new_password": PASSWORD }),
+        ),
+        (
+            "/auth/register",
+            json!({ "email": email, "password": PASSWORD, "name": "x".repeat(5000) }),
+        ),
+    ];
+    for (path, body) in cases {
+        let response = gateway.post(path, body.clone()).await;
+        assert_eq!(response.status, 422, "{path} {body}: {response:?}");
+        assert!(
+            response.detail().contains("control characters")
+                || response.detail().contains("too long"),
+            "{path}: {}",
+            response.detail()
+        );
+    }
+    let rows = crate::harness::identity::sql(&format!(
+        "SELECT 1 FROM users WHERE email LIKE '{}%'",
+        email.trim_end_matches("@example.com")
+    ))
+    .await;
+    assert!(rows.is_empty(), "nothing was created");
+}
+
+#[tokio::test]
+async fn a_listed_password_with_the_usual_decorations_is_too_common() {
+    let gateway = TestGateway::start().await;
+    let email = unique_email("decorated");
+    for password in ["Password123!", "P@ssw0rd2024", "!Qwerty123"] {
+        let response = gateway.register(&email, password).await;
+        assert_eq!(response.status, 422, "{password}: {response:?}");
+        assert_eq!(response.detail(), "Password is too common", "{password}");
+    }
+}
+
+#[tokio::test]
+async fn an_unverified_account_whose_link_lapsed_gives_its_address_back() {
+    let gateway = TestGateway::start().await;
+    let email = unique_email("squat");
+    let first = gateway.register(&email, PASSWORD).await;
+    assert_eq!(first.status, 201);
+    // While the verification link is valid, the address is taken.
+    assert_eq!(gateway.register(&email, PASSWORD).await.status, 409);
+
+    gateway
+        .clock
+        .advance(std::time::Duration::from_secs(24 * 3600 + 60));
+    let second = gateway.register(&email, PASSWORD).await;
+    assert_eq!(second.status, 201, "{second:?}");
+    assert_ne!(second.json()["id"], first.json()["id"], "a new account");
+    let rows = crate::harness::identity::sql(&format!(
+        "SELECT id FROM users WHERE lower(email) = lower('{email}')"
+    ))
+    .await;
+    assert_eq!(rows.len(), 1, "the lapsed account is gone");
+
+    // A verified account is never replaced.
+    let verified = gateway.signup("verified").await;
+    gateway
+        .clock
+        .advance(std::time::Duration::from_secs(48 * 3600));
+    assert_eq!(
+        gateway.register(&verified.email, PASSWORD).await.status,
+        409
+    );
+}
