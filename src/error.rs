@@ -169,6 +169,19 @@ pub fn json_error(status: StatusCode, detail: &str) -> Response<GatewayBody> {
     response
 }
 
+/// An error and its causes on one line, for the log only: a library's own message is often
+/// a category ("db error") and the cause says what happened.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,17 +243,4 @@ mod tests {
         let response = GatewayError::UpstreamTimeout.into_response();
         assert!(response.headers().get(CONNECTION).is_none());
     }
-}
-
-/// An error and its causes on one line, for the log only: a library's own message is often
-/// a category ("db error") and the cause says what happened.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
