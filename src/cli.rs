@@ -323,7 +323,7 @@ fn create_user(
     role: &str,
     password_stdin: bool,
 ) -> ExitCode {
-    use crate::password::{check_rules, HashParams, PasswordHasher, PasswordRules};
+    use crate::password::{check_rules, HashParams, PasswordHasher};
 
     let (config, store) = match load_store(config_path) {
         Ok(loaded) => loaded,
@@ -364,16 +364,7 @@ fn create_user(
     } else {
         (crate::token::OpaqueToken::generate().token, true)
     };
-    let p = &config.password;
-    let rules = PasswordRules {
-        min_length: p.min_length,
-        max_bytes: p.max_bytes,
-        require_uppercase: p.require_uppercase,
-        require_lowercase: p.require_lowercase,
-        require_digit: p.require_digit,
-        reject_common: p.reject_common,
-        reject_email_local_part: p.reject_email_local_part,
-    };
+    let rules = config.password.rules();
     // A generated password is 256 random bits; the character-class rules are for people.
     if !generated {
         if let Err(problem) = check_rules(&password, &email, &rules) {

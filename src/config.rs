@@ -667,6 +667,11 @@ pub struct PasswordConfig {
     pub require_digit: bool,
     pub reject_common: bool,
     pub reject_email_local_part: bool,
+    /// `nist` drops the composition rules (NIST SP 800-63B) and relies on the length, the
+    /// common check and the strength estimator, whose minimum it raises to 3.
+    pub preset: PasswordPreset,
+    /// The lowest zxcvbn score (0-4) a password may have; 0 leaves only the common list.
+    pub min_strength: u8,
     pub argon2: Argon2Config,
     /// Password hashes computed at once; 0 means one fewer than the cores (at least one).
     pub max_concurrent_hashes: usize,
@@ -682,8 +687,38 @@ impl Default for PasswordConfig {
             require_digit: true,
             reject_common: true,
             reject_email_local_part: true,
+            preset: PasswordPreset::Default,
+            min_strength: crate::password::DEFAULT_MIN_STRENGTH,
             argon2: Argon2Config::default(),
             max_concurrent_hashes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PasswordPreset {
+    Default,
+    Nist,
+}
+
+impl PasswordConfig {
+    /// The rules the configuration asks for, the preset applied.
+    pub fn rules(&self) -> crate::password::PasswordRules {
+        let nist = self.preset == PasswordPreset::Nist;
+        crate::password::PasswordRules {
+            min_length: self.min_length,
+            max_bytes: self.max_bytes,
+            require_uppercase: self.require_uppercase && !nist,
+            require_lowercase: self.require_lowercase && !nist,
+            require_digit: self.require_digit && !nist,
+            reject_common: self.reject_common,
+            reject_email_local_part: self.reject_email_local_part,
+            min_strength: if nist {
+                self.min_strength.max(crate::password::NIST_MIN_STRENGTH)
+            } else {
+                self.min_strength
+            },
         }
     }
 }
@@ -1858,6 +1893,15 @@ impl Config {
             return Err(invalid(
                 "password.max_bytes",
                 format!("must be at least password.min_length ({})", p.min_length),
+            ));
+        }
+        if p.min_strength > 4 {
+            return Err(invalid(
+                "password.min_strength",
+                format!(
+                    "must be a zxcvbn score from 0 to 4 (got {})",
+                    p.min_strength
+                ),
             ));
         }
         let a = &p.argon2;

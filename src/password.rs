@@ -37,6 +37,9 @@ pub struct PasswordRules {
     pub require_digit: bool,
     pub reject_common: bool,
     pub reject_email_local_part: bool,
+    /// The lowest zxcvbn score (0 to 4) a password may have under `reject_common`; 0 turns
+    /// the estimator off and leaves the list alone.
+    pub min_strength: u8,
 }
 
 impl Default for PasswordRules {
@@ -49,9 +52,16 @@ impl Default for PasswordRules {
             require_digit: true,
             reject_common: true,
             reject_email_local_part: true,
+            min_strength: DEFAULT_MIN_STRENGTH,
         }
     }
 }
+
+/// zxcvbn's 2 ("somewhat guessable: protection from unthrottled online attacks") is the least
+/// a password behind a rate-limited, locking login may be; the NIST preset, which drops the
+/// composition rules, asks for 3.
+pub const DEFAULT_MIN_STRENGTH: u8 = 2;
+pub const NIST_MIN_STRENGTH: u8 = 3;
 
 /// The first rule a password breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +137,11 @@ pub fn check_rules(
     if rules.reject_email_local_part && matches_email(&lowered, email) {
         return Err(PasswordProblem::MatchesEmail);
     }
+    // Last: the estimator's verdict is the least specific, so a password that breaks a
+    // plainer rule is told that rule.
+    if rules.reject_common && too_guessable(password, email, rules.min_strength) {
+        return Err(PasswordProblem::TooCommon);
+    }
     Ok(())
 }
 
@@ -150,6 +165,18 @@ fn is_common(lowered: &str) -> bool {
         || listed_core(lowered)
         || listed_core(&plain(without_suffix))
         || listed_core(&plain(lowered))
+}
+
+/// Whether zxcvbn scores the password below `min_strength`, counting the email and its local
+/// part as words a guesser knows. Scoring is bounded: the password is already at most
+/// `max_bytes`, and zxcvbn looks at its first 100 characters only.
+fn too_guessable(password: &str, email: &str, min_strength: u8) -> bool {
+    if min_strength == 0 {
+        return false;
+    }
+    let local_part = email.rsplit_once('@').map_or(email, |(local, _)| local);
+    let score = zxcvbn::zxcvbn(password, &[email, local_part]).score();
+    u8::from(score) < min_strength
 }
 
 /// The letter a substituted digit or symbol usually stands for.
@@ -448,7 +475,7 @@ mod tests {
                 None,
             ),
             // 8 characters, 15 bytes: long enough, and Unicode case counts.
-            ("Éé1ééééé", "multi-byte meets min length", None, None),
+            ("Éé1çñøüß", "multi-byte meets min length", None, None),
             (
                 &long,
                 "over max bytes",
@@ -539,6 +566,50 @@ mod tests {
     }
 
     #[test]
+    fn the_estimator_refuses_what_a_guesser_tries_first() {
+        let defaults = PasswordRules::default();
+        let email = "dana.kim@example.com";
+        for weak in ["Aaaaaaaa1", "Qwertyui1", "Dana.Kim2024", "01011990Ab"] {
+            assert_eq!(
+                check_rules(weak, email, &defaults),
+                Err(PasswordProblem::TooCommon),
+                "{weak}"
+            );
+        }
+        for strong in ["Correct-Horse-42", "vX9#kq2Lm!t", "Tr0ub4dor&3x"] {
+            assert_eq!(check_rules(strong, email, &defaults), Ok(()), "{strong}");
+        }
+    }
+
+    #[test]
+    fn the_nist_preset_drops_composition_and_leans_on_the_estimator() {
+        let nist = crate::config::PasswordConfig {
+            preset: crate::config::PasswordPreset::Nist,
+            ..crate::config::PasswordConfig::default()
+        }
+        .rules();
+        assert!(!nist.require_uppercase && !nist.require_lowercase && !nist.require_digit);
+        assert_eq!(nist.min_strength, NIST_MIN_STRENGTH);
+        let email = "dana.kim@example.com";
+        // No upper case, no digit: fine under NIST when it is hard to guess.
+        assert_eq!(
+            check_rules("correct horse battery staple", email, &nist),
+            Ok(())
+        );
+        assert_eq!(
+            check_rules("short", email, &nist),
+            Err(PasswordProblem::TooShort { min: 8 })
+        );
+        for weak in ["password123!", "abcdefgh12", "qwertyuiop", "dana.kim2024"] {
+            assert_eq!(
+                check_rules(weak, email, &nist),
+                Err(PasswordProblem::TooCommon),
+                "{weak}"
+            );
+        }
+    }
+
+    #[test]
     fn multi_byte_max_is_in_bytes() {
         let rules = PasswordRules {
             max_bytes: 10,
@@ -549,7 +620,7 @@ mod tests {
             check_rules("Ab1déééé", "x@example.com", &rules),
             Err(PasswordProblem::TooLong { max_bytes: 10 })
         );
-        assert_eq!(check_rules("Ab1defgh", "x@example.com", &rules), Ok(()));
+        assert_eq!(check_rules("Kq7#vX2m", "x@example.com", &rules), Ok(()));
     }
 
     #[test]
@@ -584,6 +655,7 @@ mod tests {
             require_digit: false,
             reject_common: false,
             reject_email_local_part: false,
+            min_strength: 4,
         };
         for password in ["", "abc", "password", "123456", "alice.smith1", "ALLCAPS"] {
             assert_eq!(

@@ -1073,16 +1073,7 @@ impl AuthService {
             },
             hashing_threads,
         )?;
-        let p = &config.password;
-        let rules = PasswordRules {
-            min_length: p.min_length,
-            max_bytes: p.max_bytes,
-            require_uppercase: p.require_uppercase,
-            require_lowercase: p.require_lowercase,
-            require_digit: p.require_digit,
-            reject_common: p.reject_common,
-            reject_email_local_part: p.reject_email_local_part,
-        };
+        let rules = config.password.rules();
 
         let smtp = &config.smtp;
         let worker = OutboxWorker::new(
