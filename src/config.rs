@@ -621,8 +621,8 @@ impl Default for TokensConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LockoutConfig {
-    /// Consecutive failed logins before the account is locked; 0 disables
-    /// lockout.
+    /// Consecutive failed logins before the account is locked; 0 turns lockout
+    /// off (nothing locks, no lock is enforced).
     pub max_failures: u32,
     #[serde(deserialize_with = "duration::deserialize")]
     pub duration: Duration,
@@ -1882,8 +1882,15 @@ impl Config {
     }
 
     fn validate_accounts(&self) -> Result<(), ValidationError> {
+        // 0 turns lockout off, and then the duration means nothing.
         if self.lockout.max_failures > 0 {
             require_positive("lockout.duration", self.lockout.duration)?;
+        }
+        if i32::try_from(self.lockout.max_failures).is_err() {
+            return Err(invalid(
+                "lockout.max_failures",
+                format!("must be at most {}", i32::MAX),
+            ));
         }
         let p = &self.password;
         if p.min_length == 0 {
@@ -1997,6 +2004,15 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("expected an error"),
         }
+    }
+
+    #[test]
+    fn lockout_max_failures_zero_turns_lockout_off_whatever_the_duration() {
+        let config = match parse("lockout:\n  max_failures: 0\n  duration: 0s\n") {
+            Ok(config) => config,
+            Err(e) => panic!("max_failures 0 needs no duration: {e}"),
+        };
+        assert_eq!(config.lockout.max_failures, 0);
     }
 
     // --- shipped files -----------------------------------------------------
@@ -2643,6 +2659,14 @@ mod tests {
         assert_eq!(
             invalid_key(|c| c.server.max_connections = 0),
             "server.max_connections"
+        );
+        assert_eq!(
+            invalid_key(|c| c.lockout.duration = Duration::ZERO),
+            "lockout.duration"
+        );
+        assert_eq!(
+            invalid_key(|c| c.lockout.max_failures = u32::MAX),
+            "lockout.max_failures"
         );
         assert_eq!(
             invalid_key(|c| c.server.http2_max_concurrent_streams = 0),

@@ -1,4 +1,5 @@
-//! The admin API: list, read, change and unlock users; read the audit log.
+//! The admin API: list, read, change and unlock users; read the audit log. Admins cannot
+//! grant a role above their own or leave the gateway without an active admin.
 
 use http::StatusCode;
 use uuid::Uuid;
@@ -45,7 +46,11 @@ impl AuthService {
         Ok(json(StatusCode::OK, &body))
     }
 
-    /// A role change or a deactivation ends the user's sessions at once, everywhere.
+    /// A role change or a deactivation ends the user's sessions at once, everywhere. An
+    /// admin cannot grant a role above their own, nor change a user who holds one, and
+    /// cannot deactivate or demote the last active admin (themselves included): the active
+    /// admins' rows are locked while that is decided, so two admins demoting each other at
+    /// once cannot both succeed.
     pub(super) async fn admin_patch_user(
         &self,
         call: &Call,
@@ -65,6 +70,11 @@ impl AuthService {
             if !self.is_known_role(role) {
                 return Err(GatewayError::unprocessable(format!("Unknown role: {role}")));
             }
+            if !self.role_at_least(&principal.claims.role, role) {
+                return Err(GatewayError::Forbidden(
+                    "Cannot grant a role above your own".into(),
+                ));
+            }
         }
         if patch
             .name
@@ -75,9 +85,50 @@ impl AuthService {
                 "Name must be at most 200 characters",
             ));
         }
-        let Some(before) = self.store.user_by_id(user_id).await.map_err(store_error)? else {
+        let admin_roles: Vec<String> = self
+            .policy
+            .current()
+            .policy
+            .roles()
+            .iter()
+            .filter(|role| self.role_at_least(role, "admin"))
+            .cloned()
+            .collect();
+        let may_remove_an_admin = patch.is_active == Some(false)
+            || patch
+                .role
+                .as_ref()
+                .is_some_and(|role| !admin_roles.contains(role));
+
+        let mut client = self.store.client().await.map_err(store_error)?;
+        let transaction = client.transaction().await.map_err(db_error)?;
+        // The admins first, then the target: every patch takes its locks in that order.
+        let active_admins = if may_remove_an_admin {
+            Store::lock_active_users_with_roles(&transaction, &admin_roles)
+                .await
+                .map_err(store_error)?
+        } else {
+            Vec::new()
+        };
+        let Some(before) = Store::lock_user(&transaction, user_id)
+            .await
+            .map_err(store_error)?
+        else {
             return Err(GatewayError::NotFoundDetail("User not found"));
         };
+        // A role the policy no longer defines ranks nowhere: any admin may fix it.
+        if self.is_known_role(&before.role)
+            && !self.role_at_least(&principal.claims.role, &before.role)
+        {
+            return Err(GatewayError::Forbidden(
+                "Cannot change a user whose role is above your own".into(),
+            ));
+        }
+        if may_remove_an_admin && removes_last_admin(&active_admins, user_id) {
+            return Err(GatewayError::Conflict(
+                "Cannot deactivate or demote the last active admin",
+            ));
+        }
         let role_changed = patch.role.as_ref().is_some_and(|role| *role != before.role);
         let deactivated = patch.is_active == Some(false) && before.is_active;
         let now = self.now();
@@ -86,9 +137,6 @@ impl AuthService {
             self.revoke_in_redis(&[], Some((user_id, unix_seconds(now))))
                 .await?;
         }
-
-        let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client.transaction().await.map_err(db_error)?;
         let Some(user) = Store::update_user(&transaction, user_id, &patch, now)
             .await
             .map_err(store_error)?
@@ -177,6 +225,12 @@ impl AuthService {
     }
 }
 
+/// Whether a patch that takes `target` out of the admins (a demotion or deactivation)
+/// leaves no active admin. `active_admins` are the active admins, locked.
+fn removes_last_admin(active_admins: &[Uuid], target: Uuid) -> bool {
+    active_admins.contains(&target) && active_admins.len() == 1
+}
+
 /// A user id in the path that is not a UUID names no user.
 fn parse_user_id(id: &str) -> Result<Uuid, GatewayError> {
     Uuid::parse_str(id).map_err(|_| GatewayError::NotFoundDetail("User not found"))
@@ -200,5 +254,30 @@ fn number_param(
         _ => Err(GatewayError::unprocessable(format!(
             "{name} must be a whole number from {min} to {max}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_active_admin_stays() {
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        // (active admins, target, last admin removed)
+        let cases: &[(&[Uuid], Uuid, bool)] = &[
+            (&[a], a, true),
+            (&[a, b], a, false),
+            (&[a, b], b, false),
+            (&[a], c, false),
+            (&[], c, false),
+        ];
+        for (admins, target, expected) in cases {
+            assert_eq!(
+                removes_last_admin(admins, *target),
+                *expected,
+                "{admins:?} {target}"
+            );
+        }
     }
 }

@@ -1,9 +1,13 @@
-//! Passwords: reset by email, confirmation with the emailed token, and change.
+//! Passwords: reset by email, confirmation with the emailed token, and change (which checks
+//! the current password under the same failure count and lock as a login).
+
+use std::time::SystemTime;
 
 use std::sync::Arc;
 
 use http::StatusCode;
 
+use super::session::{locked_detail, Failure, FailureAnswer, NEWLY_LOCKED};
 use super::{
     db_error, normalize_email, object, password_error, status_only, store_error, AuthService, Call,
     Principal, Reply,
@@ -12,7 +16,7 @@ use crate::clock::unix_seconds;
 use crate::error::GatewayError;
 use crate::mail;
 use crate::password::{check_rules, Verification};
-use crate::store::{Store, TokenPurpose};
+use crate::store::{CommitVerdict, LoginFailure, Store, TokenPurpose};
 use crate::token::hash_opaque;
 
 impl AuthService {
@@ -120,12 +124,23 @@ impl AuthService {
         Ok(status_only(StatusCode::NO_CONTENT))
     }
 
-    /// Changes the password; the caller's session stays, every other one ends.
+    /// Changes the password; the caller's session stays, every other one ends. Checking
+    /// `current_password` is a login in all but name: a wrong one is counted as a failed
+    /// login and can lock the account, and while it is locked no change goes through (403,
+    /// since the caller's token is fine). The change is decided on the locked user row like
+    /// a login.
     pub(super) async fn password_change(&self, call: &Call, principal: &Principal) -> Reply {
         let fields = object(call)?;
         let current = fields.string("current_password")?;
         let new_password = fields.string("new_password")?;
         let user = self.principal_user(principal).await?;
+        let now = self.now();
+        if self.lock_of(&user, now).is_some() {
+            let failure = self
+                .record_failure(Some(&user), &user.email, Failure::Locked, call, now)
+                .await?;
+            return Err(change_refusal(failure.as_ref(), now));
+        }
         match self
             .hasher
             .verify(current, Some(&user.password_hash))
@@ -134,7 +149,16 @@ impl AuthService {
         {
             Verification::Match { .. } => {}
             Verification::Mismatch => {
-                return Err(GatewayError::unprocessable("Current password is incorrect"))
+                let failure = self
+                    .record_failure(
+                        Some(&user),
+                        &user.email,
+                        Failure::WrongCurrentPassword,
+                        call,
+                        now,
+                    )
+                    .await?;
+                return Err(change_refusal(failure.as_ref(), now));
             }
         }
         check_rules(new_password, &user.email, &self.rules)
@@ -146,6 +170,31 @@ impl AuthService {
             .map_err(password_error)?;
         let now = self.now();
 
+        let mut client = self.store.client().await.map_err(store_error)?;
+        let transaction = client.transaction().await.map_err(db_error)?;
+        let Some(locked_row) = Store::lock_user(&transaction, user.id)
+            .await
+            .map_err(store_error)?
+        else {
+            return Err(GatewayError::invalid_token("Invalid or expired token"));
+        };
+        match locked_row.commit_verdict(&user, self.lockout_on(), now) {
+            CommitVerdict::Proceed => {}
+            CommitVerdict::Locked(until) => {
+                drop(transaction);
+                self.refused_locked(&locked_row, call).await?;
+                return Err(GatewayError::Forbidden(locked_detail(until, now).into()));
+            }
+            // Changed or reset meanwhile: what was checked is no longer the current password.
+            CommitVerdict::PasswordChanged => {
+                return Err(GatewayError::unprocessable(CURRENT_INCORRECT));
+            }
+            // A role or activation change ended every session, the caller's included.
+            CommitVerdict::AccountChanged => {
+                return Err(GatewayError::invalid_token("Invalid or expired token"));
+            }
+        }
+        // Redis first, with the decision made: a refused change revokes nothing.
         let others: Vec<_> = self
             .store
             .list_sessions(user.id, now)
@@ -156,9 +205,6 @@ impl AuthService {
             .filter(|id| *id != principal.session_id)
             .collect();
         self.revoke_in_redis(&others, None).await?;
-
-        let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client.transaction().await.map_err(db_error)?;
         Store::set_password(&transaction, user.id, &password_hash, now)
             .await
             .map_err(store_error)?;
@@ -187,5 +233,18 @@ impl AuthService {
         // Sessions started between the list and the commit are ended here too.
         self.revoke_in_redis(&ended, None).await?;
         Ok(status_only(StatusCode::NO_CONTENT))
+    }
+}
+
+const CURRENT_INCORRECT: &str = "Current password is incorrect";
+
+/// The answer to a counted wrong (or locked-out) `current_password`.
+fn change_refusal(failure: Option<&LoginFailure>, now: SystemTime) -> GatewayError {
+    match failure.map(|failure| FailureAnswer::of(failure, now)) {
+        Some(FailureAnswer::NewlyLocked) => GatewayError::Forbidden(NEWLY_LOCKED.into()),
+        Some(FailureAnswer::Locked(until)) => {
+            GatewayError::Forbidden(locked_detail(until, now).into())
+        }
+        Some(FailureAnswer::Invalid) | None => GatewayError::unprocessable(CURRENT_INCORRECT),
     }
 }

@@ -127,6 +127,7 @@ pub struct AuthService {
     pub(crate) policy: Arc<crate::server::policy_source::PolicySource>,
     /// Tokens whose signature and claims were already verified, for forwarded requests.
     pub(crate) verified: VerifiedTokens,
+    pub(crate) metrics: crate::telemetry::metrics::AuthMetrics,
 }
 
 /// Access tokens already verified, per worker thread, so a client presenting the same token
@@ -1141,6 +1142,7 @@ impl AuthService {
                 crate::server::workers::worker_count(config.server.worker_threads),
                 tokens.leeway,
             ),
+            metrics: Default::default(),
         };
         Ok((service, worker))
     }
@@ -1158,6 +1160,11 @@ impl AuthService {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The identity routes' counters, in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
     }
 
     /// Whether Postgres and Redis answer now.

@@ -15,14 +15,66 @@ use crate::clock::{rfc3339, unix_seconds};
 use crate::error::GatewayError;
 use crate::mail;
 use crate::password::Verification;
-use crate::store::{LoginFailure, RefreshOutcome, Store, User};
+use crate::store::{CommitVerdict, LoginFailure, RefreshOutcome, Rehash, SessionRow, Store, User};
 use crate::token::{hash_opaque, OpaqueToken};
 
 const INVALID_CREDENTIALS: &str = "Invalid email or password";
+pub(super) const NEWLY_LOCKED: &str = "Too many failed attempts. Account locked.";
+
+/// What a counted failure is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FailureAnswer {
+    Invalid,
+    /// This very attempt locked the account.
+    NewlyLocked,
+    /// The account was already locked when this attempt was counted.
+    Locked(SystemTime),
+}
+
+impl FailureAnswer {
+    pub(super) fn of(failure: &LoginFailure, now: SystemTime) -> FailureAnswer {
+        if failure.newly_locked {
+            return FailureAnswer::NewlyLocked;
+        }
+        match failure.locked_until.filter(|until| *until > now) {
+            Some(until) => FailureAnswer::Locked(until),
+            None => FailureAnswer::Invalid,
+        }
+    }
+}
+
+/// Why an attempt is counted as a failed login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    UnknownEmail,
+    WrongPassword,
+    /// A wrong `current_password` on `password-change`.
+    WrongCurrentPassword,
+    /// Any attempt while the account is locked, before its password is checked.
+    Locked,
+}
+
+impl Failure {
+    fn reason(self) -> &'static str {
+        match self {
+            Failure::UnknownEmail => "unknown email",
+            Failure::WrongPassword => "wrong password",
+            Failure::WrongCurrentPassword => "wrong current password",
+            Failure::Locked => "locked",
+        }
+    }
+}
+
+/// How many times a login decides again after the account changed under it (a role change
+/// or an activation change that left the verified password valid) before giving up.
+const COMMIT_TRIES: usize = 3;
 
 impl AuthService {
     /// Unknown email and wrong password answer alike and cost alike: a dummy hash is
-    /// verified when there is no user. Every failure is counted in one SQL statement.
+    /// verified when there is no user. Every failure is counted in one SQL statement. A
+    /// verified password succeeds only by [`AuthService::commit_login`], which decides on
+    /// the locked row, so a lock or an account change made while the password was being
+    /// verified is never missed.
     pub(super) async fn login(&self, call: &Call) -> Reply {
         let fields = object(call)?;
         let email = normalize_email(fields.string("email")?);
@@ -35,10 +87,8 @@ impl AuthService {
             .map_err(store_error)?;
 
         if let Some(user) = &user {
-            if let Some(until) = user.locked_at(now) {
-                self.record_failure(Some(user), &email, "locked", call, now)
-                    .await?;
-                return Err(locked(until, now));
+            if self.lock_of(user, now).is_some() {
+                return Err(self.failed_login(user, Failure::Locked, call, now).await?);
             }
         }
 
@@ -49,62 +99,29 @@ impl AuthService {
             .await
             .map_err(password_error)?;
         let Some(user) = user else {
-            self.record_failure(None, &email, "unknown email", call, now)
+            self.record_failure(None, &email, Failure::UnknownEmail, call, now)
                 .await?;
             return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
         };
         let needs_rehash = match verification {
             Verification::Match { needs_rehash } => needs_rehash,
-            Verification::Mismatch => return Err(self.failed_login(&user, call, now).await?),
+            Verification::Mismatch => {
+                return Err(self
+                    .failed_login(&user, Failure::WrongPassword, call, now)
+                    .await?)
+            }
         };
-        let refusal = if !user.is_active {
-            Some(("deactivated", "Account has been deactivated"))
-        } else if !user.is_verified {
-            Some(("unverified", "Please verify your email first"))
-        } else {
-            None
-        };
-        if let Some((reason, detail)) = refusal {
-            self.audit(
-                "login_failure",
-                Some(user.id),
-                call,
-                serde_json::json!({ "reason": reason }),
-            )
-            .await?;
-            return Err(GatewayError::unauthorized(detail));
-        }
+        self.refuse_unusable(&user, call).await?;
 
         let rehash = if needs_rehash {
             Some(self.hasher.hash(password).await.map_err(password_error)?)
         } else {
             None
         };
-        let user = self
-            .store
-            .record_login_success(user.id, rehash.as_deref(), now)
-            .await
-            .map_err(store_error)?;
         let refresh = OpaqueToken::generate();
-        let session = self
-            .store
-            .create_session(
-                user.id,
-                &refresh.hash,
-                Some(&call.ip),
-                call.user_agent.as_deref(),
-                self.settings.refresh_ttl,
-                now,
-            )
-            .await
-            .map_err(store_error)?;
-        self.audit(
-            "login_success",
-            Some(user.id),
-            call,
-            serde_json::json!({ "session_id": session.id.to_string() }),
-        )
-        .await?;
+        let (user, session, now) = self
+            .commit_login(user, rehash.as_deref(), &refresh.hash, call)
+            .await?;
         let mut body = self.token_body(&user, session.id, &refresh.token, now)?;
         body["user"] = user_json(&user);
         let access_token = body["access_token"]
@@ -116,45 +133,172 @@ impl AuthService {
         Ok(response)
     }
 
-    /// Counts a wrong password; the attempt that reaches the limit locks the account and
-    /// emails its owner.
-    async fn failed_login(
+    /// Refuses a deactivated or unverified account (after its password matched).
+    async fn refuse_unusable(&self, user: &User, call: &Call) -> Result<(), GatewayError> {
+        let (reason, detail) = if !user.is_active {
+            ("deactivated", "Account has been deactivated")
+        } else if !user.is_verified {
+            ("unverified", "Please verify your email first")
+        } else {
+            return Ok(());
+        };
+        self.audit(
+            "login_failure",
+            Some(user.id),
+            call,
+            serde_json::json!({ "reason": reason }),
+        )
+        .await?;
+        Err(GatewayError::unauthorized(detail))
+    }
+
+    /// The end of `user`'s lock at `now`, unless lockout is turned off.
+    pub(super) fn lock_of(&self, user: &User, now: SystemTime) -> Option<SystemTime> {
+        self.lockout_on().then(|| user.locked_at(now)).flatten()
+    }
+
+    pub(super) fn lockout_on(&self) -> bool {
+        self.settings.max_failures > 0
+    }
+
+    /// Decides a login whose password matched `read`, with the user row locked: a lock
+    /// that holds now refuses it (and is never cleared by it), a changed password refuses
+    /// it, and a role or activation change makes it decide again on the changed row. The
+    /// session is created and the success audited in the same transaction, so a change of
+    /// the account commits either before the login (which then fails) or after its session
+    /// exists (which the change then ends). Times are taken at the decision, so the token
+    /// is issued no earlier than any change the login saw.
+    async fn commit_login(
+        &self,
+        mut read: User,
+        rehash: Option<&str>,
+        refresh_hash: &[u8],
+        call: &Call,
+    ) -> Result<(User, SessionRow, SystemTime), GatewayError> {
+        for _ in 0..COMMIT_TRIES {
+            let now = self.now();
+            let mut client = self.store.client().await.map_err(store_error)?;
+            let transaction = client.transaction().await.map_err(db_error)?;
+            let Some(current) = Store::lock_user(&transaction, read.id)
+                .await
+                .map_err(store_error)?
+            else {
+                return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
+            };
+            match current.commit_verdict(&read, self.lockout_on(), now) {
+                CommitVerdict::Proceed => {}
+                CommitVerdict::Locked(until) => {
+                    drop(transaction);
+                    self.refused_locked(&current, call).await?;
+                    return Err(locked(until, now));
+                }
+                CommitVerdict::PasswordChanged => {
+                    return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
+                }
+                CommitVerdict::AccountChanged => {
+                    drop(transaction);
+                    self.refuse_unusable(&current, call).await?;
+                    read = current;
+                    continue;
+                }
+            }
+            let rehash = rehash.map(|new_hash| Rehash {
+                new_hash,
+                verified_hash: &read.password_hash,
+            });
+            let user = Store::record_login_success(&transaction, read.id, rehash, now)
+                .await
+                .map_err(store_error)?;
+            let session = Store::create_session(
+                &transaction,
+                user.id,
+                refresh_hash,
+                Some(&call.ip),
+                call.user_agent.as_deref(),
+                self.settings.refresh_ttl,
+                now,
+            )
+            .await
+            .map_err(store_error)?;
+            self.audit_in(
+                &transaction,
+                "login_success",
+                Some(user.id),
+                call,
+                serde_json::json!({ "session_id": session.id.to_string() }),
+            )
+            .await?;
+            transaction.commit().await.map_err(db_error)?;
+            return Ok((user, session, now));
+        }
+        // The account kept changing under the login: let the client try again.
+        Err(GatewayError::Unavailable(
+            "Account changed during login; try again",
+        ))
+    }
+
+    /// Audits and counts an attempt with a right password refused because the account is
+    /// locked. It is not counted as a failure: no password was guessed wrong.
+    pub(super) async fn refused_locked(
         &self,
         user: &User,
         call: &Call,
+    ) -> Result<(), GatewayError> {
+        self.metrics.login_locked_refusal();
+        self.audit(
+            "login_locked",
+            Some(user.id),
+            call,
+            serde_json::json!({
+                "reason": "locked when the attempt was decided",
+                "attempts": user.failed_login_attempts,
+                "locked_until": user.locked_until.map(rfc3339),
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Counts a failed attempt on an existing account and says what to answer: the attempt
+    /// that reaches the limit locks the account and emails its owner; one that finds it
+    /// locked is refused as locked.
+    async fn failed_login(
+        &self,
+        user: &User,
+        kind: Failure,
+        call: &Call,
         now: SystemTime,
     ) -> Result<GatewayError, GatewayError> {
-        let Some(failure) = self
-            .record_failure(Some(user), &user.email, "wrong password", call, now)
+        let answer = match self
+            .record_failure(Some(user), &user.email, kind, call, now)
             .await?
-        else {
+        {
             // Deleted since it was read: a wrong password for no one.
-            return Ok(GatewayError::unauthorized(INVALID_CREDENTIALS));
+            None => FailureAnswer::Invalid,
+            Some(failure) => FailureAnswer::of(&failure, now),
         };
-        if failure.newly_locked {
-            return Ok(GatewayError::unauthorized(
-                "Too many failed attempts. Account locked.",
-            ));
-        }
-        if let Some(until) = failure.locked_until.filter(|until| *until > now) {
-            return Ok(locked(until, now));
-        }
-        Ok(GatewayError::unauthorized(INVALID_CREDENTIALS))
+        Ok(match answer {
+            FailureAnswer::Invalid => GatewayError::unauthorized(INVALID_CREDENTIALS),
+            FailureAnswer::NewlyLocked => GatewayError::unauthorized(NEWLY_LOCKED),
+            FailureAnswer::Locked(until) => locked(until, now),
+        })
     }
 
     /// Counts a failed login and writes its audit entry in one transaction. Every failure
     /// runs the same statements with one commit, whether or not the email exists (the
     /// update then matches no row), so the database does not tell the cases apart by time.
     /// The attempt that locks the account also queues the email telling its owner and
-    /// audits the lockout, committed with it.
-    async fn record_failure(
+    /// audits the lockout, committed with it. An attempt that finds the account locked is
+    /// audited as `login_locked` and counted in the metrics.
+    pub(super) async fn record_failure(
         &self,
         user: Option<&User>,
         email: &str,
-        reason: &str,
+        kind: Failure,
         call: &Call,
         now: SystemTime,
     ) -> Result<Option<LoginFailure>, GatewayError> {
+        let reason = kind.reason();
         let user_id = user.map(|user| user.id);
         let mut client = self.store.client().await.map_err(store_error)?;
         let transaction = client.transaction().await.map_err(db_error)?;
@@ -167,13 +311,31 @@ impl AuthService {
         )
         .await
         .map_err(store_error)?;
-        let detail = match (&failure, user) {
-            (Some(failure), Some(_)) => {
-                serde_json::json!({ "reason": reason, "attempts": failure.attempts })
-            }
-            _ => serde_json::json!({ "reason": reason, "email": email }),
+        let lock_hit = failure
+            .as_ref()
+            .and_then(|failure| match FailureAnswer::of(failure, now) {
+                FailureAnswer::Locked(until) => Some(until),
+                _ => None,
+            });
+        let (event, detail) = match (&failure, user, lock_hit) {
+            (Some(failure), Some(_), Some(until)) => (
+                "login_locked",
+                serde_json::json!({
+                    "reason": reason,
+                    "attempts": failure.attempts,
+                    "locked_until": rfc3339(until),
+                }),
+            ),
+            (Some(failure), Some(_), None) => (
+                "login_failure",
+                serde_json::json!({ "reason": reason, "attempts": failure.attempts }),
+            ),
+            _ => (
+                "login_failure",
+                serde_json::json!({ "reason": reason, "email": email }),
+            ),
         };
-        self.audit_in(&transaction, "login_failure", user_id, call, detail)
+        self.audit_in(&transaction, event, user_id, call, detail)
             .await?;
         let newly_locked = failure.filter(|failure| failure.newly_locked);
         if let (Some(failure), Some(user)) = (newly_locked, user) {
@@ -196,6 +358,9 @@ impl AuthService {
         transaction.commit().await.map_err(db_error)?;
         if newly_locked.is_some() {
             self.mail_waker.notify_one();
+        }
+        if lock_hit.is_some() {
+            self.metrics.login_locked_refusal();
         }
         Ok(failure)
     }
@@ -397,13 +562,18 @@ impl AuthService {
     }
 }
 
-fn minutes_until(until: SystemTime, now: SystemTime) -> u64 {
+pub(super) fn minutes_until(until: SystemTime, now: SystemTime) -> u64 {
     let left = until.duration_since(now).unwrap_or(Duration::ZERO);
     left.as_secs().div_ceil(60).max(1)
 }
 
 fn locked(until: SystemTime, now: SystemTime) -> GatewayError {
+    GatewayError::unauthorized(locked_detail(until, now))
+}
+
+/// `Account locked. Try again in N minutes.`
+pub(super) fn locked_detail(until: SystemTime, now: SystemTime) -> String {
     let minutes = minutes_until(until, now);
     let unit = if minutes == 1 { "minute" } else { "minutes" };
-    GatewayError::unauthorized(format!("Account locked. Try again in {minutes} {unit}."))
+    format!("Account locked. Try again in {minutes} {unit}.")
 }

@@ -15,7 +15,7 @@ mod users;
 pub use audit::AuditEntry;
 pub use email_tokens::TokenPurpose;
 pub use sessions::{RefreshOutcome, SessionRow};
-pub use users::{LoginFailure, NewUser, User, UserPatch};
+pub use users::{CommitVerdict, LoginFailure, NewUser, Rehash, User, UserPatch};
 
 use std::time::Duration;
 

@@ -51,9 +51,11 @@ pub enum RefreshOutcome {
 }
 
 impl Store {
-    /// Starts a session with its first refresh token.
+    /// Starts a session with its first refresh token, in the caller's transaction: the
+    /// login commits it together with the verdict on the locked user row, so a change of the
+    /// account either comes first (and the login fails) or comes after (and ends the session).
     pub async fn create_session(
-        &self,
+        client: &impl deadpool_postgres::GenericClient,
         user_id: Uuid,
         refresh_hash: &[u8],
         ip_address: Option<&str>,
@@ -61,10 +63,8 @@ impl Store {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<SessionRow, StoreError> {
-        let mut client = self.client().await?;
-        let transaction = client.transaction().await?;
         let expires_at = now + ttl;
-        let row = transaction
+        let row = client
             .query_one(
                 &format!(
                     "INSERT INTO sessions (id, user_id, ip_address, user_agent, created_at, last_used_at, expires_at)
@@ -74,13 +74,12 @@ impl Store {
             )
             .await?;
         let session = SessionRow::from_row(&row);
-        transaction
+        client
             .execute(
                 "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
                 &[&refresh_hash, &session.id, &now, &expires_at],
             )
             .await?;
-        transaction.commit().await?;
         Ok(session)
     }
 

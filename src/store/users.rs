@@ -1,4 +1,10 @@
 //! Users: creation, lookup, the login counters, and the admin's changes.
+//!
+//! A login or password change reads the user, verifies a password (slow, outside any
+//! transaction), and then decides with the row locked ([`Store::lock_user`]) by
+//! [`User::commit_verdict`]: the lock and the `security_version` are judged as they are at
+//! commit, not as they were read, so neither a lock set nor a change made in between is
+//! missed.
 
 use std::time::{Duration, SystemTime};
 
@@ -9,7 +15,7 @@ use super::{Store, StoreError};
 
 pub(super) const USER_COLUMNS: &str =
     "id, email, name, password_hash, role, is_active, is_verified, \
-     failed_login_attempts, locked_until, last_login, created_at";
+     failed_login_attempts, locked_until, last_login, created_at, security_version";
 
 #[derive(Debug, Clone)]
 pub struct User {
@@ -24,6 +30,9 @@ pub struct User {
     pub locked_until: Option<SystemTime>,
     pub last_login: Option<SystemTime>,
     pub created_at: SystemTime,
+    /// Bumped by every change that must end what was decided before it (new password,
+    /// role, activation); see migrations/0002_security_version.sql.
+    pub security_version: i64,
 }
 
 impl User {
@@ -40,6 +49,7 @@ impl User {
             locked_until: row.get("locked_until"),
             last_login: row.get("last_login"),
             created_at: row.get("created_at"),
+            security_version: row.get("security_version"),
         }
     }
 
@@ -47,6 +57,41 @@ impl User {
     pub fn locked_at(&self, now: SystemTime) -> Option<SystemTime> {
         self.locked_until.filter(|until| *until > now)
     }
+
+    /// Whether an attempt that verified a password against `read` may succeed now that the
+    /// row, locked, reads `self`. `lockout` is false when lockout is turned off.
+    pub fn commit_verdict(&self, read: &User, lockout: bool, now: SystemTime) -> CommitVerdict {
+        // Only a bumped version means a change: a hash that differs under the same version
+        // is a concurrent login's rehash of the same password.
+        if self.security_version != read.security_version {
+            if self.password_hash != read.password_hash {
+                return CommitVerdict::PasswordChanged;
+            }
+            return CommitVerdict::AccountChanged;
+        }
+        if let Some(until) = self.locked_at(now).filter(|_| lockout) {
+            return CommitVerdict::Locked(until);
+        }
+        if !self.is_active || !self.is_verified {
+            // Unchanged version but not usable: changed by hand in the database.
+            return CommitVerdict::AccountChanged;
+        }
+        CommitVerdict::Proceed
+    }
+}
+
+/// What [`User::commit_verdict`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitVerdict {
+    /// Nothing the attempt relied on changed and no lock holds: it may succeed.
+    Proceed,
+    /// A lock holds now, whether or not it did when the attempt read the row. A success never
+    /// clears a lock.
+    Locked(SystemTime),
+    /// The password the attempt verified is no longer the account's.
+    PasswordChanged,
+    /// The role or activation changed (or the row is unusable): decide again on this row.
+    AccountChanged,
 }
 
 pub struct NewUser<'a> {
@@ -55,6 +100,13 @@ pub struct NewUser<'a> {
     pub password_hash: &'a str,
     pub role: &'a str,
     pub is_verified: bool,
+}
+
+/// A new hash of a verified password, to be stored only over `verified_hash`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rehash<'a> {
+    pub new_hash: &'a str,
+    pub verified_hash: &'a str,
 }
 
 /// What one failed login did to the account.
@@ -144,8 +196,9 @@ impl Store {
     }
 
     /// Counts one failed login in a single statement, so concurrent failures are all
-    /// counted; `None` when there is no such user. A lockout that has expired starts the count again; while the account is
-    /// locked the count still grows but the lockout is not extended.
+    /// counted; `None` when there is no such user. A lockout that has expired starts the
+    /// count again; while the account is locked the count still grows but the lockout is not
+    /// extended. `max_failures` 0 turns lockout off: the count grows, nothing locks.
     pub async fn record_login_failure(
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
@@ -162,7 +215,7 @@ impl Store {
                         ELSE failed_login_attempts + 1 END,
                     locked_until = CASE
                         WHEN locked_until IS NOT NULL AND locked_until > $2 THEN locked_until
-                        WHEN (CASE WHEN locked_until IS NOT NULL AND locked_until <= $2 THEN 1
+                        WHEN $3 > 0 AND (CASE WHEN locked_until IS NOT NULL AND locked_until <= $2 THEN 1
                                    ELSE failed_login_attempts + 1 END) >= $3 THEN $4
                         ELSE NULL END,
                     updated_at = $2
@@ -180,26 +233,63 @@ impl Store {
         }))
     }
 
-    /// A successful login: clear the counters, stamp `last_login`, and store a rehash when
-    /// the parameters changed.
-    pub async fn record_login_success(
-        &self,
+    /// Reads the user with the row locked until the caller's transaction ends: every
+    /// failure, success, password change and admin change of this user waits for it.
+    pub async fn lock_user(
+        client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
-        rehash: Option<&str>,
+    ) -> Result<Option<User>, StoreError> {
+        let row = client
+            .query_opt(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"),
+                &[&id],
+            )
+            .await?;
+        Ok(row.as_ref().map(User::from_row))
+    }
+
+    /// A successful login, in the caller's transaction after [`User::commit_verdict`] said
+    /// `Proceed` on the locked row: reset the count, stamp `last_login`, and store a rehash
+    /// (the parameters changed) only over the very hash that was verified, so a new
+    /// password is never overwritten with the old one.
+    pub async fn record_login_success(
+        client: &impl deadpool_postgres::GenericClient,
+        id: Uuid,
+        rehash: Option<Rehash<'_>>,
         now: SystemTime,
     ) -> Result<User, StoreError> {
-        let client = self.client().await?;
+        let (new_hash, verified_hash) = match rehash {
+            Some(rehash) => (Some(rehash.new_hash), Some(rehash.verified_hash)),
+            None => (None, None),
+        };
         let row = client
             .query_one(
                 &format!(
                     "UPDATE users SET failed_login_attempts = 0, locked_until = NULL, last_login = $2,
-                        password_hash = COALESCE($3, password_hash), updated_at = $2
+                        password_hash = CASE WHEN $3::text IS NOT NULL AND password_hash = $4
+                            THEN $3 ELSE password_hash END,
+                        updated_at = $2
                      WHERE id = $1 RETURNING {USER_COLUMNS}"
                 ),
-                &[&id, &now, &rehash],
+                &[&id, &now, &new_hash, &verified_hash],
             )
             .await?;
         Ok(User::from_row(&row))
+    }
+
+    /// The active users holding one of `roles`, their rows locked until the caller's
+    /// transaction ends (in id order, so two admins' changes cannot deadlock).
+    pub async fn lock_active_users_with_roles(
+        client: &impl deadpool_postgres::GenericClient,
+        roles: &[String],
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let rows = client
+            .query(
+                "SELECT id FROM users WHERE is_active AND role = ANY($1) ORDER BY id FOR UPDATE",
+                &[&roles],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     pub async fn mark_verified(
@@ -216,7 +306,8 @@ impl Store {
         Ok(User::from_row(&row))
     }
 
-    /// Sets a new password hash; also clears a lockout, since the owner proved control.
+    /// Sets a new password hash; also clears a lockout, since the owner proved control, and
+    /// bumps the security version, so a login that verified the old password fails.
     pub async fn set_password(
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
@@ -227,7 +318,8 @@ impl Store {
             .query_one(
                 &format!(
                     "UPDATE users SET password_hash = $2, password_changed_at = $3, updated_at = $3,
-                        failed_login_attempts = 0, locked_until = NULL
+                        failed_login_attempts = 0, locked_until = NULL,
+                        security_version = security_version + 1
                      WHERE id = $1 RETURNING {USER_COLUMNS}"
                 ),
                 &[&id, &password_hash, &now],
@@ -266,7 +358,8 @@ impl Store {
         Ok((rows.iter().map(User::from_row).collect(), total))
     }
 
-    /// Applies an admin's change; `None` when there is no such user.
+    /// Applies an admin's change; `None` when there is no such user. A role or activation
+    /// that actually changes bumps the security version.
     pub async fn update_user(
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
@@ -277,7 +370,10 @@ impl Store {
             .query_opt(
                 &format!(
                     "UPDATE users SET role = COALESCE($2, role), is_active = COALESCE($3, is_active),
-                        name = COALESCE($4, name), updated_at = $5
+                        name = COALESCE($4, name), updated_at = $5,
+                        security_version = security_version
+                            + CASE WHEN COALESCE($2, role) <> role
+                                   OR COALESCE($3, is_active) <> is_active THEN 1 ELSE 0 END
                      WHERE id = $1 RETURNING {USER_COLUMNS}"
                 ),
                 &[&id, &patch.role, &patch.is_active, &patch.name, &now],
@@ -309,4 +405,136 @@ fn escape_like(text: &str) -> String {
         escaped.push(c);
     }
     escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: Uuid::nil(),
+            email: "a@example.com".into(),
+            name: String::new(),
+            password_hash: "$argon2id$old".into(),
+            role: "user".into(),
+            is_active: true,
+            is_verified: true,
+            failed_login_attempts: 0,
+            locked_until: None,
+            last_login: None,
+            created_at: SystemTime::UNIX_EPOCH,
+            security_version: 7,
+        }
+    }
+
+    /// (case, change from what was read to the locked row, lockout on, verdict)
+    #[test]
+    fn commit_verdicts() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let later = now + Duration::from_secs(60);
+        let earlier = now - Duration::from_secs(60);
+        type Change = fn(&mut User, SystemTime, SystemTime);
+        let cases: &[(&str, Change, bool, CommitVerdict)] = &[
+            ("unchanged", |_, _, _| {}, true, CommitVerdict::Proceed),
+            (
+                "locked since the read",
+                |u, later, _| u.locked_until = Some(later),
+                true,
+                CommitVerdict::Locked(later),
+            ),
+            (
+                "lockout off ignores a lock",
+                |u, later, _| u.locked_until = Some(later),
+                false,
+                CommitVerdict::Proceed,
+            ),
+            (
+                "an expired lock does not hold",
+                |u, _, earlier| u.locked_until = Some(earlier),
+                true,
+                CommitVerdict::Proceed,
+            ),
+            (
+                "failures counted since the read, no lock",
+                |u, _, _| u.failed_login_attempts = 3,
+                true,
+                CommitVerdict::Proceed,
+            ),
+            (
+                "password reset or changed",
+                |u, _, _| {
+                    u.password_hash = "$argon2id$new".into();
+                    u.security_version += 1;
+                },
+                true,
+                CommitVerdict::PasswordChanged,
+            ),
+            (
+                "password changed and locked since the read",
+                |u, later, _| {
+                    u.password_hash = "$argon2id$new".into();
+                    u.security_version += 1;
+                    u.locked_until = Some(later);
+                },
+                true,
+                CommitVerdict::PasswordChanged,
+            ),
+            (
+                "another login's rehash of the same password",
+                |u, _, _| u.password_hash = "$argon2id$rehashed".into(),
+                true,
+                CommitVerdict::Proceed,
+            ),
+            (
+                "role changed",
+                |u, _, _| {
+                    u.role = "admin".into();
+                    u.security_version += 1;
+                },
+                true,
+                CommitVerdict::AccountChanged,
+            ),
+            (
+                "deactivated",
+                |u, _, _| {
+                    u.is_active = false;
+                    u.security_version += 1;
+                },
+                true,
+                CommitVerdict::AccountChanged,
+            ),
+            (
+                "deactivated and reactivated",
+                |u, _, _| u.security_version += 2,
+                true,
+                CommitVerdict::AccountChanged,
+            ),
+            (
+                "deactivated by hand, no version bump",
+                |u, _, _| u.is_active = false,
+                true,
+                CommitVerdict::AccountChanged,
+            ),
+            (
+                "a change wins over a lock",
+                |u, later, _| {
+                    u.security_version += 1;
+                    u.locked_until = Some(later);
+                },
+                true,
+                CommitVerdict::AccountChanged,
+            ),
+        ];
+        for (case, change, lockout, expected) in cases {
+            let read = user();
+            let mut current = user();
+            change(&mut current, later, earlier);
+            assert_eq!(
+                current.commit_verdict(&read, *lockout, now),
+                *expected,
+                "{case}"
+            );
+        }
+    }
 }

@@ -241,6 +241,33 @@ impl Metrics {
     }
 }
 
+/// The identity routes' own counters, kept by the auth service and rendered after the
+/// gateway's.
+#[derive(Debug, Default)]
+pub struct AuthMetrics {
+    login_locked_refusals: AtomicU64,
+}
+
+impl AuthMetrics {
+    /// A login or password change was refused because the account is locked (not the
+    /// failure that set the lock).
+    pub fn login_locked_refusal(&self) {
+        self.login_locked_refusals.fetch_add(1, Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        single(
+            &mut out,
+            "portcullis_login_locked_refusals_total",
+            "counter",
+            "Login or password-change attempts refused because the account was locked.",
+            self.login_locked_refusals.load(Relaxed),
+        );
+        out
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -471,6 +498,15 @@ mod tests {
         for (key, value) in cases {
             assert_eq!(series[key], value, "{key}");
         }
+    }
+
+    #[test]
+    fn auth_metrics_count_lock_refusals() {
+        let metrics = AuthMetrics::default();
+        metrics.login_locked_refusal();
+        metrics.login_locked_refusal();
+        let parsed = parse(&metrics.render());
+        assert_eq!(parsed["portcullis_login_locked_refusals_total"], 2.0);
     }
 
     #[test]

@@ -289,3 +289,118 @@ async fn an_admin_unlocks_an_account_and_the_audit_log_tells_the_story() {
         .await;
     assert_eq!(bad.status, 422);
 }
+
+/// A gateway on a database of its own, so that "the last active admin" means this test's.
+async fn gateway_alone(label: &str, policy: Option<&str>) -> (TestGateway, String) {
+    let database = crate::harness::isolated_database(label).await;
+    let url = database.clone();
+    let configure = move |config: &mut portcullis::config::Config| {
+        config.database.url = portcullis::config::Secret::new(url);
+    };
+    let gateway = match policy {
+        Some(policy) => TestGateway::with_policy(policy, configure).await.0,
+        None => TestGateway::start_with(configure).await,
+    };
+    (gateway, database)
+}
+
+/// Makes a signed-up account an admin in `database`, then logs it in.
+async fn admin_in(
+    gateway: &TestGateway,
+    database: &str,
+    label: &str,
+    role: &str,
+) -> (
+    crate::harness::identity::Account,
+    crate::harness::identity::Tokens,
+) {
+    let account = gateway.signup(label).await;
+    let (client, connection) = tokio_postgres::connect(database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE users SET role = $1 WHERE id = $2",
+            &[&role, &uuid::Uuid::parse_str(&account.id).unwrap()],
+        )
+        .await
+        .unwrap();
+    let tokens = gateway.tokens(&account).await;
+    (account, tokens)
+}
+
+#[tokio::test]
+async fn the_last_active_admin_cannot_be_deactivated_or_demoted() {
+    let (gateway, database) = gateway_alone("last_admin", None).await;
+    let (only, only_tokens) = admin_in(&gateway, &database, "only-admin", "admin").await;
+    let patch = |id: &str, body: serde_json::Value| {
+        let path = format!("/auth/admin/users/{id}");
+        let access = only_tokens.access.clone();
+        let gateway = &gateway;
+        async move {
+            gateway
+                .call("PATCH", &path, Some(body), Some(&access))
+                .await
+        }
+    };
+    for body in [json!({ "is_active": false }), json!({ "role": "manager" })] {
+        let refused = patch(&only.id, body.clone()).await;
+        assert_eq!(refused.status, 409, "{body}: {refused:?}");
+        assert_eq!(
+            refused.detail(),
+            "Cannot deactivate or demote the last active admin"
+        );
+    }
+    // A second admin may be demoted while the first remains, and then the first is the last.
+    let (second, _) = admin_in(&gateway, &database, "second-admin", "admin").await;
+    assert_eq!(
+        patch(&second.id, json!({ "role": "user" })).await.status,
+        200
+    );
+    assert_eq!(
+        patch(&only.id, json!({ "is_active": false })).await.status,
+        409
+    );
+    // A change that keeps the last admin an active admin is fine.
+    let renamed = patch(
+        &only.id,
+        json!({ "name": "Still Admin", "is_active": true }),
+    )
+    .await;
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+}
+
+#[tokio::test]
+async fn an_admin_cannot_grant_a_role_above_their_own() {
+    let policy = "version: 1
+roles: [user, admin, owner]
+rules:
+  - name: everything
+    paths: [\"/**\"]
+    allow: public
+";
+    let (gateway, database) = gateway_alone("grant_above", Some(policy)).await;
+    let (_, admin) = admin_in(&gateway, &database, "grant-admin", "admin").await;
+    let target = gateway.signup("grant-target").await;
+    let path = format!("/auth/admin/users/{}", target.id);
+    let above = gateway
+        .call(
+            "PATCH",
+            &path,
+            Some(json!({ "role": "owner" })),
+            Some(&admin.access),
+        )
+        .await;
+    assert_eq!(above.status, 403, "{above:?}");
+    assert_eq!(above.detail(), "Cannot grant a role above your own");
+    let equal = gateway
+        .call(
+            "PATCH",
+            &path,
+            Some(json!({ "role": "admin" })),
+            Some(&admin.access),
+        )
+        .await;
+    assert_eq!(equal.status, 200, "{equal:?}");
+}

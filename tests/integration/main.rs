@@ -6,6 +6,7 @@ mod harness;
 mod auth_accounts;
 mod auth_admin;
 mod auth_fuzz;
+mod auth_lockout;
 mod auth_passwords;
 mod auth_sessions;
 mod auth_tokens;

@@ -1,0 +1,442 @@
+//! The lock is absolute and logins in flight do not outlive account changes. Races are
+//! forced, not hoped for: the test holds the user's row lock in a transaction of its own
+//! (or makes the change in it), waits until the gateway's statements queue behind it, and
+//! then lets them through, so the interleaving is the same on every run.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use portcullis::password::{HashParams, PasswordHasher};
+use portcullis::store::{Store, UserPatch};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::harness::identity::{sql, PASSWORD};
+use crate::harness::{run_resources, TestGateway, TestResponse};
+
+const WRONG: &str = "Wrong-Password-1";
+const INVALID: &str = "Invalid email or password";
+const NEWLY_LOCKED: &str = "Too many failed attempts. Account locked.";
+
+/// A transaction of the test's own on the run's database, holding row locks the gateway's
+/// statements have to wait behind.
+struct Blocker {
+    transaction: deadpool_postgres::Transaction<'static>,
+    pid: i32,
+}
+
+impl Blocker {
+    async fn begin() -> Blocker {
+        let store = Store::connect(&run_resources().database_url, 1, Duration::from_secs(5))
+            .expect("the run's database URL parses");
+        // Leaked so the transaction can borrow it for the rest of the test.
+        let client: &'static mut deadpool_postgres::Object =
+            Box::leak(Box::new(store.pool().get().await.unwrap()));
+        let transaction = client.transaction().await.unwrap();
+        let pid = transaction
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        Blocker { transaction, pid }
+    }
+
+    async fn lock_user(&self, id: &str) {
+        self.transaction
+            .execute(
+                "SELECT 1 FROM users WHERE id = $1 FOR UPDATE",
+                &[&Uuid::parse_str(id).unwrap()],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits (for the gateway's statements to queue, not for time to pass) until `count`
+    /// backends wait behind this transaction, directly or behind one that does.
+    async fn until_waiting(&self, count: i64) {
+        let (client, connection) =
+            tokio_postgres::connect(&run_resources().database_url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let waiting = || async {
+            client
+                .query_one(
+                    "WITH RECURSIVE blocked(pid) AS (
+                        SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))
+                        UNION
+                        SELECT a.pid FROM pg_stat_activity a, blocked b
+                        WHERE b.pid = ANY(pg_blocking_pids(a.pid)))
+                     SELECT count(*) FROM blocked",
+                    &[&self.pid],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        };
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while waiting().await < count {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{count} statements never queued behind the test's lock"));
+    }
+
+    async fn commit(self) {
+        self.transaction.commit().await.unwrap();
+    }
+}
+
+fn login_task(
+    gateway: &Arc<TestGateway>,
+    email: &str,
+    password: &str,
+) -> tokio::task::JoinHandle<TestResponse> {
+    let gateway = gateway.clone();
+    let (email, password) = (email.to_string(), password.to_string());
+    tokio::spawn(async move { gateway.login(&email, &password).await })
+}
+
+async fn live_sessions(user_id: &str) -> i64 {
+    sql(&format!(
+        "SELECT count(*) FROM sessions WHERE user_id = '{user_id}' AND revoked_at IS NULL"
+    ))
+    .await[0]
+        .get(0)
+}
+
+async fn audit_count(user_id: &str, event: &str) -> i64 {
+    sql(&format!(
+        "SELECT count(*) FROM audit_log WHERE user_id = '{user_id}' AND event = '{event}'"
+    ))
+    .await[0]
+        .get(0)
+}
+
+/// Thirty wrong guesses and the right password all read the account before any failure is
+/// committed and are all verified; only then are they let through to decide, in whatever
+/// order the database grants the row. The lock is set exactly once and never cleared: the
+/// right password logs in only if it got through before the lock, and every guess after the
+/// lock is refused as locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_right_password_racing_thirty_guesses_never_beats_the_lock() {
+    let gateway =
+        Arc::new(TestGateway::start_with(|config| config.database.max_connections = 64).await);
+    let account = gateway.signup("race").await;
+
+    let blocker = Blocker::begin().await;
+    blocker.lock_user(&account.id).await;
+    let guesses: Vec<_> = (0..30)
+        .map(|_| login_task(&gateway, &account.email, WRONG))
+        .collect();
+    let right = login_task(&gateway, &account.email, PASSWORD);
+    blocker.until_waiting(31).await;
+    blocker.commit().await;
+
+    let mut details = Vec::new();
+    for guess in guesses {
+        let response = guess.await.unwrap();
+        assert_eq!(response.status, 401, "{response:?}");
+        details.push(response.detail());
+    }
+    let invalid = details.iter().filter(|detail| *detail == INVALID).count();
+    let newly_locked = details.iter().filter(|d| *d == NEWLY_LOCKED).count();
+    let refused_locked = details
+        .iter()
+        .filter(|detail| detail.starts_with("Account locked. Try again in"))
+        .count();
+    let right = right.await.unwrap();
+    assert_eq!(newly_locked, 1, "locked once, never cleared: {details:?}");
+    // Failures before a success do not count towards the lock; after it, exactly four
+    // are answered as plain failures before the fifth locks.
+    let before_success = if right.status == 200 {
+        invalid - 4
+    } else {
+        assert_eq!(right.status, 401, "{right:?}");
+        assert!(right.detail().contains("locked"), "{right:?}");
+        assert!(right.json().get("access_token").is_none());
+        0
+    };
+    assert!(before_success < 5, "a success after the lock: {details:?}");
+    assert_eq!(invalid, 4 + before_success, "{details:?}");
+    assert_eq!(refused_locked, 25 - before_success, "{details:?}");
+
+    let row = &sql(&format!(
+        "SELECT failed_login_attempts, locked_until > now() FROM users WHERE id = '{}'",
+        account.id
+    ))
+    .await[0];
+    assert_eq!(
+        row.get::<_, i32>(0) as usize,
+        30 - before_success,
+        "every guess after the last success counted, exactly"
+    );
+    assert!(row.get::<_, bool>(1), "still locked");
+    let order = sql(&format!(
+        "SELECT event FROM audit_log WHERE user_id = '{}'
+         AND event IN ('login_success', 'account_locked') ORDER BY id",
+        account.id
+    ))
+    .await;
+    let order: Vec<String> = order.iter().map(|row| row.get(0)).collect();
+    assert_eq!(
+        order.last().map(String::as_str),
+        Some("account_locked"),
+        "{order:?}"
+    );
+    assert_eq!(
+        order.len(),
+        1 + usize::from(right.status == 200),
+        "{order:?}"
+    );
+}
+
+/// A login that verified the right password before the lock was set, and decides after it,
+/// is refused: the failures that lock the account commit (in the test's transaction) while
+/// the login waits for the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_started_before_the_lock_is_refused_after_it() {
+    let gateway = Arc::new(TestGateway::start().await);
+    let account = gateway.signup("before-lock").await;
+    let user_id = Uuid::parse_str(&account.id).unwrap();
+
+    let blocker = Blocker::begin().await;
+    blocker.lock_user(&account.id).await;
+    let right = login_task(&gateway, &account.email, PASSWORD);
+    blocker.until_waiting(1).await;
+    let now = SystemTime::now();
+    for _ in 0..5 {
+        Store::record_login_failure(
+            &blocker.transaction,
+            user_id,
+            5,
+            Duration::from_secs(30 * 60),
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    blocker.commit().await;
+
+    let right = right.await.unwrap();
+    assert_eq!(right.status, 401, "the login beat the lock: {right:?}");
+    assert!(right.detail().contains("locked"), "{right:?}");
+    assert_eq!(live_sessions(&account.id).await, 0);
+    let row = &sql(&format!(
+        "SELECT failed_login_attempts, locked_until > now() FROM users WHERE id = '{}'",
+        account.id
+    ))
+    .await[0];
+    assert_eq!(
+        row.get::<_, i32>(0),
+        5,
+        "the refusal did not reset the count"
+    );
+    assert!(row.get::<_, bool>(1), "the refusal did not clear the lock");
+}
+
+/// A refusal because the account is locked is audited and counted in the metrics.
+#[tokio::test]
+async fn a_refusal_for_a_lock_is_audited_and_counted() {
+    let gateway = TestGateway::start().await;
+    let account = gateway.signup("lock-hit").await;
+    for _ in 0..5 {
+        gateway.login(&account.email, WRONG).await;
+    }
+    let refused = gateway.login(&account.email, PASSWORD).await;
+    assert!(refused.detail().contains("locked"), "{refused:?}");
+
+    assert_eq!(audit_count(&account.id, "login_locked").await, 1);
+    let metrics = String::from_utf8(gateway.ops_get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("\nportcullis_login_locked_refusals_total 1\n"),
+        "{metrics}"
+    );
+}
+
+/// `lockout.max_failures: 0` turns lockout off: failures are answered alike for ever, and
+/// the right password still logs in.
+#[tokio::test]
+async fn max_failures_zero_turns_lockout_off() {
+    let gateway = TestGateway::start_with(|config| config.lockout.max_failures = 0).await;
+    let account = gateway.signup("no-lockout").await;
+    for attempt in 1..=8 {
+        let response = gateway.login(&account.email, WRONG).await;
+        assert_eq!(response.detail(), INVALID, "attempt {attempt}");
+    }
+    let right = gateway.login(&account.email, PASSWORD).await;
+    assert_eq!(right.status, 200, "{right:?}");
+    assert_eq!(audit_count(&account.id, "account_locked").await, 0);
+    let locked = sql(&format!(
+        "SELECT locked_until IS NOT NULL FROM users WHERE id = '{}'",
+        account.id
+    ))
+    .await;
+    assert!(!locked[0].get::<_, bool>(0));
+}
+
+/// Guessing the current password through `password-change` is guessing a password: it is
+/// counted like a failed login and locks the account the same way.
+#[tokio::test]
+async fn a_wrong_current_password_counts_as_a_failed_login() {
+    let gateway = TestGateway::start().await;
+    let account = gateway.signup("change-guess").await;
+    let tokens = gateway.tokens(&account).await;
+    let change = |current: &'static str| {
+        let access = tokens.access.clone();
+        let gateway = &gateway;
+        async move {
+            gateway
+                .call(
+                    "POST",
+                    "/auth/password-change",
+                    Some(
+                        json!({ "current_password": current, "new_password": "Brand-New-Pass-9" }),
+                    ),
+                    Some(&access),
+                )
+                .await
+        }
+    };
+    for attempt in 1..=4 {
+        let response = change(WRONG).await;
+        assert_eq!(response.status, 422, "attempt {attempt}: {response:?}");
+        assert_eq!(response.detail(), "Current password is incorrect");
+    }
+    let attempts = sql(&format!(
+        "SELECT failed_login_attempts FROM users WHERE id = '{}'",
+        account.id
+    ))
+    .await;
+    assert_eq!(attempts[0].get::<_, i32>(0), 4);
+
+    let fifth = change(WRONG).await;
+    assert_eq!(fifth.status, 403, "{fifth:?}");
+    assert_eq!(fifth.detail(), NEWLY_LOCKED);
+    // Locked now: neither the right current password nor a login gets through.
+    let right = change(PASSWORD).await;
+    assert_eq!(right.status, 403, "{right:?}");
+    assert!(right.detail().contains("locked"), "{right:?}");
+    let login = gateway.login(&account.email, PASSWORD).await;
+    assert!(login.detail().contains("locked"), "{login:?}");
+    assert_eq!(audit_count(&account.id, "password_changed").await, 0);
+}
+
+/// A login that read the account and verified the old password before a reset committed
+/// gets no session after it, and its rehash (the parameters changed) does not write the old
+/// password back over the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_in_flight_over_a_password_reset_gets_no_session() {
+    let gateway = Arc::new(TestGateway::start().await);
+    let account = gateway.signup("reset-race").await;
+    // Stored under other parameters than the gateway's, so a successful login rehashes.
+    let other_params = PasswordHasher::new(
+        HashParams {
+            memory_kib: 2048,
+            iterations: 1,
+            parallelism: 1,
+        },
+        1,
+    )
+    .unwrap();
+    let old_hash = other_params.hash(PASSWORD).await.unwrap();
+    sql(&format!(
+        "UPDATE users SET password_hash = '{old_hash}' WHERE id = '{}'",
+        account.id
+    ))
+    .await;
+    let new_hash = other_params.hash("Reset-Password-77").await.unwrap();
+
+    let blocker = Blocker::begin().await;
+    let user_id = Uuid::parse_str(&account.id).unwrap();
+    let now = SystemTime::now();
+    Store::set_password(&blocker.transaction, user_id, &new_hash, now)
+        .await
+        .unwrap();
+    Store::revoke_sessions_of(&blocker.transaction, user_id, None, "password reset", now)
+        .await
+        .unwrap();
+    let login = login_task(&gateway, &account.email, PASSWORD);
+    blocker.until_waiting(1).await;
+    blocker.commit().await;
+
+    let login = login.await.unwrap();
+    assert_eq!(login.status, 401, "a session outlived the reset: {login:?}");
+    assert_eq!(login.detail(), INVALID);
+    assert_eq!(live_sessions(&account.id).await, 0);
+    let stored: String = sql(&format!(
+        "SELECT password_hash FROM users WHERE id = '{}'",
+        account.id
+    ))
+    .await[0]
+        .get(0);
+    assert_eq!(stored, new_hash, "the reset's password stands");
+    let new_login = gateway.login(&account.email, "Reset-Password-77").await;
+    assert_eq!(new_login.status, 200, "{new_login:?}");
+}
+
+/// A login that verified the password before a deactivation committed gets no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_in_flight_over_a_deactivation_gets_no_session() {
+    let gateway = Arc::new(TestGateway::start().await);
+    let account = gateway.signup("deactivate-race").await;
+
+    let blocker = Blocker::begin().await;
+    let user_id = Uuid::parse_str(&account.id).unwrap();
+    let now = SystemTime::now();
+    let patch = UserPatch {
+        is_active: Some(false),
+        ..UserPatch::default()
+    };
+    Store::update_user(&blocker.transaction, user_id, &patch, now)
+        .await
+        .unwrap();
+    Store::revoke_sessions_of(&blocker.transaction, user_id, None, "deactivated", now)
+        .await
+        .unwrap();
+    let login = login_task(&gateway, &account.email, PASSWORD);
+    blocker.until_waiting(1).await;
+    blocker.commit().await;
+
+    let login = login.await.unwrap();
+    assert_eq!(
+        login.status, 401,
+        "a session outlived the deactivation: {login:?}"
+    );
+    assert_eq!(login.detail(), "Account has been deactivated");
+    assert_eq!(live_sessions(&account.id).await, 0);
+}
+
+/// A login that verified the password before a role change committed is decided against the
+/// changed account: its token carries the new role and is accepted, never the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_in_flight_over_a_role_change_carries_the_new_role() {
+    let gateway = Arc::new(TestGateway::start().await);
+    let account = gateway.signup("role-race").await;
+
+    let blocker = Blocker::begin().await;
+    let user_id = Uuid::parse_str(&account.id).unwrap();
+    let now = SystemTime::now();
+    let patch = UserPatch {
+        role: Some("manager".into()),
+        ..UserPatch::default()
+    };
+    Store::update_user(&blocker.transaction, user_id, &patch, now)
+        .await
+        .unwrap();
+    Store::revoke_sessions_of(&blocker.transaction, user_id, None, "role changed", now)
+        .await
+        .unwrap();
+    let login = login_task(&gateway, &account.email, PASSWORD);
+    blocker.until_waiting(1).await;
+    blocker.commit().await;
+
+    let login = login.await.unwrap();
+    assert_eq!(login.status, 200, "{login:?}");
+    assert_eq!(login.json()["user"]["role"], "manager");
+    let access = login.json()["access_token"].as_str().unwrap().to_string();
+    let me = gateway.call("GET", "/auth/me", None, Some(&access)).await;
+    assert_eq!(me.status, 200, "{me:?}");
+    assert_eq!(me.json()["role"], "manager");
+}
