@@ -54,9 +54,10 @@ async fn answer(app: &App, request: &Request<Incoming>) -> Response<GatewayBody>
         "/readyz" => readiness(app).await,
         "/metrics" => {
             let mut response = Response::new(GatewayBody::full(app.metrics.render(&format!(
-                "{}{}",
+                "{}{}{}",
                 app.policy().render_metrics(),
-                app.auth().gate().render_metrics()
+                app.auth().gate().render_metrics(),
+                app.auth().render_metrics()
             ))));
             response.headers_mut().insert(
                 CONTENT_TYPE,
