@@ -751,9 +751,17 @@ pub enum FailMode {
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitsConfig {
     pub login: RateLimit,
+    /// Also `resend-verification`'s: both send a verification email.
     pub register: RateLimit,
     pub password_reset: RateLimit,
     pub default: RateLimit,
+    /// Each route that sends mail (register, resend-verification, password-reset) also
+    /// counts per recipient address, whatever the client's, so that no one mail-bombs an
+    /// inbox from many addresses.
+    pub per_recipient: RateLimit,
+    /// IPv6 clients are counted per network of this many leading bits (1..=128); a /64 is
+    /// usually one subscriber.
+    pub ipv6_prefix: u8,
     /// Rate limiting is a nuisance filter: failing open keeps the service up.
     pub on_redis_error: FailMode,
     /// Revocation is a security check: failing closed keeps revoked tokens out.
@@ -767,6 +775,8 @@ impl Default for RateLimitsConfig {
             register: RateLimit::new(3, Duration::from_secs(3600)),
             password_reset: RateLimit::new(3, Duration::from_secs(3600)),
             default: RateLimit::new(1000, Duration::from_secs(3600)),
+            per_recipient: RateLimit::new(3, Duration::from_secs(3600)),
+            ipv6_prefix: 64,
             on_redis_error: FailMode::Allow,
             revocation_on_redis_error: FailMode::Deny,
         }
@@ -1942,6 +1952,7 @@ impl Config {
             ("register", &r.register),
             ("password_reset", &r.password_reset),
             ("default", &r.default),
+            ("per_recipient", &r.per_recipient),
         ] {
             if limit.requests == 0 {
                 return Err(invalid(
@@ -1950,6 +1961,12 @@ impl Config {
                 ));
             }
             require_positive(&format!("rate_limits.{name}.per"), limit.per)?;
+        }
+        if !(1..=128).contains(&r.ipv6_prefix) {
+            return Err(invalid(
+                "rate_limits.ipv6_prefix",
+                "must be between 1 and 128",
+            ));
         }
         Ok(())
     }
@@ -2061,6 +2078,11 @@ mod tests {
             empty.rate_limits.login,
             RateLimit::new(5, Duration::from_secs(60))
         );
+        assert_eq!(
+            empty.rate_limits.per_recipient,
+            RateLimit::new(3, Duration::from_secs(3600))
+        );
+        assert_eq!(empty.rate_limits.ipv6_prefix, 64);
         assert_eq!(empty.rate_limits.on_redis_error, FailMode::Allow);
         assert_eq!(empty.rate_limits.revocation_on_redis_error, FailMode::Deny);
         assert_eq!(empty.policy.path, PathBuf::from("config/policy.yaml"));
@@ -2687,6 +2709,18 @@ mod tests {
         assert_eq!(
             invalid_key(|c| c.rate_limits.default.per = Duration::ZERO),
             "rate_limits.default.per"
+        );
+        assert_eq!(
+            invalid_key(|c| c.rate_limits.per_recipient.requests = 0),
+            "rate_limits.per_recipient.requests"
+        );
+        assert_eq!(
+            invalid_key(|c| c.rate_limits.ipv6_prefix = 0),
+            "rate_limits.ipv6_prefix"
+        );
+        assert_eq!(
+            invalid_key(|c| c.rate_limits.ipv6_prefix = 129),
+            "rate_limits.ipv6_prefix"
         );
         assert_eq!(
             invalid_key(|c| c.database.url = Secret::new("mysql://x")),

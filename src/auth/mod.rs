@@ -11,6 +11,7 @@
 mod account;
 mod admin;
 mod credentials;
+mod limits;
 mod openapi;
 pub mod routes;
 mod session;
@@ -100,13 +101,17 @@ pub struct AuthSettings {
     pub limits: AuthLimits,
 }
 
-/// Per-address rate limits of the `/auth` routes.
+/// Rate limits of the `/auth` routes (`limits.rs`): per client address, and per recipient
+/// for the routes that send mail.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthLimits {
     pub login: Limit,
     pub register: Limit,
     pub password_reset: Limit,
     pub default: Limit,
+    pub per_recipient: Limit,
+    /// How IPv6 clients are counted: [`crate::limits::client_key`].
+    pub ipv6_prefix: u8,
     pub on_redis_error: FailMode,
 }
 
@@ -128,6 +133,8 @@ pub struct AuthService {
     /// Tokens whose signature and claims were already verified, for forwarded requests.
     pub(crate) verified: VerifiedTokens,
     pub(crate) metrics: crate::telemetry::metrics::AuthMetrics,
+    /// Requests answered 202 without their mail, over the recipient's limit.
+    mail_suppressed: std::sync::atomic::AtomicU64,
 }
 
 /// Access tokens already verified, per worker thread, so a client presenting the same token
@@ -245,6 +252,8 @@ pub(crate) struct Call {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub ip: String,
+    /// The client as per-address rate limits count it (an IPv6 client's network).
+    pub limit_key: String,
     pub user_agent: Option<String>,
 }
 
@@ -333,6 +342,7 @@ impl AuthService {
             headers: parts.headers,
             body,
             ip: client_ip.to_string(),
+            limit_key: crate::limits::client_key(client_ip, self.settings.limits.ipv6_prefix),
             user_agent,
         })
     }
@@ -340,49 +350,18 @@ impl AuthService {
     async fn dispatch(self: &Arc<Self>, spec: &RouteSpec, id: Option<&str>, call: &Call) -> Reply {
         let rate = self.rate_limit(spec.route, call).await?;
         // Every answer within the limit says how much is left, failures included.
-        let mut response = self
-            .route(spec, id, call)
-            .await
-            .unwrap_or_else(GatewayError::into_response);
+        let mut response = match self.recipient_limit(spec.route, call).await {
+            Ok(Some(without_mail)) => without_mail,
+            Ok(None) => self
+                .route(spec, id, call)
+                .await
+                .unwrap_or_else(GatewayError::into_response),
+            Err(refusal) => return Err(refusal),
+        };
         if let Some(rate) = rate {
             crate::proxy::enforce::set_rate_headers(response.headers_mut(), &rate);
         }
         Ok(response)
-    }
-
-    /// The per-address limits of the `/auth` routes: login, register and password reset
-    /// have their own, every other route the default.
-    async fn rate_limit(
-        &self,
-        route: Route,
-        call: &Call,
-    ) -> Result<Option<crate::limits::gate::RateOutcome>, GatewayError> {
-        let limits = &self.settings.limits;
-        let (name, limit) = match route {
-            Route::Login => ("login", limits.login),
-            Route::Register => ("register", limits.register),
-            Route::PasswordReset => ("password-reset", limits.password_reset),
-            _ => ("auth", limits.default),
-        };
-        let bucket = format!("{name}:ip:{}", call.ip);
-        let check = GateCheck {
-            bucket: Some((&bucket, limit)),
-            token: None,
-            now_ms: self.clock.unix_millis(),
-        };
-        match self.gate.check(&check).await {
-            Ok(outcome) => {
-                crate::proxy::enforce::refuse_over_limit(outcome.rate)?;
-                Ok(outcome.rate)
-            }
-            Err(error) => {
-                tracing::warn!(%error, "auth rate limit check failed");
-                match self.settings.limits.on_redis_error {
-                    FailMode::Deny => Err(GatewayError::Unavailable("Rate limiter unavailable")),
-                    FailMode::Allow => Ok(None),
-                }
-            }
-        }
     }
 
     async fn route(self: &Arc<Self>, spec: &RouteSpec, id: Option<&str>, call: &Call) -> Reply {
@@ -958,6 +937,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::new(),
             ip: "127.0.0.1".into(),
+            limit_key: "127.0.0.1".into(),
             user_agent: None,
         };
         let param = |name| query_param(&call, name).unwrap();
@@ -1131,6 +1111,8 @@ impl AuthService {
                     register: limit(&config.rate_limits.register),
                     password_reset: limit(&config.rate_limits.password_reset),
                     default: limit(&config.rate_limits.default),
+                    per_recipient: limit(&config.rate_limits.per_recipient),
+                    ipv6_prefix: config.rate_limits.ipv6_prefix,
                     on_redis_error: config.rate_limits.on_redis_error,
                 },
             },
@@ -1143,6 +1125,7 @@ impl AuthService {
                 tokens.leeway,
             ),
             metrics: Default::default(),
+            mail_suppressed: std::sync::atomic::AtomicU64::new(0),
         };
         Ok((service, worker))
     }
@@ -1164,7 +1147,7 @@ impl AuthService {
 
     /// The identity routes' counters, in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render()
+        format!("{}{}", self.metrics.render(), self.render_mail_metrics())
     }
 
     /// Whether Postgres and Redis answer now.

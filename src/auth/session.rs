@@ -372,12 +372,7 @@ impl AuthService {
         let next = OpaqueToken::generate();
         let outcome = self
             .store
-            .rotate_refresh(
-                &hash_opaque(presented),
-                &next.hash,
-                self.settings.refresh_ttl,
-                now,
-            )
+            .rotate_refresh(&hash_opaque(presented), &next.hash, now)
             .await
             .map_err(store_error)?;
         match outcome {

@@ -13,10 +13,20 @@
 //! Redis goes after its request arrived, so a revocation is seen on the very next request
 //! (the copy below keeps that promise its own way).
 //!
-//! **Commands.** Native commands, not a script: one `INCRBY n` per rate-limit counter the
-//! batch touches (its `n` requests take places `v − n + 1 ..= v` of the returned `v`), and
-//! one `MGET` of every other key the batch reads: previous windows' counters, sessions'
-//! revocation keys and users' not-before times, each once. A Lua script doing one request's
+//! **Two kinds of bucket.** A limit below [`window::EXACT_BELOW`] a window (login's 5 a
+//! minute, register's 3 an hour) is a sliding log, decided exactly in Redis by a short
+//! script ([`LOG_SCRIPT`]) that forgets the times that have left the window and adds this
+//! request's only while fewer than the limit remain; why a log and not an estimate or GCRA is
+//! in [`super::window`]. Each log check is one `EVAL` in the batch's pipeline, in batch order,
+//! so checks of one bucket are decided one after another there. A request whose token turns
+//! out revoked had its entry added before that was read; the entry is removed (`ZREM`) in
+//! the give-back round trip below. Everything else below, counters, leases and give-backs of
+//! places, is about the larger limits.
+//!
+//! **Commands.** Native commands, not a script, for the larger limits: one `INCRBY n` per
+//! rate-limit counter the batch touches (its `n` requests take places `v − n + 1 ..= v` of
+//! the returned `v`), and one `MGET` of every other key the batch reads: previous windows'
+//! counters, sessions' revocation keys and users' not-before times, each once. A Lua script doing one request's
 //! work cost Redis 6.3 µs a call against 0.6 µs for these commands.
 //!
 //! A counter is given its lifetime (`PEXPIRE`, two windows) by the first batch of each worker
@@ -45,8 +55,8 @@
 //!   sixteenth of the room the window has left. Its next requests are decided on those places
 //!   as if Redis had just handed them out. A place taken and never used counts against the
 //!   window like a request, so leases can only make the limiter refuse early, by at most a
-//!   sixteenth of the room per worker holding one, and never admit one too many; limits under
-//!   16 requests a window are never leased and stay exact request by request.
+//!   sixteenth of the room per worker holding one, and never admit one too many; small
+//!   limits are logs, never leased.
 //!
 //! The time comes from the caller (the gateway's clock), not from Redis `TIME`: it keeps the
 //! check a function of its arguments, which is what lets tests step through windows. Instances
@@ -82,10 +92,11 @@ pub struct RateOutcome {
     pub limit: u32,
     /// How many more requests the window has room for now, this one included if it was counted.
     pub remaining: u32,
-    /// Until the current fixed window ends.
+    /// Until the room grows: the current fixed window's end for a larger limit, the oldest
+    /// counted request's leaving the window for a small one.
     pub reset: Duration,
     /// For a refused request: until one more would be admitted if nothing else is meanwhile.
-    /// Up to two windows, since a full window keeps weighing on most of the next.
+    /// At most one window (contract 4).
     pub retry_after: Option<Duration>,
 }
 
@@ -142,7 +153,36 @@ struct Inner {
     /// fill.
     round_trips: AtomicU64,
     checks_sent: AtomicU64,
+    /// Limits below this are sliding logs: [`window::EXACT_BELOW`], except in the tests of
+    /// the counters' mechanics.
+    exact_below: u32,
+    /// Makes each log entry's member unique across instances: random per gate, then a
+    /// sequence number.
+    log_nonce: String,
+    log_sequence: AtomicU64,
 }
+
+/// One sliding-log check, atomically. KEYS[1]: the bucket's log, a sorted set of request
+/// times (ms) by unique member. ARGV: now (ms), the window (ms), the limit, this request's
+/// member. Returns the times still in the window before this request; this request is added
+/// exactly when there are fewer than the limit, so the test and the add are one step and
+/// requests through any number of instances never admit one too many. The log lives a window
+/// past its newest entry. Sent with `EVAL` and its source rather than `EVALSHA`: a Redis that
+/// restarted empty would answer `NOSCRIPT` in the middle of a pipeline whose counters had
+/// already counted, and the source is a few hundred bytes.
+const LOG_SCRIPT: &str = "\
+local now = tonumber(ARGV[1])
+local length = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - length)
+local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local times = {}
+for i = 2, #entries, 2 do times[#times + 1] = entries[i] end
+if #times < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], length)
+end
+return times
+";
 
 #[derive(Default)]
 struct Queue {
@@ -248,6 +288,19 @@ impl Queue {
     }
 }
 
+fn log_outcome(log: &KeyedLog, decided: window::LogDecision) -> RateOutcome {
+    let decision = decided.decision;
+    RateOutcome {
+        allowed: decision.allowed,
+        limit: log.limit.requests,
+        remaining: u32::try_from(decision.remaining)
+            .unwrap_or(u32::MAX)
+            .min(log.limit.requests),
+        reset: Duration::from_millis(decided.reset_ms),
+        retry_after: decision.retry_after_ms.map(Duration::from_millis),
+    }
+}
+
 fn rate_outcome(rate: &KeyedRate, decision: window::Decision) -> RateOutcome {
     RateOutcome {
         allowed: decision.allowed,
@@ -278,7 +331,9 @@ struct Waiting {
 /// A check with its Redis keys, owned so that it can wait for its batch.
 struct Keyed {
     now_ms: u64,
+    /// A larger limit's counters; a small limit's log. At most one of the two.
     rate: Option<KeyedRate>,
+    log: Option<KeyedLog>,
     /// The session's revocation key, the user's not-before key, and the token's issue time.
     token: Option<(String, String, u64)>,
 }
@@ -291,6 +346,16 @@ struct KeyedRate {
     elapsed_ms: u64,
     /// When the current window ends (ms, the caller's clock).
     window_end_ms: u64,
+}
+
+/// A small limit's sliding log and this request's entry in it.
+struct KeyedLog {
+    key: String,
+    member: String,
+    /// This request's time: its entry's score, and where the window ends.
+    now_ms: u64,
+    limit: Limit,
+    length_ms: u64,
 }
 
 impl KeyedRate {
@@ -315,6 +380,17 @@ impl Gate {
     }
 
     pub fn with_feed(redis: Redis, feed: Option<RevocationFeed>) -> Gate {
+        Gate::build(redis, feed, window::EXACT_BELOW)
+    }
+
+    /// A gate that estimates every limit, small ones included: the counters' mechanics are
+    /// tested with small numbers.
+    #[cfg(test)]
+    fn estimating(redis: Redis) -> Gate {
+        Gate::build(redis, None, 0)
+    }
+
+    fn build(redis: Redis, feed: Option<RevocationFeed>, exact_below: u32) -> Gate {
         let queues = (0..=redis.workers())
             .map(|_| Mutex::new(Queue::default()))
             .collect();
@@ -325,6 +401,9 @@ impl Gate {
                 queues,
                 round_trips: AtomicU64::new(0),
                 checks_sent: AtomicU64::new(0),
+                exact_below,
+                log_nonce: uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
+                log_sequence: AtomicU64::new(0),
             }),
         }
     }
@@ -421,18 +500,36 @@ impl Gate {
 
     fn keyed(&self, check: &GateCheck<'_>) -> Keyed {
         let redis = &self.inner.redis;
-        let rate = check.bucket.map(|(bucket, limit)| {
-            let length_ms = window::length_ms(limit.window);
-            let (index, elapsed_ms) = window::position(check.now_ms, length_ms);
-            KeyedRate {
-                current: self.rate_key(bucket, length_ms, Window::Index(index)),
-                previous: self.rate_key(bucket, length_ms, Window::Before(index)),
-                limit,
-                length_ms,
-                elapsed_ms,
-                window_end_ms: check.now_ms - elapsed_ms + length_ms,
-            }
-        });
+        let exact = |limit: &Limit| limit.requests < self.inner.exact_below;
+        let log = check
+            .bucket
+            .filter(|(_, limit)| exact(limit))
+            .map(|(bucket, limit)| {
+                let length_ms = window::length_ms(limit.window);
+                let sequence = self.inner.log_sequence.fetch_add(1, Ordering::Relaxed);
+                KeyedLog {
+                    key: self.log_key(bucket, length_ms),
+                    member: format!("{}:{}:{sequence}", check.now_ms, self.inner.log_nonce),
+                    now_ms: check.now_ms,
+                    limit,
+                    length_ms,
+                }
+            });
+        let rate = check
+            .bucket
+            .filter(|(_, limit)| !exact(limit))
+            .map(|(bucket, limit)| {
+                let length_ms = window::length_ms(limit.window);
+                let (index, elapsed_ms) = window::position(check.now_ms, length_ms);
+                KeyedRate {
+                    current: self.rate_key(bucket, length_ms, Window::Index(index)),
+                    previous: self.rate_key(bucket, length_ms, Window::Before(index)),
+                    limit,
+                    length_ms,
+                    elapsed_ms,
+                    window_end_ms: check.now_ms - elapsed_ms + length_ms,
+                }
+            });
         let token = check.token.map(|(session_id, user_id, issued_at)| {
             (
                 redis.key(&["revoked", "sid", session_id]),
@@ -443,6 +540,7 @@ impl Gate {
         Keyed {
             now_ms: check.now_ms,
             rate,
+            log,
             token,
         }
     }
@@ -528,7 +626,11 @@ impl Gate {
             .map_err(GateError::from)
             .and_then(|values| plan.read(values));
         // Each counter's next place to hand out, in batch order.
-        let (mut next_place, values) = match read {
+        let Read {
+            places: mut next_place,
+            values,
+            logs,
+        } = match read {
             Ok(read) => read,
             Err(error) => {
                 for reply in replies {
@@ -544,6 +646,8 @@ impl Gate {
             .collect();
 
         let mut given_back = vec![0u64; plan.counters.len()];
+        // Log entries of revoked requests, added before their revocation was read.
+        let mut removed: Vec<&KeyedLog> = Vec::new();
         let mut refused = Vec::new();
         for ((check, reply), slots) in checks.iter().zip(replies).zip(&plan.slots) {
             let revoked = check.token.as_ref().is_some_and(|(_, _, issued_at)| {
@@ -569,8 +673,30 @@ impl Gate {
                 }
                 _ => None,
             };
+            let log = match (&check.log, slots.log) {
+                (Some(log), Some(index)) => {
+                    let decided = window::decide_log(
+                        &logs[index],
+                        log.now_ms,
+                        log.length_ms,
+                        u64::from(log.limit.requests),
+                        !revoked,
+                    );
+                    // The script added the entry exactly when it admitted the request.
+                    if decided.decision.allowed && revoked {
+                        removed.push(log);
+                    }
+                    Some(log_outcome(log, decided))
+                }
+                _ => None,
+            };
+            let rate = rate.or(log);
             let outcome = GateOutcome { rate, revoked };
-            if rate.is_some_and(|rate| !rate.allowed) || (revoked && rate.is_some()) {
+            let log_entry_to_remove = revoked && log.is_some_and(|log| log.allowed);
+            if log.is_some() && !log_entry_to_remove {
+                // A log check left nothing to take back: answered at once.
+                let _ = reply.send(Ok(outcome));
+            } else if rate.is_some_and(|rate| !rate.allowed) || (revoked && rate.is_some()) {
                 refused.push((reply, outcome));
             } else {
                 let _ = reply.send(Ok(outcome));
@@ -616,7 +742,10 @@ impl Gate {
             }
             queue.prune(plan.now_ms);
         }
-        if given_back.iter().all(|&count| count == 0) && lost_lifetime.is_empty() {
+        if given_back.iter().all(|&count| count == 0)
+            && lost_lifetime.is_empty()
+            && removed.is_empty()
+        {
             return;
         }
         // The admitted are answered; the refused after their places (and the places taken
@@ -631,6 +760,13 @@ impl Gate {
                     .arg(*count)
                     .ignore();
             }
+        }
+        for log in &removed {
+            give_back
+                .cmd("ZREM")
+                .arg(&log.key)
+                .arg(&log.member)
+                .ignore();
         }
         for &index in &lost_lifetime {
             let counter = &plan.counters[index];
@@ -656,6 +792,16 @@ impl Gate {
         for (reply, outcome) in refused {
             let _ = reply.send(Ok(outcome));
         }
+    }
+
+    /// `{prefix}rate-log:{bucket}:{window_ms}`: a small limit's log. The window length is part
+    /// of the key as in [`Gate::rate_key`]; the limit is not, since a log's times stay right
+    /// whatever the limit.
+    fn log_key(&self, bucket: &str, length_ms: u64) -> String {
+        let mut key = self.inner.redis.key(&["rate-log", bucket]);
+        key.push(':');
+        key.push_str(&length_ms.to_string());
+        key
     }
 
     /// `{prefix}rate:{bucket}:{window_ms}:{window_index}`. The window length is part of the key
@@ -705,6 +851,8 @@ impl Drop for Unstuck<'_> {
 struct Plan<'a> {
     /// Each rate-limit counter the batch touches.
     counters: Vec<Counter<'a>>,
+    /// Each check of a small limit's log, in batch order.
+    logs: Vec<&'a KeyedLog>,
     /// The latest of the checks' times.
     now_ms: u64,
     /// Every other key the batch reads, once each.
@@ -735,10 +883,22 @@ impl Counter<'_> {
     }
 }
 
+/// What a batch's pipeline answered.
+struct Read {
+    /// Each counter's first place handed to this batch.
+    places: Vec<u64>,
+    /// Each key in `reads`.
+    values: Vec<Option<u64>>,
+    /// Each log check's times still in its window, before it.
+    logs: Vec<Vec<u64>>,
+}
+
 #[derive(Clone, Copy)]
 struct Slots {
     /// The check's counter in `counters`, and its previous window's counter in `reads`.
     rate: Option<(usize, usize)>,
+    /// The check's place in `logs`.
+    log: Option<usize>,
     /// The session's revocation key and the user's not-before key, in `reads`.
     token: Option<(usize, usize)>,
 }
@@ -748,6 +908,7 @@ impl<'a> Plan<'a> {
     fn new(checks: &'a [Keyed]) -> Plan<'a> {
         // Sized for the batch up front: growing the maps while filling them showed in profiles.
         let mut counters: Vec<Counter<'a>> = Vec::with_capacity(checks.len());
+        let mut logs: Vec<&'a KeyedLog> = Vec::new();
         let mut reads: Vec<&'a str> = Vec::with_capacity(3 * checks.len());
         let mut counter_at: HashMap<&'a str, usize> = HashMap::with_capacity(checks.len());
         let mut read_at: HashMap<&'a str, usize> = HashMap::with_capacity(3 * checks.len());
@@ -779,16 +940,21 @@ impl<'a> Plan<'a> {
                 counters[counter].count += 1;
                 (counter, previous)
             });
+            let log = check.log.as_ref().map(|log| {
+                logs.push(log);
+                logs.len() - 1
+            });
             let token = check.token.as_ref().map(|(session, not_before, _)| {
                 (
                     read(session, &mut read_at, &mut reads),
                     read(not_before, &mut read_at, &mut reads),
                 )
             });
-            slots.push(Slots { rate, token });
+            slots.push(Slots { rate, log, token });
         }
         Plan {
             counters,
+            logs,
             now_ms: checks.iter().map(|check| check.now_ms).max().unwrap_or(0),
             reads,
             slots,
@@ -808,24 +974,36 @@ impl<'a> Plan<'a> {
                     .ignore();
             }
         }
+        for log in &self.logs {
+            pipe.cmd("EVAL")
+                .arg(LOG_SCRIPT)
+                .arg(1)
+                .arg(&log.key)
+                .arg(log.now_ms)
+                .arg(log.length_ms)
+                .arg(log.limit.requests)
+                .arg(&log.member);
+        }
         if !self.reads.is_empty() {
             pipe.cmd("MGET").arg(&self.reads);
         }
         pipe
     }
 
-    /// Each counter's first place handed to this batch, and the values read.
-    fn read(
-        &self,
-        mut replies: Vec<redis::Value>,
-    ) -> Result<(Vec<u64>, Vec<Option<u64>>), GateError> {
+    /// Each counter's first place handed to this batch, the values read, and the times each
+    /// log check found in its window.
+    fn read(&self, mut replies: Vec<redis::Value>) -> Result<Read, GateError> {
         let values: Vec<Option<u64>> = if self.reads.is_empty() {
             Vec::new()
         } else {
             redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil))
                 .map_err(|error| GateError::from(redis::RedisError::from(error)))?
         };
-        if replies.len() != self.counters.len() || values.len() != self.reads.len() {
+        let log_replies = replies.split_off(replies.len().saturating_sub(self.logs.len()));
+        if replies.len() != self.counters.len()
+            || log_replies.len() != self.logs.len()
+            || values.len() != self.reads.len()
+        {
             return Err(GateError::from(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "a reply for each command",
@@ -837,7 +1015,18 @@ impl<'a> Plan<'a> {
                 .map_err(|error| GateError::from(redis::RedisError::from(error)))?;
             places.push((last + 1).saturating_sub(counter.count + counter.extra));
         }
-        Ok((places, values))
+        let mut logs = Vec::with_capacity(log_replies.len());
+        for reply in log_replies {
+            // Scores come back as text; milliseconds since 1970 are exact in a double.
+            let times: Vec<f64> = redis::from_redis_value(reply)
+                .map_err(|error| GateError::from(redis::RedisError::from(error)))?;
+            logs.push(times.into_iter().map(|time| time as u64).collect());
+        }
+        Ok(Read {
+            places,
+            values,
+            logs,
+        })
     }
 }
 
@@ -929,7 +1118,7 @@ mod tests {
 
     #[tokio::test]
     async fn five_a_second_then_one_every_fifth_of_a_second() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         let bucket = "ip:203.0.113.9";
         for remaining in (0..5).rev() {
             assert_eq!(
@@ -937,11 +1126,11 @@ mod tests {
                 allowed(remaining, 1000)
             );
         }
-        // The sixth waits out this window and 200 ms of the next, until the five weigh
-        // 5 × 800/1000 = 4.
+        // The sixth would wait out this window and 200 ms of the next, until the five weigh
+        // 5 × 800/1000 = 4; it is told a window at most.
         assert_eq!(
             rate(&gate, bucket, FIVE_A_SECOND, T0).await,
-            refused(1000, 1200)
+            refused(1000, 1000)
         );
         assert_eq!(
             rate(&gate, bucket, FIVE_A_SECOND, T0 + 1199).await,
@@ -974,7 +1163,7 @@ mod tests {
 
     #[tokio::test]
     async fn refused_requests_are_not_counted() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         let bucket = "user:6f1c0c4e-6b8e-4a55-9a55-0c1f8a1b2c3d";
         for _ in 0..5 {
             assert!(rate(&gate, bucket, FIVE_A_SECOND, T0).await.allowed);
@@ -992,7 +1181,7 @@ mod tests {
 
     #[tokio::test]
     async fn counters_live_two_windows_under_the_documented_key() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         rate(&gate, "auth-login:ip:1.2.3.4", FIVE_A_SECOND, T0 + 250).await;
         let key = gate
             .inner
@@ -1023,7 +1212,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_counter_is_given_its_lifetime_once_per_window() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         let bucket = "ip:198.51.100.31";
         let key = gate.rate_key(bucket, 1000, Window::Index(1_700_000_000));
         rate(&gate, bucket, FIVE_A_SECOND, T0 + 100).await;
@@ -1043,7 +1232,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_remembered_lifetimes_stay_bounded_and_forgetting_costs_only_a_pexpire() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         // One address after another, as from a client with many: more than the set holds.
         for n in 0..=COUNTERS_MAX {
             rate(
@@ -1066,7 +1255,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_counter_that_vanished_is_given_its_lifetime_again() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         let bucket = "ip:198.51.100.32";
         let key = gate.rate_key(bucket, 1000, Window::Index(1_700_000_000));
         rate(&gate, bucket, FIVE_A_SECOND, T0 + 100).await;
@@ -1087,7 +1276,7 @@ mod tests {
 
     #[tokio::test]
     async fn window_keys_name_the_index_and_the_one_before() {
-        let gate = Gate::new(redis("p:"));
+        let gate = Gate::estimating(redis("p:"));
         let key = |window| gate.rate_key("ip:1.2.3.4", 1000, window);
         assert_eq!(
             key(Window::Index(1_700_000_000)),
@@ -1106,7 +1295,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_changed_window_length_counts_afresh() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         for _ in 0..5 {
             assert!(rate(&gate, "ip:10.0.0.1", FIVE_A_SECOND, T0).await.allowed);
         }
@@ -1125,7 +1314,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn two_instances_enforce_one_limit() {
         let prefix = prefix();
-        let gates = [Gate::new(redis(&prefix)), Gate::new(redis(&prefix))];
+        let gates = [
+            Gate::estimating(redis(&prefix)),
+            Gate::estimating(redis(&prefix)),
+        ];
         let tasks: Vec<_> = (0..10)
             .map(|n| {
                 let gate = gates[n % 2].clone();
@@ -1175,7 +1367,7 @@ mod tests {
 
     #[tokio::test]
     async fn revoked_requests_are_not_counted() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         set(&gate, &["revoked", "sid", "stolen"], 1).await;
         let bucket = "user:owner";
         for _ in 0..8 {
@@ -1211,7 +1403,7 @@ mod tests {
     /// it read, across small states, both sides of a window, and large counts.
     #[tokio::test]
     async fn the_gate_decides_as_window_rs_on_what_redis_holds() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         set(&gate, &["revoked", "sid", "revoked-session"], 1).await;
         let mut cases = Vec::new();
         for (window, length) in [
@@ -1298,6 +1490,56 @@ mod tests {
         }
     }
 
+    /// Three an hour (contract 4): requests at 0, 20 and 40 minutes are admitted; the fourth
+    /// at 50 minutes is told to wait until the first leaves the window, 10 minutes, and is
+    /// admitted after that, whatever the clock's position in the hour.
+    #[tokio::test]
+    async fn a_small_limit_is_a_sliding_window_exact_to_the_millisecond() {
+        const MINUTE: u64 = 60_000;
+        let three_an_hour = Limit {
+            requests: 3,
+            window: Duration::from_secs(3600),
+        };
+        let gate = Gate::new(redis(&prefix()));
+        // T0 falls 13 min 20 s into a fixed hour; the other starts test other positions.
+        for (n, start) in [T0, T0 + 47 * MINUTE, T0 - T0 % (60 * MINUTE)]
+            .into_iter()
+            .enumerate()
+        {
+            let bucket = format!("ip:192.0.2.{n}");
+            for (minute, remaining) in [(0, 2), (20, 1), (40, 0)] {
+                let outcome = rate(&gate, &bucket, three_an_hour, start + minute * MINUTE).await;
+                assert!(outcome.allowed, "start {n}, minute {minute}");
+                assert_eq!(outcome.remaining, remaining, "start {n}, minute {minute}");
+            }
+            let refused = rate(&gate, &bucket, three_an_hour, start + 50 * MINUTE).await;
+            assert!(!refused.allowed, "start {n}");
+            assert_eq!(
+                refused.retry_after,
+                Some(Duration::from_millis(10 * MINUTE)),
+                "start {n}"
+            );
+            let just_before = rate(&gate, &bucket, three_an_hour, start + 60 * MINUTE - 1).await;
+            assert_eq!(just_before.retry_after, Some(Duration::from_millis(1)));
+            assert!(
+                rate(&gate, &bucket, three_an_hour, start + 60 * MINUTE)
+                    .await
+                    .allowed,
+                "start {n}: the request at 0 has left the window"
+            );
+            assert!(
+                !rate(&gate, &bucket, three_an_hour, start + 61 * MINUTE)
+                    .await
+                    .allowed
+            );
+            assert!(
+                rate(&gate, &bucket, three_an_hour, start + 80 * MINUTE)
+                    .await
+                    .allowed
+            );
+        }
+    }
+
     #[tokio::test]
     async fn nothing_asked_does_not_touch_redis() {
         let gate = Gate::new(unreachable_redis());
@@ -1344,7 +1586,7 @@ mod tests {
     /// told a different remaining count.
     #[tokio::test]
     async fn concurrent_checks_share_a_round_trip_and_the_limit_stays_exact() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         let fifteen = Limit {
             requests: 15,
             window: Duration::from_secs(1),
@@ -1362,7 +1604,8 @@ mod tests {
                 remaining_of_admitted.push(outcome.remaining);
             } else {
                 assert_eq!(outcome.remaining, 0);
-                assert_eq!(outcome.retry_after, Some(Duration::from_millis(1067)));
+                // 1067 ms by the estimate, capped at the window.
+                assert_eq!(outcome.retry_after, Some(Duration::from_millis(1000)));
             }
         }
         remaining_of_admitted.sort_unstable();
@@ -1378,7 +1621,7 @@ mod tests {
     /// One batch mixing buckets, sessions and users answers each check for its own.
     #[tokio::test]
     async fn a_batch_answers_each_check_for_its_own_token_and_bucket() {
-        let gate = Gate::new(redis(&prefix()));
+        let gate = Gate::estimating(redis(&prefix()));
         set(&gate, &["revoked", "sid", "stolen"], 1).await;
         set(&gate, &["revoked", "user-nbf", "carol"], 1_700_000_000).await;
         let two = Limit {
@@ -1436,8 +1679,8 @@ mod tests {
                 remaining,
                 reset: Duration::from_millis(1000),
                 // Two counted at the start of the window: the next one fits when they weigh
-                // one, halfway through the next window.
-                retry_after: (!allowed).then(|| Duration::from_millis(1500)),
+                // one, halfway through the next window; the wait given is capped at a window.
+                retry_after: (!allowed).then(|| Duration::from_millis(1000)),
             })
         };
         let expected = [
@@ -1535,14 +1778,81 @@ mod tests {
         assert_eq!(counter(&gate, "once", 60_000, T0 / 60_000).await, Some(1));
     }
 
+    /// Small limits are logs: no counter, no places held ahead, and a refusal needs no
+    /// give-back.
     #[tokio::test]
     async fn small_limits_are_never_leased_and_stay_exact() {
         let gate = Gate::new(redis(&prefix()));
         for step in 0..5 {
             assert!(rate(&gate, "small", FIVE_A_SECOND, T0 + step).await.allowed);
         }
-        assert!(!rate(&gate, "small", FIVE_A_SECOND, T0 + 5).await.allowed);
-        assert_eq!(gate.round_trips(), 7, "six checks, one give-back");
+        let refused = rate(&gate, "small", FIVE_A_SECOND, T0 + 5).await;
+        assert!(!refused.allowed);
+        // Until the first, at T0, leaves the window.
+        assert_eq!(refused.retry_after, Some(Duration::from_millis(995)));
+        assert_eq!(gate.round_trips(), 6, "six checks, nothing to give back");
+        assert_eq!(counter(&gate, "small", 1000, T0 / 1000).await, None);
+        assert_eq!(log_len(&gate, "small", 1000).await, 5);
+        let ttl = ttl_ms(&gate, &gate.log_key("small", 1000)).await;
+        assert!((1..=1000).contains(&ttl), "the log expires in {ttl} ms");
+    }
+
+    async fn log_len(gate: &Gate, bucket: &str, length_ms: u64) -> u64 {
+        on_key(gate, "ZCARD", &gate.log_key(bucket, length_ms)).await
+    }
+
+    /// Forty checks at once through two instances, a limit of fifteen: exactly fifteen get
+    /// in, and each refused one is told to wait a window at most.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_log_admits_exactly_its_limit_across_instances() {
+        let prefix = prefix();
+        let gates = [Gate::new(redis(&prefix)), Gate::new(redis(&prefix))];
+        let fifteen = Limit {
+            requests: 15,
+            window: Duration::from_secs(60),
+        };
+        let tasks: Vec<_> = (0..40u64)
+            .map(|n| {
+                let gate = gates[(n % 2) as usize].clone();
+                tokio::spawn(async move { rate(&gate, "ip:192.0.2.41", fifteen, T0 + n).await })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            let outcome = task.await.expect("task");
+            if outcome.allowed {
+                admitted += 1;
+            } else {
+                let retry = outcome.retry_after.expect("refused");
+                assert!(retry <= Duration::from_secs(60), "{retry:?}");
+            }
+        }
+        assert_eq!(admitted, 15);
+        assert_eq!(log_len(&gates[0], "ip:192.0.2.41", 60_000).await, 15);
+    }
+
+    /// A request whose token is revoked takes no room in a log, even when it was checked in
+    /// the same batch as the owner's.
+    #[tokio::test]
+    async fn revoked_requests_take_no_room_in_a_log() {
+        let gate = Gate::new(redis(&prefix()));
+        set(&gate, &["revoked", "sid", "stolen"], 1).await;
+        let check = |session_id| GateCheck {
+            bucket: Some(("user:owner", FIVE_A_SECOND)),
+            token: Some((session_id, "owner", 1_700_000_000)),
+            now_ms: T0,
+        };
+        for _ in 0..8 {
+            let outcome = gate.check(&check("stolen")).await.expect("redis");
+            assert!(outcome.revoked);
+            assert_eq!(outcome.rate.map(|rate| rate.remaining), Some(5));
+        }
+        assert_eq!(log_len(&gate, "user:owner", 1000).await, 0);
+        for remaining in (0..5).rev() {
+            let outcome = gate.check(&check("current")).await.expect("redis");
+            assert!(!outcome.revoked);
+            assert_eq!(outcome.rate, Some(allowed(remaining, 1000)));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

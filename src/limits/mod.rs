@@ -1,6 +1,8 @@
 //! Redis: the state many gateway instances share so that they act as one — revoked sessions,
 //! per-user "not before" times, and the sliding-window rate-limit counters.
 //!
+//! Also here: [`client_key`], the one rule for which clients share a per-address budget.
+//!
 //! The connection is made lazily and remade by itself after an outage, so the gateway starts
 //! and keeps serving while Redis is away; each caller decides what an outage means for it
 //! (a revocation check fails closed by default).
@@ -10,6 +12,7 @@ pub mod gate;
 pub mod revocation;
 pub mod window;
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -20,6 +23,25 @@ pub enum RedisError {
     BadUrl,
     #[error("redis unavailable: {0}")]
     Unavailable(#[from] redis::RedisError),
+}
+
+/// The client as per-address rate limits count it: an IPv4 address is itself (an
+/// IPv4-mapped IPv6 address is its IPv4 address), an IPv6 address is its network of
+/// `ipv6_prefix` leading bits (1..=128), written `network/prefix`.
+///
+/// Why networks: one IPv6 subscriber is routinely handed a whole /64 (often far more), so
+/// counting single IPv6 addresses would give each such client 2^64 budgets. A /64 is the
+/// smallest block that is normally one site; `rate_limits.ipv6_prefix` moves that line.
+pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let prefix = ipv6_prefix.clamp(1, 128);
+            let mask = u128::MAX << (128 - u32::from(prefix));
+            let network = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+            format!("{network}/{prefix}")
+        }
+    }
 }
 
 /// A shared, self-healing connection and the key prefix that keeps this deployment's (or this
@@ -115,6 +137,47 @@ impl Redis {
             .query_async::<String>(&mut connection)
             .await
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod client_key_tests {
+    use super::client_key;
+
+    #[test]
+    fn table() {
+        #[rustfmt::skip]
+        let cases: &[(&str, u8, &str)] = &[
+            // IPv4 is counted per address, whatever the IPv6 prefix.
+            ("203.0.113.9", 64, "203.0.113.9"),
+            ("203.0.113.9", 1, "203.0.113.9"),
+            // An IPv4-mapped address is the IPv4 client it stands for.
+            ("::ffff:203.0.113.9", 64, "203.0.113.9"),
+            // IPv6: the /64 by default, so a host's addresses share one budget...
+            ("2001:db8:1:2::1", 64, "2001:db8:1:2::/64"),
+            ("2001:db8:1:2:ffff:ffff:ffff:ffff", 64, "2001:db8:1:2::/64"),
+            // ...and the next /64 has its own.
+            ("2001:db8:1:3::1", 64, "2001:db8:1:3::/64"),
+            // Other prefixes, down to single addresses and up to half the space.
+            ("2001:db8:1:2::1", 48, "2001:db8:1::/48"),
+            ("2001:db8:1:2:3:4:5:6", 128, "2001:db8:1:2:3:4:5:6/128"),
+            ("2001:db8:1:2:3:4:5:6", 127, "2001:db8:1:2:3:4:5:6/127"),
+            ("2001:db8:1:2:3:4:5:7", 127, "2001:db8:1:2:3:4:5:6/127"),
+            ("ffff::1", 1, "8000::/1"),
+            // The loopback and the unspecified address are IPv6 addresses like any other.
+            ("::1", 64, "::/64"),
+            ("::", 64, "::/64"),
+            // Out-of-range prefixes (refused by config validation) are clamped, not a panic.
+            ("2001:db8::1", 0, "::/1"),
+            ("2001:db8::1", 200, "2001:db8::1/128"),
+        ];
+        for &(ip, prefix, expected) in cases {
+            assert_eq!(
+                client_key(ip.parse().unwrap(), prefix),
+                expected,
+                "{ip} /{prefix}"
+            );
+        }
     }
 }
 

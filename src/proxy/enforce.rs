@@ -25,6 +25,7 @@ use http::HeaderMap;
 use crate::auth::{AuthService, TokenSource, TokenState, VerifiedToken};
 use crate::config::{Config, FailMode};
 use crate::error::GatewayError;
+use crate::limits::client_key;
 use crate::limits::gate::{Gate, GateCheck, Limit, RateOutcome};
 use crate::policy::{Decision, Identity, RateKey, RateLimit, Request};
 use crate::server::policy_source::PolicySource;
@@ -57,6 +58,8 @@ pub struct Enforcer {
     auth: Arc<AuthService>,
     rate_on_redis_error: FailMode,
     revocation_on_redis_error: FailMode,
+    /// `rate_limits.ipv6_prefix`: how IPv6 clients are counted.
+    ipv6_prefix: u8,
     /// `tokens.leeway` in whole seconds, as token verification counts it.
     leeway_secs: u64,
     recheck_interval: Duration,
@@ -75,6 +78,7 @@ impl Enforcer {
             auth,
             rate_on_redis_error: config.rate_limits.on_redis_error,
             revocation_on_redis_error: config.rate_limits.revocation_on_redis_error,
+            ipv6_prefix: config.rate_limits.ipv6_prefix,
             leeway_secs: config.tokens.leeway.as_secs(),
             recheck_interval: config.server.websocket_recheck_interval,
         }
@@ -137,7 +141,7 @@ impl Enforcer {
             }
         };
 
-        let bucket = rate_limit.map(|rule| bucket_for(rule, claims, client_ip));
+        let bucket = rate_limit.map(|rule| bucket_for(rule, claims, client_ip, self.ipv6_prefix));
         let token_check =
             claims.map(|claims| (claims.sid.as_str(), claims.sub.as_str(), claims.iat));
         let now_ms = self.auth.clock().unix_millis();
@@ -162,7 +166,8 @@ impl Enforcer {
                     } => {
                         let rate = match rate_limit {
                             Some(rule) => {
-                                let (bucket, limit) = bucket_for(rule, None, client_ip);
+                                let (bucket, limit) =
+                                    bucket_for(rule, None, client_ip, self.ipv6_prefix);
                                 self.rate_only(&bucket, limit, now_ms, metrics).await?
                             }
                             None => None,
@@ -323,11 +328,12 @@ fn recheck_lapse(revoked: Option<bool>, on_redis_error: FailMode) -> Option<Laps
 }
 
 /// The bucket a request counts against: per user when the rule says so and the caller is
-/// known, per client address otherwise.
+/// known, per client address otherwise (an IPv6 client's network: [`client_key`]).
 fn bucket_for(
     rule: RateLimit,
     claims: Option<&AccessClaims>,
     client_ip: IpAddr,
+    ipv6_prefix: u8,
 ) -> (String, Limit) {
     let limit = Limit {
         requests: rule.requests,
@@ -335,7 +341,7 @@ fn bucket_for(
     };
     let bucket = match (rule.key, claims) {
         (RateKey::User, Some(claims)) => format!("user:{}", claims.sub),
-        _ => format!("ip:{client_ip}"),
+        _ => format!("ip:{}", client_key(client_ip, ipv6_prefix)),
     };
     (bucket, limit)
 }

@@ -86,11 +86,13 @@ impl Store {
     /// Spends `old_hash` and makes `new_hash` the session's refresh token, in one
     /// transaction with the rows locked, so of two concurrent uses of one token at most one
     /// rotates and the other is seen as reuse.
+    ///
+    /// The new token expires with the session, whose end was fixed at login: rotation never
+    /// extends it (contract 4), else a token refreshed every few days would never expire.
     pub async fn rotate_refresh(
         &self,
         old_hash: &[u8],
         new_hash: &[u8],
-        ttl: Duration,
         now: SystemTime,
     ) -> Result<RefreshOutcome, StoreError> {
         let mut client = self.client().await?;
@@ -145,7 +147,7 @@ impl Store {
         if !user.is_active {
             return Ok(RefreshOutcome::Invalid);
         }
-        let expires_at = now + ttl;
+        let expires_at = session_expires_at;
         transaction
             .execute(
                 "UPDATE refresh_tokens SET rotated_at = $2 WHERE token_hash = $1",
@@ -161,9 +163,9 @@ impl Store {
         let row = transaction
             .query_one(
                 &format!(
-                    "UPDATE sessions SET last_used_at = $2, expires_at = $3 WHERE id = $1 RETURNING {SESSION_COLUMNS}"
+                    "UPDATE sessions SET last_used_at = $2 WHERE id = $1 RETURNING {SESSION_COLUMNS}"
                 ),
-                &[&session_id, &now, &expires_at],
+                &[&session_id, &now],
             )
             .await?;
         transaction.commit().await?;

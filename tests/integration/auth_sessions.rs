@@ -276,6 +276,32 @@ async fn an_expired_refresh_token_is_refused() {
     assert_eq!(response.detail(), "Invalid refresh token");
 }
 
+/// The session's lifetime counts from the login: a refresh rotates the token but never
+/// moves the end of the session (contract 4, "Refresh token").
+#[tokio::test]
+async fn refreshing_never_extends_the_session_past_its_login_lifetime() {
+    let gateway = TestGateway::start().await;
+    let account = gateway.signup("refresh-absolute").await;
+    let tokens = gateway.tokens(&account).await;
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    gateway.clock.advance(6 * DAY);
+    let rotated = gateway
+        .post("/auth/refresh", json!({ "refresh_token": tokens.refresh }))
+        .await;
+    assert_eq!(rotated.status, 200, "{rotated:?}");
+    let next = rotated.json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Seven days and an hour after the login, one day and an hour after the rotation.
+    gateway.clock.advance(DAY + Duration::from_secs(3600));
+    let late = gateway
+        .post("/auth/refresh", json!({ "refresh_token": next }))
+        .await;
+    assert_eq!(late.status, 401, "{late:?}");
+    assert_eq!(late.detail(), "Invalid refresh token");
+}
+
 #[tokio::test]
 async fn logout_ends_this_session_and_logout_all_ends_every_one() {
     let gateway = TestGateway::start().await;

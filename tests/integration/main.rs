@@ -17,6 +17,7 @@ mod forwarding;
 mod hardening;
 mod identity_setup;
 mod lifecycle;
+mod limits;
 mod policy_reload;
 mod process;
 mod slow_requests;

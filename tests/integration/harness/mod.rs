@@ -237,6 +237,7 @@ rate_limits:
   register: {{ requests: 1000000, per: 1m }}
   password_reset: {{ requests: 1000000, per: 1m }}
   default: {{ requests: 1000000, per: 1m }}
+  per_recipient: {{ requests: 1000000, per: 1m }}
 policy:
   path: {policy}
 password:
