@@ -3,11 +3,18 @@
 use super::StoreError;
 
 /// (version, name, SQL), in order. A migration, once released, is never edited.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "0001_identity",
-    include_str!("../../migrations/0001_identity.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "0001_identity",
+        include_str!("../../migrations/0001_identity.sql"),
+    ),
+    (
+        2,
+        "0002_revocation_record",
+        include_str!("../../migrations/0002_revocation_record.sql"),
+    ),
+];
 
 /// Any fixed number works; it only has to be the same for every instance.
 const MIGRATION_LOCK: i64 = 0x706f_7274_6375_6c6c; // "portcull"
