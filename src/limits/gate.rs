@@ -48,6 +48,14 @@
 //!   sixteenth of the room per worker holding one, and never admit one too many; limits under
 //!   16 requests a window are never leased and stay exact request by request.
 //!
+//! **An epoch after the reads.** With a feed, a batch that reads revocations also reads the
+//! revocation epoch ([`super::durability`]), after its `MGET`: one command more per batch,
+//! none per request. Finding the epoch means Redis has not lost its data since the state was
+//! complete (losing the data loses the key, and only a finished rebuild from Postgres sets
+//! it again), so the `MGET` before it read a complete state. Finding none, the batch's
+//! token checks fail as Redis errors do (fail closed by default) and the feed is woken to
+//! rebuild; until the rebuild is done, a token check waits a moment for it first.
+//!
 //! The time comes from the caller (the gateway's clock), not from Redis `TIME`: it keeps the
 //! check a function of its arguments, which is what lets tests step through windows. Instances
 //! whose clocks differ by a few milliseconds place a request a few milliseconds differently in
@@ -60,6 +68,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::durability::EpochReading;
 use super::feed::RevocationFeed;
 use super::window;
 use super::Redis;
@@ -69,6 +78,9 @@ use super::Redis;
 const GATHER_TURNS: usize = 4;
 /// Checks sent in one round trip at most; more wait for the next.
 const MAX_BATCH: usize = 512;
+/// How long a token check waits for the revocation state while it is being rebuilt (or
+/// first confirmed at start) before asking Redis anyway.
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
@@ -117,6 +129,10 @@ pub enum GateError {
     Redis(Arc<redis::RedisError>),
     #[error("the check was dropped unanswered (shutting down)")]
     Dropped,
+    /// Redis has no revocation epoch: it lost its data and the rebuild from Postgres is not
+    /// done, so what it holds about revocation is not believed.
+    #[error("the revocation state in Redis is being rebuilt from Postgres")]
+    Rebuilding,
 }
 
 impl From<redis::RedisError> for GateError {
@@ -342,6 +358,14 @@ impl Gate {
     /// comes at once (with no rate).
     pub async fn check(&self, check: &GateCheck<'_>) -> Result<GateOutcome, GateError> {
         let mut check = *check;
+        if let (Some(_), Some(feed)) = (check.token, &self.inner.feed) {
+            let durability = feed.durability();
+            if !feed.trusted() && durability.unsettled() {
+                // Starting, or rebuilding after Redis lost its data: a complete state is
+                // usually a moment away, and waiting for it beats a 503.
+                durability.settled(SETTLE_WAIT).await;
+            }
+        }
         if let (Some((session_id, user_id, issued_at)), Some(feed)) =
             (check.token, &self.inner.feed)
         {
@@ -403,6 +427,11 @@ impl Gate {
                 .as_ref()
                 .is_some_and(RevocationFeed::trusted),
         );
+        let rebuilds = self
+            .inner
+            .feed
+            .as_ref()
+            .map_or(0, |feed| feed.durability().rebuilds());
         format!(
             "# HELP portcullis_redis_round_trips_total Redis round trips of the rate-limit and \
              revocation checks, give-backs of refused requests included.\n\
@@ -415,7 +444,12 @@ impl Gate {
              # HELP portcullis_revocation_copy_trusted 1 while this instance checks tokens against \
              its pushed copy of the revocation list; 0 while it reads Redis for each.\n\
              # TYPE portcullis_revocation_copy_trusted gauge\n\
-             portcullis_revocation_copy_trusted {trusted}\n"
+             portcullis_revocation_copy_trusted {trusted}\n\
+             # HELP portcullis_revocation_rebuilds_total Times this instance rebuilt the \
+             revocation state in Redis from Postgres, having found Redis without its revocation \
+             epoch (at first start, or after Redis lost its data).\n\
+             # TYPE portcullis_revocation_rebuilds_total counter\n\
+             portcullis_revocation_rebuilds_total {rebuilds}\n"
         )
     }
 
@@ -505,7 +539,12 @@ impl Gate {
             .into_iter()
             .map(|waiting| (waiting.check, waiting.reply))
             .unzip();
-        let mut plan = Plan::new(&checks);
+        let epoch_key = self
+            .inner
+            .feed
+            .as_ref()
+            .map(|feed| feed.durability().epoch_key());
+        let mut plan = Plan::new(&checks, epoch_key);
         {
             let queue = self.queue(queue);
             for counter in &mut plan.counters {
@@ -528,7 +567,7 @@ impl Gate {
             .map_err(GateError::from)
             .and_then(|values| plan.read(values));
         // Each counter's next place to hand out, in batch order.
-        let (mut next_place, values) = match read {
+        let (mut next_place, values, epoch) = match read {
             Ok(read) => read,
             Err(error) => {
                 for reply in replies {
@@ -543,9 +582,30 @@ impl Gate {
             .filter(|&index| !plan.counters[index].expire && next_place[index] == 1)
             .collect();
 
+        // Whether the revocations read can be believed: Redis still holds an epoch.
+        let intact = match (&self.inner.feed, epoch) {
+            (Some(feed), Some(seen)) => {
+                let reading = feed.durability().read(seen.as_deref());
+                if reading == EpochReading::Lost {
+                    feed.durability().seen_lost();
+                }
+                reading != EpochReading::Lost
+            }
+            _ => true,
+        };
+
         let mut given_back = vec![0u64; plan.counters.len()];
         let mut refused = Vec::new();
         for ((check, reply), slots) in checks.iter().zip(replies).zip(&plan.slots) {
+            if check.token.is_some() && !intact {
+                // Not answered on what Redis holds; its place, if it took one, goes back.
+                if let Some((counter, _)) = slots.rate {
+                    next_place[counter] += 1;
+                    given_back[counter] += 1;
+                }
+                let _ = reply.send(Err(GateError::Rebuilding));
+                continue;
+            }
             let revoked = check.token.as_ref().is_some_and(|(_, _, issued_at)| {
                 let (session, not_before) = slots.token.expect("a token's keys were read");
                 // Revocation's own test (revocation.rs): the session's key exists, or the
@@ -703,6 +763,8 @@ impl Drop for Unstuck<'_> {
 
 /// The commands one batch sends, and where each check's answers are in the replies.
 struct Plan<'a> {
+    /// The revocation epoch, read after the other keys when the batch checks a token.
+    epoch: Option<&'a str>,
     /// Each rate-limit counter the batch touches.
     counters: Vec<Counter<'a>>,
     /// The latest of the checks' times.
@@ -745,7 +807,7 @@ struct Slots {
 
 impl<'a> Plan<'a> {
     /// The keys stay the checks': the plan only points at them.
-    fn new(checks: &'a [Keyed]) -> Plan<'a> {
+    fn new(checks: &'a [Keyed], epoch: Option<&'a str>) -> Plan<'a> {
         // Sized for the batch up front: growing the maps while filling them showed in profiles.
         let mut counters: Vec<Counter<'a>> = Vec::with_capacity(checks.len());
         let mut reads: Vec<&'a str> = Vec::with_capacity(3 * checks.len());
@@ -787,7 +849,9 @@ impl<'a> Plan<'a> {
             });
             slots.push(Slots { rate, token });
         }
+        let epoch = epoch.filter(|_| checks.iter().any(|check| check.token.is_some()));
         Plan {
+            epoch,
             counters,
             now_ms: checks.iter().map(|check| check.now_ms).max().unwrap_or(0),
             reads,
@@ -811,14 +875,28 @@ impl<'a> Plan<'a> {
         if !self.reads.is_empty() {
             pipe.cmd("MGET").arg(&self.reads);
         }
+        if let Some(epoch) = self.epoch {
+            pipe.cmd("GET").arg(epoch);
+        }
         pipe
     }
 
-    /// Each counter's first place handed to this batch, and the values read.
+    /// Each counter's first place handed to this batch, the values read, and the epoch read
+    /// (when it was asked).
+    #[allow(clippy::type_complexity)]
     fn read(
         &self,
         mut replies: Vec<redis::Value>,
-    ) -> Result<(Vec<u64>, Vec<Option<u64>>), GateError> {
+    ) -> Result<(Vec<u64>, Vec<Option<u64>>, Option<Option<String>>), GateError> {
+        let epoch = match self.epoch {
+            Some(_) => Some(
+                redis::from_redis_value::<Option<String>>(
+                    replies.pop().unwrap_or(redis::Value::Nil),
+                )
+                .map_err(|error| GateError::from(redis::RedisError::from(error)))?,
+            ),
+            None => None,
+        };
         let values: Vec<Option<u64>> = if self.reads.is_empty() {
             Vec::new()
         } else {
@@ -837,7 +915,7 @@ impl<'a> Plan<'a> {
                 .map_err(|error| GateError::from(redis::RedisError::from(error)))?;
             places.push((last + 1).saturating_sub(counter.count + counter.extra));
         }
-        Ok((places, values))
+        Ok((places, values, epoch))
     }
 }
 
