@@ -17,5 +17,6 @@ mod identity_setup;
 mod lifecycle;
 mod policy_reload;
 mod process;
+mod revocation_durability;
 mod slow_requests;
 mod websocket;
