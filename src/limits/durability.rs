@@ -176,6 +176,20 @@ impl Durability {
         }
     }
 
+    /// The feed could not reach Redis before confirming anything: token checks stop waiting
+    /// for a state that will not come soon (a Redis down at start would add the wait to
+    /// every 503).
+    pub(crate) fn unreachable_at_start(&self) {
+        if self
+            .inner
+            .phase
+            .compare_exchange(STARTING, UNREACHABLE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.inner.changed.notify_waiters();
+        }
+    }
+
     /// A reader found no epoch: wait for the rebuild, and have the feed start it now.
     pub fn seen_lost(&self) {
         self.set_phase(REBUILDING);

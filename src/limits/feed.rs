@@ -313,6 +313,7 @@ impl RevocationFeed {
                 backoff = FIRST_RETRY;
             }
             tracing::warn!(%error, "revocation feed interrupted; checking revocations in Redis until it is back");
+            self.inner.durability.unreachable_at_start();
             // A reader that finds the epoch gone wakes the feed to rebuild at once.
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
