@@ -999,6 +999,7 @@ impl AuthService {
             config.tokens.access_ttl + config.tokens.leeway,
             config.redis.revocation_lease,
             config.redis.revocation_feed,
+            Some(store.clone()),
         );
         let tokens = &config.tokens;
         let settings = TokenSettings {
@@ -1086,6 +1087,7 @@ impl AuthService {
                 redis,
                 tokens.access_ttl + tokens.leeway,
                 Some(feed.clone()),
+                Some(store.clone()),
             ),
             store,
             keys,

@@ -20,6 +20,12 @@
 //! gate asks Redis for it, where the keys are already set. A feed that loses its connection
 //! stops trusting at once, and trusts again only after reloading the list from the index.
 //!
+//! **Why the copy is never loaded from a Redis that lost its data.** Before loading, the feed
+//! makes sure Redis holds a revocation epoch, rebuilding the state from Postgres first if it
+//! does not ([`super::durability`]); it reads the epoch again after the index, in the same
+//! round trip, and at every lease renewal. A missing or different epoch ends trust at once,
+//! and the feed starts over: rebuild (or wait for another instance's), then reload.
+//!
 //! Nothing here decides alone: an untrusted copy answers "don't know", and the gate then
 //! reads Redis exactly as it does without a feed.
 
@@ -32,8 +38,11 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::Notify;
 
+use super::durability::{Durability, EpochReading, RebuildError};
+use super::revocation::Revocations;
 use super::Redis;
 use crate::clock::Clock;
+use crate::store::Store;
 
 /// The one member of the longest-lease sorted set.
 const LONGEST: &str = "longest";
@@ -136,6 +145,8 @@ struct Inner {
     /// Each waiting publication's acknowledgements so far.
     acks: Mutex<HashMap<u64, usize>>,
     acked: Notify,
+    /// The revocation epoch, and the rebuild from Postgres when Redis lost its data.
+    durability: Durability,
 }
 
 impl RevocationFeed {
@@ -146,16 +157,20 @@ impl RevocationFeed {
     /// `check_tokens: false` keeps the feed following and acknowledging (an instance that
     /// writes revocations needs its subscription for the acknowledgements, and the others
     /// need its) but never answers from the copy.
+    ///
+    /// `record`: Postgres, from which the revocation state is rebuilt when Redis lost it.
     pub fn new(
         redis: Redis,
         clock: Arc<Clock>,
         keep: Duration,
         lease: Duration,
         check_tokens: bool,
+        record: Option<Store>,
     ) -> Self {
         let instance = uuid::Uuid::new_v4().simple().to_string();
         RevocationFeed {
             inner: Arc::new(Inner {
+                durability: Durability::new(redis.clone(), clock.clone(), keep, record),
                 channel: redis.key(&["revocations"]),
                 acks_channel: redis.key(&["revocation-acks", &instance]),
                 index: redis.key(&["revocation-index"]),
@@ -174,6 +189,11 @@ impl RevocationFeed {
                 acked: Notify::new(),
             }),
         }
+    }
+
+    /// The revocation epoch this instance reads Redis under.
+    pub fn durability(&self) -> &Durability {
+        &self.inner.durability
     }
 
     /// Whether a token of this session and user, issued at `issued_at` (unix seconds), is
@@ -293,23 +313,32 @@ impl RevocationFeed {
                 backoff = FIRST_RETRY;
             }
             tracing::warn!(%error, "revocation feed interrupted; checking revocations in Redis until it is back");
-            tokio::time::sleep(backoff).await;
+            self.inner.durability.unreachable_at_start();
+            // A reader that finds the epoch gone wakes the feed to rebuild at once.
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.inner.durability.lost() => {}
+            }
             backoff = (backoff * 2).min(self.inner.lease);
         }
     }
 
-    async fn follow(&self) -> redis::RedisError {
+    async fn follow(&self) -> RebuildError {
         match self.follow_once().await {
             Ok(never) => match never {},
             Err(error) => error,
         }
     }
 
-    async fn follow_once(&self) -> Result<std::convert::Infallible, redis::RedisError> {
+    async fn follow_once(&self) -> Result<std::convert::Infallible, RebuildError> {
         let inner = &self.inner;
         let timeout = inner.lease;
         // Announced before this copy is ever trusted, so that no writer waits less than it.
         within(timeout, self.announce_lease()).await?;
+        // A complete state first, rebuilt from Postgres if Redis lost it. Not subscribed yet,
+        // so the rebuild's own publications wait for no acknowledgement of this instance's.
+        let writer = Revocations::new(inner.redis.clone(), inner.keep, Some(self.clone()), None);
+        let epoch = inner.durability.ensure(&writer).await?;
         let pubsub = within(timeout, inner.redis.client().get_async_pubsub()).await?;
         let (mut sink, mut messages) = pubsub.split();
         within(
@@ -321,11 +350,23 @@ impl RevocationFeed {
         // other (or both; applying one twice changes nothing).
         let now_ms = inner.clock.unix_millis();
         let mut connection = inner.redis.connection();
-        let listed: Vec<(String, u64)> = within(
+        // The epoch after the index: if it is still the one ensured, the index was read
+        // from a complete state.
+        let (listed, seen): (Vec<(String, u64)>, Option<String>) = within(
             timeout,
-            connection.zrangebyscore_withscores(&inner.index, now_ms, "+inf"),
+            redis::pipe()
+                .cmd("ZRANGEBYSCORE")
+                .arg(&inner.index)
+                .arg(now_ms)
+                .arg("+inf")
+                .arg("WITHSCORES")
+                .get(inner.durability.epoch_key())
+                .query_async(&mut connection),
         )
         .await?;
+        if seen.as_deref() != Some(&*epoch) {
+            return Err(RebuildError::EpochLost);
+        }
         {
             let mut copy = inner.copy.write().unwrap_or_else(|e| e.into_inner());
             *copy = Copy::default();
@@ -335,6 +376,7 @@ impl RevocationFeed {
                 }
             }
         }
+        inner.durability.trust(Some(epoch));
         let renew_every = inner.lease / 4;
         let mut next_ping = tokio::time::Instant::now();
         loop {
@@ -342,11 +384,17 @@ impl RevocationFeed {
             tokio::select! {
                 message = messages.next() => match message {
                     Some(message) => self.receive(&message),
-                    None => return Err(closed()),
+                    None => return Err(closed().into()),
                 },
+                () = inner.durability.lost() => self.epoch_unchanged(&mut connection).await?,
                 () = tokio::time::sleep_until(next_ping) => {
                     let sent_ms = self.elapsed_ms();
                     within(timeout, sink.ping::<redis::Value>()).await?;
+                    // One GET a quarter lease, off the requests' path: a Redis that lost its
+                    // data while this connection stayed up (a flush, a failover behind a
+                    // proxy) ends trust here, before it is renewed. A restart needs no GET:
+                    // it closes the subscription.
+                    self.epoch_unchanged(&mut connection).await?;
                     // Every message published before the PING is queued now: apply them
                     // before extending the lease.
                     // Unconstrained: with the task's budget spent, a ready message could
@@ -372,6 +420,23 @@ impl RevocationFeed {
                         }
                     });
                 }
+            }
+        }
+    }
+
+    /// Reads the epoch: an error unless it is the one the copy was loaded under.
+    async fn epoch_unchanged(
+        &self,
+        connection: &mut redis::aio::ConnectionManager,
+    ) -> Result<(), RebuildError> {
+        let durability = &self.inner.durability;
+        let seen: Option<String> =
+            within(self.inner.lease, connection.get(durability.epoch_key())).await?;
+        match durability.read(seen.as_deref()) {
+            EpochReading::Same => Ok(()),
+            EpochReading::Rebuilt | EpochReading::Lost => {
+                durability.trust(None);
+                Err(RebuildError::EpochLost)
             }
         }
     }
@@ -483,7 +548,14 @@ mod tests {
     }
 
     fn feed(prefix: &str, lease: Duration) -> RevocationFeed {
-        RevocationFeed::new(redis(prefix), Arc::new(Clock::system()), KEEP, lease, true)
+        RevocationFeed::new(
+            redis(prefix),
+            Arc::new(Clock::system()),
+            KEEP,
+            lease,
+            true,
+            None,
+        )
     }
 
     /// An instance: its feed followed until trusted, and its writer.
@@ -501,7 +573,7 @@ mod tests {
         })
         .await
         .expect("trusted once subscribed");
-        let revocations = Revocations::new(redis(&prefix), KEEP, Some(feed.clone()));
+        let revocations = Revocations::new(redis(&prefix), KEEP, Some(feed.clone()), None);
         (feed, revocations)
     }
 
@@ -601,6 +673,7 @@ mod tests {
             KEEP,
             Duration::from_millis(100),
             true,
+            None,
         );
         let following = tokio::spawn(unreachable.clone().run());
         for _ in 0..100 {
@@ -617,7 +690,7 @@ mod tests {
         let writer_feed = feed(&prefix, lease);
         tokio::spawn(writer_feed.clone().run());
         let _silent = silent_subscriber(&prefix).await;
-        let writer = Revocations::new(redis(&prefix), KEEP, Some(writer_feed));
+        let writer = Revocations::new(redis(&prefix), KEEP, Some(writer_feed), None);
 
         let started = Instant::now();
         writer.revoke_sessions(&[Uuid::new_v4()]).await.unwrap();
@@ -656,6 +729,7 @@ mod tests {
             KEEP,
             Duration::from_secs(2),
             false,
+            None,
         ))
         .await;
         assert_eq!(not_checking.revoked("s", "u", 1), None, "never answers");

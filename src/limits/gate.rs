@@ -58,6 +58,14 @@
 //!   sixteenth of the room per worker holding one, and never admit one too many; small
 //!   limits are logs, never leased.
 //!
+//! **An epoch after the reads.** With a feed, a batch that reads revocations also reads the
+//! revocation epoch ([`super::durability`]), after its `MGET`: one command more per batch,
+//! none per request. Finding the epoch means Redis has not lost its data since the state was
+//! complete (losing the data loses the key, and only a finished rebuild from Postgres sets
+//! it again), so the `MGET` before it read a complete state. Finding none, the batch's
+//! token checks fail as Redis errors do (fail closed by default) and the feed is woken to
+//! rebuild; until the rebuild is done, a token check waits a moment for it first.
+//!
 //! The time comes from the caller (the gateway's clock), not from Redis `TIME`: it keeps the
 //! check a function of its arguments, which is what lets tests step through windows. Instances
 //! whose clocks differ by a few milliseconds place a request a few milliseconds differently in
@@ -70,6 +78,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::durability::EpochReading;
 use super::feed::RevocationFeed;
 use super::window;
 use super::Redis;
@@ -79,6 +88,9 @@ use super::Redis;
 const GATHER_TURNS: usize = 4;
 /// Checks sent in one round trip at most; more wait for the next.
 const MAX_BATCH: usize = 512;
+/// How long a token check waits for the revocation state while it is being rebuilt (or
+/// first confirmed at start) before asking Redis anyway.
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
@@ -128,6 +140,10 @@ pub enum GateError {
     Redis(Arc<redis::RedisError>),
     #[error("the check was dropped unanswered (shutting down)")]
     Dropped,
+    /// Redis has no revocation epoch: it lost its data and the rebuild from Postgres is not
+    /// done, so what it holds about revocation is not believed.
+    #[error("the revocation state in Redis is being rebuilt from Postgres")]
+    Rebuilding,
 }
 
 impl From<redis::RedisError> for GateError {
@@ -421,6 +437,14 @@ impl Gate {
     /// comes at once (with no rate).
     pub async fn check(&self, check: &GateCheck<'_>) -> Result<GateOutcome, GateError> {
         let mut check = *check;
+        if let (Some(_), Some(feed)) = (check.token, &self.inner.feed) {
+            let durability = feed.durability();
+            if !feed.trusted() && durability.unsettled() {
+                // Starting, or rebuilding after Redis lost its data: a complete state is
+                // usually a moment away, and waiting for it beats a 503.
+                durability.settled(SETTLE_WAIT).await;
+            }
+        }
         if let (Some((session_id, user_id, issued_at)), Some(feed)) =
             (check.token, &self.inner.feed)
         {
@@ -482,6 +506,11 @@ impl Gate {
                 .as_ref()
                 .is_some_and(RevocationFeed::trusted),
         );
+        let rebuilds = self
+            .inner
+            .feed
+            .as_ref()
+            .map_or(0, |feed| feed.durability().rebuilds());
         format!(
             "# HELP portcullis_redis_round_trips_total Redis round trips of the rate-limit and \
              revocation checks, give-backs of refused requests included.\n\
@@ -494,7 +523,12 @@ impl Gate {
              # HELP portcullis_revocation_copy_trusted 1 while this instance checks tokens against \
              its pushed copy of the revocation list; 0 while it reads Redis for each.\n\
              # TYPE portcullis_revocation_copy_trusted gauge\n\
-             portcullis_revocation_copy_trusted {trusted}\n"
+             portcullis_revocation_copy_trusted {trusted}\n\
+             # HELP portcullis_revocation_rebuilds_total Times this instance rebuilt the \
+             revocation state in Redis from Postgres, having found Redis without its revocation \
+             epoch (at first start, or after Redis lost its data).\n\
+             # TYPE portcullis_revocation_rebuilds_total counter\n\
+             portcullis_revocation_rebuilds_total {rebuilds}\n"
         )
     }
 
@@ -603,7 +637,12 @@ impl Gate {
             .into_iter()
             .map(|waiting| (waiting.check, waiting.reply))
             .unzip();
-        let mut plan = Plan::new(&checks);
+        let epoch_key = self
+            .inner
+            .feed
+            .as_ref()
+            .map(|feed| feed.durability().epoch_key());
+        let mut plan = Plan::new(&checks, epoch_key);
         {
             let queue = self.queue(queue);
             for counter in &mut plan.counters {
@@ -630,6 +669,7 @@ impl Gate {
             places: mut next_place,
             values,
             logs,
+            epoch,
         } = match read {
             Ok(read) => read,
             Err(error) => {
@@ -645,11 +685,32 @@ impl Gate {
             .filter(|&index| !plan.counters[index].expire && next_place[index] == 1)
             .collect();
 
+        // Whether the revocations read can be believed: Redis still holds an epoch.
+        let intact = match (&self.inner.feed, epoch) {
+            (Some(feed), Some(seen)) => {
+                let reading = feed.durability().read(seen.as_deref());
+                if reading == EpochReading::Lost {
+                    feed.durability().seen_lost();
+                }
+                reading != EpochReading::Lost
+            }
+            _ => true,
+        };
+
         let mut given_back = vec![0u64; plan.counters.len()];
         // Log entries of revoked requests, added before their revocation was read.
         let mut removed: Vec<&KeyedLog> = Vec::new();
         let mut refused = Vec::new();
         for ((check, reply), slots) in checks.iter().zip(replies).zip(&plan.slots) {
+            if check.token.is_some() && !intact {
+                // Not answered on what Redis holds; its place, if it took one, goes back.
+                if let Some((counter, _)) = slots.rate {
+                    next_place[counter] += 1;
+                    given_back[counter] += 1;
+                }
+                let _ = reply.send(Err(GateError::Rebuilding));
+                continue;
+            }
             let revoked = check.token.as_ref().is_some_and(|(_, _, issued_at)| {
                 let (session, not_before) = slots.token.expect("a token's keys were read");
                 // Revocation's own test (revocation.rs): the session's key exists, or the
@@ -849,6 +910,8 @@ impl Drop for Unstuck<'_> {
 
 /// The commands one batch sends, and where each check's answers are in the replies.
 struct Plan<'a> {
+    /// The revocation epoch, read after the other keys when the batch checks a token.
+    epoch: Option<&'a str>,
     /// Each rate-limit counter the batch touches.
     counters: Vec<Counter<'a>>,
     /// Each check of a small limit's log, in batch order.
@@ -891,6 +954,8 @@ struct Read {
     values: Vec<Option<u64>>,
     /// Each log check's times still in its window, before it.
     logs: Vec<Vec<u64>>,
+    /// The revocation epoch, when it was asked for: `Some(None)` is an epoch that is gone.
+    epoch: Option<Option<String>>,
 }
 
 #[derive(Clone, Copy)]
@@ -905,7 +970,7 @@ struct Slots {
 
 impl<'a> Plan<'a> {
     /// The keys stay the checks': the plan only points at them.
-    fn new(checks: &'a [Keyed]) -> Plan<'a> {
+    fn new(checks: &'a [Keyed], epoch: Option<&'a str>) -> Plan<'a> {
         // Sized for the batch up front: growing the maps while filling them showed in profiles.
         let mut counters: Vec<Counter<'a>> = Vec::with_capacity(checks.len());
         let mut logs: Vec<&'a KeyedLog> = Vec::new();
@@ -952,7 +1017,9 @@ impl<'a> Plan<'a> {
             });
             slots.push(Slots { rate, log, token });
         }
+        let epoch = epoch.filter(|_| checks.iter().any(|check| check.token.is_some()));
         Plan {
+            epoch,
             counters,
             logs,
             now_ms: checks.iter().map(|check| check.now_ms).max().unwrap_or(0),
@@ -987,12 +1054,25 @@ impl<'a> Plan<'a> {
         if !self.reads.is_empty() {
             pipe.cmd("MGET").arg(&self.reads);
         }
+        if let Some(epoch) = self.epoch {
+            pipe.cmd("GET").arg(epoch);
+        }
         pipe
     }
 
-    /// Each counter's first place handed to this batch, the values read, and the times each
-    /// log check found in its window.
+    /// Each counter's first place handed to this batch, the values read, the times each
+    /// log check found in its window, and the epoch read (when it was asked). Replies come
+    /// in pipeline order: counters, logs, the reads, the epoch.
     fn read(&self, mut replies: Vec<redis::Value>) -> Result<Read, GateError> {
+        let epoch = match self.epoch {
+            Some(_) => Some(
+                redis::from_redis_value::<Option<String>>(
+                    replies.pop().unwrap_or(redis::Value::Nil),
+                )
+                .map_err(|error| GateError::from(redis::RedisError::from(error)))?,
+            ),
+            None => None,
+        };
         let values: Vec<Option<u64>> = if self.reads.is_empty() {
             Vec::new()
         } else {
@@ -1026,6 +1106,7 @@ impl<'a> Plan<'a> {
             places,
             values,
             logs,
+            epoch,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! and keeps serving while Redis is away; each caller decides what an outage means for it
 //! (a revocation check fails closed by default).
 
+pub mod durability;
 pub mod feed;
 pub mod gate;
 pub mod revocation;
@@ -23,6 +24,9 @@ pub enum RedisError {
     BadUrl,
     #[error("redis unavailable: {0}")]
     Unavailable(#[from] redis::RedisError),
+    /// The revocation record in Postgres could not be written or read.
+    #[error("revocation record unavailable: {0}")]
+    Record(#[from] crate::store::StoreError),
 }
 
 /// The client as per-address rate limits count it: an IPv4 address is itself (an

@@ -14,6 +14,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0002_security_version",
         include_str!("../../migrations/0002_security_version.sql"),
     ),
+    (
+        3,
+        "0003_revocation_record",
+        include_str!("../../migrations/0003_revocation_record.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same for every instance.

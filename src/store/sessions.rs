@@ -265,4 +265,18 @@ impl Store {
             .await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
+
+    /// The sessions ended after `since`: with `since` one access-token lifetime ago, every
+    /// session that could still have a live access token to refuse. For rebuilding the
+    /// revocation state in Redis.
+    pub async fn sessions_ended_since(&self, since: SystemTime) -> Result<Vec<Uuid>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1",
+                &[&since],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
 }

@@ -393,6 +393,40 @@ impl Store {
             .await?;
         Ok(updated == 1)
     }
+
+    /// Records that the user's tokens issued before `not_before` are refused, keeping the
+    /// later time if one is already recorded: the durable copy of what Redis holds.
+    pub async fn record_token_not_before(
+        &self,
+        user_id: Uuid,
+        not_before: SystemTime,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO token_not_before (user_id, not_before) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO UPDATE
+                 SET not_before = GREATEST(token_not_before.not_before, EXCLUDED.not_before)",
+                &[&user_id, &not_before],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The not-before times later than `since`, by user.
+    pub async fn token_not_befores_since(
+        &self,
+        since: SystemTime,
+    ) -> Result<Vec<(Uuid, SystemTime)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT user_id, not_before FROM token_not_before WHERE not_before > $1",
+                &[&since],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
 }
 
 /// `%`, `_` and `\` in a search are literal characters, not patterns.

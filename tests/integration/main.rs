@@ -20,5 +20,6 @@ mod lifecycle;
 mod limits;
 mod policy_reload;
 mod process;
+mod revocation_durability;
 mod slow_requests;
 mod websocket;
