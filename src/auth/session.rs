@@ -390,6 +390,7 @@ impl AuthService {
                 session_id,
                 user_id,
             } => {
+                self.metrics.refresh_reuse();
                 // The session is already ended in Postgres; its access tokens end too.
                 if let Err(error) = self.revocations.revoke_sessions(&[session_id]).await {
                     tracing::warn!(%error, "could not revoke a reused session's access tokens in Redis");

@@ -246,6 +246,7 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct AuthMetrics {
     login_locked_refusals: AtomicU64,
+    refresh_reuses: AtomicU64,
 }
 
 impl AuthMetrics {
@@ -255,8 +256,20 @@ impl AuthMetrics {
         self.login_locked_refusals.fetch_add(1, Relaxed);
     }
 
+    /// An already-rotated refresh token was presented: its whole session was ended.
+    pub fn refresh_reuse(&self) {
+        self.refresh_reuses.fetch_add(1, Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
+        single(
+            &mut out,
+            "portcullis_refresh_reuse_detected_total",
+            "counter",
+            "Already-rotated refresh tokens presented; each ended its session.",
+            self.refresh_reuses.load(Relaxed),
+        );
         single(
             &mut out,
             "portcullis_login_locked_refusals_total",

@@ -230,6 +230,12 @@ async fn refresh_rotates_and_a_reused_token_ends_the_session() {
     ))
     .await;
     assert_eq!(audit[0].get::<_, i64>(0), 1);
+    let metrics = gateway.ops_get("/metrics").await;
+    assert!(
+        String::from_utf8_lossy(&metrics.body)
+            .contains("portcullis_refresh_reuse_detected_total 1\n"),
+        "the reuse is counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
