@@ -65,17 +65,23 @@ impl ServedHosts {
     /// served host. The port is not compared: the gateway may be published on another port
     /// than it listens on.
     pub fn serves(&self, authority: &str) -> bool {
-        let host = host_of(authority);
-        let host = canonical_host(host);
-        self.names.contains(&host)
+        let host = bare_host(host_of(authority));
+        self.names
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(host))
     }
 }
 
+/// Lower case, for the configured names; requests are compared without allocating.
 fn canonical_host(host: &str) -> String {
-    let host = host.trim_end_matches('.');
-    host.trim_start_matches('[')
+    bare_host(host).to_ascii_lowercase()
+}
+
+/// Without a trailing dot or IPv6 brackets.
+fn bare_host(host: &str) -> &str {
+    host.trim_end_matches('.')
+        .trim_start_matches('[')
         .trim_end_matches(']')
-        .to_ascii_lowercase()
 }
 
 /// The host part of `host[:port]` or `[v6]:port`.
@@ -109,7 +115,9 @@ pub fn check_sensitive_headers(headers: &HeaderMap) -> Result<(), GatewayError> 
 }
 
 fn is_utf8(value: &HeaderValue) -> bool {
-    std::str::from_utf8(value.as_bytes()).is_ok()
+    // Nearly every value is ASCII, which is checked a word at a time.
+    let bytes = value.as_bytes();
+    bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 fn display_name(name: &http::HeaderName) -> &'static str {

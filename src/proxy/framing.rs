@@ -20,6 +20,7 @@
 //! sending, for a bounded time, so that it reads the answer instead of a reset.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -194,6 +195,8 @@ pub struct FramingScanner {
     /// Checked bytes waiting for hyper, ahead of anything read later.
     ready: Vec<u8>,
     ready_from: usize,
+    /// How much of the head being read was already parsed without finding its end.
+    parsed_to: usize,
     heads: u64,
     report: Arc<FramingReport>,
 }
@@ -206,6 +209,7 @@ impl FramingScanner {
             held: Vec::new(),
             ready: Vec::new(),
             ready_from: 0,
+            parsed_to: 0,
             heads: 0,
             report,
         }
@@ -384,21 +388,35 @@ impl FramingScanner {
     }
 
     fn head(&mut self, bytes: &[u8]) -> Step {
-        // Empty lines before a request line are allowed (RFC 9112 §2.2) and passed on.
-        let leading = bytes.chunks(2).take_while(|pair| *pair == b"\r\n").count() * 2;
-        if leading > 0 {
-            return Step::Pass(leading);
-        }
-        let Some(end) = find_head_end(bytes) else {
+        // A head can only end where a line does: parse again only once a line has ended
+        // since the last try, so a head arriving a byte at a time costs a parse per line,
+        // not per byte.
+        let from = self.parsed_to.min(bytes.len());
+        if memchr::memchr(b'\n', &bytes[from..]).is_none() {
             return Step::NeedMore;
+        }
+        let mut headers = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        // httparse skips (and counts) empty lines before the request line, as RFC 9112 §2.2
+        // allows; hyper reads them the same way.
+        let checked = match request.parse_with_uninit_headers(bytes, &mut headers) {
+            Ok(httparse::Status::Partial) => {
+                self.parsed_to = bytes.len();
+                return Step::NeedMore;
+            }
+            Ok(httparse::Status::Complete(end)) if end > self.max_head_bytes => {
+                Err(HeadRefusal::TooLarge)
+            }
+            Ok(httparse::Status::Complete(end)) => {
+                check_parsed(&request, &bytes[..end]).map(|framing| (framing, end))
+            }
+            // hyper answers too many headers as a head too large.
+            Err(httparse::Error::TooManyHeaders) => Err(HeadRefusal::TooLarge),
+            Err(_) => Err(HeadRefusal::Malformed),
         };
-        let checked = if end > self.max_head_bytes {
-            Err(HeadRefusal::TooLarge)
-        } else {
-            check_head(&bytes[..end])
-        };
+        self.parsed_to = 0;
         match checked {
-            Ok(framing) => {
+            Ok((framing, end)) => {
                 self.heads += 1;
                 let then = if framing.switches {
                     AfterBody::Opaque
@@ -430,22 +448,6 @@ fn after(then: AfterBody) -> State {
     }
 }
 
-/// The end of the head at the start of `bytes` (just past its empty line), counting a bare
-/// LF as a line end so that such a head is found, and then refused, rather than waited on.
-fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(offset) = bytes[from..].iter().position(|&b| b == b'\n') {
-        let lf = from + offset;
-        match bytes.get(lf + 1..) {
-            Some([b'\n', ..]) => return Some(lf + 2),
-            Some([b'\r', b'\n', ..]) => return Some(lf + 3),
-            Some([]) | Some([b'\r']) | None => return None,
-            Some(_) => from = lf + 1,
-        }
-    }
-    None
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyFraming {
     Length(u64),
@@ -460,21 +462,12 @@ struct HeadFraming {
     switches: bool,
 }
 
-/// Checks a complete head: well-formed (CRLF line ends, as httparse reads it), and framed one
-/// way only.
-fn check_head(head: &[u8]) -> Result<HeadFraming, HeadRefusal> {
-    let bare_lf = head
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'));
+/// Checks a complete head that httparse read: CRLF line ends only (httparse also takes a bare
+/// LF, which other parsers read differently), and framed one way only.
+fn check_parsed(request: &httparse::Request, head: &[u8]) -> Result<HeadFraming, HeadRefusal> {
+    let bare_lf = memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r');
     if bare_lf {
         return Err(HeadRefusal::Malformed);
-    }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(head) {
-        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
-        _ => return Err(HeadRefusal::Malformed),
     }
     // hyper refuses a longer target with a bare 414 of its own: refuse it here first, as
     // part of a head that is too large.
