@@ -259,6 +259,13 @@ impl Durability {
                 tokio::time::sleep(POLL_EVERY).await;
                 continue;
             }
+            // Another instance may have finished, and let its lock go, between the look
+            // above and this lock: its epoch stands, and nothing is rebuilt twice.
+            let finished: Option<String> = connection.get(&inner.epoch_key).await?;
+            if let Some(epoch) = finished {
+                let _: Result<(), _> = connection.del(&inner.lock_key).await;
+                return Ok(epoch.into());
+            }
             // Half the lock's time, so that no second instance starts while this one writes.
             let rebuilt = tokio::time::timeout(LOCK_FOR / 2, self.rebuild(writer))
                 .await

@@ -219,3 +219,71 @@ async fn password_change_keeps_this_session_and_ends_the_others() {
         .to_lowercase()
         .contains("password"));
 }
+
+/// Password reset and resend-verification must not take longer for an address that has an
+/// account (the issue of a token and its mail) than for one that does not: they answer after
+/// the one lookup every address costs, and write after the answer. With the token table held
+/// locked, a write on the answer's path would hold the answer; here it must not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_and_resend_answer_before_they_write() {
+    let database = crate::harness::isolated_database("answer_first").await;
+    let url = database.clone();
+    let gateway = TestGateway::start_with(move |config| {
+        config.database.url = portcullis::config::Secret::new(url);
+    })
+    .await;
+    let account = gateway.signup("answer-first").await;
+    let unverified = unique_email("answer-first-unverified");
+    assert_eq!(gateway.register(&unverified, PASSWORD).await.status, 201);
+
+    let (locker, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE email_tokens IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for (path, email) in [
+        ("/auth/password-reset", &account.email),
+        ("/auth/resend-verification", &unverified),
+    ] {
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            gateway.post(path, json!({ "email": email })),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path} waited for its write"));
+        assert_eq!(answer.status, 202, "{path}");
+    }
+    locker.batch_execute("COMMIT").await.unwrap();
+
+    // The writes went ahead once the table was free.
+    let (check, connection) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let deadline = std::time::Instant::now() + MAIL_WAIT;
+    loop {
+        let issued: i64 = check
+            .query_one(
+                "SELECT count(*) FROM email_tokens t JOIN users u ON u.id = t.user_id \
+                 WHERE (u.email = $1 AND t.purpose = 'password_reset') \
+                    OR (u.email = $2 AND t.purpose = 'verify_email')",
+                &[&account.email.to_lowercase(), &unverified.to_lowercase()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        // The unverified account's registration issued one verification token already.
+        if issued >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tokens were issued after the answer ({issued} found)"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
