@@ -3,7 +3,7 @@
 # and Redis' CPU per request and how many checks share a Redis round trip. A development aid
 # for bench/run.sh's full-auth figure (which counts Redis only as "other cpu%").
 #
-# Starts the harness' nginx upstream (127.0.0.1:18080) from a private copy of /work/shared/perf
+# Starts the harness' nginx upstream (127.0.0.1:18080) from a private copy of ../shared/perf
 # and one gateway on 127.0.0.1:8444 (ops 9903), warms up 3 s, then runs wrk for the duration.
 #
 # Usage: bench/components.sh [options]
@@ -71,7 +71,7 @@ BIN=${GATEWAY_BIN:-$ROOT/target/release/portcullis}   # GATEWAY_BIN: another bui
 [ -x "$BIN" ] || { echo "$BIN not found" >&2; exit 1; }
 
 TMP=$(mktemp -d /tmp/portcullis-components.XXXXXX)
-cp -r /work/shared/perf "$TMP/perf"
+cp -r "$ROOT/../shared/perf" "$TMP/perf"
 export PERF_WORK=$TMP/perf
 # shellcheck source=/dev/null
 source "$TMP/perf/lib.sh"

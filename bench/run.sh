@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark the Portcullis gateway against nginx with the shared harness (/work/shared/perf).
+# Benchmark the Portcullis gateway against nginx with the shared harness (../shared/perf beside the checkout).
 #
 # Builds the release binary and starts two gateways in front of the harness' nginx upstream
 # (127.0.0.1:18080):
@@ -26,7 +26,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-HARNESS_SRC=/work/shared/perf
+HARNESS_SRC=$ROOT/../shared/perf
 GW_PORT=8443
 OPS_PORT=9902
 AUTH_PORT=8444
