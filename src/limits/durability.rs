@@ -445,6 +445,47 @@ mod tests {
         assert!(!gate.check(&check).await.unwrap().revoked);
     }
 
+    #[tokio::test]
+    async fn a_request_refused_while_rebuilding_takes_no_room_in_a_small_limit() {
+        let prefix = test_redis::unique_prefix("durability-test");
+        let redis = test_redis::connect(&prefix);
+        let feed = RevocationFeed::new(
+            redis.clone(),
+            Arc::new(Clock::system()),
+            KEEP,
+            Duration::from_secs(2),
+            true,
+            None,
+        );
+        let writer = Revocations::new(redis.clone(), KEEP, None, None);
+        let gate = Gate::with_feed(redis, Some(feed.clone()));
+        let three_a_minute = crate::limits::gate::Limit {
+            requests: 3,
+            window: Duration::from_secs(60),
+        };
+        let check = |now_ms| GateCheck {
+            bucket: Some(("rebuild-log", three_a_minute)),
+            token: Some(("s", "u", 100)),
+            now_ms,
+        };
+        let start = 1_700_000_000_000;
+        // No epoch yet: refused while the state is rebuilt, as a request would be.
+        assert!(matches!(
+            gate.check(&check(start)).await,
+            Err(GateError::Rebuilding)
+        ));
+        feed.durability().ensure(&writer).await.unwrap();
+        for step in 1..=3 {
+            let outcome = gate.check(&check(start + step)).await.unwrap();
+            assert!(
+                outcome.rate.unwrap().allowed,
+                "request {step} of 3: the refused one left no entry"
+            );
+        }
+        let fourth = gate.check(&check(start + 4)).await.unwrap();
+        assert!(!fourth.rate.unwrap().allowed);
+    }
+
     /// (epoch the copy was loaded under, epoch read, what it means).
     const READINGS: &[(Option<&str>, Option<&str>, EpochReading)] = &[
         // Nothing lost since the copy was loaded.

@@ -703,10 +703,21 @@ impl Gate {
         let mut refused = Vec::new();
         for ((check, reply), slots) in checks.iter().zip(replies).zip(&plan.slots) {
             if check.token.is_some() && !intact {
-                // Not answered on what Redis holds; its place, if it took one, goes back.
+                // Not answered on what Redis holds; its place, if it took one, goes back,
+                // and so does its log entry, if the script added one.
                 if let Some((counter, _)) = slots.rate {
                     next_place[counter] += 1;
                     given_back[counter] += 1;
+                }
+                if let (Some(log), Some(index)) = (&check.log, slots.log) {
+                    let limit = u64::from(log.limit.requests);
+                    let added =
+                        window::decide_log(&logs[index], log.now_ms, log.length_ms, limit, false)
+                            .decision
+                            .allowed;
+                    if added {
+                        removed.push(log);
+                    }
                 }
                 let _ = reply.send(Err(GateError::Rebuilding));
                 continue;
