@@ -411,11 +411,10 @@ mod tests {
         assert_eq!(rebuilds, 1, "the others waited for the lock holder's epoch");
     }
 
-    #[tokio::test]
-    async fn the_gate_does_not_believe_a_redis_without_its_epoch() {
-        let prefix = test_redis::unique_prefix("durability-test");
-        let redis = test_redis::connect(&prefix);
-        // Not followed: the copy is never trusted, so every token check reads Redis.
+    /// A gate over a feed that is not followed: its copy is never trusted, so every token
+    /// check reads Redis.
+    fn unfollowed_gate(prefix: &str) -> (RevocationFeed, Revocations, Gate) {
+        let redis = test_redis::connect(prefix);
         let feed = RevocationFeed::new(
             redis.clone(),
             Arc::new(Clock::system()),
@@ -425,8 +424,15 @@ mod tests {
             None,
         );
         let writer = Revocations::new(redis.clone(), KEEP, None, None);
-        feed.durability().ensure(&writer).await.unwrap();
         let gate = Gate::with_feed(redis, Some(feed.clone()));
+        (feed, writer, gate)
+    }
+
+    #[tokio::test]
+    async fn the_gate_does_not_believe_a_redis_without_its_epoch() {
+        let prefix = test_redis::unique_prefix("durability-test");
+        let (feed, writer, gate) = unfollowed_gate(&prefix);
+        feed.durability().ensure(&writer).await.unwrap();
         let check = GateCheck {
             bucket: None,
             token: Some(("s", "u", 100)),
@@ -448,17 +454,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_refused_while_rebuilding_takes_no_room_in_a_small_limit() {
         let prefix = test_redis::unique_prefix("durability-test");
-        let redis = test_redis::connect(&prefix);
-        let feed = RevocationFeed::new(
-            redis.clone(),
-            Arc::new(Clock::system()),
-            KEEP,
-            Duration::from_secs(2),
-            true,
-            None,
-        );
-        let writer = Revocations::new(redis.clone(), KEEP, None, None);
-        let gate = Gate::with_feed(redis, Some(feed.clone()));
+        let (feed, writer, gate) = unfollowed_gate(&prefix);
         let three_a_minute = crate::limits::gate::Limit {
             requests: 3,
             window: Duration::from_secs(60),
