@@ -124,13 +124,7 @@ impl AuthService {
             .await?;
         let mut body = self.token_body(&user, session.id, &refresh.token, now)?;
         body["user"] = user_json(&user);
-        let access_token = body["access_token"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let mut response = json(StatusCode::OK, &body);
-        self.set_access_cookie(&mut response, &access_token);
-        Ok(response)
+        Ok(self.token_response(&body))
     }
 
     /// Refuses a deactivated or unverified account (after its password matched).
@@ -378,13 +372,7 @@ impl AuthService {
         match outcome {
             RefreshOutcome::Rotated { session, user } => {
                 let body = self.token_body(&user, session.id, &next.token, now)?;
-                let access_token = body["access_token"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let mut response = json(StatusCode::OK, &body);
-                self.set_access_cookie(&mut response, &access_token);
-                Ok(response)
+                Ok(self.token_response(&body))
             }
             RefreshOutcome::Reused {
                 session_id,
@@ -537,6 +525,17 @@ impl AuthService {
             "token_type": "bearer",
             "expires_in": self.keys.settings().access_ttl.as_secs(),
         }))
+    }
+
+    /// The 200 that carries a token body, with the access cookie in cookie mode.
+    fn token_response(
+        &self,
+        body: &serde_json::Value,
+    ) -> http::Response<crate::proxy::body::GatewayBody> {
+        let mut response = json(StatusCode::OK, body);
+        let access_token = body["access_token"].as_str().unwrap_or_default();
+        self.set_access_cookie(&mut response, access_token);
+        response
     }
 
     /// In cookie mode the access token also goes into a cookie scripts cannot read.
