@@ -135,6 +135,9 @@ pub struct AuthService {
     pub(crate) metrics: crate::telemetry::metrics::AuthMetrics,
     /// Requests answered 202 without their mail, over the recipient's limit.
     mail_suppressed: std::sync::atomic::AtomicU64,
+    /// Each task started by [`AuthService::after_answer`] holds a receiver until it ends, so
+    /// shutdown (and a test) can wait until none is left.
+    after_answer_work: tokio::sync::watch::Sender<()>,
 }
 
 /// Access tokens already verified, per worker thread, so a client presenting the same token
@@ -643,11 +646,19 @@ impl AuthService {
         F: std::future::Future<Output = Result<(), GatewayError>> + Send + 'static,
     {
         let this = self.clone();
+        let running = self.after_answer_work.subscribe();
         tokio::spawn(async move {
             if let Err(error) = work(this).await {
                 tracing::error!(%error, what, "work after the answer failed");
             }
+            drop(running);
         });
+    }
+
+    /// Resolves once no work started by [`AuthService::after_answer`] is left running: a
+    /// client told 202 must find its reset token written even if the gateway stops now.
+    pub async fn after_answer_settled(&self) {
+        self.after_answer_work.closed().await;
     }
 }
 
@@ -1128,6 +1139,7 @@ impl AuthService {
             ),
             metrics: Default::default(),
             mail_suppressed: std::sync::atomic::AtomicU64::new(0),
+            after_answer_work: tokio::sync::watch::channel(()).0,
         };
         Ok((service, worker))
     }

@@ -291,11 +291,19 @@ pub async fn serve(
         drain_timeout_s = app.settings.drain_timeout.as_secs_f64(),
         "shutting down: draining connections"
     );
-    if tokio::time::timeout(app.settings.drain_timeout, drain.finish())
+    let drain_deadline = tokio::time::Instant::now() + app.settings.drain_timeout;
+    if tokio::time::timeout_at(drain_deadline, drain.finish())
         .await
         .is_err()
     {
         tracing::warn!("drain timeout reached with requests still in flight; closing them");
+    }
+    // Answered requests may still be writing what their answer promised (a reset token).
+    if tokio::time::timeout_at(drain_deadline, app.auth.after_answer_settled())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached with work after an answer still running");
     }
     reload.abort();
     revocations.abort();

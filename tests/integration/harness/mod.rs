@@ -366,6 +366,14 @@ impl TestGateway {
         .unwrap_or_else(|_| panic!("the revocation copy never became trusted: {trusted}"));
     }
 
+    /// Waits until the work answered requests left running (reset and verification mails
+    /// are queued after the 202) has finished.
+    pub async fn after_answer_settled(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.auth.after_answer_settled())
+            .await
+            .expect("work after the answer finishes");
+    }
+
     /// Starts the graceful shutdown; `stopped` waits for it to finish.
     pub fn begin_shutdown(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
