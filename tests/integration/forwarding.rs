@@ -340,10 +340,11 @@ async fn trace_and_connect_are_refused() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_502_and_a_slow_one_504() {
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // Bound but never listening: connections to it are refused, and no other test can take
+    // the port while it is held (a port merely closed again could be handed out anew).
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed_port = refusing.local_addr().unwrap().port();
     let gateway = TestGateway::start_with(|config| {
         config.upstreams[0].url = format!("http://127.0.0.1:{closed_port}").parse().unwrap();
     })
