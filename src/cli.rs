@@ -7,8 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::app::App;
 use crate::config::Config;
-use crate::server::{self, App, Listeners};
+use crate::server::{self, Listeners};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -251,7 +252,7 @@ fn serve(config_path: &std::path::Path) -> ExitCode {
             Ok(app) => app,
             Err(error) => return fail(error),
         };
-        if let Err(error) = app.auth().store().migrate().await {
+        if let Err(error) = app.store().migrate().await {
             return fail(format!("cannot apply migrations: {error}"));
         }
         let listeners = match Listeners::bind(&config).await {

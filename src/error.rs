@@ -1,4 +1,5 @@
-//! The one place where a typed failure becomes a status code and the message a client sees.
+//! The one place where a typed failure becomes a status code and the message a client sees
+//! (`proxy::respond` renders it as the response).
 //!
 //! Every error the gateway produces itself is `{"detail": "..."}` JSON. The detail is written
 //! for the client and never carries library, database or upstream text; what went wrong
@@ -6,19 +7,18 @@
 
 use std::borrow::Cow;
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{Response, StatusCode};
+use http::StatusCode;
 
-use crate::proxy::body::GatewayBody;
-use crate::proxy::path::PathError;
+use crate::limits::gate::RateOutcome;
 
 /// A failure the gateway answers itself, before or instead of the upstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
     #[error("{0}")]
     BadRequest(Cow<'static, str>),
+    /// A path the normaliser refused; the text names the rule, never the path.
     #[error("{0}")]
-    InvalidPath(PathError),
+    InvalidPath(&'static str),
     /// No or a bad token where one is needed, or failed credentials. `invalid_token` says a
     /// token was sent and refused, which `WWW-Authenticate` reports.
     #[error("{detail}")]
@@ -113,7 +113,7 @@ impl GatewayError {
     /// Errors found while the request body may still be unread. Answering them on a
     /// kept-alive HTTP/1 connection would let the unread body be parsed as the next
     /// request, so the connection is closed instead.
-    fn closes_connection(&self) -> bool {
+    pub fn closes_connection(&self) -> bool {
         matches!(
             self,
             GatewayError::BadRequest(_)
@@ -125,48 +125,6 @@ impl GatewayError {
                 | GatewayError::MethodNotAllowed
         )
     }
-
-    pub fn into_response(self) -> Response<GatewayBody> {
-        let mut response = json_error(self.status(), &self.to_string());
-        if let GatewayError::Unauthorized {
-            invalid_token: true,
-            ..
-        } = self
-        {
-            response.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-        }
-        if let GatewayError::TooManyRequests { retry_after_secs } = self {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
-        }
-        if self.closes_connection() {
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
-    }
-}
-
-/// Builds the gateway's JSON error shape for any status.
-pub fn json_error(status: StatusCode, detail: &str) -> Response<GatewayBody> {
-    let body = serde_json::to_vec(&serde_json::json!({ "detail": detail }))
-        .expect("a JSON object of one string always serialises");
-    let mut response = Response::new(GatewayBody::full(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if status == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    response
 }
 
 /// An error and its causes on one line, for the log only: a library's own message is often
@@ -182,65 +140,23 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    #[tokio::test]
-    async fn every_error_is_json_with_a_detail() {
-        let cases = [
-            (
-                GatewayError::bad_request("Missing Host header"),
-                400,
-                "Missing Host header",
-            ),
-            (
-                GatewayError::InvalidPath(PathError::EncodedSlash),
-                400,
-                "Invalid request path: encoded slash",
-            ),
-            (GatewayError::NotFound, 404, "Not found"),
-            (GatewayError::MethodNotAllowed, 405, "Method not allowed"),
-            (GatewayError::PayloadTooLarge, 413, "Request body too large"),
-            (
-                GatewayError::HeadersTooLarge,
-                431,
-                "Request headers too large",
-            ),
-            (
-                GatewayError::UpstreamUnreachable,
-                502,
-                "Upstream unreachable",
-            ),
-            (GatewayError::UpstreamTimeout, 504, "Upstream timed out"),
-        ];
-        for (error, status, detail) in cases {
-            let response = error.into_response();
-            assert_eq!(response.status().as_u16(), status);
-            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert_eq!(json["detail"], detail);
+impl GatewayError {
+    /// 429 with the seconds until a retry can succeed, for a request over its limit; `Ok`
+    /// for one within it (or not counted).
+    pub fn over_limit(rate: Option<RateOutcome>) -> Result<(), GatewayError> {
+        match rate {
+            Some(rate) if !rate.allowed => Err(GatewayError::TooManyRequests {
+                retry_after_secs: ceil_seconds(
+                    rate.retry_after
+                        .unwrap_or(std::time::Duration::from_secs(1)),
+                ),
+            }),
+            _ => Ok(()),
         }
     }
+}
 
-    #[test]
-    fn a_refused_token_is_reported_in_www_authenticate() {
-        let response = GatewayError::invalid_token("Invalid or expired token").into_response();
-        assert_eq!(
-            response.headers()[WWW_AUTHENTICATE],
-            "Bearer error=\"invalid_token\""
-        );
-        let response = GatewayError::unauthorized("Not authenticated").into_response();
-        assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
-    }
-
-    #[test]
-    fn errors_before_the_body_is_read_close_the_connection() {
-        let response = GatewayError::PayloadTooLarge.into_response();
-        assert_eq!(response.headers()[CONNECTION], "close");
-        let response = GatewayError::UpstreamTimeout.into_response();
-        assert!(response.headers().get(CONNECTION).is_none());
-    }
+/// Whole seconds, rounded up and at least one: what `Retry-After` and `RateLimit-Reset` say.
+pub fn ceil_seconds(duration: std::time::Duration) -> u64 {
+    duration.as_millis().div_ceil(1000).max(1) as u64
 }

@@ -17,12 +17,15 @@
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`cli`]: the `portcullis` command line; `main.rs` only calls it.
 
+pub mod access;
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod limits;
+pub mod live_policy;
 pub mod mail;
 pub mod password;
 pub mod policy;
@@ -30,4 +33,6 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
+pub mod workers;

@@ -71,6 +71,41 @@ pub struct AccessClaims {
     pub token_type: String,
 }
 
+impl AccessClaims {
+    /// Whether the token is within its times at `now` (seconds), as verification judges it:
+    /// what a cache of verified tokens must re-check on every use.
+    pub fn check_times(&self, now: u64, leeway_secs: u64) -> Result<(), TokenError> {
+        check_times(self.iat, self.exp, self.nbf, now, leeway_secs)
+    }
+
+    /// The first instant (seconds) at which [`AccessClaims::check_times`] refuses for expiry.
+    pub fn expires_at(&self, leeway_secs: u64) -> u64 {
+        self.exp.saturating_add(leeway_secs)
+    }
+}
+
+/// The one time rule for access tokens, with `leeway` either side.
+fn check_times(
+    iat: u64,
+    exp: u64,
+    nbf: Option<u64>,
+    now: u64,
+    leeway: u64,
+) -> Result<(), TokenError> {
+    // `exp` is the first instant the token is no longer valid (RFC 7519 §4.1.4).
+    if now >= exp.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
+        return Err(TokenError::NotYetValid);
+    }
+    // A token issued in the future was minted by a skewed or compromised clock.
+    if iat > now.saturating_add(leeway) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
+}
+
 /// Mirror of the config enum; the integrator maps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyAlgorithm {
@@ -419,18 +454,7 @@ impl TokenKeys {
         let token_type = claims.token_type.ok_or(TokenError::MissingClaim("type"))?;
         let nbf = claims.nbf;
 
-        let leeway = self.settings.leeway.as_secs();
-        // `exp` is the first instant the token is no longer valid (RFC 7519 §4.1.4).
-        if now >= exp.saturating_add(leeway) {
-            return Err(TokenError::Expired);
-        }
-        if nbf.is_some_and(|nbf| now.saturating_add(leeway) < nbf) {
-            return Err(TokenError::NotYetValid);
-        }
-        // A token issued in the future was minted by a skewed or compromised clock.
-        if iat > now.saturating_add(leeway) {
-            return Err(TokenError::NotYetValid);
-        }
+        check_times(iat, exp, nbf, now, self.settings.leeway.as_secs())?;
         if iss != self.settings.issuer {
             return Err(TokenError::WrongIssuer);
         }

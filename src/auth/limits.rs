@@ -78,7 +78,7 @@ impl AuthService {
         let (name, limit) = client_limit(route, &self.settings.limits);
         let bucket = format!("{name}:ip:{}", call.limit_key);
         let outcome = self.count(&bucket, limit).await?;
-        crate::proxy::enforce::refuse_over_limit(outcome)?;
+        GatewayError::over_limit(outcome)?;
         Ok(outcome)
     }
 
@@ -90,7 +90,8 @@ impl AuthService {
         &self,
         route: Route,
         call: &Call,
-    ) -> Result<Option<http::Response<crate::proxy::body::GatewayBody>>, GatewayError> {
+    ) -> Result<Option<http::Response<crate::proxy::response_body::GatewayBody>>, GatewayError>
+    {
         let Some(over) = over_recipient_limit(route) else {
             return Ok(None);
         };
@@ -106,7 +107,7 @@ impl AuthService {
         let outcome = self
             .count(&bucket, self.settings.limits.per_recipient)
             .await?;
-        match (over, crate::proxy::enforce::refuse_over_limit(outcome)) {
+        match (over, GatewayError::over_limit(outcome)) {
             (_, Ok(())) => Ok(None),
             (OverRecipientLimit::Refuse, Err(refusal)) => Err(refusal),
             (OverRecipientLimit::AcceptWithoutMail, Err(_)) => {

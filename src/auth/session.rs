@@ -531,7 +531,7 @@ impl AuthService {
     fn token_response(
         &self,
         body: &serde_json::Value,
-    ) -> http::Response<crate::proxy::body::GatewayBody> {
+    ) -> http::Response<crate::proxy::response_body::GatewayBody> {
         let mut response = json(StatusCode::OK, body);
         let access_token = body["access_token"].as_str().unwrap_or_default();
         self.set_access_cookie(&mut response, access_token);
@@ -541,7 +541,7 @@ impl AuthService {
     /// In cookie mode the access token also goes into a cookie scripts cannot read.
     fn set_access_cookie(
         &self,
-        response: &mut http::Response<crate::proxy::body::GatewayBody>,
+        response: &mut http::Response<crate::proxy::response_body::GatewayBody>,
         access_token: &str,
     ) {
         let Some(name) = &self.settings.access_cookie else {

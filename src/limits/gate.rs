@@ -582,7 +582,7 @@ impl Gate {
     /// The calling worker's queue, or the shared one outside the workers.
     fn queue_index(&self) -> usize {
         let last = self.inner.queues.len() - 1;
-        crate::server::workers::worker_index().map_or(last, |index| index.min(last))
+        crate::workers::worker_index().map_or(last, |index| index.min(last))
     }
 
     fn queue(&self, index: usize) -> MutexGuard<'_, Queue> {

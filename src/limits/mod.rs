@@ -123,8 +123,7 @@ impl Redis {
     /// one outside the workers.
     pub fn connection(&self) -> ConnectionManager {
         let inner = &self.inner;
-        let slot =
-            crate::server::workers::worker_index().and_then(|index| inner.per_worker.get(index));
+        let slot = crate::workers::worker_index().and_then(|index| inner.per_worker.get(index));
         let Some(slot) = slot else {
             return inner.shared.clone();
         };

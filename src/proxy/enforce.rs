@@ -1,6 +1,9 @@
-//! Enforcement on forwarded requests: read and verify the caller's token, ask the policy,
-//! then check revocation and the rate limit together in Redis (one round trip, shared with
-//! the other requests the worker has waiting: `limits::gate`).
+//! Enforcement on forwarded requests: read and verify the caller's token (`access`), ask
+//! the policy, then check revocation and the rate limit together in Redis (one round trip,
+//! shared with the other requests the worker has waiting: `limits::gate`).
+//!
+//! What the answers add up to is decided by [`verdict`], a pure function with a case table;
+//! [`Enforcer::decide`] only gathers its inputs.
 //!
 //! Forwarded requests are rate limited by their rule's `rate_limit`, else the policy's
 //! default; a policy with neither limits nothing (and an anonymous request then costs no
@@ -19,26 +22,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
-use crate::auth::{AuthService, TokenSource, TokenState, VerifiedToken};
-use crate::config::{Config, FailMode};
+use crate::access::{AccessVerifier, TokenSource, TokenState, VerifiedToken};
+use crate::config::FailMode;
 use crate::error::GatewayError;
 use crate::limits::client_key;
-use crate::limits::gate::{Gate, GateCheck, Limit, RateOutcome};
+use crate::limits::gate::{Gate, GateCheck, GateOutcome, Limit, RateOutcome};
+use crate::live_policy::PolicySource;
 use crate::policy::{Decision, Identity, RateKey, RateLimit, Request};
-use crate::server::policy_source::PolicySource;
 use crate::telemetry::metrics::Metrics;
 use crate::token::AccessClaims;
-
-static X_AUTH_USER_ID: HeaderName = HeaderName::from_static("x-auth-user-id");
-static X_AUTH_EMAIL: HeaderName = HeaderName::from_static("x-auth-email");
-static X_AUTH_ROLE: HeaderName = HeaderName::from_static("x-auth-role");
-static X_AUTH_SESSION_ID: HeaderName = HeaderName::from_static("x-auth-session-id");
-static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// What the gateway forwards with, once a request is allowed.
 #[derive(Debug)]
@@ -52,35 +46,183 @@ pub struct Verdict {
     pub rate: Option<RateOutcome>,
 }
 
+/// What an outage of Redis means, per kind of check (`rate_limits.on_redis_error` and
+/// `rate_limits.revocation_on_redis_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailModes {
+    pub rate: FailMode,
+    pub revocation: FailMode,
+}
+
+/// What the request's token amounted to before Redis was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    Absent,
+    Invalid,
+    Valid,
+}
+
+/// What Redis said of a request's rate limit and token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateResult {
+    /// The policy refused first: Redis was not asked.
+    NotAsked,
+    Answered(GateOutcome),
+    Unavailable,
+}
+
+/// What to do with a request, once every answer is in.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Forward it, as the token's caller or anonymously, reporting `rate`.
+    Forward {
+        as_caller: bool,
+        upstream: Option<String>,
+        rate: Option<RateOutcome>,
+    },
+    /// The token is revoked but the rule lets anyone in under a rate limit: count the
+    /// request anonymously (a second check, [`rate_verdict`]) and forward it anonymously.
+    CountAnonymously {
+        rate_limit: RateLimit,
+        upstream: Option<String>,
+    },
+    Refuse(GatewayError),
+}
+
+/// The whole enforcement decision, without I/O. `decision` is the policy's answer for the
+/// caller as the token says (anonymous when there is none); `gate` is Redis' answer to the
+/// check made for it (`NotAsked` unless `decision` allows); `anonymous` is the policy's
+/// answer without the token, asked only when the token cannot be trusted; `counted` says
+/// whether the gate check included a rate bucket.
+pub fn verdict(
+    token: TokenKind,
+    decision: Decision,
+    gate: GateResult,
+    counted: bool,
+    anonymous: impl FnOnce() -> Decision,
+    fail: FailModes,
+) -> Step {
+    let upstream = match decision {
+        Decision::Allow { upstream, .. } => upstream,
+        Decision::Unauthenticated { .. } if token == TokenKind::Invalid => {
+            return Step::Refuse(GatewayError::invalid_token("Invalid or expired token"));
+        }
+        Decision::Unauthenticated { .. } => {
+            return Step::Refuse(GatewayError::unauthorized("Not authenticated"));
+        }
+        Decision::Forbidden { detail, .. } => {
+            return Step::Refuse(GatewayError::Forbidden(detail.into()));
+        }
+    };
+    let as_caller = token == TokenKind::Valid;
+    match gate {
+        GateResult::Answered(outcome) if outcome.revoked => match anonymous() {
+            // The token is revoked: go on only if the rule lets anyone in.
+            Decision::Allow {
+                rate_limit: Some(rate_limit),
+                upstream,
+                ..
+            } => Step::CountAnonymously {
+                rate_limit,
+                upstream,
+            },
+            Decision::Allow { upstream, .. } => Step::Forward {
+                as_caller: false,
+                upstream,
+                rate: None,
+            },
+            _ => Step::Refuse(GatewayError::invalid_token("Token has been revoked")),
+        },
+        GateResult::Answered(outcome) => match GatewayError::over_limit(outcome.rate) {
+            Ok(()) => Step::Forward {
+                as_caller,
+                upstream,
+                rate: outcome.rate,
+            },
+            Err(refusal) => Step::Refuse(refusal),
+        },
+        // Only an allowing decision asks Redis; without an answer, nothing was counted.
+        GateResult::NotAsked => Step::Forward {
+            as_caller,
+            upstream,
+            rate: None,
+        },
+        GateResult::Unavailable => {
+            if counted && fail.rate == FailMode::Deny {
+                return Step::Refuse(GatewayError::Unavailable("Rate limiter unavailable"));
+            }
+            if as_caller && fail.revocation == FailMode::Deny {
+                // Revocation cannot be checked, so the token cannot be trusted: the request
+                // may still go on without it where anyone is allowed.
+                return match anonymous() {
+                    Decision::Allow { upstream, .. } => Step::Forward {
+                        as_caller: false,
+                        upstream,
+                        rate: None,
+                    },
+                    _ => Step::Refuse(GatewayError::Unavailable("Revocation service unavailable")),
+                };
+            }
+            Step::Forward {
+                as_caller,
+                upstream,
+                rate: None,
+            }
+        }
+    }
+}
+
+/// The answer to a rate-only check: the outcome to report, or the refusal (429, or 503
+/// when Redis is away and `on_redis_error` is `deny`).
+pub fn rate_verdict(
+    gate: GateResult,
+    on_redis_error: FailMode,
+) -> Result<Option<RateOutcome>, GatewayError> {
+    match gate {
+        GateResult::Answered(outcome) => {
+            GatewayError::over_limit(outcome.rate)?;
+            Ok(outcome.rate)
+        }
+        GateResult::NotAsked => Ok(None),
+        GateResult::Unavailable => match on_redis_error {
+            FailMode::Deny => Err(GatewayError::Unavailable("Rate limiter unavailable")),
+            FailMode::Allow => Ok(None),
+        },
+    }
+}
+
 pub struct Enforcer {
     policy: Arc<PolicySource>,
     gate: Gate,
-    auth: Arc<AuthService>,
-    rate_on_redis_error: FailMode,
-    revocation_on_redis_error: FailMode,
+    access: Arc<AccessVerifier>,
+    fail: FailModes,
     /// `rate_limits.ipv6_prefix`: how IPv6 clients are counted.
     ipv6_prefix: u8,
-    /// `tokens.leeway` in whole seconds, as token verification counts it.
-    leeway_secs: u64,
     recheck_interval: Duration,
+}
+
+/// The settings enforcement takes from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct EnforcerSettings {
+    pub fail: FailModes,
+    pub ipv6_prefix: u8,
+    pub websocket_recheck_interval: Duration,
 }
 
 impl Enforcer {
     pub fn new(
-        config: &Config,
+        settings: EnforcerSettings,
         policy: Arc<PolicySource>,
         gate: Gate,
-        auth: Arc<AuthService>,
+        access: Arc<AccessVerifier>,
     ) -> Enforcer {
         Enforcer {
             policy,
             gate,
-            auth,
-            rate_on_redis_error: config.rate_limits.on_redis_error,
-            revocation_on_redis_error: config.rate_limits.revocation_on_redis_error,
-            ipv6_prefix: config.rate_limits.ipv6_prefix,
-            leeway_secs: config.tokens.leeway.as_secs(),
-            recheck_interval: config.server.websocket_recheck_interval,
+            access,
+            fail: settings.fail,
+            ipv6_prefix: settings.ipv6_prefix,
+            recheck_interval: settings.websocket_recheck_interval,
         }
     }
 
@@ -88,11 +230,9 @@ impl Enforcer {
     pub fn watch(&self, verified: Arc<VerifiedToken>, metrics: Arc<Metrics>) -> TokenWatch {
         TokenWatch {
             verified,
-            gate: self.gate.clone(),
-            auth: self.auth.clone(),
-            leeway_secs: self.leeway_secs,
+            access: self.access.clone(),
             interval: self.recheck_interval,
-            revocation_on_redis_error: self.revocation_on_redis_error,
+            revocation_on_redis_error: self.fail.revocation,
             metrics,
         }
     }
@@ -102,7 +242,7 @@ impl Enforcer {
     }
 
     /// Decides a forwarded request: `Ok` to forward (with whom and where), `Err` with the
-    /// gateway's answer (401, 403, 429 or 503).
+    /// gateway's answer (401, 403, 429 or 503). Gathers what [`verdict`] needs.
     pub async fn decide(
         &self,
         method: &str,
@@ -112,10 +252,10 @@ impl Enforcer {
         client_ip: IpAddr,
         metrics: &Metrics,
     ) -> Result<Verdict, GatewayError> {
-        let (verified, source, invalid_token) = match self.auth.read_access_token(headers) {
-            TokenState::Valid(verified, source) => (Some(verified), Some(source), false),
-            TokenState::Invalid => (None, None, true),
-            TokenState::Absent => (None, None, false),
+        let (verified, source, token) = match self.access.read(headers) {
+            TokenState::Valid(verified, source) => (Some(verified), Some(source), TokenKind::Valid),
+            TokenState::Invalid => (None, None, TokenKind::Invalid),
+            TokenState::Absent => (None, None, TokenKind::Absent),
         };
         let claims = verified.as_ref().map(|verified| &verified.claims);
         let loaded = self.policy.current();
@@ -124,126 +264,75 @@ impl Enforcer {
             sub: &claims.sub,
             role: &claims.role,
         });
-        let (rate_limit, upstream) = match loaded.policy.evaluate(&request, identity.as_ref()) {
-            Decision::Allow {
+        let decision = loaded.policy.evaluate(&request, identity.as_ref());
+        let now_ms = self.access.clock().unix_millis();
+        let mut counted = false;
+        let gate = match &decision {
+            Decision::Allow { rate_limit, .. } => {
+                let bucket =
+                    rate_limit.map(|rule| bucket_for(rule, claims, client_ip, self.ipv6_prefix));
+                counted = bucket.is_some();
+                let check = GateCheck {
+                    bucket: bucket
+                        .as_ref()
+                        .map(|(bucket, limit)| (bucket.as_str(), *limit)),
+                    token: verified.as_deref().map(VerifiedToken::revocation_key),
+                    now_ms,
+                };
+                self.ask(&check, metrics).await
+            }
+            _ => GateResult::NotAsked,
+        };
+        let anonymous = || loaded.policy.evaluate(&request, None);
+        match verdict(token, decision, gate, counted, anonymous, self.fail) {
+            Step::Forward {
+                as_caller,
+                upstream,
+                rate,
+            } => Ok(if as_caller {
+                Verdict {
+                    identity: verified,
+                    token_source: source,
+                    upstream,
+                    rate,
+                }
+            } else {
+                Verdict {
+                    identity: None,
+                    token_source: None,
+                    upstream,
+                    rate,
+                }
+            }),
+            Step::CountAnonymously {
                 rate_limit,
                 upstream,
-                ..
-            } => (rate_limit, upstream),
-            Decision::Unauthenticated { .. } if invalid_token => {
-                return Err(GatewayError::invalid_token("Invalid or expired token"));
-            }
-            Decision::Unauthenticated { .. } => {
-                return Err(GatewayError::unauthorized("Not authenticated"))
-            }
-            Decision::Forbidden { detail, .. } => {
-                return Err(GatewayError::Forbidden(detail.into()))
-            }
-        };
-
-        let bucket = rate_limit.map(|rule| bucket_for(rule, claims, client_ip, self.ipv6_prefix));
-        let token_check =
-            claims.map(|claims| (claims.sid.as_str(), claims.sub.as_str(), claims.iat));
-        let now_ms = self.auth.clock().unix_millis();
-        let outcome = self
-            .gate
-            .check(&GateCheck {
-                bucket: bucket
-                    .as_ref()
-                    .map(|(bucket, limit)| (bucket.as_str(), *limit)),
-                token: token_check,
-                now_ms,
-            })
-            .await;
-        match outcome {
-            Ok(outcome) if outcome.revoked => {
-                // The token is revoked: go on only if the rule lets anyone in.
-                match loaded.policy.evaluate(&request, None) {
-                    Decision::Allow {
-                        rate_limit,
-                        upstream,
-                        ..
-                    } => {
-                        let rate = match rate_limit {
-                            Some(rule) => {
-                                let (bucket, limit) =
-                                    bucket_for(rule, None, client_ip, self.ipv6_prefix);
-                                self.rate_only(&bucket, limit, now_ms, metrics).await?
-                            }
-                            None => None,
-                        };
-                        Ok(Verdict {
-                            identity: None,
-                            token_source: None,
-                            upstream,
-                            rate,
-                        })
-                    }
-                    _ => Err(GatewayError::invalid_token("Token has been revoked")),
-                }
-            }
-            Ok(outcome) => {
-                refuse_over_limit(outcome.rate)?;
+            } => {
+                let (bucket, limit) = bucket_for(rate_limit, None, client_ip, self.ipv6_prefix);
+                let check = GateCheck {
+                    bucket: Some((&bucket, limit)),
+                    token: None,
+                    now_ms,
+                };
+                let rate = rate_verdict(self.ask(&check, metrics).await, self.fail.rate)?;
                 Ok(Verdict {
-                    identity: verified,
-                    token_source: source,
+                    identity: None,
+                    token_source: None,
                     upstream,
-                    rate: outcome.rate,
+                    rate,
                 })
             }
-            Err(error) => {
-                metrics.redis_error();
-                tracing::warn!(%error, "rate limit and revocation check failed");
-                if bucket.is_some() && self.rate_on_redis_error == FailMode::Deny {
-                    return Err(GatewayError::Unavailable("Rate limiter unavailable"));
-                }
-                if claims.is_some() && self.revocation_on_redis_error == FailMode::Deny {
-                    // Revocation cannot be checked, so the token cannot be trusted: the
-                    // request may still go on without it where anyone is allowed.
-                    return match loaded.policy.evaluate(&request, None) {
-                        Decision::Allow { upstream, .. } => Ok(Verdict {
-                            identity: None,
-                            token_source: None,
-                            upstream,
-                            rate: None,
-                        }),
-                        _ => Err(GatewayError::Unavailable("Revocation service unavailable")),
-                    };
-                }
-                Ok(Verdict {
-                    identity: verified,
-                    token_source: source,
-                    upstream,
-                    rate: None,
-                })
-            }
+            Step::Refuse(refusal) => Err(refusal),
         }
     }
 
-    async fn rate_only(
-        &self,
-        bucket: &str,
-        limit: Limit,
-        now_ms: u64,
-        metrics: &Metrics,
-    ) -> Result<Option<RateOutcome>, GatewayError> {
-        let check = GateCheck {
-            bucket: Some((bucket, limit)),
-            token: None,
-            now_ms,
-        };
-        match self.gate.check(&check).await {
-            Ok(outcome) => {
-                refuse_over_limit(outcome.rate)?;
-                Ok(outcome.rate)
-            }
+    async fn ask(&self, check: &GateCheck<'_>, metrics: &Metrics) -> GateResult {
+        match self.gate.check(check).await {
+            Ok(outcome) => GateResult::Answered(outcome),
             Err(error) => {
                 metrics.redis_error();
-                tracing::warn!(%error, "rate limit check failed");
-                match self.rate_on_redis_error {
-                    FailMode::Deny => Err(GatewayError::Unavailable("Rate limiter unavailable")),
-                    FailMode::Allow => Ok(None),
-                }
+                tracing::warn!(%error, "rate limit and revocation check failed");
+                GateResult::Unavailable
             }
         }
     }
@@ -271,9 +360,7 @@ impl Lapse {
 /// The token of an open tunnel, checked again and again with the check that admitted it.
 pub struct TokenWatch {
     verified: Arc<VerifiedToken>,
-    gate: Gate,
-    auth: Arc<AuthService>,
-    leeway_secs: u64,
+    access: Arc<AccessVerifier>,
     interval: Duration,
     revocation_on_redis_error: FailMode,
     metrics: Arc<Metrics>,
@@ -284,26 +371,15 @@ impl TokenWatch {
     /// interval, and at the expiry if that comes first; the expiry is read from the gateway's
     /// clock at each wake, so a clock moved forward is noticed at the next one.
     pub async fn lapsed(self) -> Lapse {
-        let claims = &self.verified.claims;
-        // Verification accepts a token while `now < exp + leeway` in whole seconds.
-        let expires_ms = claims
-            .exp
-            .saturating_add(self.leeway_secs)
-            .saturating_mul(1000);
+        let expires_ms = self.access.expires_at_ms(&self.verified);
         loop {
-            let until_expiry = expires_ms.saturating_sub(self.auth.clock().unix_millis());
+            let until_expiry = expires_ms.saturating_sub(self.access.clock().unix_millis());
             tokio::time::sleep(self.interval.min(Duration::from_millis(until_expiry))).await;
-            let now_ms = self.auth.clock().unix_millis();
-            if now_ms >= expires_ms {
+            if self.access.clock().unix_millis() >= expires_ms {
                 return Lapse::Expired;
             }
-            let check = GateCheck {
-                bucket: None,
-                token: Some((claims.sid.as_str(), claims.sub.as_str(), claims.iat)),
-                now_ms,
-            };
-            let revoked = match self.gate.check(&check).await {
-                Ok(outcome) => Some(outcome.revoked),
+            let revoked = match self.access.revoked(&self.verified).await {
+                Ok(revoked) => Some(revoked),
                 Err(error) => {
                     self.metrics.redis_error();
                     tracing::warn!(%error, "revocation recheck of an open tunnel failed");
@@ -346,88 +422,202 @@ fn bucket_for(
     (bucket, limit)
 }
 
-/// 429 with `Retry-After` for a request over its limit; `Ok` otherwise.
-pub(crate) fn refuse_over_limit(rate: Option<RateOutcome>) -> Result<(), GatewayError> {
-    match rate {
-        Some(rate) if !rate.allowed => Err(GatewayError::TooManyRequests {
-            retry_after_secs: ceil_seconds(rate.retry_after.unwrap_or(Duration::from_secs(1))),
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn ceil_seconds(duration: Duration) -> u64 {
-    duration.as_millis().div_ceil(1000).max(1) as u64
-}
-
-/// The identity headers of contract 6.1 for one token, made when it is first verified.
-#[derive(Debug)]
-pub struct IdentityHeaders {
-    /// A claim that cannot be a header value (a control character, say) is left out.
-    values: [Option<HeaderValue>; 4],
-}
-
-static IDENTITY_NAMES: [&HeaderName; 4] = [
-    &X_AUTH_USER_ID,
-    &X_AUTH_EMAIL,
-    &X_AUTH_ROLE,
-    &X_AUTH_SESSION_ID,
-];
-
-impl IdentityHeaders {
-    pub fn new(claims: &AccessClaims) -> IdentityHeaders {
-        // Cloning a value onto a request shares its bytes (a reference count), not a copy.
-        let value = |claim: &str| HeaderValue::from_str(claim).ok();
-        IdentityHeaders {
-            values: [
-                value(&claims.sub),
-                value(&claims.email),
-                value(&claims.role),
-                value(&claims.sid),
-            ],
-        }
-    }
-
-    /// Sets them, after every client-sent `X-Auth-*` is gone.
-    pub fn set(&self, headers: &mut HeaderMap) {
-        for (name, value) in IDENTITY_NAMES.iter().zip(&self.values) {
-            if let Some(value) = value {
-                headers.insert((*name).clone(), value.clone());
-            }
-        }
-    }
-}
-
-/// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds) on an allowed response.
-pub fn set_rate_headers(headers: &mut HeaderMap, rate: &RateOutcome) {
-    headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(rate.limit));
-    headers.insert(
-        RATELIMIT_REMAINING.clone(),
-        HeaderValue::from(rate.remaining),
-    );
-    headers.insert(
-        RATELIMIT_RESET.clone(),
-        HeaderValue::from(ceil_seconds(rate.reset)),
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::RateKey;
 
-    fn claims(email: &str) -> AccessClaims {
-        AccessClaims {
-            sub: "6f1c0c4e-6b8e-4a55-9a55-0c1f8a1b2c3d".into(),
-            email: email.into(),
-            role: "admin".into(),
-            sid: "0b5e7f3a-1d2c-4e5f-8a9b-0c1d2e3f4a5b".into(),
-            jti: "j".into(),
-            iat: 0,
-            exp: 10,
-            nbf: None,
-            iss: "portcullis".into(),
-            aud: "portcullis".into(),
-            token_type: "access".into(),
+    /// The kinds of rule a request can meet, by what the policy answers with the token's
+    /// caller and without anyone.
+    #[derive(Debug, Clone, Copy)]
+    enum Rule {
+        /// `allow: anyone`, no rate limit.
+        Public,
+        /// `allow: anyone` under a rate limit.
+        PublicLimited,
+        /// Any signed-in user.
+        SignedIn,
+        SignedInLimited,
+        /// A role the caller does not have.
+        OtherRole,
+    }
+
+    const LIMIT: RateLimit = RateLimit {
+        requests: 10,
+        per: Duration::from_secs(60),
+        key: RateKey::Ip,
+    };
+
+    fn decision(rule: Rule, signed_in: bool) -> Decision {
+        let allow = |rate_limit| Decision::Allow {
+            rule: 0,
+            rate_limit,
+            upstream: Some("app".into()),
+        };
+        match (rule, signed_in) {
+            (Rule::Public, _) => allow(None),
+            (Rule::PublicLimited, _) => allow(Some(LIMIT)),
+            (Rule::SignedIn, true) => allow(None),
+            (Rule::SignedInLimited, true) => allow(Some(LIMIT)),
+            (Rule::OtherRole, true) => Decision::Forbidden {
+                rule: Some(0),
+                detail: "Requires role admin".into(),
+            },
+            (_, false) => Decision::Unauthenticated { rule: Some(0) },
+        }
+    }
+
+    fn rate(allowed: bool) -> RateOutcome {
+        RateOutcome {
+            allowed,
+            limit: 10,
+            remaining: if allowed { 4 } else { 0 },
+            reset: Duration::from_secs(30),
+            retry_after: (!allowed).then_some(Duration::from_millis(2_500)),
+        }
+    }
+
+    fn answered(revoked: bool, rate: Option<RateOutcome>) -> GateResult {
+        GateResult::Answered(GateOutcome { rate, revoked })
+    }
+
+    fn forward(as_caller: bool, rate: Option<RateOutcome>) -> Step {
+        Step::Forward {
+            as_caller,
+            upstream: Some("app".into()),
+            rate,
+        }
+    }
+
+    /// What, the token, the rule, Redis' answer, `on_redis_error` for rate and revocation,
+    /// and the verdict.
+    type Case = (
+        &'static str,
+        TokenKind,
+        Rule,
+        GateResult,
+        [FailMode; 2],
+        Step,
+    );
+
+    const DENY: FailMode = FailMode::Deny;
+    const ALLOW: FailMode = FailMode::Allow;
+
+    #[test]
+    fn every_token_rule_and_gate_answer_has_one_verdict() {
+        use GatewayError as E;
+        use Rule::*;
+        use TokenKind::{Absent, Invalid, Valid};
+        let not_authenticated = || Step::Refuse(E::unauthorized("Not authenticated"));
+        let bad_token = || Step::Refuse(E::invalid_token("Invalid or expired token"));
+        let revoked = || Step::Refuse(E::invalid_token("Token has been revoked"));
+        let rate_down = || Step::Refuse(E::Unavailable("Rate limiter unavailable"));
+        let revocation_down = || Step::Refuse(E::Unavailable("Revocation service unavailable"));
+        let too_many = || {
+            Step::Refuse(E::TooManyRequests {
+                retry_after_secs: 3,
+            })
+        };
+        let count_anonymously = || Step::CountAnonymously {
+            rate_limit: LIMIT,
+            upstream: Some("app".into()),
+        };
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            // Nobody signed in.
+            ("anonymous, public", Absent, Public, answered(false, None), [DENY, DENY], forward(false, None)),
+            ("anonymous, within limit", Absent, PublicLimited, answered(false, Some(rate(true))), [DENY, DENY], forward(false, Some(rate(true)))),
+            ("anonymous, over limit", Absent, PublicLimited, answered(false, Some(rate(false))), [ALLOW, ALLOW], too_many()),
+            ("anonymous, signed-in rule", Absent, SignedIn, GateResult::NotAsked, [ALLOW, ALLOW], not_authenticated()),
+            ("anonymous, role rule", Absent, OtherRole, GateResult::NotAsked, [ALLOW, ALLOW], not_authenticated()),
+            ("anonymous, public, Redis down", Absent, Public, GateResult::Unavailable, [DENY, DENY], forward(false, None)),
+            ("anonymous, limited, Redis down, rate deny", Absent, PublicLimited, GateResult::Unavailable, [DENY, ALLOW], rate_down()),
+            ("anonymous, limited, Redis down, rate allow", Absent, PublicLimited, GateResult::Unavailable, [ALLOW, DENY], forward(false, None)),
+            // A token that failed verification counts as none, but says so where one is needed.
+            ("bad token, signed-in rule", Invalid, SignedIn, GateResult::NotAsked, [ALLOW, ALLOW], bad_token()),
+            ("bad token, role rule", Invalid, OtherRole, GateResult::NotAsked, [ALLOW, ALLOW], bad_token()),
+            ("bad token, public", Invalid, Public, answered(false, None), [DENY, DENY], forward(false, None)),
+            ("bad token, public, Redis down", Invalid, PublicLimited, GateResult::Unavailable, [ALLOW, DENY], forward(false, None)),
+            // A verified token.
+            ("signed in", Valid, SignedIn, answered(false, None), [DENY, DENY], forward(true, None)),
+            ("signed in, within limit", Valid, SignedInLimited, answered(false, Some(rate(true))), [DENY, DENY], forward(true, Some(rate(true)))),
+            ("signed in, over limit", Valid, SignedInLimited, answered(false, Some(rate(false))), [DENY, DENY], too_many()),
+            ("signed in, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], Step::Refuse(E::Forbidden("Requires role admin".into()))),
+            ("signed in, public", Valid, Public, answered(false, None), [DENY, DENY], forward(true, None)),
+            // Revoked: on as nobody where anyone may go, refused elsewhere.
+            ("revoked, signed-in rule", Valid, SignedIn, answered(true, None), [ALLOW, ALLOW], revoked()),
+            ("revoked, limited signed-in rule", Valid, SignedInLimited, answered(true, None), [ALLOW, ALLOW], revoked()),
+            ("revoked, public", Valid, Public, answered(true, None), [DENY, DENY], forward(false, None)),
+            ("revoked, limited public", Valid, PublicLimited, answered(true, None), [DENY, DENY], count_anonymously()),
+            // Redis down with a verified token, for every kind of rule.
+            ("Redis down, signed-in, revocation deny", Valid, SignedIn, GateResult::Unavailable, [ALLOW, DENY], revocation_down()),
+            ("Redis down, signed-in, revocation allow", Valid, SignedIn, GateResult::Unavailable, [DENY, ALLOW], forward(true, None)),
+            ("Redis down, limited signed-in, rate deny", Valid, SignedInLimited, GateResult::Unavailable, [DENY, ALLOW], rate_down()),
+            ("Redis down, limited signed-in, rate deny first", Valid, SignedInLimited, GateResult::Unavailable, [DENY, DENY], rate_down()),
+            ("Redis down, limited signed-in, revocation deny", Valid, SignedInLimited, GateResult::Unavailable, [ALLOW, DENY], revocation_down()),
+            ("Redis down, limited signed-in, both allow", Valid, SignedInLimited, GateResult::Unavailable, [ALLOW, ALLOW], forward(true, None)),
+            ("Redis down, public, revocation deny", Valid, Public, GateResult::Unavailable, [DENY, DENY], forward(false, None)),
+            ("Redis down, public, revocation allow", Valid, Public, GateResult::Unavailable, [DENY, ALLOW], forward(true, None)),
+            ("Redis down, limited public, rate deny", Valid, PublicLimited, GateResult::Unavailable, [DENY, ALLOW], rate_down()),
+            ("Redis down, limited public, revocation deny", Valid, PublicLimited, GateResult::Unavailable, [ALLOW, DENY], forward(false, None)),
+            ("Redis down, limited public, both allow", Valid, PublicLimited, GateResult::Unavailable, [ALLOW, ALLOW], forward(true, None)),
+            ("Redis down, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], Step::Refuse(E::Forbidden("Requires role admin".into()))),
+        ];
+        for (what, token, rule, gate, [rate, revocation], expected) in cases {
+            let signed_in = token == Valid;
+            let decided = decision(rule, signed_in);
+            let counted = matches!(
+                decided,
+                Decision::Allow {
+                    rate_limit: Some(_),
+                    ..
+                }
+            );
+            let step = verdict(
+                token,
+                decided,
+                gate,
+                counted,
+                || decision(rule, false),
+                FailModes { rate, revocation },
+            );
+            assert_eq!(step, expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn an_anonymous_recount_is_judged_like_any_rate_check() {
+        let cases = [
+            (
+                "within",
+                answered(false, Some(rate(true))),
+                DENY,
+                Ok(Some(rate(true))),
+            ),
+            (
+                "over",
+                answered(false, Some(rate(false))),
+                ALLOW,
+                Err(GatewayError::TooManyRequests {
+                    retry_after_secs: 3,
+                }),
+            ),
+            (
+                "Redis down, deny",
+                GateResult::Unavailable,
+                DENY,
+                Err(GatewayError::Unavailable("Rate limiter unavailable")),
+            ),
+            (
+                "Redis down, allow",
+                GateResult::Unavailable,
+                ALLOW,
+                Ok(None),
+            ),
+            ("not asked", GateResult::NotAsked, DENY, Ok(None)),
+        ];
+        for (what, gate, on_redis_error, expected) in cases {
+            assert_eq!(rate_verdict(gate, on_redis_error), expected, "{what}");
         }
     }
 
@@ -447,38 +637,6 @@ mod tests {
                 expected,
                 "{revoked:?} {on_redis_error:?}"
             );
-        }
-    }
-
-    #[test]
-    fn identity_headers_replace_whatever_was_there() {
-        let identity = IdentityHeaders::new(&claims("ada@example.com"));
-        let mut headers = HeaderMap::new();
-        headers.append(&X_AUTH_ROLE, HeaderValue::from_static("spoofed"));
-        headers.append(&X_AUTH_ROLE, HeaderValue::from_static("spoofed-too"));
-        identity.set(&mut headers);
-        let one = |name: &HeaderName| {
-            let values: Vec<_> = headers.get_all(name).iter().collect();
-            assert_eq!(values.len(), 1, "{name}");
-            values[0].to_str().expect("ascii").to_string()
-        };
-        assert_eq!(one(&X_AUTH_USER_ID), "6f1c0c4e-6b8e-4a55-9a55-0c1f8a1b2c3d");
-        assert_eq!(one(&X_AUTH_EMAIL), "ada@example.com");
-        assert_eq!(one(&X_AUTH_ROLE), "admin");
-        assert_eq!(
-            one(&X_AUTH_SESSION_ID),
-            "0b5e7f3a-1d2c-4e5f-8a9b-0c1d2e3f4a5b"
-        );
-    }
-
-    #[test]
-    fn a_claim_that_cannot_be_a_header_value_is_left_out() {
-        for email in ["ada@example.com\r\nX-Evil: 1", "ada\0@example.com"] {
-            let identity = IdentityHeaders::new(&claims(email));
-            let mut headers = HeaderMap::new();
-            identity.set(&mut headers);
-            assert!(headers.get(&X_AUTH_EMAIL).is_none(), "{email:?}");
-            assert_eq!(headers.get(&X_AUTH_ROLE).expect("set"), "admin");
         }
     }
 }

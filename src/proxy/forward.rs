@@ -15,15 +15,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
-use super::body::{client_body_failure, ClientBody, ForwardedBody, GatewayBody};
 use super::enforce::TokenWatch;
 use super::headers::remove_hop_by_hop;
 use super::pool::{Pool, SendError};
 use super::websocket::Upgrade;
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
-use crate::server::workers::current_worker;
+use crate::proxy::body::{client_body_failure, ClientBody};
+use crate::proxy::response_body::{ForwardedBody, GatewayBody};
 use crate::telemetry::metrics::{Metrics, UpstreamErrorKind};
+use crate::workers::current_worker;
 
 /// What a forwarded request body may be: its size, and its longest silence.
 #[derive(Debug, Clone, Copy)]

@@ -29,7 +29,10 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// The fixed hop-by-hop set (RFC 9110 section 7.6.1 plus the legacy
 /// `keep-alive` and `proxy-connection`), `Connection` first.
@@ -556,6 +559,24 @@ fn write_hex(n: u64, out: &mut [u8]) {
         let shift = 60 - 4 * i;
         *slot = DIGITS[((n >> shift) & 0xf) as usize];
     }
+}
+
+/// Marks a response that must not leak its URL (and so a token in it) as a referrer: it is
+/// sent with `Referrer-Policy: no-referrer` whatever the configured policy.
+#[derive(Debug, Clone, Copy)]
+pub struct NoReferrer;
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds) on an allowed response.
+pub fn set_rate_headers(headers: &mut HeaderMap, rate: &crate::limits::gate::RateOutcome) {
+    headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(rate.limit));
+    headers.insert(
+        RATELIMIT_REMAINING.clone(),
+        HeaderValue::from(rate.remaining),
+    );
+    headers.insert(
+        RATELIMIT_RESET.clone(),
+        HeaderValue::from(crate::error::ceil_seconds(rate.reset)),
+    );
 }
 
 #[cfg(test)]

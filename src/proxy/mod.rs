@@ -16,6 +16,8 @@ pub mod framing;
 pub mod headers;
 pub mod path;
 pub mod pool;
+pub mod respond;
+pub mod response_body;
 pub mod websocket;
 
 use std::net::SocketAddr;
@@ -28,21 +30,16 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use tracing::Instrument;
 
-use crate::auth::routes;
-use crate::auth::{AuthService, NoReferrer};
 use crate::config::Config;
 use crate::error::GatewayError;
-use crate::server::policy_source::PolicySource;
+use crate::proxy::response_body::GatewayBody;
 use crate::telemetry::metrics::Metrics;
-use body::GatewayBody;
 use checks::{AllowedMethods, ServedHosts};
 use cors::{Cors, CorsSettings, Preflight};
 use enforce::Enforcer;
 use forward::{BodyLimits, Upstream};
-use headers::{RequestIds, SecurityHeaders, StripList};
+use headers::{NoReferrer, RequestIds, SecurityHeaders, StripList, X_REQUEST_ID};
 use websocket::WebSockets;
-
-static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// What the gateway knows about the connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
@@ -62,12 +59,29 @@ pub enum BuildError {
     Cors(String),
 }
 
+/// The gateway's own routes (`/auth`), answered in place of forwarding once a request has
+/// passed the checks every request passes (method, host, headers, path). The composition
+/// root plugs the identity side in here, so that forwarding does not depend on it.
+pub trait OwnRoutes: Send + Sync {
+    /// Whether the gateway itself answers this normalised path.
+    fn serves(&self, path: &str) -> bool;
+
+    /// Answers a request for a path it [`serves`](OwnRoutes::serves); `client_ip` is the
+    /// address the gateway trusts for this client.
+    fn answer(
+        &self,
+        request: Request<Incoming>,
+        path: String,
+        client_ip: std::net::IpAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<GatewayBody>> + Send + '_>>;
+}
+
 /// Everything a request needs, built once from the configuration and shared by all
 /// connections.
 pub struct Gateway {
     /// In configuration order; the first is where a rule without `upstream:` goes.
     upstreams: Vec<(String, Upstream)>,
-    auth: Arc<AuthService>,
+    own_routes: Arc<dyn OwnRoutes>,
     enforcer: Enforcer,
     security_headers: SecurityHeaders,
     cors: Cors,
@@ -91,8 +105,9 @@ impl Gateway {
     pub fn new(
         config: &Config,
         metrics: Arc<Metrics>,
-        auth: Arc<AuthService>,
-        policy: Arc<PolicySource>,
+        own_routes: Arc<dyn OwnRoutes>,
+        enforcer: Enforcer,
+        workers: usize,
     ) -> Result<Gateway, BuildError> {
         let h = &config.headers;
         let security_headers = SecurityHeaders::new(
@@ -122,16 +137,14 @@ impl Gateway {
             max_age: c.max_age,
         })
         .map_err(BuildError::Cors)?;
-        let workers = crate::server::workers::worker_count(config.server.worker_threads);
         let upstreams = config
             .upstreams
             .iter()
             .map(|upstream| (upstream.name.clone(), Upstream::new(upstream, workers)))
             .collect();
-        let enforcer = Enforcer::new(config, policy, auth.gate().clone(), auth.clone());
         Ok(Gateway {
             upstreams,
-            auth,
+            own_routes,
             enforcer,
             security_headers,
             websockets: WebSockets::new(&config.server.public_url, &cors),
@@ -262,7 +275,7 @@ impl Gateway {
         checks::check_sensitive_headers(request.headers())?;
         let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let target = path::normalize_target(target, self.allow_path_parameters)
-            .map_err(GatewayError::InvalidPath)?;
+            .map_err(|error| GatewayError::InvalidPath(error.message()))?;
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         if !self.allow_method_parameter && checks::has_method_override_parameter(query) {
             return Err(GatewayError::bad_request(
@@ -271,13 +284,16 @@ impl Gateway {
         }
         let client_ip =
             headers::client_ip(conn.peer.ip(), request.headers(), &self.trusted_proxies);
-        if routes::is_gateway_path(path) {
+        if self.own_routes.serves(path) {
             // Refused before a byte of the body is read, so that a client declaring a huge
             // body gets its answer at once instead of waiting on a read.
             if declared_length(&request).is_some_and(|length| length > self.max_auth_body_bytes) {
                 return Err(GatewayError::PayloadTooLarge);
             }
-            return Ok(self.auth.handle(request, path.to_string(), client_ip).await);
+            return Ok(self
+                .own_routes
+                .answer(request, path.to_string(), client_ip)
+                .await);
         }
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
             return Err(GatewayError::PayloadTooLarge);
@@ -325,7 +341,7 @@ impl Gateway {
             )
             .await?;
         if let Some(rate) = &verdict.rate {
-            enforce::set_rate_headers(response.headers_mut(), rate);
+            headers::set_rate_headers(response.headers_mut(), rate);
         }
         Ok(response)
     }

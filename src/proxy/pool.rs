@@ -6,7 +6,7 @@
 //! every return) and spawns a task per response to put its connection back. Each upstream has
 //! its own pool here, so there is nothing to look up, and a connection goes back when the
 //! response body it carried is finished ([`Lease`], released by
-//! [`super::body::ForwardedBody`]).
+//! [`crate::proxy::response_body::ForwardedBody`]).
 //!
 //! A request that meets a pooled connection the upstream has just closed (its keep-alive
 //! timeout ran out while the connection sat idle) is sent again on another: hyper hands an
@@ -23,7 +23,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
-use super::body::{BoxError, ClientBody};
+use crate::proxy::body::{BoxError, ClientBody};
 
 type Sender = SendRequest<ClientBody>;
 

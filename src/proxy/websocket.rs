@@ -19,7 +19,7 @@ use http::{HeaderMap, Request, Version};
 
 use super::cors::{normalize_origin, Cors};
 use super::enforce::{Enforcer, TokenWatch, Verdict};
-use crate::auth::TokenSource;
+use crate::access::TokenSource;
 use crate::error::GatewayError;
 use crate::telemetry::metrics::Metrics;
 

@@ -6,17 +6,14 @@
 //! port 0 and decide when the server stops.
 
 pub mod ops;
-pub mod policy_source;
 pub mod redirect;
-pub mod tls;
-pub mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,28 +22,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::auth::{AuthBuildError, AuthService};
-use crate::clock::Clock;
-use crate::config::Config;
-use crate::mail::OutboxWorker;
+use crate::app::App;
+use crate::config::{Config, ServerConfig};
 use crate::proxy::framing::{self, FramingGuard, FramingReport, FramingScanner, SocketSlot};
-use crate::proxy::{BuildError, ConnectionInfo, Gateway};
-use crate::telemetry::metrics::Metrics;
-use policy_source::PolicySource;
-use tls::{ReloadableTls, TlsError};
-
-/// Why the application could not be built from a validated configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("tls: {0}")]
-    Tls(#[from] TlsError),
-    #[error(transparent)]
-    Gateway(#[from] BuildError),
-    #[error(transparent)]
-    Auth(#[from] AuthBuildError),
-    #[error("policy:\n{0}")]
-    Policy(String),
-}
+use crate::proxy::ConnectionInfo;
 
 /// The listeners, bound before serving so that callers (and tests using port 0) know the
 /// addresses.
@@ -96,121 +75,30 @@ impl Listeners {
     }
 }
 
-/// Connection-level settings taken from the configuration.
-#[derive(Debug, Clone)]
-struct ConnectionSettings {
+/// How connections are served: hyper's protocol settings and the limits around them, made
+/// once from the configuration when serving starts.
+struct Connections {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     handshake_timeout: Duration,
-    drain_timeout: Duration,
-    max_connections: usize,
-    worker_threads: usize,
     max_header_bytes: usize,
 }
 
-/// The assembled gateway: shared state for every listener.
-pub struct App {
-    policy: Arc<PolicySource>,
-    policy_watch: bool,
-    gateway: Arc<Gateway>,
-    auth: Arc<AuthService>,
-    mail_worker: std::sync::Mutex<Option<OutboxWorker>>,
-    tls: Arc<ReloadableTls>,
-    metrics: Arc<Metrics>,
-    http1: hyper::server::conn::http1::Builder,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
-    settings: ConnectionSettings,
-    public_url: Arc<str>,
-    draining: Arc<AtomicBool>,
-}
-
-impl App {
-    pub fn build(config: &Config) -> Result<App, AppError> {
-        Self::build_with_clock(config, Arc::new(Clock::system()))
-    }
-
-    /// As `build`, with the clock every expiry and lockout is measured by (tests pass one
-    /// they can move forward).
-    pub fn build_with_clock(config: &Config, clock: Arc<Clock>) -> Result<App, AppError> {
-        let server = &config.server;
-        let public_host = public_host(&server.public_url);
-        let tls = ReloadableTls::new(
-            server.tls.cert_path.as_deref(),
-            server.tls.key_path.as_deref(),
-            &public_host.into_iter().collect::<Vec<_>>(),
-        )?;
-        if tls.is_self_signed() {
-            tracing::warn!("no TLS certificate configured: serving a generated self-signed development certificate");
-        }
-        let metrics = Arc::new(Metrics::new());
-        let upstream_names = config
-            .upstreams
-            .iter()
-            .map(|upstream| upstream.name.clone())
-            .collect();
-        let policy = Arc::new(
-            PolicySource::load(
-                &config.policy.path,
-                upstream_names,
-                config.policy.case_sensitive,
-            )
-            .map_err(AppError::Policy)?,
-        );
-        let (auth, mail_worker) = AuthService::from_config(config, clock, policy.clone())?;
-        let auth = Arc::new(auth);
-        let gateway = Gateway::new(config, metrics.clone(), auth.clone(), policy.clone())?;
-        Ok(App {
-            policy,
-            policy_watch: config.policy.watch,
-            gateway: Arc::new(gateway),
-            auth,
-            mail_worker: std::sync::Mutex::new(Some(mail_worker)),
-            tls: Arc::new(tls),
-            metrics,
-            http1: http1_builder(config),
-            http2: http2_builder(config),
-            settings: ConnectionSettings {
-                handshake_timeout: server.tls.handshake_timeout,
-                drain_timeout: server.drain_timeout,
-                max_connections: server.max_connections,
-                worker_threads: workers::worker_count(server.worker_threads),
-                max_header_bytes: server.max_header_bytes,
-            },
-            public_url: server.public_url.as_str().into(),
-            draining: Arc::new(AtomicBool::new(false)),
-        })
-    }
-
-    pub fn auth(&self) -> &Arc<AuthService> {
-        &self.auth
-    }
-
-    pub fn policy(&self) -> &Arc<PolicySource> {
-        &self.policy
-    }
-
-    /// Re-reads what can change without a restart: the TLS certificate and the policy. A
-    /// failure keeps what is in force and is logged.
-    pub fn reload(&self) {
-        self.policy.reload();
-        match self.tls.reload() {
-            Ok(true) => tracing::info!("TLS certificate reloaded"),
-            Ok(false) => {}
-            Err(error) => {
-                tracing::error!(%error, "TLS certificate reload failed; keeping the current certificate")
-            }
+impl Connections {
+    fn new(server: &ServerConfig) -> Connections {
+        Connections {
+            http1: http1_builder(server),
+            http2: http2_builder(server),
+            handshake_timeout: server.tls.handshake_timeout,
+            max_header_bytes: server.max_header_bytes,
         }
     }
-}
-
-fn public_host(public_url: &str) -> Option<String> {
-    let uri: http::Uri = public_url.parse().ok()?;
-    Some(uri.host()?.trim_matches(['[', ']']).to_string())
 }
 
 /// hyper's HTTP/1.1 settings. Parsing stays strict (no lenient header parsing); hyper's own
 /// buffer is kept above the configured header limit, so that the framing guard, which
 /// refuses a longer head first, decides and the gateway answers with its JSON 431.
-fn http1_builder(config: &Config) -> hyper::server::conn::http1::Builder {
-    let server = &config.server;
+fn http1_builder(server: &ServerConfig) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -220,8 +108,7 @@ fn http1_builder(config: &Config) -> hyper::server::conn::http1::Builder {
     builder
 }
 
-fn http2_builder(config: &Config) -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let server = &config.server;
+fn http2_builder(server: &ServerConfig) -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -265,11 +152,13 @@ pub async fn serve(
         .policy_watch
         .then(|| tokio::spawn(app.policy.clone().watch()));
 
-    let connection_slots = Arc::new(Semaphore::new(app.settings.max_connections));
-    let workers = workers::Workers::start(app.settings.worker_threads)?;
+    let connection_slots = Arc::new(Semaphore::new(app.server.max_connections));
+    let workers = crate::workers::Workers::start(app.worker_threads)?;
+    let connections = Arc::new(Connections::new(&app.server));
     let https = accept_https(
         listeners.https,
         app.clone(),
+        connections,
         drain.clone(),
         connection_slots,
         &workers,
@@ -288,10 +177,10 @@ pub async fn serve(
     // The accept loops are gone and their listeners closed: new connections are refused.
     app.draining.store(true, Ordering::SeqCst);
     tracing::info!(
-        drain_timeout_s = app.settings.drain_timeout.as_secs_f64(),
+        drain_timeout_s = app.server.drain_timeout.as_secs_f64(),
         "shutting down: draining connections"
     );
-    let drain_deadline = tokio::time::Instant::now() + app.settings.drain_timeout;
+    let drain_deadline = tokio::time::Instant::now() + app.server.drain_timeout;
     if tokio::time::timeout_at(drain_deadline, drain.finish())
         .await
         .is_err()
@@ -322,9 +211,10 @@ pub async fn serve(
 async fn accept_https(
     listener: TcpListener,
     app: Arc<App>,
+    connections: Arc<Connections>,
     drain: Arc<Drain>,
     slots: Arc<Semaphore>,
-    workers: &workers::Workers,
+    workers: &crate::workers::Workers,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -347,10 +237,11 @@ async fn accept_https(
         };
         let drain = drain.clone();
         let app = app.clone();
+        let connections = connections.clone();
         workers.spawn(async move {
             app.metrics.connection_opened();
             if let Ok(stream) = TcpStream::from_std(stream) {
-                serve_https_connection(stream, peer, &app, &drain).await;
+                serve_https_connection(stream, peer, &app, &connections, &drain).await;
             }
             app.metrics.connection_closed();
             drop(slot);
@@ -358,11 +249,17 @@ async fn accept_https(
     }
 }
 
-async fn serve_https_connection(stream: TcpStream, peer: SocketAddr, app: &App, drain: &Drain) {
+async fn serve_https_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: &App,
+    connections: &Connections,
+    drain: &Drain,
+) {
     let _ = stream.set_nodelay(true);
     let acceptor = app.tls.acceptor();
     let tls =
-        match tokio::time::timeout(app.settings.handshake_timeout, acceptor.accept(stream)).await {
+        match tokio::time::timeout(connections.handshake_timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
                 app.metrics.tls_handshake_failed();
@@ -381,7 +278,7 @@ async fn serve_https_connection(stream: TcpStream, peer: SocketAddr, app: &App, 
     let scanner = if is_h2 {
         FramingScanner::opaque(report.clone())
     } else {
-        FramingScanner::new(app.settings.max_header_bytes, report.clone())
+        FramingScanner::new(connections.max_header_bytes, report.clone())
     };
     let socket: SocketSlot<_> = Arc::default();
     let io = FramingGuard::new(tls, scanner, socket.clone());
@@ -398,12 +295,15 @@ async fn serve_https_connection(stream: TcpStream, peer: SocketAddr, app: &App, 
     // versions apart, which a client sending nothing (or a head the guard holds) never gives.
     let io = TokioIo::new(io);
     let outcome = if is_h2 {
-        let connection = app.http2.serve_connection(io, service);
+        let connection = connections.http2.serve_connection(io, service);
         drain
             .watch(connection, |connection| connection.graceful_shutdown())
             .await
     } else {
-        let connection = app.http1.serve_connection(io, service).with_upgrades();
+        let connection = connections
+            .http1
+            .serve_connection(io, service)
+            .with_upgrades();
         drain
             .watch(connection, |connection| connection.graceful_shutdown())
             .await

@@ -15,9 +15,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::App;
-use crate::error::json_error;
-use crate::proxy::body::GatewayBody;
+use crate::app::App;
+use crate::proxy::respond::json_error;
+use crate::proxy::response_body::GatewayBody;
 
 pub(super) async fn serve(
     listener: TcpListener,
@@ -56,7 +56,7 @@ async fn answer(app: &App, request: &Request<Incoming>) -> Response<GatewayBody>
             let mut response = Response::new(GatewayBody::full(app.metrics.render(&format!(
                 "{}{}{}",
                 app.policy().render_metrics(),
-                app.auth().gate().render_metrics(),
+                app.gate.render_metrics(),
                 app.auth().render_metrics()
             ))));
             response.headers_mut().insert(

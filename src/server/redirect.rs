@@ -14,9 +14,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use super::{App, Drain};
-use crate::error::json_error;
-use crate::proxy::body::GatewayBody;
+use super::Drain;
+use crate::app::App;
+use crate::proxy::respond::json_error;
+use crate::proxy::response_body::GatewayBody;
 
 pub(super) async fn serve(listener: TcpListener, app: Arc<App>, drain: Arc<Drain>) {
     loop {
@@ -27,7 +28,7 @@ pub(super) async fn serve(listener: TcpListener, app: Arc<App>, drain: Arc<Drain
         let drain = drain.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let public_url = app.public_url.clone();
+            let public_url: Arc<str> = app.server.public_url.as_str().into();
             let service = service_fn(move |request: Request<Incoming>| {
                 let mut response = redirect(&public_url, &request);
                 app.gateway.security_headers().apply(response.headers_mut());

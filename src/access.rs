@@ -1,0 +1,479 @@
+//! The one access-token verifier. Forwarded requests, the `/auth` bearer routes and open
+//! tunnels all read a caller's token here: from `Authorization: Bearer` or, in cookie mode,
+//! the access cookie; verified for signature and claims once, then served from a per-worker
+//! cache that re-checks the token's times on every use; and checked for revocation in Redis.
+//!
+//! What a verified token is forwarded as (the `X-Auth-*` identity headers) is made here too,
+//! once per token, because the cache is what lets every later request share it.
+
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
+use http::HeaderMap;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::config::FailMode;
+use crate::error::GatewayError;
+use crate::limits::gate::{Gate, GateCheck, GateError};
+use crate::token::{AccessClaims, TokenError, TokenKeys};
+
+/// The access token a request carries, checked for signature, claims and expiry (not yet
+/// for revocation, which needs Redis).
+#[derive(Debug)]
+pub enum TokenState {
+    Absent,
+    Invalid,
+    Valid(Arc<VerifiedToken>, TokenSource),
+}
+
+/// Where a request's access token was read from. A cookie is sent by the browser on its
+/// own, whichever page asked, so what a cookie authenticates needs checks (a WebSocket's
+/// `Origin`) that a header a script had to set does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    AuthorizationHeader,
+    Cookie,
+}
+
+/// A verified access token's claims and the identity headers it is forwarded with, made once
+/// when the token is first verified and shared by every request that presents it.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    pub claims: AccessClaims,
+    pub identity: IdentityHeaders,
+}
+
+impl VerifiedToken {
+    fn new(claims: AccessClaims) -> VerifiedToken {
+        VerifiedToken {
+            identity: IdentityHeaders::new(&claims),
+            claims,
+        }
+    }
+
+    /// What the revocation check in Redis is asked about this token.
+    pub fn revocation_key(&self) -> (&str, &str, u64) {
+        (&self.claims.sid, &self.claims.sub, self.claims.iat)
+    }
+}
+
+/// An authenticated caller of a bearer route: verified token, not revoked.
+pub struct Principal {
+    pub claims: AccessClaims,
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+/// Reads, verifies and caches access tokens, and checks them for revocation.
+pub struct AccessVerifier {
+    keys: Arc<TokenKeys>,
+    verified: VerifiedTokens,
+    /// The access-token cookie, when cookie mode is on.
+    cookie_name: Option<String>,
+    gate: Gate,
+    clock: Arc<Clock>,
+    revocation_on_redis_error: FailMode,
+    leeway_secs: u64,
+}
+
+impl AccessVerifier {
+    pub fn new(
+        keys: Arc<TokenKeys>,
+        cookie_name: Option<String>,
+        gate: Gate,
+        clock: Arc<Clock>,
+        revocation_on_redis_error: FailMode,
+        workers: usize,
+    ) -> AccessVerifier {
+        let leeway = keys.settings().leeway;
+        AccessVerifier {
+            keys,
+            verified: VerifiedTokens::new(workers, leeway),
+            cookie_name,
+            gate,
+            clock,
+            revocation_on_redis_error,
+            leeway_secs: leeway.as_secs(),
+        }
+    }
+
+    /// Reads and verifies the access token of a request: signature and claims once per
+    /// token, its times on every call.
+    pub fn read(&self, headers: &HeaderMap) -> TokenState {
+        let Some((token, source)) = self.bearer_token(headers) else {
+            return TokenState::Absent;
+        };
+        let now = self.clock.unix_now();
+        match self.verified.get(token, now) {
+            Cached::Valid(claims) => return TokenState::Valid(claims, source),
+            Cached::Refused => return TokenState::Invalid,
+            Cached::Unknown => {}
+        }
+        match self.keys.verify_access(token, now) {
+            Ok(claims) => {
+                let verified = Arc::new(VerifiedToken::new(claims));
+                self.verified.put(token, &verified);
+                TokenState::Valid(verified, source)
+            }
+            Err(error) => {
+                // Only a refusal that time cannot undo is remembered: a token that is not
+                // yet valid will be, later.
+                if error != TokenError::NotYetValid {
+                    self.verified.refuse(token);
+                }
+                tracing::debug!(%error, "access token refused");
+                TokenState::Invalid
+            }
+        }
+    }
+
+    /// The caller of a bearer route: a valid token that has not been revoked. A Redis
+    /// outage answers as `revocation_on_redis_error` says.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
+        let verified = match self.read(headers) {
+            TokenState::Valid(verified, _) => verified,
+            TokenState::Absent => return Err(GatewayError::unauthorized("Not authenticated")),
+            TokenState::Invalid => {
+                return Err(GatewayError::invalid_token("Invalid or expired token"))
+            }
+        };
+        let claims = &verified.claims;
+        let (Ok(user_id), Ok(session_id)) =
+            (Uuid::parse_str(&claims.sub), Uuid::parse_str(&claims.sid))
+        else {
+            return Err(GatewayError::invalid_token("Invalid or expired token"));
+        };
+        match self.revoked(&verified).await {
+            Ok(true) => return Err(GatewayError::invalid_token("Token has been revoked")),
+            Ok(false) => {}
+            Err(error) => match self.revocation_on_redis_error {
+                FailMode::Deny => {
+                    tracing::warn!(%error, "revocation check failed; refusing (revocation_on_redis_error: deny)");
+                    return Err(GatewayError::Unavailable("Revocation service unavailable"));
+                }
+                FailMode::Allow => {
+                    tracing::warn!(%error, "revocation check failed; allowing (revocation_on_redis_error: allow)");
+                }
+            },
+        }
+        Ok(Principal {
+            claims: claims.clone(),
+            user_id,
+            session_id,
+        })
+    }
+
+    /// Whether `verified` has been revoked (its session, or every token of its user issued
+    /// before a cut-off): the same one-round-trip check forwarded requests make, without a
+    /// rate bucket.
+    pub async fn revoked(&self, verified: &VerifiedToken) -> Result<bool, GateError> {
+        let check = GateCheck {
+            bucket: None,
+            token: Some(verified.revocation_key()),
+            now_ms: self.clock.unix_millis(),
+        };
+        Ok(self.gate.check(&check).await?.revoked)
+    }
+
+    /// The first instant (milliseconds) at which `verified` is refused for expiry.
+    pub fn expires_at_ms(&self, verified: &VerifiedToken) -> u64 {
+        verified
+            .claims
+            .expires_at(self.leeway_secs)
+            .saturating_mul(1000)
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The token from `Authorization: Bearer`, or from the access cookie in cookie mode.
+    /// Never from the query string.
+    fn bearer_token<'h>(&self, headers: &'h HeaderMap) -> Option<(&'h str, TokenSource)> {
+        if let Some(value) = headers.get(AUTHORIZATION) {
+            let value = value.to_str().ok()?;
+            let (scheme, token) = value.split_once(' ')?;
+            return scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+                .filter(|token| !token.is_empty())
+                .map(|token| (token, TokenSource::AuthorizationHeader));
+        }
+        let cookie_name = self.cookie_name.as_deref()?;
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == cookie_name)
+            .map(|(_, value)| (value, TokenSource::Cookie))
+    }
+}
+
+static X_AUTH_USER_ID: HeaderName = HeaderName::from_static("x-auth-user-id");
+static X_AUTH_EMAIL: HeaderName = HeaderName::from_static("x-auth-email");
+static X_AUTH_ROLE: HeaderName = HeaderName::from_static("x-auth-role");
+static X_AUTH_SESSION_ID: HeaderName = HeaderName::from_static("x-auth-session-id");
+
+/// The identity headers of contract 6.1 for one token, made when it is first verified.
+#[derive(Debug)]
+pub struct IdentityHeaders {
+    /// A claim that cannot be a header value (a control character, say) is left out.
+    values: [Option<HeaderValue>; 4],
+}
+
+static IDENTITY_NAMES: [&HeaderName; 4] = [
+    &X_AUTH_USER_ID,
+    &X_AUTH_EMAIL,
+    &X_AUTH_ROLE,
+    &X_AUTH_SESSION_ID,
+];
+
+impl IdentityHeaders {
+    pub fn new(claims: &AccessClaims) -> IdentityHeaders {
+        // Cloning a value onto a request shares its bytes (a reference count), not a copy.
+        let value = |claim: &str| HeaderValue::from_str(claim).ok();
+        IdentityHeaders {
+            values: [
+                value(&claims.sub),
+                value(&claims.email),
+                value(&claims.role),
+                value(&claims.sid),
+            ],
+        }
+    }
+
+    /// Sets them, after every client-sent `X-Auth-*` is gone.
+    pub fn set(&self, headers: &mut HeaderMap) {
+        for (name, value) in IDENTITY_NAMES.iter().zip(&self.values) {
+            if let Some(value) = value {
+                headers.insert((*name).clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// Access tokens already verified, per worker thread, so a client presenting the same token
+/// on every request pays for the signature and claim parsing once. Only what cannot change
+/// is cached (the token's bytes fix its claims); the time checks run on every use, and
+/// revocation is checked in Redis on every request as before.
+///
+/// Refused tokens are remembered too (an expired or foreign token sent to public assets is
+/// common), but only as a keyed 64-bit hash: a client sending large garbage tokens cannot
+/// fill memory with them, and a collision could only refuse, never accept.
+struct VerifiedTokens {
+    /// One set of maps per worker: each is only ever locked by its own thread.
+    shards: Vec<std::sync::Mutex<Shard>>,
+    /// Keys both maps; random per process, so nobody can aim tokens at one bucket.
+    hasher: std::collections::hash_map::RandomState,
+    leeway: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Keyed by a hash of the token's signature segment alone (a few dozen bytes instead of
+    /// the whole token); the entry holds the whole token, compared on every hit.
+    valid: std::collections::HashMap<u64, (Box<str>, Arc<VerifiedToken>)>,
+    /// Keyed by a hash of the whole token: a refused token need not have a signature of its own.
+    refused: std::collections::HashSet<u64>,
+}
+
+enum Cached {
+    Valid(Arc<VerifiedToken>),
+    Refused,
+    Unknown,
+}
+
+/// Entries per worker; a full map is simply emptied (tokens are re-verified on next use).
+const VERIFIED_TOKENS_PER_WORKER: usize = 10_000;
+
+impl VerifiedTokens {
+    fn new(workers: usize, leeway: std::time::Duration) -> VerifiedTokens {
+        VerifiedTokens {
+            shards: (0..workers.max(1))
+                .map(|_| std::sync::Mutex::default())
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            leeway: leeway.as_secs(),
+        }
+    }
+
+    fn shard(&self) -> &std::sync::Mutex<Shard> {
+        &self.shards[crate::workers::current_worker() % self.shards.len()]
+    }
+
+    fn refused_key(&self, token: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, token)
+    }
+
+    fn valid_key(&self, token: &str) -> u64 {
+        let signature = token.rsplit('.').next().unwrap_or(token);
+        std::hash::BuildHasher::hash_one(&self.hasher, signature)
+    }
+
+    /// What is known of a token: verified (and still within its times), refused, or new.
+    fn get(&self, token: &str, now: u64) -> Cached {
+        let Ok(shard) = self.shard().lock() else {
+            return Cached::Unknown;
+        };
+        let cached = shard
+            .valid
+            .get(&self.valid_key(token))
+            .filter(|(cached, _)| **cached == *token);
+        if let Some((_, verified)) = cached {
+            return if verified.claims.check_times(now, self.leeway).is_ok() {
+                Cached::Valid(verified.clone())
+            } else {
+                Cached::Unknown
+            };
+        }
+        if shard.refused.contains(&self.refused_key(token)) {
+            return Cached::Refused;
+        }
+        Cached::Unknown
+    }
+
+    fn put(&self, token: &str, verified: &Arc<VerifiedToken>) {
+        if let Ok(mut shard) = self.shard().lock() {
+            if shard.valid.len() >= VERIFIED_TOKENS_PER_WORKER {
+                shard.valid.clear();
+            }
+            shard
+                .valid
+                .insert(self.valid_key(token), (token.into(), verified.clone()));
+        }
+    }
+
+    fn refuse(&self, token: &str) {
+        let key = self.refused_key(token);
+        if let Ok(mut shard) = self.shard().lock() {
+            if shard.refused.len() >= VERIFIED_TOKENS_PER_WORKER {
+                shard.refused.clear();
+            }
+            shard.refused.insert(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(email: &str) -> AccessClaims {
+        AccessClaims {
+            sub: "6f1c0c4e-6b8e-4a55-9a55-0c1f8a1b2c3d".into(),
+            email: email.into(),
+            role: "admin".into(),
+            sid: "0b5e7f3a-1d2c-4e5f-8a9b-0c1d2e3f4a5b".into(),
+            jti: "j".into(),
+            iat: 0,
+            exp: 10,
+            nbf: None,
+            iss: "portcullis".into(),
+            aud: "portcullis".into(),
+            token_type: "access".into(),
+        }
+    }
+
+    fn verified(iat: u64, exp: u64, nbf: Option<u64>) -> Arc<VerifiedToken> {
+        Arc::new(VerifiedToken::new(AccessClaims {
+            sub: "u".into(),
+            email: "u@example.com".into(),
+            role: "user".into(),
+            sid: "s".into(),
+            jti: "j".into(),
+            iat,
+            exp,
+            nbf,
+            iss: "i".into(),
+            aud: "a".into(),
+            token_type: "access".into(),
+        }))
+    }
+
+    #[test]
+    fn cached_tokens_still_expire_and_other_tokens_miss() {
+        let cache = VerifiedTokens::new(1, std::time::Duration::ZERO);
+        cache.put("token-a", &verified(100, 200, Some(150)));
+        let valid = |token: &str, now: u64| matches!(cache.get(token, now), Cached::Valid(_));
+        assert!(!valid("token-a", 149), "not yet valid");
+        assert!(valid("token-a", 150));
+        assert!(valid("token-a", 199));
+        assert!(
+            !valid("token-a", 200),
+            "expired at exp, as verification says"
+        );
+        assert!(!valid("token-b", 150));
+        assert!(!valid("token-", 150), "only the exact token hits");
+        cache.refuse("forged");
+        assert!(matches!(cache.get("forged", 150), Cached::Refused));
+        assert!(matches!(cache.get("forged2", 150), Cached::Unknown));
+    }
+
+    #[test]
+    fn a_token_sharing_only_the_signature_of_a_cached_one_misses() {
+        let cache = VerifiedTokens::new(1, std::time::Duration::ZERO);
+        cache.put("header.payload.signature", &verified(100, 200, None));
+        assert!(matches!(
+            cache.get("header.payload.signature", 150),
+            Cached::Valid(_)
+        ));
+        // Same signature segment, different payload: one hash bucket, but not the same token.
+        assert!(matches!(
+            cache.get("header.forged.signature", 150),
+            Cached::Unknown
+        ));
+        cache.refuse("header.forged.signature");
+        assert!(
+            matches!(cache.get("header.payload.signature", 150), Cached::Valid(_)),
+            "refusing the forgery does not touch the verified token"
+        );
+    }
+
+    #[test]
+    fn a_full_cache_is_emptied_rather_than_grown() {
+        let cache = VerifiedTokens::new(1, std::time::Duration::ZERO);
+        for index in 0..VERIFIED_TOKENS_PER_WORKER + 1 {
+            cache.put(&format!("token-{index}"), &verified(0, 10, None));
+        }
+        assert!(cache.shards[0].lock().unwrap().valid.len() <= VERIFIED_TOKENS_PER_WORKER);
+        for index in 0..VERIFIED_TOKENS_PER_WORKER + 1 {
+            cache.refuse(&format!("garbage-{index}"));
+        }
+        assert!(cache.shards[0].lock().unwrap().refused.len() <= VERIFIED_TOKENS_PER_WORKER);
+    }
+
+    #[test]
+    fn identity_headers_replace_whatever_was_there() {
+        let identity = IdentityHeaders::new(&claims("ada@example.com"));
+        let mut headers = HeaderMap::new();
+        headers.append(&X_AUTH_ROLE, HeaderValue::from_static("spoofed"));
+        headers.append(&X_AUTH_ROLE, HeaderValue::from_static("spoofed-too"));
+        identity.set(&mut headers);
+        let one = |name: &HeaderName| {
+            let values: Vec<_> = headers.get_all(name).iter().collect();
+            assert_eq!(values.len(), 1, "{name}");
+            values[0].to_str().expect("ascii").to_string()
+        };
+        assert_eq!(one(&X_AUTH_USER_ID), "6f1c0c4e-6b8e-4a55-9a55-0c1f8a1b2c3d");
+        assert_eq!(one(&X_AUTH_EMAIL), "ada@example.com");
+        assert_eq!(one(&X_AUTH_ROLE), "admin");
+        assert_eq!(
+            one(&X_AUTH_SESSION_ID),
+            "0b5e7f3a-1d2c-4e5f-8a9b-0c1d2e3f4a5b"
+        );
+    }
+
+    #[test]
+    fn a_claim_that_cannot_be_a_header_value_is_left_out() {
+        for email in ["ada@example.com\r\nX-Evil: 1", "ada\0@example.com"] {
+            let identity = IdentityHeaders::new(&claims(email));
+            let mut headers = HeaderMap::new();
+            identity.set(&mut headers);
+            assert!(headers.get(&X_AUTH_EMAIL).is_none(), "{email:?}");
+            assert_eq!(headers.get(&X_AUTH_ROLE).expect("set"), "admin");
+        }
+    }
+}
