@@ -545,3 +545,853 @@ impl<'a> Plan<'a> {
         Settled { answers, give_back }
     }
 }
+
+/// Every expected value here is worked out by hand from the rules above and in `window.rs`;
+/// none needs Redis or a runtime.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A whole second: 1 s windows start here, with index 1_700_000_000.
+    const T0: u64 = 1_700_000_000_000;
+    /// Where the batch tables' checks fall: 250 ms into T0's window, 750 ms before its end.
+    const NOW: u64 = T0 + 250;
+    const ISSUED: u64 = 1_699_999_000;
+
+    /// `bucket`'s counters for a check at `now_ms`, `requests` a second.
+    fn rate(bucket: &str, requests: u32, now_ms: u64) -> KeyedRate {
+        let index = now_ms / 1000;
+        KeyedRate {
+            current: format!("rate:{bucket}:{index}"),
+            previous: format!("rate:{bucket}:{}", index - 1),
+            limit: Limit {
+                requests,
+                window: Duration::from_secs(1),
+            },
+            length_ms: 1000,
+            elapsed_ms: now_ms % 1000,
+            window_end_ms: (index + 1) * 1000,
+        }
+    }
+
+    fn counted(bucket: &str, requests: u32) -> Option<KeyedRate> {
+        Some(rate(bucket, requests, NOW))
+    }
+
+    fn logged(bucket: &str, requests: u32, member: &str) -> Option<KeyedLog> {
+        Some(KeyedLog {
+            key: format!("rate-log:{bucket}"),
+            member: member.to_string(),
+            now_ms: NOW,
+            limit: Limit {
+                requests,
+                window: Duration::from_secs(1),
+            },
+            length_ms: 1000,
+        })
+    }
+
+    fn token(session: &str, user: &str, issued_at: u64) -> Option<(String, String, u64)> {
+        Some((
+            format!("revoked:sid:{session}"),
+            format!("revoked:user-nbf:{user}"),
+            issued_at,
+        ))
+    }
+
+    fn keyed(
+        rate: Option<KeyedRate>,
+        log: Option<KeyedLog>,
+        token: Option<(String, String, u64)>,
+    ) -> Keyed {
+        Keyed {
+            now_ms: NOW,
+            rate,
+            log,
+            token,
+        }
+    }
+
+    fn lease(next: u64, last: u64, previous: u64, grant: u64) -> Lease {
+        Lease {
+            next,
+            last,
+            previous,
+            grant,
+        }
+    }
+
+    /// A counter of T0's window, its lifetime set.
+    fn held(lease: Lease) -> Known {
+        Known {
+            window_end_ms: T0 + 1000,
+            lifetime_set: true,
+            lease,
+        }
+    }
+
+    fn counters(held: Vec<(&str, Known)>) -> Counters {
+        Counters {
+            known: held
+                .into_iter()
+                .map(|(key, known)| (key.into(), known))
+                .collect(),
+        }
+    }
+
+    fn admitted(limit: u32, remaining: u32, reset_ms: u64) -> Option<RateOutcome> {
+        Some(RateOutcome {
+            allowed: true,
+            limit,
+            remaining,
+            reset: Duration::from_millis(reset_ms),
+            retry_after: None,
+        })
+    }
+
+    fn refused(limit: u32, reset_ms: u64, retry_after_ms: u64) -> Option<RateOutcome> {
+        Some(RateOutcome {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset: Duration::from_millis(reset_ms),
+            retry_after: Some(Duration::from_millis(retry_after_ms)),
+        })
+    }
+
+    #[test]
+    fn deciding_on_a_lease() {
+        struct Row {
+            label: &'static str,
+            requests: u32,
+            now_ms: u64,
+            /// Held in bucket `a`'s counter of T0's window, whose previous window counted
+            /// `lease.previous`.
+            before: Option<Lease>,
+            outcome: Option<RateOutcome>,
+            after: Option<Lease>,
+        }
+        #[rustfmt::skip]
+        let rows = [
+            Row {
+                label: "no lease held: Redis is asked",
+                requests: 100, now_ms: T0 + 100, before: None, outcome: None, after: None,
+            },
+            Row {
+                // Places 1..=10 were counted before: this is the 11th of 100.
+                label: "a fresh lease answers with its next place",
+                requests: 100, now_ms: T0 + 100, before: Some(lease(11, 14, 0, 4)),
+                outcome: admitted(100, 89, 900), after: Some(lease(12, 14, 0, 4)),
+            },
+            Row {
+                label: "the last place held is used, and the lease is spent",
+                requests: 100, now_ms: T0 + 100, before: Some(lease(14, 14, 0, 4)),
+                outcome: admitted(100, 86, 900), after: Some(lease(15, 14, 0, 4)),
+            },
+            Row {
+                label: "a spent lease: Redis is asked",
+                requests: 100, now_ms: T0 + 100, before: Some(lease(15, 14, 0, 4)),
+                outcome: None, after: Some(lease(15, 14, 0, 4)),
+            },
+            Row {
+                // The next window's counter has another key: the places of T0's are no
+                // use to it.
+                label: "a lease of an ended window: Redis is asked",
+                requests: 100, now_ms: T0 + 1005, before: Some(lease(11, 14, 0, 4)),
+                outcome: None, after: Some(lease(11, 14, 0, 4)),
+            },
+            Row {
+                // 100 × 950/1000 + 10 + 1 = 106 > 100. Room for one more once the previous
+                // window weighs 89, at elapsed 110: 60 ms. The places held go unused.
+                label: "the previous window weighs more than the lease allowed for: refused",
+                requests: 100, now_ms: T0 + 50, before: Some(lease(11, 14, 100, 4)),
+                outcome: refused(100, 950, 60), after: Some(lease(11, 10, 100, 0)),
+            },
+            Row {
+                // 100 × 1000/1000 + 1 > 100; at elapsed 10 the previous weighs 99.
+                label: "a window's first millisecond: a full previous window refuses",
+                requests: 100, now_ms: T0, before: Some(lease(1, 4, 100, 4)),
+                outcome: refused(100, 1000, 10), after: Some(lease(1, 0, 100, 0)),
+            },
+            Row {
+                // 100 × 1/1000 + 1 = 1.1: room for 98 more, the window ends in 1 ms.
+                label: "a window's last millisecond: the previous window weighs a thousandth",
+                requests: 100, now_ms: T0 + 999, before: Some(lease(1, 4, 100, 4)),
+                outcome: admitted(100, 98, 1), after: Some(lease(2, 4, 100, 4)),
+            },
+            Row {
+                label: "a limit of one with its one place held",
+                requests: 1, now_ms: T0, before: Some(lease(1, 1, 0, 1)),
+                outcome: admitted(1, 0, 1000), after: Some(lease(2, 1, 0, 1)),
+            },
+            Row {
+                // 1 × 500/1000 + 1 > 1. This window has counted nothing, so the next one
+                // admits at once: 500 ms.
+                label: "a limit of one while the previous window's request still weighs",
+                requests: 1, now_ms: T0 + 500, before: Some(lease(1, 1, 1, 1)),
+                outcome: refused(1, 500, 500), after: Some(lease(1, 0, 1, 0)),
+            },
+            Row {
+                // 100 counted: the estimate admits one 10 ms into the next window, 1010 ms
+                // away, but no wait is longer than the window.
+                label: "over the limit: remaining is zero, the wait at most a window",
+                requests: 100, now_ms: T0, before: Some(lease(101, 104, 0, 4)),
+                outcome: refused(100, 1000, 1000), after: Some(lease(101, 100, 0, 0)),
+            },
+        ];
+        let key = "rate:a:1700000000";
+        for row in rows {
+            let mut known = counters(
+                row.before
+                    .map(|lease| (key, held(lease)))
+                    .into_iter()
+                    .collect(),
+            );
+            let outcome = known.decide_on_lease(&rate("a", row.requests, row.now_ms));
+            assert_eq!(outcome, row.outcome, "{}", row.label);
+            let after = known.known.get(key).map(|known| known.lease);
+            assert_eq!(after, row.after, "{}", row.label);
+        }
+    }
+
+    #[test]
+    fn places_taken_ahead() {
+        struct Row {
+            label: &'static str,
+            requests: u32,
+            now_ms: u64,
+            held: Vec<(&'static str, Known)>,
+            grant: u64,
+        }
+        let a = "rate:a:1700000000";
+        #[rustfmt::skip]
+        let rows = [
+            Row {
+                label: "the first count in a bucket takes none: a bucket seen once stays exact",
+                requests: 1000, now_ms: T0, held: vec![], grant: 0,
+            },
+            Row {
+                label: "a lease still holding places takes none more",
+                requests: 1000, now_ms: T0, held: vec![(a, held(lease(5, 8, 0, 4)))], grant: 0,
+            },
+            Row {
+                // Room 980: a sixteenth is 61, more than the doubled 8.
+                label: "a spent lease doubles its grant",
+                requests: 1000, now_ms: T0, held: vec![(a, held(lease(21, 20, 0, 4)))],
+                grant: 8,
+            },
+            Row {
+                label: "after a refusal on the lease (grant 0), one place",
+                requests: 1000, now_ms: T0, held: vec![(a, held(lease(101, 100, 0, 0)))],
+                grant: 1,
+            },
+            Row {
+                label: "never more than 256",
+                requests: 1_000_000, now_ms: T0,
+                held: vec![(a, held(lease(1001, 1000, 0, 256)))], grant: 256,
+            },
+            Row {
+                // Room 100: 6, not the doubled 128.
+                label: "never more than a sixteenth of the room left",
+                requests: 1000, now_ms: T0, held: vec![(a, held(lease(901, 900, 0, 64)))],
+                grant: 6,
+            },
+            Row {
+                label: "near the limit, none: a sixteenth of a room of 10 is no place",
+                requests: 1000, now_ms: T0, held: vec![(a, held(lease(991, 990, 0, 8)))],
+                grant: 0,
+            },
+            Row {
+                // Room 1000 − 800 × 500/1000 − 100 = 500: a sixteenth is 31.
+                label: "the previous window's count takes its share of the room",
+                requests: 1000, now_ms: T0 + 500,
+                held: vec![(a, held(lease(101, 100, 800, 64)))], grant: 31,
+            },
+            Row {
+                // 200 ms into the next window: room 1000 − 300 × 800/1000 = 760, a
+                // sixteenth is 47; the grant of 16 carries over as it was.
+                label: "a new window carries over the last window's grant",
+                requests: 1000, now_ms: T0 + 1200,
+                held: vec![(a, held(lease(301, 300, 0, 16)))], grant: 16,
+            },
+            Row {
+                // At the new window's start the last one weighs 990 whole: room 10.
+                label: "a new window after a crowded one: the carried grant is cut to none",
+                requests: 1000, now_ms: T0 + 1000,
+                held: vec![(a, held(lease(991, 990, 0, 32)))], grant: 0,
+            },
+            Row {
+                label: "a limit of one never takes a place ahead",
+                requests: 1, now_ms: T0, held: vec![(a, held(lease(1, 0, 0, 0)))], grant: 0,
+            },
+        ];
+        for row in rows {
+            let known = counters(row.held);
+            let grant = known.next_grant(&rate("a", row.requests, row.now_ms), row.now_ms);
+            assert_eq!(grant, row.grant, "{}", row.label);
+        }
+    }
+
+    /// How a check of a batch is told.
+    #[derive(Debug)]
+    enum Told {
+        Now(GateOutcome),
+        AfterGiveBack(GateOutcome),
+        Rebuilding,
+    }
+
+    fn told_as(answer: &Answer, expected: &Told) -> bool {
+        match (answer, expected) {
+            (Answer::Now(Ok(got)), Told::Now(expected)) => got == expected,
+            (Answer::AfterGiveBack(got), Told::AfterGiveBack(expected)) => got == expected,
+            (Answer::Now(Err(GateError::Rebuilding)), Told::Rebuilding) => true,
+            _ => false,
+        }
+    }
+
+    fn live(rate: Option<RateOutcome>) -> GateOutcome {
+        GateOutcome {
+            rate,
+            revoked: false,
+        }
+    }
+
+    fn revoked(rate: Option<RateOutcome>) -> GateOutcome {
+        GateOutcome {
+            rate,
+            revoked: true,
+        }
+    }
+
+    struct Batch {
+        label: &'static str,
+        /// The worker's counters before the batch.
+        held: Vec<(&'static str, Known)>,
+        checks: Vec<Keyed>,
+        /// Asked of Redis: `INCRBY key n` (with `PEXPIRE` when true), how many `EVAL`s, the
+        /// `MGET`'s keys, whether the epoch is read.
+        increments: Vec<(&'static str, u64, bool)>,
+        evals: usize,
+        reads: Vec<&'static str>,
+        epoch_read: bool,
+        /// Redis' replies; `intact`: whether it still held the epoch.
+        totals: Vec<u64>,
+        values: Vec<Option<u64>>,
+        log_times: Vec<Vec<u64>>,
+        intact: bool,
+        /// What the batch comes to.
+        told: Vec<Told>,
+        give_back: GiveBack<'static>,
+        leases: Vec<(&'static str, Lease)>,
+    }
+
+    fn batches() -> Vec<Batch> {
+        let nothing_back = GiveBack::default;
+        vec![
+            Batch {
+                label: "revocation only: a live token",
+                held: vec![],
+                checks: vec![keyed(None, None, token("s1", "u1", ISSUED))],
+                increments: vec![],
+                evals: 0,
+                reads: vec!["revoked:sid:s1", "revoked:user-nbf:u1"],
+                epoch_read: true,
+                totals: vec![],
+                values: vec![None, None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::Now(live(None))],
+                give_back: nothing_back(),
+                leases: vec![],
+            },
+            Batch {
+                label: "revocation only: the session revoked",
+                held: vec![],
+                checks: vec![keyed(None, None, token("s1", "u1", ISSUED))],
+                increments: vec![],
+                evals: 0,
+                reads: vec!["revoked:sid:s1", "revoked:user-nbf:u1"],
+                epoch_read: true,
+                totals: vec![],
+                values: vec![Some(1), None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::Now(revoked(None))],
+                give_back: nothing_back(),
+                leases: vec![],
+            },
+            Batch {
+                // The user's key is read once for both; only a token issued strictly before
+                // the not-before time is revoked.
+                label: "revocation only: one user's not-before, before and at it",
+                held: vec![],
+                checks: vec![
+                    keyed(None, None, token("s1", "u1", ISSUED)),
+                    keyed(None, None, token("s2", "u1", ISSUED + 1)),
+                ],
+                increments: vec![],
+                evals: 0,
+                reads: vec!["revoked:sid:s1", "revoked:user-nbf:u1", "revoked:sid:s2"],
+                epoch_read: true,
+                totals: vec![],
+                values: vec![None, Some(ISSUED + 1), None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::Now(revoked(None)), Told::Now(live(None))],
+                give_back: nothing_back(),
+                leases: vec![],
+            },
+            Batch {
+                // No token: the epoch is not read, whatever the feed.
+                label: "rate only: a bucket's first count, its lifetime set, no places ahead",
+                held: vec![],
+                checks: vec![keyed(counted("a", 100), None, None)],
+                increments: vec![("rate:a:1700000000", 1, true)],
+                evals: 0,
+                reads: vec!["rate:a:1699999999"],
+                epoch_read: false,
+                totals: vec![1],
+                values: vec![None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::Now(live(admitted(100, 99, 750)))],
+                give_back: nothing_back(),
+                leases: vec![("rate:a:1700000000", lease(2, 1, 0, 0))],
+            },
+            Batch {
+                // Place 101 of 100. With nothing in the previous window, one more fits once
+                // this window's 100 weigh 99, 10 ms into the next: 750 + 10 ms.
+                label: "rate only: over the limit, refused, its place given back",
+                held: vec![],
+                checks: vec![keyed(counted("a", 100), None, None)],
+                increments: vec![("rate:a:1700000000", 1, true)],
+                evals: 0,
+                reads: vec!["rate:a:1699999999"],
+                epoch_read: false,
+                totals: vec![101],
+                values: vec![None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::AfterGiveBack(live(refused(100, 750, 760)))],
+                give_back: GiveBack {
+                    places: vec![("rate:a:1700000000", 1)],
+                    ..nothing_back()
+                },
+                leases: vec![("rate:a:1700000000", lease(102, 101, 0, 0))],
+            },
+            Batch {
+                // 80 × 750/1000 + 29 + 1 = 90: room for 10 more.
+                label: "rate only: the previous window's count weighs on the check",
+                held: vec![],
+                checks: vec![keyed(counted("h", 100), None, None)],
+                increments: vec![("rate:h:1700000000", 1, true)],
+                evals: 0,
+                reads: vec!["rate:h:1699999999"],
+                epoch_read: false,
+                totals: vec![30],
+                values: vec![Some(80)],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::Now(live(admitted(100, 10, 750)))],
+                give_back: nothing_back(),
+                leases: vec![("rate:h:1700000000", lease(31, 30, 80, 0))],
+            },
+            Batch {
+                label: "rate and token, live: counted",
+                held: vec![],
+                checks: vec![keyed(counted("a", 100), None, token("s1", "u1", ISSUED))],
+                increments: vec![("rate:a:1700000000", 1, true)],
+                evals: 0,
+                reads: vec!["rate:a:1699999999", "revoked:sid:s1", "revoked:user-nbf:u1"],
+                epoch_read: true,
+                totals: vec![1],
+                values: vec![None, None, None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::Now(live(admitted(100, 99, 750)))],
+                give_back: nothing_back(),
+                leases: vec![("rate:a:1700000000", lease(2, 1, 0, 0))],
+            },
+            Batch {
+                // Not counted: the room it reports is the whole limit, and the place the
+                // INCRBY gave it goes back before it is told.
+                label: "rate and token, revoked: not counted, its place given back",
+                held: vec![],
+                checks: vec![keyed(counted("a", 100), None, token("s1", "u1", ISSUED))],
+                increments: vec![("rate:a:1700000000", 1, true)],
+                evals: 0,
+                reads: vec!["rate:a:1699999999", "revoked:sid:s1", "revoked:user-nbf:u1"],
+                epoch_read: true,
+                totals: vec![1],
+                values: vec![None, Some(1), None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::AfterGiveBack(revoked(admitted(100, 100, 750)))],
+                give_back: GiveBack {
+                    places: vec![("rate:a:1700000000", 1)],
+                    ..nothing_back()
+                },
+                leases: vec![("rate:a:1700000000", lease(2, 1, 0, 0))],
+            },
+            Batch {
+                // One INCRBY 3 returns 17: places 15, 16, 17 in batch order. The third is
+                // over 16; one more fits 63 ms into the next window, when 16 weigh 15 (750 +
+                // 63 ms).
+                label: "several checks on one bucket: places in batch order",
+                held: vec![],
+                checks: vec![
+                    keyed(counted("b", 16), None, None),
+                    keyed(counted("b", 16), None, None),
+                    keyed(counted("b", 16), None, None),
+                ],
+                increments: vec![("rate:b:1700000000", 3, true)],
+                evals: 0,
+                reads: vec!["rate:b:1699999999"],
+                epoch_read: false,
+                totals: vec![17],
+                values: vec![None],
+                log_times: vec![],
+                intact: true,
+                told: vec![
+                    Told::Now(live(admitted(16, 1, 750))),
+                    Told::Now(live(admitted(16, 0, 750))),
+                    Told::AfterGiveBack(live(refused(16, 750, 813))),
+                ],
+                give_back: GiveBack {
+                    places: vec![("rate:b:1700000000", 1)],
+                    ..nothing_back()
+                },
+                leases: vec![("rate:b:1700000000", lease(18, 17, 0, 0))],
+            },
+            Batch {
+                // The second holds place 2, but the first's goes back: it is decided as the
+                // first counted.
+                label: "a revoked check's place is not counted against the next on its bucket",
+                held: vec![],
+                checks: vec![
+                    keyed(counted("c", 100), None, token("stolen", "u1", ISSUED)),
+                    keyed(counted("c", 100), None, None),
+                ],
+                increments: vec![("rate:c:1700000000", 2, true)],
+                evals: 0,
+                reads: vec![
+                    "rate:c:1699999999",
+                    "revoked:sid:stolen",
+                    "revoked:user-nbf:u1",
+                ],
+                epoch_read: true,
+                totals: vec![2],
+                values: vec![None, Some(1), None],
+                log_times: vec![],
+                intact: true,
+                told: vec![
+                    Told::AfterGiveBack(revoked(admitted(100, 100, 750))),
+                    Told::Now(live(admitted(100, 99, 750))),
+                ],
+                give_back: GiveBack {
+                    places: vec![("rate:c:1700000000", 1)],
+                    ..nothing_back()
+                },
+                leases: vec![("rate:c:1700000000", lease(3, 2, 0, 0))],
+            },
+            Batch {
+                // The one logged 500 ms ago is in the window and leaves it in 500 ms.
+                label: "a small limit: its log decides, nothing to give back",
+                held: vec![],
+                checks: vec![keyed(None, logged("l", 3, "m1"), None)],
+                increments: vec![],
+                evals: 1,
+                reads: vec![],
+                epoch_read: false,
+                totals: vec![],
+                values: vec![],
+                log_times: vec![vec![NOW - 500]],
+                intact: true,
+                told: vec![Told::Now(live(admitted(3, 1, 500)))],
+                give_back: nothing_back(),
+                leases: vec![],
+            },
+            Batch {
+                label: "a small limit, revoked: the entry the script added comes out",
+                held: vec![],
+                checks: vec![keyed(None, logged("l", 3, "m1"), token("s1", "u1", ISSUED))],
+                increments: vec![],
+                evals: 1,
+                reads: vec!["revoked:sid:s1", "revoked:user-nbf:u1"],
+                epoch_read: true,
+                totals: vec![],
+                values: vec![Some(1), None],
+                log_times: vec![vec![NOW - 500]],
+                intact: true,
+                told: vec![Told::AfterGiveBack(revoked(admitted(3, 2, 500)))],
+                give_back: GiveBack {
+                    log_entries: vec![("rate-log:l", "m1")],
+                    ..nothing_back()
+                },
+                leases: vec![],
+            },
+            Batch {
+                // Three in the window: the script added nothing. The oldest leaves in 100 ms.
+                label: "a small limit full, revoked: nothing was added, told at once",
+                held: vec![],
+                checks: vec![keyed(None, logged("l", 3, "m1"), token("s1", "u1", ISSUED))],
+                increments: vec![],
+                evals: 1,
+                reads: vec!["revoked:sid:s1", "revoked:user-nbf:u1"],
+                epoch_read: true,
+                totals: vec![],
+                values: vec![Some(1), None],
+                log_times: vec![vec![NOW - 900, NOW - 600, NOW - 300]],
+                intact: true,
+                told: vec![Told::Now(revoked(refused(3, 100, 100)))],
+                give_back: nothing_back(),
+                leases: vec![],
+            },
+            Batch {
+                // The token checks' room goes back: the counter's place, the log's entry.
+                // The check without a token is decided as the bucket's first.
+                label: "the epoch gone: token checks fail as rebuilding, the others are answered",
+                held: vec![],
+                checks: vec![
+                    keyed(counted("d", 100), None, token("s1", "u1", ISSUED)),
+                    keyed(counted("d", 100), None, None),
+                    keyed(None, logged("l", 3, "m1"), token("s2", "u1", ISSUED)),
+                ],
+                increments: vec![("rate:d:1700000000", 2, true)],
+                evals: 1,
+                reads: vec![
+                    "rate:d:1699999999",
+                    "revoked:sid:s1",
+                    "revoked:user-nbf:u1",
+                    "revoked:sid:s2",
+                ],
+                epoch_read: true,
+                totals: vec![2],
+                values: vec![None, None, None, None],
+                log_times: vec![vec![]],
+                intact: false,
+                told: vec![
+                    Told::Rebuilding,
+                    Told::Now(live(admitted(100, 99, 750))),
+                    Told::Rebuilding,
+                ],
+                give_back: GiveBack {
+                    places: vec![("rate:d:1700000000", 1)],
+                    log_entries: vec![("rate-log:l", "m1")],
+                    ..nothing_back()
+                },
+                leases: vec![("rate:d:1700000000", lease(3, 2, 0, 0))],
+            },
+            Batch {
+                // The lifetime is known set, so no PEXPIRE; a grant of 1 (after grant 0, room
+                // 95) makes INCRBY 2. Its answer 2 means the key was made anew: the batch's
+                // are places 1 and 2, and the lifetime goes out with the give-back.
+                label: "a counter that vanished is given its lifetime again",
+                held: vec![("rate:e:1700000000", held(lease(6, 5, 0, 0)))],
+                checks: vec![keyed(counted("e", 100), None, None)],
+                increments: vec![("rate:e:1700000000", 2, false)],
+                evals: 0,
+                reads: vec!["rate:e:1699999999"],
+                epoch_read: false,
+                totals: vec![2],
+                values: vec![None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::Now(live(admitted(100, 99, 750)))],
+                give_back: GiveBack {
+                    lifetimes: vec![("rate:e:1700000000", 2000)],
+                    ..nothing_back()
+                },
+                leases: vec![("rate:e:1700000000", lease(2, 2, 0, 1))],
+            },
+            Batch {
+                // Grant 16 (doubled 8; room 960 allows 60): INCRBY 17 answers 1010, others
+                // having counted meanwhile. The check takes place 994, leaving room for 6:
+                // 6 of the 16 are kept, 10 go back.
+                label: "places taken ahead that no longer fit go back at once",
+                held: vec![("rate:f:1700000000", held(lease(41, 40, 0, 8)))],
+                checks: vec![keyed(counted("f", 1000), None, None)],
+                increments: vec![("rate:f:1700000000", 17, false)],
+                evals: 0,
+                reads: vec!["rate:f:1699999999"],
+                epoch_read: false,
+                totals: vec![1010],
+                values: vec![None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::Now(live(admitted(1000, 6, 750)))],
+                give_back: GiveBack {
+                    places: vec![("rate:f:1700000000", 10)],
+                    ..nothing_back()
+                },
+                leases: vec![("rate:f:1700000000", lease(995, 1000, 0, 6))],
+            },
+            Batch {
+                // Place 1004 of 1000: refused, and with it all 16 places ahead go back. One
+                // more fits 4 ms into the next window, when 1003 weigh 999 (750 + 4 ms).
+                label: "a refusal in the batch: every place taken ahead goes back",
+                held: vec![("rate:f:1700000000", held(lease(41, 40, 0, 8)))],
+                checks: vec![keyed(counted("f", 1000), None, None)],
+                increments: vec![("rate:f:1700000000", 17, false)],
+                evals: 0,
+                reads: vec!["rate:f:1699999999"],
+                epoch_read: false,
+                totals: vec![1020],
+                values: vec![None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::AfterGiveBack(live(refused(1000, 750, 754)))],
+                give_back: GiveBack {
+                    places: vec![("rate:f:1700000000", 17)],
+                    ..nothing_back()
+                },
+                leases: vec![("rate:f:1700000000", lease(1005, 1004, 0, 0))],
+            },
+            Batch {
+                // A check with a token always goes to Redis; the lease holding places 5..=8
+                // is left as it is, and no places are taken ahead.
+                label: "a check sent while the worker holds a lease keeps that lease",
+                held: vec![("rate:g:1700000000", held(lease(5, 8, 0, 4)))],
+                checks: vec![keyed(counted("g", 100), None, token("s1", "u1", ISSUED))],
+                increments: vec![("rate:g:1700000000", 1, false)],
+                evals: 0,
+                reads: vec!["rate:g:1699999999", "revoked:sid:s1", "revoked:user-nbf:u1"],
+                epoch_read: true,
+                totals: vec![13],
+                values: vec![None, None, None],
+                log_times: vec![],
+                intact: true,
+                told: vec![Told::Now(live(admitted(100, 87, 750)))],
+                give_back: nothing_back(),
+                leases: vec![("rate:g:1700000000", lease(5, 8, 0, 4))],
+            },
+            Batch {
+                // A limit of one with one counted: free only once this window has slid out,
+                // 1750 ms away; told a window.
+                label: "a limit of one: the second in the batch is refused for a window",
+                held: vec![],
+                checks: vec![
+                    keyed(counted("one", 1), None, None),
+                    keyed(counted("one", 1), None, None),
+                ],
+                increments: vec![("rate:one:1700000000", 2, true)],
+                evals: 0,
+                reads: vec!["rate:one:1699999999"],
+                epoch_read: false,
+                totals: vec![2],
+                values: vec![None],
+                log_times: vec![],
+                intact: true,
+                told: vec![
+                    Told::Now(live(admitted(1, 0, 750))),
+                    Told::AfterGiveBack(live(refused(1, 750, 1000))),
+                ],
+                give_back: GiveBack {
+                    places: vec![("rate:one:1700000000", 1)],
+                    ..nothing_back()
+                },
+                leases: vec![("rate:one:1700000000", lease(3, 2, 0, 0))],
+            },
+        ]
+    }
+
+    #[test]
+    fn a_batch_plan_and_its_replies() {
+        for batch in batches() {
+            let label = batch.label;
+            let mut known = counters(batch.held);
+            let plan = Plan::new(&batch.checks, Some("epoch"), &known);
+
+            let increments: Vec<_> = plan
+                .counters
+                .iter()
+                .map(|counter| (counter.key, counter.places(), counter.expire))
+                .collect();
+            assert_eq!(increments, batch.increments, "{label}: INCRBY");
+            assert_eq!(plan.logs.len(), batch.evals, "{label}: EVAL");
+            assert_eq!(plan.reads, batch.reads, "{label}: MGET");
+            assert_eq!(plan.epoch.is_some(), batch.epoch_read, "{label}: epoch");
+
+            let replies = Replies {
+                totals: batch.totals,
+                values: batch.values,
+                logs: batch.log_times,
+                epoch: None,
+            };
+            let settled = plan.settle(&replies, batch.intact, &mut known);
+            assert_eq!(settled.answers.len(), batch.told.len(), "{label}");
+            for (n, (answer, told)) in settled.answers.iter().zip(&batch.told).enumerate() {
+                assert!(
+                    told_as(answer, told),
+                    "{label}: check {n} was told {answer:?}, not {told:?}"
+                );
+            }
+            assert_eq!(settled.give_back, batch.give_back, "{label}: give-back");
+            // Whoever waits for the give-back has one to wait for.
+            if settled
+                .answers
+                .iter()
+                .any(|answer| matches!(answer, Answer::AfterGiveBack(_)))
+            {
+                assert!(!settled.give_back.is_empty(), "{label}");
+            }
+            for (key, lease) in batch.leases {
+                let kept = known.known.get(key).map(|known| known.lease);
+                assert_eq!(kept, Some(lease), "{label}: lease of {key}");
+                assert!(known.lifetime_set(key), "{label}: lifetime of {key}");
+            }
+        }
+    }
+
+    /// Whatever the counts, a check's room is between zero and the limit and a refused one
+    /// waits between 1 ms and a window.
+    #[test]
+    fn remaining_stays_within_the_limit_and_the_wait_within_the_window() {
+        for requests in [1, 2, 16, 100] {
+            let limit = u64::from(requests);
+            for elapsed in [0, 1, 500, 999] {
+                for previous in [0, limit / 2, limit, 3 * limit] {
+                    for total in 1..=3 * limit + 1 {
+                        let checks = [Keyed {
+                            now_ms: T0 + elapsed,
+                            rate: Some(rate("x", requests, T0 + elapsed)),
+                            log: None,
+                            token: None,
+                        }];
+                        let mut known = Counters::default();
+                        let plan = Plan::new(&checks, None, &known);
+                        let replies = Replies {
+                            totals: vec![total],
+                            values: vec![Some(previous)],
+                            logs: vec![],
+                            epoch: None,
+                        };
+                        let settled = plan.settle(&replies, true, &mut known);
+                        let case = format!(
+                            "limit {requests}, elapsed {elapsed}, previous {previous}, place {total}"
+                        );
+                        let outcome = match &settled.answers[0] {
+                            Answer::Now(Ok(outcome)) | Answer::AfterGiveBack(outcome) => {
+                                outcome.rate.expect("a limit was asked")
+                            }
+                            Answer::Now(Err(error)) => panic!("{case}: {error}"),
+                        };
+                        assert!(outcome.remaining <= requests, "{case}");
+                        match outcome.retry_after {
+                            Some(wait) => {
+                                assert!(!outcome.allowed, "{case}");
+                                assert_eq!(outcome.remaining, 0, "{case}");
+                                assert!(
+                                    (Duration::from_millis(1)..=Duration::from_secs(1))
+                                        .contains(&wait),
+                                    "{case}: {wait:?}"
+                                );
+                            }
+                            None => assert!(outcome.allowed, "{case}"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
