@@ -63,7 +63,7 @@ impl KeyedRate {
 /// What one worker knows of each counter it has counted in, by key.
 #[derive(Default)]
 pub(super) struct Counters {
-    known: HashMap<Box<str>, Known>,
+    by_key: HashMap<Box<str>, Known>,
 }
 
 /// A counter as this worker last left it, remembered until its window ends: no check counts
@@ -109,7 +109,7 @@ pub(super) const COUNTERS_MAX: usize = 64;
 impl Counters {
     /// Decides a check on a place this worker already holds, if it holds one.
     pub(super) fn decide_on_lease(&mut self, rate: &KeyedRate) -> Option<RateOutcome> {
-        let lease = &mut self.known.get_mut(rate.current.as_str())?.lease;
+        let lease = &mut self.by_key.get_mut(rate.current.as_str())?.lease;
         if lease.next > lease.last {
             return None;
         }
@@ -137,7 +137,7 @@ impl Counters {
     fn next_grant(&self, rate: &KeyedRate, now_ms: u64) -> u64 {
         let limit = rate.limit();
         let (wanted, room) = match self
-            .known
+            .by_key
             .get(rate.current.as_str())
             .map(|known| &known.lease)
         {
@@ -147,7 +147,7 @@ impl Counters {
                 let room = window::decide(rate.state(lease.previous, lease.last), limit, false);
                 ((2 * lease.grant).max(1), room.remaining)
             }
-            None => match self.known.get(rate.previous.as_str()) {
+            None => match self.by_key.get(rate.previous.as_str()) {
                 Some(known) if known.window_end_ms + rate.length_ms > now_ms => {
                     let room = window::decide(rate.state(known.lease.last, 0), limit, false);
                     (known.lease.grant, room.remaining)
@@ -159,29 +159,29 @@ impl Counters {
     }
 
     fn lifetime_set(&self, key: &str) -> bool {
-        self.known.get(key).is_some_and(|known| known.lifetime_set)
+        self.by_key.get(key).is_some_and(|known| known.lifetime_set)
     }
 
     /// The `PEXPIRE` that was to set `key`'s lifetime again did not land: the next batch
     /// that counts in it sends one.
     pub(super) fn lifetime_lost(&mut self, key: &str) {
-        if let Some(known) = self.known.get_mut(key) {
+        if let Some(known) = self.by_key.get_mut(key) {
             known.lifetime_set = false;
         }
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.known.len()
+        self.by_key.len()
     }
 
     /// Past the cap, forgets the ended windows' counters, and if that leaves more than half,
     /// all of them.
     fn prune(&mut self, now_ms: u64) {
-        if self.known.len() > COUNTERS_MAX {
-            self.known.retain(|_, known| known.window_end_ms > now_ms);
-            if self.known.len() > COUNTERS_MAX / 2 {
-                self.known.clear();
+        if self.by_key.len() > COUNTERS_MAX {
+            self.by_key.retain(|_, known| known.window_end_ms > now_ms);
+            if self.by_key.len() > COUNTERS_MAX / 2 {
+                self.by_key.clear();
             }
         }
     }
@@ -289,6 +289,7 @@ pub(super) struct Settled<'a> {
 
 #[derive(Debug)]
 pub(super) enum Answer {
+    /// Nothing it took goes back, or it is not answered on what Redis holds (`Rebuilding`).
     Now(Result<GateOutcome, GateError>),
     /// A refused check, or a revoked one that took room: told only after the give-back, so
     /// that whoever it answers sees the count it left.
@@ -298,8 +299,8 @@ pub(super) enum Answer {
 /// The batch's second round trip, sent only when something is in it.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct GiveBack<'a> {
-    /// Places taken and not kept, by counter key (`DECRBY`): refused and revoked checks', and
-    /// places taken ahead that did not fit.
+    /// Places taken and not kept, by counter key (`DECRBY`): those of checks refused, revoked
+    /// or not answered for a lost epoch, and places taken ahead that did not fit.
     pub(super) places: Vec<(&'a str, u64)>,
     /// Log entries of revoked requests, added before their revocation was read (`ZREM`), by
     /// key and member.
@@ -316,9 +317,9 @@ impl GiveBack<'_> {
 }
 
 impl<'a> Plan<'a> {
-    /// The keys stay the checks': the plan only points at them. `counters`, the worker's,
-    /// says which counters already have their lifetime and how many places to take ahead.
-    pub(super) fn new(checks: &'a [Keyed], epoch: Option<&'a str>, known: &Counters) -> Plan<'a> {
+    /// The keys stay the checks': the plan only points at them. `worker`'s counters say
+    /// which already have their lifetime and how many places to take ahead in each.
+    pub(super) fn new(checks: &'a [Keyed], epoch: Option<&'a str>, worker: &Counters) -> Plan<'a> {
         // Sized for the batch up front: growing the maps while filling them showed in profiles.
         let mut counters: Vec<Counter<'a>> = Vec::with_capacity(checks.len());
         let mut logs: Vec<&'a KeyedLog> = Vec::new();
@@ -368,8 +369,8 @@ impl<'a> Plan<'a> {
         let epoch = epoch.filter(|_| checks.iter().any(|check| check.token.is_some()));
         let now_ms = checks.iter().map(|check| check.now_ms).max().unwrap_or(0);
         for counter in &mut counters {
-            counter.expire = !known.lifetime_set(counter.key);
-            counter.extra = known.next_grant(counter.rate, now_ms);
+            counter.expire = !worker.lifetime_set(counter.key);
+            counter.extra = worker.next_grant(counter.rate, now_ms);
         }
         Plan {
             checks,
@@ -382,7 +383,7 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// Each check's answer from what Redis replied, the worker's leases updated to the places
+    /// Each check's answer from what Redis replied, `worker`'s leases updated to the places
     /// this batch took ahead, and what goes back. `intact`: whether the revocations read can
     /// be believed (Redis still held the epoch); when not, token checks fail as `Rebuilding`
     /// and the room they took goes back.
@@ -390,7 +391,7 @@ impl<'a> Plan<'a> {
         &self,
         replies: &Replies,
         intact: bool,
-        known: &mut Counters,
+        worker: &mut Counters,
     ) -> Settled<'a> {
         let Replies { values, logs, .. } = replies;
         // Each counter's next place to hand out, in batch order: the `INCRBY` handed this
@@ -486,7 +487,7 @@ impl<'a> Plan<'a> {
 
         for (index, counter) in self.counters.iter().enumerate() {
             let first_extra = next_place[index];
-            if let Some(held) = known.known.get_mut(counter.key) {
+            if let Some(held) = worker.by_key.get_mut(counter.key) {
                 if counter.extra == 0 && held.lease.next <= held.lease.last {
                     // Sent before the lease it holds now came back: keep that one.
                     held.lifetime_set = true;
@@ -506,7 +507,7 @@ impl<'a> Plan<'a> {
             };
             given_back[index] += counter.extra - keep;
             // Its lifetime is set: by this batch, earlier, or (lost) by the give-back.
-            known.known.insert(
+            worker.by_key.insert(
                 counter.key.into(),
                 Known {
                     window_end_ms: rate.window_end_ms,
@@ -520,7 +521,7 @@ impl<'a> Plan<'a> {
                 },
             );
         }
-        known.prune(self.now_ms);
+        worker.prune(self.now_ms);
 
         let give_back = GiveBack {
             places: self
@@ -632,7 +633,7 @@ mod tests {
 
     fn counters(held: Vec<(&str, Known)>) -> Counters {
         Counters {
-            known: held
+            by_key: held
                 .into_iter()
                 .map(|(key, known)| (key.into(), known))
                 .collect(),
@@ -741,15 +742,15 @@ mod tests {
         ];
         let key = "rate:a:1700000000";
         for row in rows {
-            let mut known = counters(
+            let mut worker = counters(
                 row.before
                     .map(|lease| (key, held(lease)))
                     .into_iter()
                     .collect(),
             );
-            let outcome = known.decide_on_lease(&rate("a", row.requests, row.now_ms));
+            let outcome = worker.decide_on_lease(&rate("a", row.requests, row.now_ms));
             assert_eq!(outcome, row.outcome, "{}", row.label);
-            let after = known.known.get(key).map(|known| known.lease);
+            let after = worker.by_key.get(key).map(|known| known.lease);
             assert_eq!(after, row.after, "{}", row.label);
         }
     }
@@ -826,8 +827,8 @@ mod tests {
             },
         ];
         for row in rows {
-            let known = counters(row.held);
-            let grant = known.next_grant(&rate("a", row.requests, row.now_ms), row.now_ms);
+            let worker = counters(row.held);
+            let grant = worker.next_grant(&rate("a", row.requests, row.now_ms), row.now_ms);
             assert_eq!(grant, row.grant, "{}", row.label);
         }
     }
@@ -1299,8 +1300,8 @@ mod tests {
     fn a_batch_plan_and_its_replies() {
         for batch in batches() {
             let label = batch.label;
-            let mut known = counters(batch.held);
-            let plan = Plan::new(&batch.checks, Some("epoch"), &known);
+            let mut worker = counters(batch.held);
+            let plan = Plan::new(&batch.checks, Some("epoch"), &worker);
 
             let increments: Vec<_> = plan
                 .counters
@@ -1318,7 +1319,7 @@ mod tests {
                 logs: batch.log_times,
                 epoch: None,
             };
-            let settled = plan.settle(&replies, batch.intact, &mut known);
+            let settled = plan.settle(&replies, batch.intact, &mut worker);
             assert_eq!(settled.answers.len(), batch.told.len(), "{label}");
             for (n, (answer, told)) in settled.answers.iter().zip(&batch.told).enumerate() {
                 assert!(
@@ -1336,9 +1337,9 @@ mod tests {
                 assert!(!settled.give_back.is_empty(), "{label}");
             }
             for (key, lease) in batch.leases {
-                let kept = known.known.get(key).map(|known| known.lease);
+                let kept = worker.by_key.get(key).map(|known| known.lease);
                 assert_eq!(kept, Some(lease), "{label}: lease of {key}");
-                assert!(known.lifetime_set(key), "{label}: lifetime of {key}");
+                assert!(worker.lifetime_set(key), "{label}: lifetime of {key}");
             }
         }
     }
@@ -1358,15 +1359,15 @@ mod tests {
                             log: None,
                             token: None,
                         }];
-                        let mut known = Counters::default();
-                        let plan = Plan::new(&checks, None, &known);
+                        let mut worker = Counters::default();
+                        let plan = Plan::new(&checks, None, &worker);
                         let replies = Replies {
                             totals: vec![total],
                             values: vec![Some(previous)],
                             logs: vec![],
                             epoch: None,
                         };
-                        let settled = plan.settle(&replies, true, &mut known);
+                        let settled = plan.settle(&replies, true, &mut worker);
                         let case = format!(
                             "limit {requests}, elapsed {elapsed}, previous {previous}, place {total}"
                         );
