@@ -239,7 +239,7 @@ fn serve(config_path: &std::path::Path) -> ExitCode {
         return fail(error);
     }
     // This runtime accepts connections and runs the ops listener, signals and the mail
-    // worker; connections themselves are served by the worker threads (`server::workers`).
+    // worker; connections themselves are served by the worker threads (`workers`).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

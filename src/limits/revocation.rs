@@ -1,7 +1,7 @@
 //! Writing revocation to Redis: a revoked session id, and a per-user "not before" time that
 //! ends every token issued earlier. Keys expire on their own after the access-token
 //! lifetime, when every token they could refuse has expired anyway. Reading them is the
-//! gate's job (`gate.rs`), in the same round trip as the rate limit; with a feed
+//! gate's job (`gate/`), in the same round trip as the rate limit; with a feed
 //! (`feed.rs`), each revocation is also pushed to every instance's copy, and the write
 //! returns once they all have it.
 //!

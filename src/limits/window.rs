@@ -1,5 +1,5 @@
 //! The rate limits' arithmetic, kept pure so that it can be tested exhaustively. The gate
-//! (`gate.rs`) reads what Redis holds for a bucket and decides with [`decide`] or
+//! (`gate/`) reads what Redis holds for a bucket and decides with [`decide`] or
 //! [`decide_log`].
 //!
 //! **Small limits: a sliding log.** A limit below [`EXACT_BELOW`] requests a window is

@@ -15,7 +15,7 @@
 //!
 //! **Two kinds of bucket.** A limit below [`window::EXACT_BELOW`] a window (login's 5 a
 //! minute, register's 3 an hour) is a sliding log, decided exactly in Redis by a short
-//! script ([`LOG_SCRIPT`]) that forgets the times that have left the window and adds this
+//! script ([`batch::LOG_SCRIPT`]) that forgets the times that have left the window and adds this
 //! request's only while fewer than the limit remain; why a log and not an estimate or GCRA is
 //! in [`super::window`]. Each log check is one `EVAL` in the batch's pipeline, in batch order,
 //! so checks of one bucket are decided one after another there. A request whose token turns
@@ -50,7 +50,7 @@
 //! only where the answer is the one Redis would give or stricter:
 //! - a token is checked against the instance's pushed copy of the revocation list while that
 //!   copy is trusted ([`super::feed`]); Redis is read only when it is not;
-//! - a worker that keeps counting in the same counter takes places ahead ([`Lease`]): the
+//! - a worker that keeps counting in the same counter takes places ahead ([`plan::Lease`]): the
 //!   first check of a window takes none, each later grant twice the last, at most 256 and a
 //!   sixteenth of the room the window has left. Its next requests are decided on those places
 //!   as if Redis had just handed them out. A place taken and never used counts against the
@@ -70,24 +70,25 @@
 //! check a function of its arguments, which is what lets tests step through windows. Instances
 //! whose clocks differ by a few milliseconds place a request a few milliseconds differently in
 //! the window, which moves the estimate by a negligible fraction of a request.
+//!
+//! **Parts.** This file: the check callers make, its keys, and the tests against a real
+//! Redis. [`plan`]: what a batch asks Redis and what the replies mean, and the leases'
+//! arithmetic; pure, with table tests that need no Redis. [`batch`]: the I/O, each worker's
+//! queue, the flush task and the pipelines.
 
-use std::collections::HashMap;
+mod batch;
+mod plan;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
-use super::durability::EpochReading;
+use self::batch::Queue;
+use self::plan::{Keyed, KeyedLog, KeyedRate};
 use super::feed::RevocationFeed;
 use super::window;
 use super::Redis;
 
-/// A flush lets the event loop run this many more turns at most, while each brings more
-/// checks, before it sends what it has.
-const GATHER_TURNS: usize = 4;
-/// Checks sent in one round trip at most; more wait for the next.
-const MAX_BATCH: usize = 512;
 /// How long a token check waits for the revocation state while it is being rebuilt (or
 /// first confirmed at start) before asking Redis anyway.
 const SETTLE_WAIT: Duration = Duration::from_secs(1);
@@ -178,218 +179,6 @@ struct Inner {
     log_sequence: AtomicU64,
 }
 
-/// One sliding-log check, atomically. KEYS[1]: the bucket's log, a sorted set of request
-/// times (ms) by unique member. ARGV: now (ms), the window (ms), the limit, this request's
-/// member. Returns the times still in the window before this request; this request is added
-/// exactly when there are fewer than the limit, so the test and the add are one step and
-/// requests through any number of instances never admit one too many. The log lives a window
-/// past its newest entry. Sent with `EVAL` and its source rather than `EVALSHA`: a Redis that
-/// restarted empty would answer `NOSCRIPT` in the middle of a pipeline whose counters had
-/// already counted, and the source is a few hundred bytes.
-const LOG_SCRIPT: &str = "\
-local now = tonumber(ARGV[1])
-local length = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - length)
-local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local times = {}
-for i = 2, #entries, 2 do times[#times + 1] = entries[i] end
-if #times < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], length)
-end
-return times
-";
-
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Waiting>,
-    /// A flush task is running for this queue and will take what is waiting.
-    flushing: bool,
-    /// What this worker knows of each counter it has counted in, by key.
-    counters: HashMap<Box<str>, Known>,
-}
-
-/// A counter as this worker last left it, remembered until its window ends: no check counts
-/// in it after that.
-struct Known {
-    window_end_ms: u64,
-    /// Whether this worker has given the key its lifetime (`PEXPIRE`).
-    lifetime_set: bool,
-    lease: Lease,
-}
-
-/// Places in a counter taken ahead of need, so that the next requests of a busy bucket are
-/// decided here without a round trip: each takes the next place and is decided with
-/// [`window::decide`] exactly as if Redis had just handed it that place. Taking a place early
-/// can only make a later request elsewhere see the count higher, so a lease may refuse a
-/// request that would have been admitted, never admit one too many; it is kept small beside
-/// the room the window has left (a sixteenth), so that only a busy bucket far from its limit
-/// gets one.
-#[derive(Debug, Clone, Copy)]
-struct Lease {
-    /// The next place to hand out, and the last one held; none left once `next > last`.
-    next: u64,
-    last: u64,
-    /// The previous window's count when the places were taken.
-    previous: u64,
-    /// How many places the last grant took; the next doubles it, up to [`MAX_LEASE`].
-    grant: u64,
-}
-
-/// Places one lease holds at most.
-const MAX_LEASE: u64 = 256;
-
-impl Queue {
-    /// Decides a check on a place this worker already holds, if it holds one.
-    fn decide_on_lease(&mut self, rate: &KeyedRate) -> Option<RateOutcome> {
-        let lease = &mut self.counters.get_mut(rate.current.as_str())?.lease;
-        if lease.next > lease.last {
-            return None;
-        }
-        let decision = window::decide(
-            rate.state(lease.previous, lease.next - 1),
-            rate.limit(),
-            true,
-        );
-        if decision.allowed {
-            lease.next += 1;
-        } else {
-            // At the limit (a request timed before the grant, with more weight on the
-            // previous window): the places held go unused, and the next check asks Redis
-            // for one place at a time again.
-            lease.last = lease.next - 1;
-            lease.grant = 0;
-        }
-        Some(rate_outcome(rate, decision))
-    }
-
-    /// How many places to take ahead in `rate`'s counter: none the first time this worker
-    /// counts in it (a bucket seen once stays exact and costs no more), then twice the last
-    /// grant, carried over from the previous window, and never more than a sixteenth of the
-    /// room left.
-    fn next_grant(&self, rate: &KeyedRate, now_ms: u64) -> u64 {
-        let limit = rate.limit();
-        let (wanted, room) = match self
-            .counters
-            .get(rate.current.as_str())
-            .map(|known| &known.lease)
-        {
-            // Checked while a grant was on its way: it is here now, and holds places enough.
-            Some(lease) if lease.next <= lease.last => return 0,
-            Some(lease) => {
-                let room = window::decide(rate.state(lease.previous, lease.last), limit, false);
-                ((2 * lease.grant).max(1), room.remaining)
-            }
-            None => match self.counters.get(rate.previous.as_str()) {
-                Some(known) if known.window_end_ms + rate.length_ms > now_ms => {
-                    let room = window::decide(rate.state(known.lease.last, 0), limit, false);
-                    (known.lease.grant, room.remaining)
-                }
-                _ => (0, limit),
-            },
-        };
-        wanted.min(MAX_LEASE).min(room / 16)
-    }
-
-    /// Past the cap, forgets the ended windows' counters, and if that leaves more than half,
-    /// all of them.
-    fn prune(&mut self, now_ms: u64) {
-        if self.counters.len() > COUNTERS_MAX {
-            self.counters
-                .retain(|_, known| known.window_end_ms > now_ms);
-            if self.counters.len() > COUNTERS_MAX / 2 {
-                self.counters.clear();
-            }
-        }
-    }
-}
-
-fn log_outcome(log: &KeyedLog, decided: window::LogDecision) -> RateOutcome {
-    let decision = decided.decision;
-    RateOutcome {
-        allowed: decision.allowed,
-        limit: log.limit.requests,
-        remaining: u32::try_from(decision.remaining)
-            .unwrap_or(u32::MAX)
-            .min(log.limit.requests),
-        reset: Duration::from_millis(decided.reset_ms),
-        retry_after: decision.retry_after_ms.map(Duration::from_millis),
-    }
-}
-
-fn rate_outcome(rate: &KeyedRate, decision: window::Decision) -> RateOutcome {
-    RateOutcome {
-        allowed: decision.allowed,
-        limit: rate.limit.requests,
-        remaining: u32::try_from(decision.remaining)
-            .unwrap_or(u32::MAX)
-            .min(rate.limit.requests),
-        reset: Duration::from_millis(rate.length_ms - rate.elapsed_ms),
-        retry_after: decision.retry_after_ms.map(Duration::from_millis),
-    }
-}
-
-/// Counters remembered per worker at most (about 6 MB), whatever the windows' length and
-/// however many addresses a client sends from. Past it the ended windows' entries are
-/// dropped, and if that leaves more than half, all of them: forgetting costs only `PEXPIRE`s
-/// sent again and places no longer held, and at least half the cap fills between two
-/// prunings, so pruning costs O(1) a batch.
-#[cfg(not(test))]
-const COUNTERS_MAX: usize = 50_000;
-#[cfg(test)]
-const COUNTERS_MAX: usize = 64;
-
-struct Waiting {
-    check: Keyed,
-    reply: oneshot::Sender<Result<GateOutcome, GateError>>,
-}
-
-/// A check with its Redis keys, owned so that it can wait for its batch.
-struct Keyed {
-    now_ms: u64,
-    /// A larger limit's counters; a small limit's log. At most one of the two.
-    rate: Option<KeyedRate>,
-    log: Option<KeyedLog>,
-    /// The session's revocation key, the user's not-before key, and the token's issue time.
-    token: Option<(String, String, u64)>,
-}
-
-struct KeyedRate {
-    current: String,
-    previous: String,
-    limit: Limit,
-    length_ms: u64,
-    elapsed_ms: u64,
-    /// When the current window ends (ms, the caller's clock).
-    window_end_ms: u64,
-}
-
-/// A small limit's sliding log and this request's entry in it.
-struct KeyedLog {
-    key: String,
-    member: String,
-    /// This request's time: its entry's score, and where the window ends.
-    now_ms: u64,
-    limit: Limit,
-    length_ms: u64,
-}
-
-impl KeyedRate {
-    /// The windows as this check sees them, with `current` counted in this one.
-    fn state(&self, previous: u64, current: u64) -> window::State {
-        window::State {
-            previous,
-            current,
-            elapsed_ms: self.elapsed_ms,
-            length_ms: self.length_ms,
-        }
-    }
-
-    fn limit(&self) -> u64 {
-        u64::from(self.limit.requests)
-    }
-}
-
 impl Gate {
     pub fn new(redis: Redis) -> Gate {
         Gate::with_feed(redis, None)
@@ -468,27 +257,14 @@ impl Gate {
         let keyed = self.keyed(&check);
         let queue = self.queue_index();
         if let (Some(rate), None) = (&keyed.rate, &keyed.token) {
-            if let Some(outcome) = self.queue(queue).decide_on_lease(rate) {
+            if let Some(outcome) = self.queue(queue).counters.decide_on_lease(rate) {
                 return Ok(GateOutcome {
                     rate: Some(outcome),
                     revoked: false,
                 });
             }
         }
-        let (reply, answer) = oneshot::channel();
-        let waiting = Waiting {
-            check: keyed,
-            reply,
-        };
-        let start_flush = {
-            let mut queue = self.queue(queue);
-            queue.waiting.push(waiting);
-            !std::mem::replace(&mut queue.flushing, true)
-        };
-        if start_flush {
-            tokio::spawn(self.clone().flush(queue));
-        }
-        answer.await.unwrap_or(Err(GateError::Dropped))
+        self.batched(queue, keyed).await
     }
 
     /// Redis round trips made so far.
@@ -579,293 +355,6 @@ impl Gate {
         }
     }
 
-    /// The calling worker's queue, or the shared one outside the workers.
-    fn queue_index(&self) -> usize {
-        let last = self.inner.queues.len() - 1;
-        crate::workers::worker_index().map_or(last, |index| index.min(last))
-    }
-
-    fn queue(&self, index: usize) -> MutexGuard<'_, Queue> {
-        // A panic while holding the lock leaves a queue that is still consistent (a Vec and a
-        // flag), so a poisoned lock is taken over rather than propagated.
-        self.inner.queues[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Sends the queue's waiting checks, a batch per round trip, until none are left.
-    async fn flush(self, queue: usize) {
-        // Answers (with `Dropped`) whatever is left if this task is dropped, as at shutdown,
-        // and lets the next check start a new flush.
-        let mut unstuck = Unstuck {
-            gate: &self,
-            queue,
-            armed: true,
-        };
-        loop {
-            // Let this turn's other ready requests reach their checks first.
-            let mut seen = self.queue(queue).waiting.len();
-            for _ in 0..GATHER_TURNS {
-                if seen >= MAX_BATCH {
-                    break;
-                }
-                tokio::task::yield_now().await;
-                let now = self.queue(queue).waiting.len();
-                if now == seen {
-                    break;
-                }
-                seen = now;
-            }
-            let batch = {
-                let mut waiting = self.queue(queue);
-                if waiting.waiting.is_empty() {
-                    waiting.flushing = false;
-                    unstuck.armed = false;
-                    return;
-                }
-                let take = waiting.waiting.len().min(MAX_BATCH);
-                waiting.waiting.drain(..take).collect::<Vec<_>>()
-            };
-            self.send(queue, batch).await;
-        }
-    }
-
-    /// One round trip for the whole batch (two when something is refused), then each check's
-    /// answer.
-    async fn send(&self, queue: usize, batch: Vec<Waiting>) {
-        let (checks, replies): (Vec<Keyed>, Vec<_>) = batch
-            .into_iter()
-            .map(|waiting| (waiting.check, waiting.reply))
-            .unzip();
-        let epoch_key = self
-            .inner
-            .feed
-            .as_ref()
-            .map(|feed| feed.durability().epoch_key());
-        let mut plan = Plan::new(&checks, epoch_key);
-        {
-            let queue = self.queue(queue);
-            for counter in &mut plan.counters {
-                counter.expire = !queue
-                    .counters
-                    .get(counter.key)
-                    .is_some_and(|known| known.lifetime_set);
-                counter.extra = queue.next_grant(counter.rate, plan.now_ms);
-            }
-        }
-        let mut connection = self.inner.redis.connection();
-        self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .checks_sent
-            .fetch_add(checks.len() as u64, Ordering::Relaxed);
-        let read = plan
-            .pipeline()
-            .query_async(&mut connection)
-            .await
-            .map_err(GateError::from)
-            .and_then(|values| plan.read(values));
-        // Each counter's next place to hand out, in batch order.
-        let Read {
-            places: mut next_place,
-            values,
-            logs,
-            epoch,
-        } = match read {
-            Ok(read) => read,
-            Err(error) => {
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                return;
-            }
-        };
-        // Counters whose key had vanished since this worker gave it a lifetime: the INCRBY
-        // made it anew, without one (its first place is 1, the batch's count is all of it).
-        let lost_lifetime: Vec<usize> = (0..plan.counters.len())
-            .filter(|&index| !plan.counters[index].expire && next_place[index] == 1)
-            .collect();
-
-        // Whether the revocations read can be believed: Redis still holds an epoch.
-        let intact = match (&self.inner.feed, epoch) {
-            (Some(feed), Some(seen)) => {
-                let reading = feed.durability().read(seen.as_deref());
-                if reading == EpochReading::Lost {
-                    feed.durability().seen_lost();
-                }
-                reading != EpochReading::Lost
-            }
-            _ => true,
-        };
-
-        let mut given_back = vec![0u64; plan.counters.len()];
-        // Log entries of revoked requests, added before their revocation was read.
-        let mut removed: Vec<&KeyedLog> = Vec::new();
-        let mut refused = Vec::new();
-        for ((check, reply), slots) in checks.iter().zip(replies).zip(&plan.slots) {
-            if check.token.is_some() && !intact {
-                // Not answered on what Redis holds; its place, if it took one, goes back,
-                // and so does its log entry, if the script added one.
-                if let Some((counter, _)) = slots.rate {
-                    next_place[counter] += 1;
-                    given_back[counter] += 1;
-                }
-                if let (Some(log), Some(index)) = (&check.log, slots.log) {
-                    let limit = u64::from(log.limit.requests);
-                    let added =
-                        window::decide_log(&logs[index], log.now_ms, log.length_ms, limit, false)
-                            .decision
-                            .allowed;
-                    if added {
-                        removed.push(log);
-                    }
-                }
-                let _ = reply.send(Err(GateError::Rebuilding));
-                continue;
-            }
-            let revoked = check.token.as_ref().is_some_and(|(_, _, issued_at)| {
-                let (session, not_before) = slots.token.expect("a token's keys were read");
-                // Revocation's own test (revocation.rs): the session's key exists, or the
-                // token was issued before the user's not-before time.
-                values[session].is_some()
-                    || values[not_before].is_some_and(|not_before| *issued_at < not_before)
-            });
-            let rate = match (&check.rate, slots.rate) {
-                (Some(rate), Some((counter, previous))) => {
-                    let place = next_place[counter];
-                    next_place[counter] += 1;
-                    // Those counted before this request, less the places this batch is
-                    // about to give back: within a batch, as if one after another.
-                    let current = place.saturating_sub(1 + given_back[counter]);
-                    let state = rate.state(values[previous].unwrap_or(0), current);
-                    let decision = window::decide(state, rate.limit(), !revoked);
-                    if !decision.allowed || revoked {
-                        given_back[counter] += 1;
-                    }
-                    Some(rate_outcome(rate, decision))
-                }
-                _ => None,
-            };
-            let log = match (&check.log, slots.log) {
-                (Some(log), Some(index)) => {
-                    let decided = window::decide_log(
-                        &logs[index],
-                        log.now_ms,
-                        log.length_ms,
-                        u64::from(log.limit.requests),
-                        !revoked,
-                    );
-                    // The script added the entry exactly when it admitted the request.
-                    if decided.decision.allowed && revoked {
-                        removed.push(log);
-                    }
-                    Some(log_outcome(log, decided))
-                }
-                _ => None,
-            };
-            let rate = rate.or(log);
-            let outcome = GateOutcome { rate, revoked };
-            let log_entry_to_remove = revoked && log.is_some_and(|log| log.allowed);
-            if log.is_some() && !log_entry_to_remove {
-                // A log check left nothing to take back: answered at once.
-                let _ = reply.send(Ok(outcome));
-            } else if rate.is_some_and(|rate| !rate.allowed) || (revoked && rate.is_some()) {
-                refused.push((reply, outcome));
-            } else {
-                let _ = reply.send(Ok(outcome));
-            }
-        }
-        {
-            let mut queue = self.queue(queue);
-            for (index, counter) in plan.counters.iter().enumerate() {
-                let first_extra = next_place[index];
-                if let Some(known) = queue.counters.get_mut(counter.key) {
-                    if counter.extra == 0 && known.lease.next <= known.lease.last {
-                        // Sent before the lease it holds now came back: keep that one.
-                        known.lifetime_set = true;
-                        continue;
-                    }
-                }
-                let rate = counter.rate;
-                let previous = values[counter.previous].unwrap_or(0);
-                // Only the places the window admits now are kept; the rest go back at once.
-                // A refused check means the window is at its limit: all of them go back.
-                let keep = if given_back[index] > 0 {
-                    0
-                } else {
-                    let room =
-                        window::decide(rate.state(previous, first_extra - 1), rate.limit(), false);
-                    counter.extra.min(room.remaining)
-                };
-                given_back[index] += counter.extra - keep;
-                // Its lifetime is set: by this batch, earlier, or (lost) by the give-back.
-                queue.counters.insert(
-                    counter.key.into(),
-                    Known {
-                        window_end_ms: rate.window_end_ms,
-                        lifetime_set: true,
-                        lease: Lease {
-                            next: first_extra,
-                            last: first_extra + keep - 1,
-                            previous,
-                            grant: keep,
-                        },
-                    },
-                );
-            }
-            queue.prune(plan.now_ms);
-        }
-        if given_back.iter().all(|&count| count == 0)
-            && lost_lifetime.is_empty()
-            && removed.is_empty()
-        {
-            return;
-        }
-        // The admitted are answered; the refused after their places (and the places taken
-        // ahead that did not fit) are given back, so that whoever they answer sees the count
-        // they left.
-        let mut give_back = redis::pipe();
-        for (counter, count) in given_back.iter().enumerate() {
-            if *count > 0 {
-                give_back
-                    .cmd("DECRBY")
-                    .arg(plan.counters[counter].key)
-                    .arg(*count)
-                    .ignore();
-            }
-        }
-        for log in &removed {
-            give_back
-                .cmd("ZREM")
-                .arg(&log.key)
-                .arg(&log.member)
-                .ignore();
-        }
-        for &index in &lost_lifetime {
-            let counter = &plan.counters[index];
-            give_back
-                .cmd("PEXPIRE")
-                .arg(counter.key)
-                .arg(counter.lifetime_ms())
-                .ignore();
-        }
-        self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
-        // If Redis fails here the count stays too high until the window slides past it, which
-        // errs on the side of refusing.
-        if let Err(error) = give_back.query_async::<()>(&mut connection).await {
-            tracing::debug!(%error, "could not give back refused requests' places");
-            // A lifetime that did not land is set by the next batch instead.
-            let mut queue = self.queue(queue);
-            for &index in &lost_lifetime {
-                if let Some(known) = queue.counters.get_mut(plan.counters[index].key) {
-                    known.lifetime_set = false;
-                }
-            }
-        }
-        for (reply, outcome) in refused {
-            let _ = reply.send(Ok(outcome));
-        }
-    }
-
     /// `{prefix}rate-log:{bucket}:{window_ms}`: a small limit's log. The window length is part
     /// of the key as in [`Gate::rate_key`]; the limit is not, since a log's times stay right
     /// whatever the limit.
@@ -901,233 +390,13 @@ enum Window {
     Before(u64),
 }
 
-/// Answers whatever is still waiting with `Dropped` if a flush task is dropped part way (at
-/// shutdown), so that no check waits forever, and lets the next check start a new flush.
-struct Unstuck<'a> {
-    gate: &'a Gate,
-    queue: usize,
-    armed: bool,
-}
-
-impl Drop for Unstuck<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut queue = self.gate.queue(self.queue);
-            queue.flushing = false;
-            queue.waiting.clear();
-        }
-    }
-}
-
-/// The commands one batch sends, and where each check's answers are in the replies.
-struct Plan<'a> {
-    /// The revocation epoch, read after the other keys when the batch checks a token.
-    epoch: Option<&'a str>,
-    /// Each rate-limit counter the batch touches.
-    counters: Vec<Counter<'a>>,
-    /// Each check of a small limit's log, in batch order.
-    logs: Vec<&'a KeyedLog>,
-    /// The latest of the checks' times.
-    now_ms: u64,
-    /// Every other key the batch reads, once each.
-    reads: Vec<&'a str>,
-    /// For each check, in batch order.
-    slots: Vec<Slots>,
-}
-
-/// A rate-limit counter: the current window's key.
-struct Counter<'a> {
-    key: &'a str,
-    /// The first check's: the window, the limit and the previous window's key.
-    rate: &'a KeyedRate,
-    /// The previous window's counter, in `reads`.
-    previous: usize,
-    /// How many of the batch's checks take a place in it.
-    count: u64,
-    /// Places taken beyond the checks', for the worker's lease.
-    extra: u64,
-    /// Whether the batch sets its lifetime (`PEXPIRE`) after counting.
-    expire: bool,
-}
-
-impl Counter<'_> {
-    /// Two windows: it is read as the previous window until the next one ends.
-    fn lifetime_ms(&self) -> u64 {
-        2 * self.rate.length_ms
-    }
-}
-
-/// What a batch's pipeline answered.
-struct Read {
-    /// Each counter's first place handed to this batch.
-    places: Vec<u64>,
-    /// Each key in `reads`.
-    values: Vec<Option<u64>>,
-    /// Each log check's times still in its window, before it.
-    logs: Vec<Vec<u64>>,
-    /// The revocation epoch, when it was asked for: `Some(None)` is an epoch that is gone.
-    epoch: Option<Option<String>>,
-}
-
-#[derive(Clone, Copy)]
-struct Slots {
-    /// The check's counter in `counters`, and its previous window's counter in `reads`.
-    rate: Option<(usize, usize)>,
-    /// The check's place in `logs`.
-    log: Option<usize>,
-    /// The session's revocation key and the user's not-before key, in `reads`.
-    token: Option<(usize, usize)>,
-}
-
-impl<'a> Plan<'a> {
-    /// The keys stay the checks': the plan only points at them.
-    fn new(checks: &'a [Keyed], epoch: Option<&'a str>) -> Plan<'a> {
-        // Sized for the batch up front: growing the maps while filling them showed in profiles.
-        let mut counters: Vec<Counter<'a>> = Vec::with_capacity(checks.len());
-        let mut logs: Vec<&'a KeyedLog> = Vec::new();
-        let mut reads: Vec<&'a str> = Vec::with_capacity(3 * checks.len());
-        let mut counter_at: HashMap<&'a str, usize> = HashMap::with_capacity(checks.len());
-        let mut read_at: HashMap<&'a str, usize> = HashMap::with_capacity(3 * checks.len());
-        fn read<'a>(
-            key: &'a str,
-            at: &mut HashMap<&'a str, usize>,
-            reads: &mut Vec<&'a str>,
-        ) -> usize {
-            *at.entry(key).or_insert_with(|| {
-                reads.push(key);
-                reads.len() - 1
-            })
-        }
-        let mut slots = Vec::with_capacity(checks.len());
-        for check in checks {
-            let rate = check.rate.as_ref().map(|rate| {
-                let previous = read(&rate.previous, &mut read_at, &mut reads);
-                let counter = *counter_at.entry(&rate.current).or_insert_with(|| {
-                    counters.push(Counter {
-                        key: &rate.current,
-                        rate,
-                        previous,
-                        count: 0,
-                        extra: 0,
-                        expire: true,
-                    });
-                    counters.len() - 1
-                });
-                counters[counter].count += 1;
-                (counter, previous)
-            });
-            let log = check.log.as_ref().map(|log| {
-                logs.push(log);
-                logs.len() - 1
-            });
-            let token = check.token.as_ref().map(|(session, not_before, _)| {
-                (
-                    read(session, &mut read_at, &mut reads),
-                    read(not_before, &mut read_at, &mut reads),
-                )
-            });
-            slots.push(Slots { rate, log, token });
-        }
-        let epoch = epoch.filter(|_| checks.iter().any(|check| check.token.is_some()));
-        Plan {
-            epoch,
-            counters,
-            logs,
-            now_ms: checks.iter().map(|check| check.now_ms).max().unwrap_or(0),
-            reads,
-            slots,
-        }
-    }
-
-    fn pipeline(&self) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        for counter in &self.counters {
-            pipe.cmd("INCRBY")
-                .arg(counter.key)
-                .arg(counter.count + counter.extra);
-            if counter.expire {
-                pipe.cmd("PEXPIRE")
-                    .arg(counter.key)
-                    .arg(counter.lifetime_ms())
-                    .ignore();
-            }
-        }
-        for log in &self.logs {
-            pipe.cmd("EVAL")
-                .arg(LOG_SCRIPT)
-                .arg(1)
-                .arg(&log.key)
-                .arg(log.now_ms)
-                .arg(log.length_ms)
-                .arg(log.limit.requests)
-                .arg(&log.member);
-        }
-        if !self.reads.is_empty() {
-            pipe.cmd("MGET").arg(&self.reads);
-        }
-        if let Some(epoch) = self.epoch {
-            pipe.cmd("GET").arg(epoch);
-        }
-        pipe
-    }
-
-    /// Each counter's first place handed to this batch, the values read, the times each
-    /// log check found in its window, and the epoch read (when it was asked). Replies come
-    /// in pipeline order: counters, logs, the reads, the epoch.
-    fn read(&self, mut replies: Vec<redis::Value>) -> Result<Read, GateError> {
-        let epoch = match self.epoch {
-            Some(_) => Some(
-                redis::from_redis_value::<Option<String>>(
-                    replies.pop().unwrap_or(redis::Value::Nil),
-                )
-                .map_err(|error| GateError::from(redis::RedisError::from(error)))?,
-            ),
-            None => None,
-        };
-        let values: Vec<Option<u64>> = if self.reads.is_empty() {
-            Vec::new()
-        } else {
-            redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil))
-                .map_err(|error| GateError::from(redis::RedisError::from(error)))?
-        };
-        let log_replies = replies.split_off(replies.len().saturating_sub(self.logs.len()));
-        if replies.len() != self.counters.len()
-            || log_replies.len() != self.logs.len()
-            || values.len() != self.reads.len()
-        {
-            return Err(GateError::from(redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "a reply for each command",
-            ))));
-        }
-        let mut places = Vec::with_capacity(replies.len());
-        for (reply, counter) in replies.into_iter().zip(&self.counters) {
-            let last: u64 = redis::from_redis_value(reply)
-                .map_err(|error| GateError::from(redis::RedisError::from(error)))?;
-            places.push((last + 1).saturating_sub(counter.count + counter.extra));
-        }
-        let mut logs = Vec::with_capacity(log_replies.len());
-        for reply in log_replies {
-            // Scores come back as text; milliseconds since 1970 are exact in a double.
-            let times: Vec<f64> = redis::from_redis_value(reply)
-                .map_err(|error| GateError::from(redis::RedisError::from(error)))?;
-            logs.push(times.into_iter().map(|time| time as u64).collect());
-        }
-        Ok(Read {
-            places,
-            values,
-            logs,
-            epoch,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
 
     use redis::AsyncCommands;
 
+    use super::plan::COUNTERS_MAX;
     use super::window::State;
     use super::*;
 
