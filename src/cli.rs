@@ -261,7 +261,9 @@ fn serve(config_path: &std::path::Path) -> ExitCode {
         };
         tracing::info!(
             https = %listeners.https_addr(),
-            http = ?listeners.http_addr(),
+            http = %listeners
+                .http_addr()
+                .map_or_else(|| "off".to_string(), |addr| addr.to_string()),
             ops = %listeners.ops_addr(),
             "portcullis listening"
         );

@@ -17,7 +17,8 @@ pub(super) const USER_COLUMNS: &str =
     "id, email, name, password_hash, role, is_active, is_verified, \
      failed_login_attempts, locked_until, last_login, created_at, security_version";
 
-#[derive(Debug, Clone)]
+/// `Debug` is written by hand: the password hash must never reach a log.
+#[derive(Clone)]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -33,6 +34,25 @@ pub struct User {
     /// Bumped by every change that must end what was decided before it (new password,
     /// role, activation); see migrations/0002_security_version.sql.
     pub security_version: i64,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("name", &self.name)
+            .field("password_hash", &"<redacted>")
+            .field("role", &self.role)
+            .field("is_active", &self.is_active)
+            .field("is_verified", &self.is_verified)
+            .field("failed_login_attempts", &self.failed_login_attempts)
+            .field("locked_until", &self.locked_until)
+            .field("last_login", &self.last_login)
+            .field("created_at", &self.created_at)
+            .field("security_version", &self.security_version)
+            .finish()
+    }
 }
 
 impl User {
@@ -460,6 +480,14 @@ mod tests {
             created_at: SystemTime::UNIX_EPOCH,
             security_version: 7,
         }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password_hash() {
+        let printed = format!("{:?}", user());
+        assert!(!printed.contains("argon2id"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+        assert!(printed.contains("a@example.com"), "{printed}");
     }
 
     /// (case, change from what was read to the locked row, lockout on, verdict)
