@@ -41,7 +41,7 @@ pub use schema::{
     SmtpSecurity, TelemetryConfig, TlsConfig, TokensConfig, UpstreamConfig,
 };
 pub use units::{duration, size};
-pub use validate::ValidationError;
+pub use validate::{normalize_origin, CorsPolicy, ValidationError};
 
 use env::{apply_overrides, blame_for, collect_overrides, process_env};
 

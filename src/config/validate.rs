@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Method, Uri};
 
 use super::schema::url_tail;
-use super::{one_line, Config};
+use super::{one_line, Config, CorsConfig};
 
 /// A broken semantic rule: `key` is the dotted path (`server.public_url`,
 /// `upstreams[1].name`).
@@ -87,7 +87,7 @@ impl Config {
         self.validate_server()?;
         self.validate_upstreams()?;
         self.validate_headers()?;
-        self.validate_cors()?;
+        self.cors.policy()?;
         self.validate_stores()?;
         self.validate_smtp()?;
         self.validate_tokens()?;
@@ -305,76 +305,6 @@ impl Config {
         Ok(())
     }
 
-    fn validate_cors(&self) -> Result<(), ValidationError> {
-        let c = &self.cors;
-        let wildcard = c.allowed_origins.iter().any(|o| o == "*");
-        if wildcard && c.allowed_origins.len() > 1 {
-            return Err(invalid(
-                "cors.allowed_origins",
-                "\"*\" allows every origin, so it must be the only entry",
-            ));
-        }
-        if wildcard && c.allow_credentials {
-            return Err(invalid(
-                "cors.allow_credentials",
-                "cannot be true when cors.allowed_origins is \"*\" (browsers refuse credentials for a wildcard origin); list the origins instead",
-            ));
-        }
-        for (i, origin) in c.allowed_origins.iter().enumerate() {
-            if origin == "*" {
-                continue;
-            }
-            let key = format!("cors.allowed_origins[{i}]");
-            let uri = parse_url(origin).map_err(|m| invalid(&key, m))?;
-            if !matches!(uri.scheme_str(), Some("http" | "https")) {
-                return Err(invalid(
-                    &key,
-                    format!("{origin:?} must be an http:// or https:// origin"),
-                ));
-            }
-            // Browsers send `Origin` without a path or trailing slash, so
-            // anything more would never match.
-            if !url_tail(origin).is_empty() {
-                return Err(invalid(
-                    &key,
-                    format!(
-                        "{origin:?} must be scheme://host[:port] with no path or trailing slash"
-                    ),
-                ));
-            }
-        }
-        for (i, method) in c.allowed_methods.iter().enumerate() {
-            let key = format!("cors.allowed_methods[{i}]");
-            if Method::from_bytes(method.as_bytes()).is_err() {
-                return Err(invalid(
-                    key,
-                    format!("{method:?} is not a valid HTTP method"),
-                ));
-            }
-            // Methods are case-sensitive; `get` would never match a request.
-            if method.bytes().any(|b| b.is_ascii_lowercase()) {
-                return Err(invalid(
-                    key,
-                    format!("{method:?} must be upper-case (HTTP methods are case-sensitive)"),
-                ));
-            }
-        }
-        for (field, names) in [
-            ("allowed_headers", &c.allowed_headers),
-            ("expose_headers", &c.expose_headers),
-        ] {
-            for (i, name) in names.iter().enumerate() {
-                if name != "*" && HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err(invalid(
-                        format!("cors.{field}[{i}]"),
-                        format!("{name:?} is not a valid header name"),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn validate_stores(&self) -> Result<(), ValidationError> {
         // Never echo these URLs: they may carry passwords.
         let db = self.database.url.expose();
@@ -577,11 +507,194 @@ impl Config {
     }
 }
 
+/// The CORS settings checked and parsed: what `proxy::cors` serves, so the
+/// gateway has one set of CORS rules, these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsPolicy {
+    /// The origins listed by name, in [`normalize_origin`] form.
+    pub origins: Vec<Box<str>>,
+    /// `allowed_origins: ["*"]`; never together with credentials.
+    pub any_origin: bool,
+    pub allow_credentials: bool,
+    /// Without duplicates; the CORS-safelisted GET, HEAD and POST when the
+    /// list is empty.
+    pub methods: Vec<Method>,
+    /// Lower-case (as [`HeaderName`] keeps them), without duplicates.
+    pub allowed_headers: Vec<HeaderName>,
+    /// Lower-case, without duplicates.
+    pub expose_headers: Vec<HeaderName>,
+    pub max_age: Duration,
+}
+
+/// Methods a browser may send cross-origin without a preflight.
+const SAFELISTED_METHODS: [Method; 3] = [Method::GET, Method::HEAD, Method::POST];
+
+impl CorsConfig {
+    /// Checks the settings and parses them into the values the proxy uses.
+    /// [`Config::validate`] runs this, so a configuration that loaded always
+    /// has a policy; the proxy asks for it again rather than keep a copy
+    /// that could drift from the settings.
+    pub fn policy(&self) -> Result<CorsPolicy, ValidationError> {
+        let c = self;
+        let wildcard = c.allowed_origins.iter().any(|o| o == "*");
+        if wildcard && c.allowed_origins.len() > 1 {
+            return Err(invalid(
+                "cors.allowed_origins",
+                "\"*\" allows every origin, so it must be the only entry",
+            ));
+        }
+        // Echoing any origin with credentials would let every web site make
+        // authenticated requests as the visitor.
+        if wildcard && c.allow_credentials {
+            return Err(invalid(
+                "cors.allow_credentials",
+                "cannot be true when cors.allowed_origins is \"*\" (browsers refuse credentials for a wildcard origin); list the origins instead",
+            ));
+        }
+        let mut origins = Vec::with_capacity(c.allowed_origins.len());
+        for (i, origin) in c.allowed_origins.iter().enumerate() {
+            if origin == "*" {
+                continue;
+            }
+            let key = format!("cors.allowed_origins[{i}]");
+            let uri = parse_url(origin).map_err(|m| invalid(&key, m))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                return Err(invalid(
+                    &key,
+                    format!("{origin:?} must be an http:// or https:// origin"),
+                ));
+            }
+            // Browsers send `Origin` without a path or trailing slash, so
+            // anything more would never match.
+            if !url_tail(origin).is_empty() {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{origin:?} must be scheme://host[:port] with no path or trailing slash"
+                    ),
+                ));
+            }
+            // Also refuses what a URL may hold but an origin may not, such
+            // as a `*` in the host.
+            let normal = normalize_origin(origin).map_err(|m| invalid(&key, m))?;
+            origins.push(normal.into_boxed_str());
+        }
+        let mut methods = Vec::with_capacity(c.allowed_methods.len());
+        for (i, method) in c.allowed_methods.iter().enumerate() {
+            let key = format!("cors.allowed_methods[{i}]");
+            let Ok(parsed) = Method::from_bytes(method.as_bytes()) else {
+                return Err(invalid(
+                    key,
+                    format!("{method:?} is not a valid HTTP method"),
+                ));
+            };
+            // Methods are case-sensitive; `get` would never match a request.
+            if method.bytes().any(|b| b.is_ascii_lowercase()) {
+                return Err(invalid(
+                    key,
+                    format!("{method:?} must be upper-case (HTTP methods are case-sensitive)"),
+                ));
+            }
+            // A token to HTTP, but Access-Control-Allow-Methods: * means
+            // "any method" only without credentials; name them instead.
+            if method == "*" {
+                return Err(invalid(key, "\"*\" is not supported; list the methods"));
+            }
+            if !methods.contains(&parsed) {
+                methods.push(parsed);
+            }
+        }
+        if methods.is_empty() {
+            methods = SAFELISTED_METHODS.to_vec();
+        }
+        let allowed_headers = header_names("allowed_headers", &c.allowed_headers)?;
+        let expose_headers = header_names("expose_headers", &c.expose_headers)?;
+        Ok(CorsPolicy {
+            origins,
+            any_origin: wildcard,
+            allow_credentials: c.allow_credentials,
+            methods,
+            allowed_headers,
+            expose_headers,
+            max_age: c.max_age,
+        })
+    }
+}
+
+/// Parses `cors.<field>`, dropping repeats (names compare lower-cased).
+fn header_names(field: &str, names: &[String]) -> Result<Vec<HeaderName>, ValidationError> {
+    let mut parsed: Vec<HeaderName> = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let key = || format!("cors.{field}[{i}]");
+        // `*` means "any" only without credentials, and never for
+        // Authorization; name the headers instead.
+        if name == "*" {
+            return Err(invalid(
+                key(),
+                "\"*\" is not supported; list the header names",
+            ));
+        }
+        let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+            return Err(invalid(
+                key(),
+                format!("{name:?} is not a valid header name"),
+            ));
+        };
+        if !parsed.contains(&header) {
+            parsed.push(header);
+        }
+    }
+    Ok(parsed)
+}
+
+/// Checks `scheme://host[:port]` and drops a default port, since browsers
+/// never send one in Origin and a configured `:443` would otherwise never
+/// match. Lower-cases the rest, so equal origins compare equal as strings.
+///
+/// The form [`CorsPolicy::origins`] are kept in; the proxy puts a request's
+/// `Origin` through it too before comparing.
+pub fn normalize_origin(origin: &str) -> Result<String, String> {
+    let invalid = |why: &str| Err(format!("invalid allowed origin {origin:?}: {why}"));
+    if origin.eq_ignore_ascii_case("null") {
+        return invalid(
+            "\"null\" is sent by sandboxed and file: documents and must not be trusted",
+        );
+    }
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return invalid("expected scheme://host[:port]");
+    };
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return invalid("bad scheme");
+    }
+    if host.is_empty()
+        || host
+            .bytes()
+            .any(|b| b"/?#*@".contains(&b) || !b.is_ascii_graphic())
+    {
+        return invalid("expected scheme://host[:port] with no path, wildcard or credentials");
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "https" => Some(":443"),
+        "http" => Some(":80"),
+        _ => None,
+    };
+    let host = match default_port {
+        Some(port) => host.strip_suffix(port).unwrap_or(host),
+        None => host,
+    };
+    Ok(format!("{scheme}://{}", host.to_ascii_lowercase()))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use http::Uri;
+    use http::{Method, Uri};
 
     use super::super::test_support::*;
     use super::super::*;
@@ -704,6 +817,63 @@ mod tests {
             invalid_key(|c| c.cors.allowed_headers.push("bad header".into())),
             "cors.allowed_headers[2]"
         );
+        // The rules the proxy used to apply on its own are part of the one set.
+        assert_eq!(
+            invalid_key(|c| c.cors.allowed_methods.push("*".into())),
+            "cors.allowed_methods[6]"
+        );
+        assert_eq!(
+            invalid_key(|c| c.cors.allowed_headers.push("*".into())),
+            "cors.allowed_headers[2]"
+        );
+        assert_eq!(
+            invalid_key(|c| c.cors.expose_headers.push("*".into())),
+            "cors.expose_headers[0]"
+        );
+        for origin in [
+            "https://*.example.com",
+            " https://a.com",
+            "https://a.com ",
+            "null",
+        ] {
+            assert_eq!(
+                invalid_key(|c| c.cors.allowed_origins = vec![origin.into()]),
+                "cors.allowed_origins[0]",
+                "{origin:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cors_policy_is_parsed_once_from_the_settings() {
+        let mut config = defaults();
+        config.cors.allowed_origins = vec![
+            "HTTPS://App.Example.com:443".into(),
+            "http://localhost:5173".into(),
+        ];
+        config.cors.allowed_methods = vec!["GET".into(), "PURGE".into(), "GET".into()];
+        config.cors.allowed_headers = vec!["Authorization".into(), "authorization".into()];
+        config.cors.expose_headers = vec!["X-Request-Id".into()];
+        let policy = config.cors.policy().unwrap();
+        let origins: Vec<&str> = policy.origins.iter().map(|o| &**o).collect();
+        assert_eq!(
+            origins,
+            ["https://app.example.com", "http://localhost:5173"]
+        );
+        assert!(!policy.any_origin);
+        assert_eq!(
+            policy.methods,
+            [Method::GET, Method::from_bytes(b"PURGE").unwrap()]
+        );
+        assert_eq!(policy.allowed_headers, [http::header::AUTHORIZATION]);
+        assert_eq!(policy.expose_headers, ["x-request-id"]);
+        assert_eq!(policy.max_age, Duration::from_secs(600));
+        // No methods listed: the CORS-safelisted ones.
+        config.cors.allowed_methods.clear();
+        config.cors.allowed_origins = vec!["*".into()];
+        let policy = config.cors.policy().unwrap();
+        assert!(policy.any_origin && policy.origins.is_empty());
+        assert_eq!(policy.methods, [Method::GET, Method::HEAD, Method::POST]);
     }
 
     #[test]
