@@ -2,7 +2,7 @@
 //! variables written into the file's YAML tree before it is deserialized
 //! again, and the rules that decide which variable an error is blamed on.
 
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use super::{file_error, yaml_message, Config, ConfigError};
 
@@ -41,7 +41,7 @@ enum Segment {
 pub(super) struct EnvOverride {
     pub(super) variable: String,
     path: Vec<Segment>,
-    /// The path as serde_yaml and validation print it: `upstreams[0].url`.
+    /// The path as serde_norway and validation print it: `upstreams[0].url`.
     dotted: String,
     value: Value,
 }
@@ -108,13 +108,13 @@ fn dotted_path(path: &[Segment]) -> String {
 /// become a tag, `0x1F` would become 31. Quoting (`'"null"'`) forces a string.
 fn env_value(raw: &str) -> Value {
     let trimmed = raw.trim();
-    match serde_yaml::from_str::<Value>(trimmed) {
+    match serde_norway::from_str::<Value>(trimmed) {
         Ok(value @ (Value::Sequence(_) | Value::Mapping(_))) if trimmed.starts_with(['[', '{']) => {
             value
         }
         Ok(value @ Value::String(_)) if trimmed.starts_with(['"', '\'']) => value,
         Ok(value @ (Value::Null | Value::Bool(_) | Value::Number(_)))
-            if serde_yaml::to_string(&value).is_ok_and(|text| text.trim_end() == trimmed) =>
+            if serde_norway::to_string(&value).is_ok_and(|text| text.trim_end() == trimmed) =>
         {
             value
         }
@@ -205,8 +205,8 @@ fn default_list(dotted: &str) -> Option<Value> {
 
 /// Deserializes a tree through YAML text (not `from_value`) so scalars are
 /// read exactly as in the file: `issuer: 12345` is a string there too.
-fn reparse(document: &Value) -> Result<Config, serde_yaml::Error> {
-    serde_yaml::from_str(&serde_yaml::to_string(document)?)
+fn reparse(document: &Value) -> Result<Config, serde_norway::Error> {
+    serde_norway::from_str(&serde_norway::to_string(document)?)
 }
 
 pub(super) fn apply_overrides(
@@ -214,7 +214,7 @@ pub(super) fn apply_overrides(
     source: &str,
     overrides: &[EnvOverride],
 ) -> Result<Config, ConfigError> {
-    let mut document: Value = serde_yaml::from_str(text).map_err(|e| file_error(source, &e))?;
+    let mut document: Value = serde_norway::from_str(text).map_err(|e| file_error(source, &e))?;
     if document.is_null() {
         document = Value::Mapping(Mapping::new());
     }
@@ -245,7 +245,7 @@ pub(super) fn apply_overrides(
     }
 }
 
-/// Splits serde_yaml's `path: message` form; paths in this schema are
+/// Splits serde_norway's `path: message` form; paths in this schema are
 /// snake_case keys, dots and `[n]` indexes.
 fn split_error_path(message: &str) -> (&str, &str) {
     match message.split_once(": ") {
@@ -308,7 +308,7 @@ fn is_within(a: &str, b: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
 }
 
-/// The variable already names its key, so a `key: ` prefix that serde_yaml
+/// The variable already names its key, so a `key: ` prefix that serde_norway
 /// put on the message for that key (or a section above it) is redundant.
 fn strip_known_path(message: &str, dotted: &str) -> String {
     match split_error_path(message) {

@@ -99,9 +99,9 @@ fn one_line(text: &str) -> String {
     text.replace('\r', "\\r").replace('\n', "\\n")
 }
 
-/// serde_yaml appends " at line L column C" to its messages; we print the
+/// serde_norway appends " at line L column C" to its messages; we print the
 /// location in `file:line:col` form instead, so drop it from the message.
-fn yaml_message(error: &serde_yaml::Error) -> String {
+fn yaml_message(error: &serde_norway::Error) -> String {
     let text = error.to_string();
     let text = match error.location() {
         Some(loc) => text.replacen(
@@ -114,7 +114,7 @@ fn yaml_message(error: &serde_yaml::Error) -> String {
     one_line(&text)
 }
 
-fn file_error(file: &str, error: &serde_yaml::Error) -> ConfigError {
+fn file_error(file: &str, error: &serde_norway::Error) -> ConfigError {
     ConfigError::Parse {
         file: file.to_owned(),
         location: error.location().map(|l| Location {
@@ -188,7 +188,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         // Deserializing the text itself (not a Value) is what gives errors
         // their line and column.
-        let from_file: Config = serde_yaml::from_str(text).map_err(|e| file_error(source, &e))?;
+        let from_file: Config = serde_norway::from_str(text).map_err(|e| file_error(source, &e))?;
         let overrides = collect_overrides(env)?;
         let config = if overrides.is_empty() {
             from_file
@@ -421,6 +421,27 @@ mod tests {
             text.contains("smtp.security: unknown variant `ssl`"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_a_position() {
+        let text = err(parse(
+            "server:\n  max_connections: 5\n  max_connections: 6\n",
+        ))
+        .to_string();
+        assert!(
+            // The YAML library points at the section's first key, as it always has.
+            text.starts_with("test.yaml:2:3: server: duplicate field `max_connections`"),
+            "{text}"
+        );
+        // The tree that environment overrides are written into refuses them too.
+        let text = err(parse_env(
+            "redis:\n  url: redis://a/\nredis:\n  url: redis://b/\n",
+            &[("PORTCULLIS_REDIS__TIMEOUT", "2s")],
+        ))
+        .to_string();
+        assert!(text.starts_with("test.yaml:"), "{text}");
+        assert!(text.contains("duplicate"), "{text}");
     }
 
     #[test]

@@ -684,7 +684,7 @@ pub fn parse_ip_net(text: &str) -> Result<IpNet, String> {
 fn deserialize_trusted_proxies<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<IpNet>, D::Error> {
-    // One element at a time, so serde_yaml reports the failing element's
+    // One element at a time, so serde_norway reports the failing element's
     // line and index rather than the start of the list.
     struct Net(IpNet);
 
