@@ -1,6 +1,7 @@
 //! Validation: the semantic rules of `gateway.yaml` that types cannot
 //! express (URL shapes, ranges, cross-field rules), each error naming its key
-//! by dotted path.
+//! by dotted path. Where the proxy needs parsed values (CORS), the rules
+//! produce them, so no other module checks the same settings again.
 
 use std::net::SocketAddr;
 use std::time::Duration;
