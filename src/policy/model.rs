@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::config::units::{self, DurationError, DurationSyntax};
+
 use super::matcher::Pattern;
 use super::yaml::{shorten, Node};
 use super::{Diagnostic, RateKey, RateLimit, Severity};
@@ -819,6 +821,8 @@ fn host_problem(host: &str) -> Option<String> {
 }
 
 /// `500ms`, `10s`, `1m`, `1h`, `1d`: a whole number above zero and a unit.
+/// The grammar is the gateway config's ([`units::parse_duration`]); the
+/// policy's syntax wants the unit, and its messages quote the node.
 fn parse_duration(node: &Node) -> Result<Duration, String> {
     let Some(text) = node.as_text() else {
         return Err(format!(
@@ -827,36 +831,17 @@ fn parse_duration(node: &Node) -> Result<Duration, String> {
         ));
     };
     let shown = shorten(text);
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let bad = || {
-        format!("bad duration `{shown}`: expected a whole number and a unit (ms, s, m, h, d), e.g. `10s`")
-    };
-    if number.is_empty() {
-        return Err(bad());
-    }
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "" => {
-            return Err(format!(
-                "duration `{shown}` is missing its unit (ms, s, m, h or d)"
-            ))
+    match units::parse_duration(text, DurationSyntax::POLICY) {
+        Ok(duration) if duration.is_zero() => {
+            Err(format!("duration `{shown}` must be greater than zero"))
         }
-        _ => return Err(bad()),
-    };
-    let too_long = || format!("duration `{shown}` is too long");
-    let count: u64 = number.parse().map_err(|_| too_long())?;
-    if count == 0 {
-        return Err(format!("duration `{shown}` must be greater than zero"));
+        Ok(duration) => Ok(duration),
+        Err(DurationError::MissingUnit) => Err(format!(
+            "duration `{shown}` is missing its unit (ms, s, m, h or d)"
+        )),
+        Err(DurationError::Malformed) => Err(format!(
+            "bad duration `{shown}`: expected a whole number and a unit (ms, s, m, h, d), e.g. `10s`"
+        )),
+        Err(DurationError::TooLarge) => Err(format!("duration `{shown}` is too long")),
     }
-    count
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(too_long)
 }

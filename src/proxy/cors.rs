@@ -1,30 +1,19 @@
 //! The gateway's CORS policy: answering preflights and decorating actual
 //! responses, so that the browser sees only the gateway's CORS settings.
 //!
-//! Pure: no I/O. Every header value that does not depend on the request is
-//! built once in [`Cors::new`].
+//! Pure: no I/O. The settings arrive checked and parsed as a
+//! [`CorsPolicy`] (the config's rules are the only CORS rules); every header
+//! value that does not depend on the request is built from it once in
+//! [`Cors::new`].
 //!
 //! When no origins are configured CORS is disabled: preflights are forwarded
 //! like any other request and upstream `Access-Control-*` headers pass through
 //! untouched, so an application that does its own CORS keeps working.
 
-use std::time::Duration;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 
-/// CORS configuration as read from the config file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CorsSettings {
-    /// `scheme://host[:port]` origins, or `"*"`. Empty disables CORS.
-    pub allowed_origins: Vec<String>,
-    pub allow_credentials: bool,
-    /// Empty means the CORS-safelisted methods GET, HEAD and POST.
-    pub allowed_methods: Vec<String>,
-    pub allowed_headers: Vec<String>,
-    pub expose_headers: Vec<String>,
-    pub max_age: Duration,
-}
+use crate::config::CorsPolicy;
 
 /// The answer to a possible preflight request.
 #[derive(Debug)]
@@ -46,8 +35,7 @@ pub struct Cors {
     origins: Vec<Box<str>>,
     any_origin: bool,
     allow_credentials: bool,
-    /// Upper-case method names.
-    methods: Vec<Box<str>>,
+    methods: Vec<Method>,
     /// Lower-case header names.
     headers: Vec<HeaderName>,
     allow_methods: HeaderValue,
@@ -58,7 +46,6 @@ pub struct Cors {
 }
 
 static ACCESS_CONTROL_PREFIX: &[u8] = b"access-control-";
-const SAFELISTED_METHODS: [&str; 3] = ["GET", "HEAD", "POST"];
 const ANY: HeaderValue = HeaderValue::from_static("*");
 const TRUE: HeaderValue = HeaderValue::from_static("true");
 const VARY_ORIGIN: HeaderValue = HeaderValue::from_static("Origin");
@@ -67,75 +54,25 @@ const VARY_PREFLIGHT: HeaderValue = HeaderValue::from_static(
 );
 
 impl Cors {
-    /// Validates and compiles the settings. Refuses `"*"` together with
-    /// `allow_credentials`: echoing any origin with credentials would let
-    /// every web site make authenticated requests as the visitor, which an
-    /// authentication gateway must not allow by accident. List the origins
-    /// instead.
-    pub fn new(settings: &CorsSettings) -> Result<Cors, String> {
-        let mut origins = Vec::with_capacity(settings.allowed_origins.len());
-        let mut any_origin = false;
-        for raw in &settings.allowed_origins {
-            let origin = raw.trim();
-            if origin == "*" {
-                any_origin = true;
-            } else {
-                origins.push(normalize_origin(origin)?.into());
-            }
-        }
-        if any_origin && settings.allow_credentials {
-            return Err(
-                "allowed origin \"*\" cannot be combined with allow_credentials; \
-                        list the allowed origins explicitly"
-                    .to_owned(),
-            );
-        }
-
-        let mut methods: Vec<Box<str>> = Vec::new();
-        let configured_methods: Vec<&str> = if settings.allowed_methods.is_empty() {
-            SAFELISTED_METHODS.to_vec()
-        } else {
-            settings.allowed_methods.iter().map(|m| m.trim()).collect()
-        };
-        for method in configured_methods {
-            if method == "*" {
-                return Err("allowed method \"*\" is not supported; list the methods".to_owned());
-            }
-            if Method::from_bytes(method.as_bytes()).is_err() {
-                return Err(format!("invalid allowed method {method:?}"));
-            }
-            let method: Box<str> = method.to_ascii_uppercase().into();
-            if !methods.contains(&method) {
-                methods.push(method);
-            }
-        }
-
-        let headers = header_names("allowed header", &settings.allowed_headers)?;
-        let exposed = header_names("exposed header", &settings.expose_headers)?;
-
-        let allow_methods = joined(methods.iter().map(|m| &**m))?;
-        let allow_headers = if headers.is_empty() {
-            None
-        } else {
-            Some(joined(headers.iter().map(HeaderName::as_str))?)
-        };
-        let expose_headers = if exposed.is_empty() {
-            None
-        } else {
-            Some(joined(exposed.iter().map(HeaderName::as_str))?)
-        };
-
-        Ok(Cors {
-            origins,
-            any_origin,
-            allow_credentials: settings.allow_credentials,
-            methods,
+    /// Builds the response headers the policy always sends.
+    pub fn new(policy: &CorsPolicy) -> Cors {
+        let headers = policy.allowed_headers.clone();
+        let allow_methods = joined(policy.methods.iter().map(Method::as_str));
+        let allow_headers =
+            (!headers.is_empty()).then(|| joined(headers.iter().map(HeaderName::as_str)));
+        let expose_headers = (!policy.expose_headers.is_empty())
+            .then(|| joined(policy.expose_headers.iter().map(HeaderName::as_str)));
+        Cors {
+            origins: policy.origins.clone(),
+            any_origin: policy.any_origin,
+            allow_credentials: policy.allow_credentials,
+            methods: policy.methods.clone(),
             headers,
             allow_methods,
             allow_headers,
             expose_headers,
-            max_age: HeaderValue::from(settings.max_age.as_secs()),
-        })
+            max_age: HeaderValue::from(policy.max_age.as_secs()),
+        }
     }
 
     /// The origins configured by name (not `"*"`), normalised.
@@ -242,7 +179,7 @@ impl Cors {
     }
 
     fn allow_origin(&self, origin: &HeaderValue) -> HeaderValue {
-        // `any_origin` implies no credentials (refused in `new`), so "*" is
+        // `any_origin` implies no credentials (refused by the config), so "*" is
         // exactly what the browser needs; cloning the request's value is a
         // reference-count bump, not a copy.
         if self.any_origin {
@@ -256,7 +193,7 @@ impl Cors {
         let requested = requested.as_bytes().trim_ascii();
         self.methods
             .iter()
-            .any(|m| m.as_bytes().eq_ignore_ascii_case(requested))
+            .any(|m| m.as_str().as_bytes().eq_ignore_ascii_case(requested))
     }
 
     fn request_headers_allowed(&self, headers: &HeaderMap) -> bool {
@@ -274,63 +211,8 @@ impl Cors {
     }
 }
 
-/// Checks `scheme://host[:port]` and drops a default port, since browsers
-/// never send one in Origin and a configured `:443` would otherwise never
-/// match. Lower-cases the rest, so equal origins compare equal as strings.
-pub fn normalize_origin(origin: &str) -> Result<String, String> {
-    let invalid = |why: &str| Err(format!("invalid allowed origin {origin:?}: {why}"));
-    if origin.eq_ignore_ascii_case("null") {
-        return invalid(
-            "\"null\" is sent by sandboxed and file: documents and must not be trusted",
-        );
-    }
-    let Some((scheme, host)) = origin.split_once("://") else {
-        return invalid("expected scheme://host[:port]");
-    };
-    if scheme.is_empty()
-        || !scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-    {
-        return invalid("bad scheme");
-    }
-    if host.is_empty()
-        || host
-            .bytes()
-            .any(|b| b"/?#*@".contains(&b) || !b.is_ascii_graphic())
-    {
-        return invalid("expected scheme://host[:port] with no path, wildcard or credentials");
-    }
-    let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "https" => Some(":443"),
-        "http" => Some(":80"),
-        _ => None,
-    };
-    let host = match default_port {
-        Some(port) => host.strip_suffix(port).unwrap_or(host),
-        None => host,
-    };
-    Ok(format!("{scheme}://{}", host.to_ascii_lowercase()))
-}
-
-fn header_names(what: &str, names: &[String]) -> Result<Vec<HeaderName>, String> {
-    let mut parsed: Vec<HeaderName> = Vec::with_capacity(names.len());
-    for raw in names {
-        let raw = raw.trim();
-        if raw == "*" {
-            return Err(format!("{what} \"*\" is not supported; list the names"));
-        }
-        let name = HeaderName::from_bytes(raw.as_bytes())
-            .map_err(|_| format!("invalid {what} {raw:?}"))?;
-        if !parsed.contains(&name) {
-            parsed.push(name);
-        }
-    }
-    Ok(parsed)
-}
-
-fn joined<'a>(items: impl Iterator<Item = &'a str>) -> Result<HeaderValue, String> {
+/// Method and header names are tokens, so a list of them is a valid value.
+fn joined<'a>(items: impl Iterator<Item = &'a str>) -> HeaderValue {
     let mut text = String::new();
     for item in items {
         if !text.is_empty() {
@@ -338,7 +220,7 @@ fn joined<'a>(items: impl Iterator<Item = &'a str>) -> Result<HeaderValue, Strin
         }
         text.push_str(item);
     }
-    HeaderValue::try_from(text).map_err(|e| e.to_string())
+    HeaderValue::try_from(text).expect("tokens joined by \", \" are a valid header value")
 }
 
 fn remove_access_control(headers: &mut HeaderMap) {
@@ -366,13 +248,21 @@ fn varies_by_origin(headers: &HeaderMap) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    fn settings(origins: &[&str], credentials: bool) -> CorsSettings {
-        CorsSettings {
+    use super::*;
+    use crate::config::{CorsConfig, ValidationError};
+
+    /// The proxy serves what the config's rules make of the settings.
+    fn compile(settings: &CorsConfig) -> Result<Cors, ValidationError> {
+        settings.policy().map(|policy| Cors::new(&policy))
+    }
+
+    fn settings(origins: &[&str], credentials: bool) -> CorsConfig {
+        CorsConfig {
             allowed_origins: origins.iter().map(|s| s.to_string()).collect(),
             allow_credentials: credentials,
-            allowed_methods: vec!["GET".into(), "POST".into(), "delete".into()],
+            allowed_methods: vec!["GET".into(), "POST".into(), "DELETE".into()],
             allowed_headers: vec![
                 "Authorization".into(),
                 "Content-Type".into(),
@@ -411,29 +301,34 @@ mod tests {
             "https://user@app.example.com",
         ];
         for origin in bad_origins {
-            assert!(Cors::new(&settings(&[origin], false)).is_err(), "{origin}");
+            assert!(compile(&settings(&[origin], false)).is_err(), "{origin}");
         }
-        assert!(Cors::new(&settings(&["*"], true)).is_err());
-        assert!(Cors::new(&settings(&["*"], false)).is_ok());
+        assert!(compile(&settings(&["*"], true)).is_err());
+        assert!(compile(&settings(&["*"], false)).is_ok());
 
         let mut bad = settings(&["https://a.example"], false);
         bad.allowed_methods = vec!["GE T".into()];
-        assert!(Cors::new(&bad).is_err());
+        assert!(compile(&bad).is_err());
+        // HTTP methods are case-sensitive, so `delete` would never match.
+        bad.allowed_methods = vec!["delete".into()];
+        assert!(compile(&bad).is_err());
+        bad.allowed_methods = vec!["*".into()];
+        assert!(compile(&bad).is_err());
         let mut bad = settings(&["https://a.example"], false);
         bad.allowed_headers = vec!["bad header".into()];
-        assert!(Cors::new(&bad).is_err());
+        assert!(compile(&bad).is_err());
         let mut bad = settings(&["https://a.example"], false);
         bad.expose_headers = vec!["*".into()];
-        assert!(Cors::new(&bad).is_err());
+        assert!(compile(&bad).is_err());
     }
 
     #[test]
     fn enabled_only_with_origins() {
-        assert!(!Cors::new(&CorsSettings::default()).unwrap().is_enabled());
-        assert!(Cors::new(&settings(&["https://a.example"], false))
+        assert!(!compile(&CorsConfig::default()).unwrap().is_enabled());
+        assert!(compile(&settings(&["https://a.example"], false))
             .unwrap()
             .is_enabled());
-        assert!(Cors::new(&settings(&["*"], false)).unwrap().is_enabled());
+        assert!(compile(&settings(&["*"], false)).unwrap().is_enabled());
     }
 
     /// (method, request headers, expected: None = NotPreflight, Some(allowed?))
@@ -445,7 +340,7 @@ mod tests {
 
     #[test]
     fn preflight_decisions() {
-        let cors = Cors::new(&settings(
+        let cors = compile(&settings(
             &["https://app.example.com", "http://localhost:3000"],
             true,
         ))
@@ -567,7 +462,7 @@ mod tests {
 
     #[test]
     fn allowed_preflight_headers_with_credentials() {
-        let cors = Cors::new(&settings(&["https://app.example.com"], true)).unwrap();
+        let cors = compile(&settings(&["https://app.example.com"], true)).unwrap();
         let headers = request(&[
             ("origin", "https://App.example.com"),
             ("access-control-request-method", "DELETE"),
@@ -605,7 +500,7 @@ mod tests {
         let mut s = settings(&["*"], false);
         s.allowed_methods.clear();
         s.allowed_headers.clear();
-        let cors = Cors::new(&s).unwrap();
+        let cors = compile(&s).unwrap();
         let headers = request(&[
             ("origin", "https://anyone.example"),
             ("access-control-request-method", "HEAD"),
@@ -635,7 +530,7 @@ mod tests {
 
     #[test]
     fn default_ports_in_configured_origins_are_ignored() {
-        let cors = Cors::new(&settings(
+        let cors = compile(&settings(
             &[
                 "https://app.example.com:443",
                 "http://a.example:80",
@@ -663,7 +558,7 @@ mod tests {
 
     #[test]
     fn apply_to_actual_responses() {
-        let cors = Cors::new(&settings(&["https://app.example.com"], true)).unwrap();
+        let cors = compile(&settings(&["https://app.example.com"], true)).unwrap();
         let upstream = || {
             request(&[
                 ("access-control-allow-origin", "*"),
@@ -716,7 +611,7 @@ mod tests {
 
     #[test]
     fn apply_does_not_duplicate_vary() {
-        let cors = Cors::new(&settings(&["https://app.example.com"], false)).unwrap();
+        let cors = compile(&settings(&["https://app.example.com"], false)).unwrap();
         let origin = HeaderValue::from_static("https://app.example.com");
         for existing in ["origin", "Accept-Encoding, Origin", "*"] {
             let mut response = request(&[("vary", existing)]);
@@ -727,7 +622,7 @@ mod tests {
 
     #[test]
     fn disabled_cors_leaves_everything_alone() {
-        let cors = Cors::new(&CorsSettings::default()).unwrap();
+        let cors = compile(&CorsConfig::default()).unwrap();
         let headers = request(&[
             ("origin", "https://app.example.com"),
             ("access-control-request-method", "GET"),

@@ -35,7 +35,7 @@ use crate::error::GatewayError;
 use crate::proxy::response_body::GatewayBody;
 use crate::telemetry::metrics::Metrics;
 use checks::{AllowedMethods, ServedHosts};
-use cors::{Cors, CorsSettings, Preflight};
+use cors::{Cors, Preflight};
 use enforce::Enforcer;
 use forward::{BodyLimits, Upstream};
 use headers::{NoReferrer, RequestIds, SecurityHeaders, StripList, X_REQUEST_ID};
@@ -127,16 +127,14 @@ impl Gateway {
             &h.server,
         )
         .map_err(|error| BuildError::SecurityHeaders(error.to_string()))?;
-        let c = &config.cors;
-        let cors = Cors::new(&CorsSettings {
-            allowed_origins: c.allowed_origins.clone(),
-            allow_credentials: c.allow_credentials,
-            allowed_methods: c.allowed_methods.clone(),
-            allowed_headers: c.allowed_headers.clone(),
-            expose_headers: c.expose_headers.clone(),
-            max_age: c.max_age,
-        })
-        .map_err(BuildError::Cors)?;
+        // Validation already ran this for a loaded config; a Config built in
+        // code gets the same rules here.
+        let cors = Cors::new(
+            &config
+                .cors
+                .policy()
+                .map_err(|error| BuildError::Cors(error.to_string()))?,
+        );
         let upstreams = config
             .upstreams
             .iter()

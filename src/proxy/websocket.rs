@@ -17,9 +17,10 @@ use http::header::{
 };
 use http::{HeaderMap, Request, Version};
 
-use super::cors::{normalize_origin, Cors};
+use super::cors::Cors;
 use super::enforce::{Enforcer, TokenWatch, Verdict};
 use crate::access::TokenSource;
+use crate::config::normalize_origin;
 use crate::error::GatewayError;
 use crate::telemetry::metrics::Metrics;
 
@@ -210,14 +211,14 @@ impl CookieOrigins {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::cors::CorsSettings;
+    use crate::config::CorsConfig;
 
     fn cookie_origins(allowed: &[&str]) -> CookieOrigins {
-        let cors = Cors::new(&CorsSettings {
+        let settings = CorsConfig {
             allowed_origins: allowed.iter().map(|origin| origin.to_string()).collect(),
-            ..CorsSettings::default()
-        })
-        .expect("valid CORS settings");
+            ..CorsConfig::default()
+        };
+        let cors = Cors::new(&settings.policy().expect("valid CORS settings"));
         CookieOrigins::new("https://gateway.example.com", &cors)
     }
 

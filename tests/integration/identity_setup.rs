@@ -93,7 +93,8 @@ async fn asymmetric_keys_sign_with_a_kid_and_are_published() {
         dir.join("ed.pem").display(),
         dir.join("ec.pem").display()
     );
-    let keys: Vec<portcullis::config::SigningKeyConfig> = serde_yaml::from_str(&keys_yaml).unwrap();
+    let keys: Vec<portcullis::config::SigningKeyConfig> =
+        serde_norway::from_str(&keys_yaml).unwrap();
     let gateway = TestGateway::start_with(|config| {
         config.tokens.hs256_secret = None;
         config.tokens.signing_keys = keys;
