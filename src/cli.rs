@@ -367,7 +367,7 @@ fn create_user(
     } else {
         (crate::token::OpaqueToken::generate().token, true)
     };
-    let rules = config.password.rules();
+    let rules = crate::password::PasswordRules::from(&config.password);
     // A generated password is 256 random bits; the character-class rules are for people.
     if !generated {
         if let Err(problem) = check_rules(&password, &email, &rules) {

@@ -5,7 +5,7 @@
 use crate::config;
 use crate::limits::gate::Limit;
 use crate::mail::{MailerSettings, SmtpSecurity};
-use crate::password::HashParams;
+use crate::password::{HashParams, PasswordRules, NIST_MIN_STRENGTH};
 use crate::token::{KeyAlgorithm, TokenSettings};
 
 impl From<&config::RateLimit> for Limit {
@@ -77,6 +77,28 @@ impl From<&config::SmtpConfig> for MailerSettings {
             retry_max: smtp.retry_max,
             poll_interval: smtp.poll_interval,
             batch_size: MAIL_BATCH_SIZE,
+        }
+    }
+}
+
+impl From<&config::PasswordConfig> for PasswordRules {
+    /// The rules the configuration asks for, the preset applied: NIST drops the composition
+    /// rules and leans on the strength estimate instead.
+    fn from(password: &config::PasswordConfig) -> PasswordRules {
+        let nist = password.preset == config::PasswordPreset::Nist;
+        PasswordRules {
+            min_length: password.min_length,
+            max_bytes: password.max_bytes,
+            require_uppercase: password.require_uppercase && !nist,
+            require_lowercase: password.require_lowercase && !nist,
+            require_digit: password.require_digit && !nist,
+            reject_common: password.reject_common,
+            reject_email_local_part: password.reject_email_local_part,
+            min_strength: if nist {
+                password.min_strength.max(NIST_MIN_STRENGTH)
+            } else {
+                password.min_strength
+            },
         }
     }
 }

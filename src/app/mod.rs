@@ -164,7 +164,7 @@ impl App {
             keys,
             access: access.clone(),
             hasher: password_hasher(config)?,
-            rules: config.password.rules(),
+            rules: (&config.password).into(),
             clock,
             policy: policy.clone(),
             mail_waker: mail_worker.waker(),

@@ -537,27 +537,6 @@ pub enum PasswordPreset {
     Nist,
 }
 
-impl PasswordConfig {
-    /// The rules the configuration asks for, the preset applied.
-    pub fn rules(&self) -> crate::password::PasswordRules {
-        let nist = self.preset == PasswordPreset::Nist;
-        crate::password::PasswordRules {
-            min_length: self.min_length,
-            max_bytes: self.max_bytes,
-            require_uppercase: self.require_uppercase && !nist,
-            require_lowercase: self.require_lowercase && !nist,
-            require_digit: self.require_digit && !nist,
-            reject_common: self.reject_common,
-            reject_email_local_part: self.reject_email_local_part,
-            min_strength: if nist {
-                self.min_strength.max(crate::password::NIST_MIN_STRENGTH)
-            } else {
-                self.min_strength
-            },
-        }
-    }
-}
-
 // Both fields are required: each limit has its own default, so a partial
 // entry would have nothing sensible to be completed from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
