@@ -3,17 +3,25 @@
 //! checking the caller's token and the operator's policy.
 //!
 //! # Layout
-//! - [`config`]: `gateway.yaml` with environment overrides, validated; the only file read.
+//! Pure cores at the bottom, I/O around them, one composition root; dependencies point one
+//! way (the README draws them).
+//! - [`app`]: the composition root. `App::build` makes every shared part once.
+//! - [`config`]: `gateway.yaml` with environment overrides, validated into typed values.
 //! - [`error`]: typed failures mapped to status codes and client messages in one place.
-//! - [`proxy`]: the request path: `path` (pure normalisation), `headers` and `cors` (pure
-//!   rewriting), `websocket` (pure upgrade checks), `forward` (the upstream client), `body`
-//!   (streaming with limits).
-//! - [`auth`]: the `/auth` routes, composed from `token`, `password`, `store`, `limits`, `mail`.
+//! - [`access`]: the one access-token verifier (cache, claims, revocation).
+//! - [`proxy`]: the request path: the front checks (`checks`, `path`, `headers`, `cors`,
+//!   `framing`), enforcement (`enforce`), forwarding (`forward`, `pool`, the bodies), and
+//!   [`proxy::OwnRoutes`], through which `/auth` is plugged in.
+//! - [`auth`]: the `/auth` routes, composed from `access`, `token`, `password`, `store`,
+//!   `limits`, `mail`.
+//! - [`policy`] (pure): the policy language; [`live_policy`]: the copy in force, reloaded live.
 //! - [`token`] (pure): access tokens and opaque tokens. [`password`]: Argon2id and the rules.
 //! - [`store`]: Postgres (users, sessions, email tokens, outbox, audit) and migrations.
-//! - [`limits`]: Redis (revocation). [`mail`]: the outbox worker and SMTP.
+//! - [`limits`]: Redis (rate limits and revocation, batched by the gate). [`mail`]: the
+//!   outbox worker and SMTP.
 //! - [`clock`]: time passed in, so tests move it rather than wait for it.
-//! - [`server`]: listeners, TLS, the redirect and ops listeners, graceful shutdown.
+//! - [`server`]: listeners, the redirect and ops listeners, graceful shutdown; [`tls`]:
+//!   certificates and their reloads; [`workers`]: the worker threads.
 //! - [`telemetry`]: logging and Prometheus metrics.
 //! - [`cli`]: the `portcullis` command line; `main.rs` only calls it.
 
