@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::config::FailMode;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, RedisCheck};
 use crate::limits::gate::{Gate, GateCheck, GateError};
 use crate::token::{AccessClaims, TokenError, TokenKeys};
 
@@ -147,15 +147,13 @@ impl AccessVerifier {
         match self.revoked(&verified).await {
             Ok(true) => return Err(GatewayError::invalid_token("Token has been revoked")),
             Ok(false) => {}
-            Err(error) => match self.revocation_on_redis_error {
-                FailMode::Deny => {
-                    tracing::warn!(%error, "revocation check failed; refusing (revocation_on_redis_error: deny)");
-                    return Err(GatewayError::Unavailable("Revocation service unavailable"));
-                }
-                FailMode::Allow => {
-                    tracing::warn!(%error, "revocation check failed; allowing (revocation_on_redis_error: allow)");
-                }
-            },
+            Err(error) => {
+                tracing::warn!(%error, on_redis_error = ?self.revocation_on_redis_error, "revocation check failed");
+                GatewayError::on_redis_outage(
+                    RedisCheck::Revocation,
+                    self.revocation_on_redis_error,
+                )?;
+            }
         }
         Ok(Principal {
             claims: claims.clone(),

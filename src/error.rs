@@ -9,6 +9,7 @@ use std::borrow::Cow;
 
 use http::StatusCode;
 
+use crate::config::FailMode;
 use crate::limits::gate::RateOutcome;
 
 /// A failure the gateway answers itself, before or instead of the upstream.
@@ -159,4 +160,26 @@ impl GatewayError {
 /// Whole seconds, rounded up and at least one: what `Retry-After` and `RateLimit-Reset` say.
 pub fn ceil_seconds(duration: std::time::Duration) -> u64 {
     duration.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// Which check Redis could not answer, and so what the client is told when the operator's
+/// `on_redis_error` / `revocation_on_redis_error` says to refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisCheck {
+    RateLimit,
+    Revocation,
+}
+
+impl GatewayError {
+    /// What an unanswered Redis check means: `deny` refuses with 503 naming the service,
+    /// `allow` goes on without the check. The one place this mapping is written.
+    pub fn on_redis_outage(check: RedisCheck, mode: FailMode) -> Result<(), GatewayError> {
+        match mode {
+            FailMode::Allow => Ok(()),
+            FailMode::Deny => Err(GatewayError::Unavailable(match check {
+                RedisCheck::RateLimit => "Rate limiter unavailable",
+                RedisCheck::Revocation => "Revocation service unavailable",
+            })),
+        }
+    }
 }

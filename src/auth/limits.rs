@@ -18,8 +18,7 @@ use http::StatusCode;
 
 use super::routes::Route;
 use super::{normalize_email, object, status_only, AuthLimits, AuthService, Call};
-use crate::config::FailMode;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, RedisCheck};
 use crate::limits::gate::{GateCheck, Limit, RateOutcome};
 
 /// The per-client budget a route counts against: the bucket's name and its limit.
@@ -132,10 +131,11 @@ impl AuthService {
             Ok(outcome) => Ok(outcome.rate),
             Err(error) => {
                 tracing::warn!(%error, "auth rate limit check failed");
-                match self.settings.limits.on_redis_error {
-                    FailMode::Deny => Err(GatewayError::Unavailable("Rate limiter unavailable")),
-                    FailMode::Allow => Ok(None),
-                }
+                GatewayError::on_redis_outage(
+                    RedisCheck::RateLimit,
+                    self.settings.limits.on_redis_error,
+                )?;
+                Ok(None)
             }
         }
     }
@@ -170,7 +170,7 @@ mod tests {
             default: limit(4),
             per_recipient: limit(5),
             ipv6_prefix: 64,
-            on_redis_error: FailMode::Allow,
+            on_redis_error: crate::config::FailMode::Allow,
         }
     }
 

@@ -26,7 +26,7 @@ use http::HeaderMap;
 
 use crate::access::{AccessVerifier, TokenSource, TokenState, VerifiedToken};
 use crate::config::FailMode;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, RedisCheck};
 use crate::limits::client_key;
 use crate::limits::gate::{Gate, GateCheck, GateOutcome, Limit, RateOutcome};
 use crate::live_policy::PolicySource;
@@ -148,10 +148,15 @@ pub fn verdict(
             rate: None,
         },
         GateResult::Unavailable => {
-            if counted && fail.rate == FailMode::Deny {
-                return Step::Refuse(GatewayError::Unavailable("Rate limiter unavailable"));
+            if counted {
+                if let Err(refusal) =
+                    GatewayError::on_redis_outage(RedisCheck::RateLimit, fail.rate)
+                {
+                    return Step::Refuse(refusal);
+                }
             }
-            if as_caller && fail.revocation == FailMode::Deny {
+            let revocation = GatewayError::on_redis_outage(RedisCheck::Revocation, fail.revocation);
+            if let (true, Err(refusal)) = (as_caller, revocation) {
                 // Revocation cannot be checked, so the token cannot be trusted: the request
                 // may still go on without it where anyone is allowed.
                 return match anonymous() {
@@ -160,7 +165,7 @@ pub fn verdict(
                         upstream,
                         rate: None,
                     },
-                    _ => Step::Refuse(GatewayError::Unavailable("Revocation service unavailable")),
+                    _ => Step::Refuse(refusal),
                 };
             }
             Step::Forward {
@@ -184,10 +189,10 @@ pub fn rate_verdict(
             Ok(outcome.rate)
         }
         GateResult::NotAsked => Ok(None),
-        GateResult::Unavailable => match on_redis_error {
-            FailMode::Deny => Err(GatewayError::Unavailable("Rate limiter unavailable")),
-            FailMode::Allow => Ok(None),
-        },
+        GateResult::Unavailable => {
+            GatewayError::on_redis_outage(RedisCheck::RateLimit, on_redis_error)?;
+            Ok(None)
+        }
     }
 }
 
@@ -396,10 +401,12 @@ impl TokenWatch {
 /// What a recheck's revocation answer (`None`: Redis could not say) means for an open
 /// tunnel: the same as for a new request, which such a token could not make either.
 fn recheck_lapse(revoked: Option<bool>, on_redis_error: FailMode) -> Option<Lapse> {
-    match (revoked, on_redis_error) {
-        (Some(true), _) => Some(Lapse::Revoked),
-        (Some(false), _) | (None, FailMode::Allow) => None,
-        (None, FailMode::Deny) => Some(Lapse::Unverifiable),
+    match revoked {
+        Some(true) => Some(Lapse::Revoked),
+        Some(false) => None,
+        None => GatewayError::on_redis_outage(RedisCheck::Revocation, on_redis_error)
+            .err()
+            .map(|_| Lapse::Unverifiable),
     }
 }
 
