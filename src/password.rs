@@ -27,7 +27,8 @@ static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
         .collect()
 });
 
-/// The configured rules (built by the integrator from config::PasswordConfig; keep this struct plain).
+/// The configured rules (made from `config::PasswordConfig` in `app/convert.rs`; this
+/// module never reads the configuration).
 #[derive(Debug, Clone)]
 pub struct PasswordRules {
     pub min_length: usize,

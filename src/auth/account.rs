@@ -127,16 +127,7 @@ impl AuthService {
             .await
             .map_err(store_error)?;
         if let Some(user) = user.filter(|user| !user.is_verified && user.is_active) {
-            self.after_answer("verification resend", move |this| async move {
-                let now = this.now();
-                let mut client = this.store.client().await.map_err(store_error)?;
-                let transaction = client.transaction().await.map_err(db_error)?;
-                this.issue_email_token(&transaction, &user, TokenPurpose::VerifyEmail, now)
-                    .await?;
-                transaction.commit().await.map_err(db_error)?;
-                this.mail_waker.notify_one();
-                Ok(())
-            });
+            self.email_token_after_answer(user, TokenPurpose::VerifyEmail, None);
         }
         Ok(status_only(StatusCode::ACCEPTED))
     }

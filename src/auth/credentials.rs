@@ -32,25 +32,11 @@ impl AuthService {
             .await
             .map_err(store_error)?;
         if let Some(user) = user.filter(|user| user.is_active) {
-            let call = call.clone();
-            self.after_answer("password reset", move |this| async move {
-                let now = this.now();
-                let mut client = this.store.client().await.map_err(store_error)?;
-                let transaction = client.transaction().await.map_err(db_error)?;
-                this.issue_email_token(&transaction, &user, TokenPurpose::PasswordReset, now)
-                    .await?;
-                this.audit_in(
-                    &transaction,
-                    "password_reset_requested",
-                    Some(user.id),
-                    &call,
-                    serde_json::json!({}),
-                )
-                .await?;
-                transaction.commit().await.map_err(db_error)?;
-                this.mail_waker.notify_one();
-                Ok(())
-            });
+            self.email_token_after_answer(
+                user,
+                TokenPurpose::PasswordReset,
+                Some(("password_reset_requested", call.clone())),
+            );
         }
         Ok(status_only(StatusCode::ACCEPTED))
     }

@@ -378,6 +378,40 @@ impl AuthService {
             .map_err(db_error)
     }
 
+    /// After the answer (see [`AuthService::after_answer`]): issues `user` an email token
+    /// and queues its mail, with the audit entry `audit` names, in one transaction.
+    pub(crate) fn email_token_after_answer(
+        self: &Arc<Self>,
+        user: User,
+        purpose: crate::store::TokenPurpose,
+        audit: Option<(&'static str, Call)>,
+    ) {
+        let what = match purpose {
+            crate::store::TokenPurpose::VerifyEmail => "verification mail",
+            crate::store::TokenPurpose::PasswordReset => "password reset mail",
+        };
+        self.after_answer(what, move |this| async move {
+            let now = this.now();
+            let mut client = this.store.client().await.map_err(store_error)?;
+            let transaction = client.transaction().await.map_err(db_error)?;
+            this.issue_email_token(&transaction, &user, purpose, now)
+                .await?;
+            if let Some((event, call)) = audit {
+                this.audit_in(
+                    &transaction,
+                    event,
+                    Some(user.id),
+                    &call,
+                    serde_json::json!({}),
+                )
+                .await?;
+            }
+            transaction.commit().await.map_err(db_error)?;
+            this.mail_waker.notify_one();
+            Ok(())
+        });
+    }
+
     pub(crate) fn now(&self) -> SystemTime {
         self.clock.now()
     }

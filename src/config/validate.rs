@@ -711,30 +711,20 @@ mod tests {
 
     #[test]
     fn public_url_must_be_an_https_origin() {
-        assert_eq!(
-            invalid_key(|c| c.server.public_url = "http://example.com".into()),
-            "server.public_url"
-        );
-        assert_eq!(
-            invalid_key(|c| c.server.public_url = "https://example.com/app".into()),
-            "server.public_url"
-        );
-        assert_eq!(
-            invalid_key(|c| c.server.public_url = "https://example.com?x=1".into()),
-            "server.public_url"
-        );
-        assert_eq!(
-            invalid_key(|c| c.server.public_url = "https://u:p@example.com".into()),
-            "server.public_url"
-        );
-        assert_eq!(
-            invalid_key(|c| c.server.public_url = "https://example.com:99999".into()),
-            "server.public_url"
-        );
-        assert_eq!(
-            invalid_key(|c| c.server.public_url = "example.com".into()),
-            "server.public_url"
-        );
+        for refused in [
+            "http://example.com",
+            "https://example.com/app",
+            "https://example.com?x=1",
+            "https://u:p@example.com",
+            "https://example.com:99999",
+            "example.com",
+        ] {
+            assert_eq!(
+                invalid_key(|c| c.server.public_url = refused.into()),
+                "server.public_url",
+                "{refused}"
+            );
+        }
         let config = parse("server:\n  public_url: https://gw.example.com:8443/\n").unwrap();
         assert_eq!(config.server.public_url, "https://gw.example.com:8443");
     }

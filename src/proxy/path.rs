@@ -533,6 +533,7 @@ mod tests {
             InvalidUtf8,
             PathParameter,
             ForbiddenCharacter,
+            LookalikeSeparator,
         ];
         for error in all {
             assert!(
