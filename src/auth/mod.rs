@@ -568,7 +568,7 @@ impl AuthService {
     /// Keeps this instance's copy of the revocation list current (and acknowledges other
     /// instances' revocations), for as long as it runs.
     pub async fn follow_revocations(&self) {
-        self.feed.clone().run().await;
+        self.feed.clone().run(self.revocations.clone()).await;
     }
 
     /// Whether signed-in requests are checked against the local revocation copy now.

@@ -27,10 +27,20 @@ use redis::AsyncCommands;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::revocation::Revocations;
 use super::{Redis, RedisError};
 use crate::clock::{unix_seconds, Clock};
 use crate::store::Store;
+
+/// What writes a rebuilt revocation state back into Redis: the revocation writer
+/// (`revocation::Revocations`), which writes and publishes each entry as it would a new
+/// revocation, never overwriting a newer one.
+pub trait Restore: Send + Sync {
+    fn restore(
+        &self,
+        session_ids: &[Uuid],
+        user_not_befores: &[(Uuid, u64)],
+    ) -> impl std::future::Future<Output = Result<(), RedisError>> + Send;
+}
 
 /// How long a rebuild may hold the lock; a holder that dies is replaced after this.
 const LOCK_FOR: Duration = Duration::from_secs(15);
@@ -226,7 +236,7 @@ impl Durability {
 
     /// Returns the epoch Redis holds, rebuilding the revocation state from Postgres first
     /// when there is none (or waiting while another instance does).
-    pub async fn ensure(&self, writer: &Revocations) -> Result<Arc<str>, RebuildError> {
+    pub async fn ensure<W: Restore>(&self, writer: &W) -> Result<Arc<str>, RebuildError> {
         let result = self.ensure_once(writer).await;
         match &result {
             Ok(_) => self.set_phase(CONFIRMED),
@@ -235,7 +245,7 @@ impl Durability {
         result
     }
 
-    async fn ensure_once(&self, writer: &Revocations) -> Result<Arc<str>, RebuildError> {
+    async fn ensure_once<W: Restore>(&self, writer: &W) -> Result<Arc<str>, RebuildError> {
         let inner = &self.inner;
         let mut connection = inner.redis.connection();
         loop {
@@ -294,7 +304,7 @@ impl Durability {
     }
 
     /// Writes every revocation that can still refuse a live token from Postgres into Redis.
-    async fn rebuild(&self, writer: &Revocations) -> Result<Rebuilt, RebuildError> {
+    async fn rebuild<W: Restore>(&self, writer: &W) -> Result<Rebuilt, RebuildError> {
         let inner = &self.inner;
         let since = inner.clock.now() - inner.keep;
         let (sessions, users) = match &inner.record {
@@ -357,6 +367,7 @@ mod tests {
     use super::*;
     use crate::limits::feed::RevocationFeed;
     use crate::limits::gate::{Gate, GateCheck, GateError};
+    use crate::limits::revocation::Revocations;
     use crate::limits::test_redis;
 
     const KEEP: Duration = Duration::from_secs(60);

@@ -38,8 +38,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::Notify;
 
-use super::durability::{Durability, EpochReading, RebuildError};
-use super::revocation::Revocations;
+use super::durability::{Durability, EpochReading, RebuildError, Restore};
 use super::Redis;
 use crate::clock::Clock;
 use crate::store::Store;
@@ -301,12 +300,13 @@ impl RevocationFeed {
     }
 
     /// Keeps the copy up to date for as long as it runs: subscribes, loads the index, and
-    /// renews the lease; after a lost connection, the same again.
-    pub async fn run(self) {
+    /// renews the lease; after a lost connection, the same again. What Redis lost is
+    /// rebuilt through `writer` (the revocation writer that publishes through this feed).
+    pub async fn run<W: Restore>(self, writer: W) {
         const FIRST_RETRY: Duration = Duration::from_millis(50);
         let mut backoff = FIRST_RETRY;
         loop {
-            let error = self.follow().await;
+            let error = self.follow(&writer).await;
             // Zero unless this attempt got as far as trusting its copy: then the next outage
             // starts its retries quickly again.
             if self.inner.trusted_until_ms.swap(0, Ordering::AcqRel) != 0 {
@@ -323,22 +323,24 @@ impl RevocationFeed {
         }
     }
 
-    async fn follow(&self) -> RebuildError {
-        match self.follow_once().await {
+    async fn follow<W: Restore>(&self, writer: &W) -> RebuildError {
+        match self.follow_once(writer).await {
             Ok(never) => match never {},
             Err(error) => error,
         }
     }
 
-    async fn follow_once(&self) -> Result<std::convert::Infallible, RebuildError> {
+    async fn follow_once<W: Restore>(
+        &self,
+        writer: &W,
+    ) -> Result<std::convert::Infallible, RebuildError> {
         let inner = &self.inner;
         let timeout = inner.lease;
         // Announced before this copy is ever trusted, so that no writer waits less than it.
         within(timeout, self.announce_lease()).await?;
         // A complete state first, rebuilt from Postgres if Redis lost it. Not subscribed yet,
         // so the rebuild's own publications wait for no acknowledgement of this instance's.
-        let writer = Revocations::new(inner.redis.clone(), inner.keep, Some(self.clone()), None);
-        let epoch = inner.durability.ensure(&writer).await?;
+        let epoch = inner.durability.ensure(writer).await?;
         let pubsub = within(timeout, inner.redis.client().get_async_pubsub()).await?;
         let (mut sink, mut messages) = pubsub.split();
         within(
@@ -565,7 +567,8 @@ mod tests {
 
     async fn started(feed: RevocationFeed) -> (RevocationFeed, Revocations) {
         let prefix = feed.inner.redis.key(&[]);
-        tokio::spawn(feed.clone().run());
+        let revocations = Revocations::new(redis(&prefix), KEEP, Some(feed.clone()), None);
+        tokio::spawn(feed.clone().run(revocations.clone()));
         tokio::time::timeout(Duration::from_secs(5), async {
             while !feed.following() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -573,7 +576,6 @@ mod tests {
         })
         .await
         .expect("trusted once subscribed");
-        let revocations = Revocations::new(redis(&prefix), KEEP, Some(feed.clone()), None);
         (feed, revocations)
     }
 
@@ -675,7 +677,8 @@ mod tests {
             true,
             None,
         );
-        let following = tokio::spawn(unreachable.clone().run());
+        let writer = Revocations::new(unreachable.inner.redis.clone(), KEEP, None, None);
+        let following = tokio::spawn(unreachable.clone().run(writer));
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
@@ -688,9 +691,9 @@ mod tests {
         let prefix = prefix();
         let lease = Duration::from_millis(300);
         let writer_feed = feed(&prefix, lease);
-        tokio::spawn(writer_feed.clone().run());
+        let writer = Revocations::new(redis(&prefix), KEEP, Some(writer_feed.clone()), None);
+        tokio::spawn(writer_feed.run(writer.clone()));
         let _silent = silent_subscriber(&prefix).await;
-        let writer = Revocations::new(redis(&prefix), KEEP, Some(writer_feed), None);
 
         let started = Instant::now();
         writer.revoke_sessions(&[Uuid::new_v4()]).await.unwrap();

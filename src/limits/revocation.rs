@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::durability::Restore;
 use super::feed::{RevocationFeed, Revoked};
 use super::{Redis, RedisError};
 use crate::store::Store;
@@ -103,22 +104,6 @@ impl Revocations {
             .await
     }
 
-    /// Writes revocations read back from the record into Redis, the same way as `revoke`,
-    /// a batch at a time.
-    pub async fn restore(
-        &self,
-        session_ids: &[Uuid],
-        user_not_befores: &[(Uuid, u64)],
-    ) -> Result<(), RedisError> {
-        for users in user_not_befores.chunks(RESTORE_BATCH) {
-            self.write_keys(&[], users, Overwrite::Never).await?;
-        }
-        for sessions in session_ids.chunks(RESTORE_BATCH) {
-            self.write_keys(sessions, &[], Overwrite::Never).await?;
-        }
-        Ok(())
-    }
-
     async fn write_keys(
         &self,
         session_ids: &[Uuid],
@@ -158,6 +143,24 @@ impl Revocations {
 }
 
 /// Whether a user's not-before key already in Redis is replaced.
+impl Restore for Revocations {
+    /// Writes revocations read back from the record into Redis, the same way as `revoke`,
+    /// a batch at a time.
+    async fn restore(
+        &self,
+        session_ids: &[Uuid],
+        user_not_befores: &[(Uuid, u64)],
+    ) -> Result<(), RedisError> {
+        for users in user_not_befores.chunks(RESTORE_BATCH) {
+            self.write_keys(&[], users, Overwrite::Never).await?;
+        }
+        for sessions in session_ids.chunks(RESTORE_BATCH) {
+            self.write_keys(sessions, &[], Overwrite::Never).await?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Overwrite {
     /// A revocation made now: its time is the latest.
