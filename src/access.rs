@@ -199,14 +199,81 @@ impl AccessVerifier {
                 .map(|token| (token, TokenSource::AuthorizationHeader));
         }
         let cookie_name = self.cookie_name.as_deref()?;
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == cookie_name)
-            .map(|(_, value)| (value, TokenSource::Cookie))
+        cookie(headers, cookie_name).map(|value| (value, TokenSource::Cookie))
+    }
+}
+
+/// The access token's cookie (contract 7), read in cookie mode.
+pub const ACCESS_COOKIE: &str = "__Host-portcullis-access";
+/// The refresh token's cookie (contract 7); only the gateway reads it.
+pub const REFRESH_COOKIE: &str = "__Host-portcullis-refresh";
+
+/// `Set-Cookie` values for a signed-in browser: both tokens, `Secure; HttpOnly;
+/// SameSite=Lax; Path=/` (the `__Host-` prefix makes browsers insist on exactly that), each
+/// kept as long as its token lives.
+pub fn session_cookies(
+    access_token: &str,
+    refresh_token: &str,
+    access_max_age: std::time::Duration,
+    refresh_max_age: std::time::Duration,
+) -> Option<[HeaderValue; 2]> {
+    Some([
+        set_cookie(ACCESS_COOKIE, access_token, access_max_age.as_secs())?,
+        set_cookie(REFRESH_COOKIE, refresh_token, refresh_max_age.as_secs())?,
+    ])
+}
+
+/// `Set-Cookie` values that make a browser drop both session cookies.
+pub fn cleared_session_cookies() -> [HeaderValue; 2] {
+    [ACCESS_COOKIE, REFRESH_COOKIE].map(|name| {
+        set_cookie(name, "", 0).expect("a cookie name and an empty value are a valid header")
+    })
+}
+
+fn set_cookie(name: &str, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; Max-Age={max_age_secs}; Secure; HttpOnly; SameSite=Lax"
+    ))
+    .ok()
+}
+
+/// The value of the cookie `name` in the request's `Cookie` headers, if sent once or more
+/// (the first wins).
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(found, _)| *found == name)
+        .map(|(_, value)| value)
+}
+
+/// Removes both session cookies from the request's `Cookie` headers (the upstream never
+/// sees them), keeping every other cookie as sent.
+pub fn remove_session_cookies(headers: &mut HeaderMap) {
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|value| {
+            String::from_utf8_lossy(value.as_bytes())
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+                    !pair.is_empty() && name != ACCESS_COOKIE && name != REFRESH_COOKIE
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|value| !value.is_empty())
+        .collect();
+    headers.remove(COOKIE);
+    for value in kept {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.append(COOKIE, value);
+        }
     }
 }
 
@@ -441,6 +508,60 @@ mod tests {
             cache.refuse(&format!("garbage-{index}"));
         }
         assert!(cache.shards[0].lock().unwrap().refused.len() <= VERIFIED_TOKENS_PER_WORKER);
+    }
+
+    #[test]
+    fn session_cookies_are_host_only_secure_http_only_and_lax() {
+        let [access, refresh] = session_cookies(
+            "a.b.c",
+            "r1",
+            std::time::Duration::from_secs(1800),
+            std::time::Duration::from_secs(604_800),
+        )
+        .expect("token characters are valid in a cookie");
+        assert_eq!(
+            access,
+            "__Host-portcullis-access=a.b.c; Path=/; Max-Age=1800; Secure; HttpOnly; SameSite=Lax"
+        );
+        assert_eq!(
+            refresh,
+            "__Host-portcullis-refresh=r1; Path=/; Max-Age=604800; Secure; HttpOnly; SameSite=Lax"
+        );
+        for cleared in cleared_session_cookies() {
+            let cleared = cleared.to_str().unwrap();
+            assert!(cleared.contains("=; Path=/; Max-Age=0;"), "{cleared}");
+        }
+        assert!(
+            session_cookies("bad\r\nvalue", "r", Default::default(), Default::default()).is_none()
+        );
+    }
+
+    #[test]
+    fn session_cookies_never_reach_the_upstream_and_others_do() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("theme=dark; __Host-portcullis-access=t; lang=fr"),
+        );
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("__Host-portcullis-refresh=r"),
+        );
+        headers.append(COOKIE, HeaderValue::from_static("a=1;b=2"));
+        assert_eq!(cookie(&headers, ACCESS_COOKIE), Some("t"));
+        assert_eq!(cookie(&headers, REFRESH_COOKIE), Some("r"));
+        remove_session_cookies(&mut headers);
+        let left: Vec<_> = headers.get_all(COOKIE).iter().collect();
+        assert_eq!(left, ["theme=dark; lang=fr", "a=1; b=2"]);
+        assert_eq!(cookie(&headers, ACCESS_COOKIE), None);
+        // A name that only starts like a session cookie is someone else's.
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("__Host-portcullis-access2=x"),
+        );
+        remove_session_cookies(&mut headers);
+        assert_eq!(headers.get(COOKIE).unwrap(), "__Host-portcullis-access2=x");
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl App {
         let access_cookie = tokens
             .cookie
             .enabled
-            .then(|| tokens.cookie.access_name.clone());
+            .then(|| crate::access::ACCESS_COOKIE.to_string());
         let access = Arc::new(AccessVerifier::new(
             keys.clone(),
             access_cookie.clone(),

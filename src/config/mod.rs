@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(empty.smtp.password, None);
         assert_eq!(empty.tokens.refresh_ttl, Duration::from_secs(7 * 86_400));
         assert_eq!(empty.tokens.hs256_secret, None);
-        assert_eq!(empty.tokens.cookie.access_name, "portcullis_access");
+        assert!(empty.tokens.cookie.enabled);
         assert_eq!(empty.password.argon2.memory_kib, 19_456);
         assert_eq!(
             empty.rate_limits.login,

@@ -400,16 +400,15 @@ pub struct SigningKeyConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CookieConfig {
+    /// Cookie mode: the session cookies of contract 7 (`access::ACCESS_COOKIE`,
+    /// `access::REFRESH_COOKIE`) are set on sign-in and accepted on requests. On by default:
+    /// it is what lets browsers sign in at the gateway.
     pub enabled: bool,
-    pub access_name: String,
 }
 
 impl Default for CookieConfig {
     fn default() -> Self {
-        CookieConfig {
-            enabled: false,
-            access_name: "portcullis_access".to_owned(),
-        }
+        CookieConfig { enabled: true }
     }
 }
 

@@ -139,7 +139,7 @@ async fn cookie_mode_accepts_the_access_cookie() {
         .unwrap();
     assert_eq!(client.send_read(request).await.status, 200);
 
-    let without = TestGateway::start().await;
+    let without = TestGateway::start_with(|config| config.tokens.cookie.enabled = false).await;
     let mut client = without.h1().await;
     let request = client
         .request("GET", "/auth/me")
