@@ -2,6 +2,7 @@
 //! in front of a real upstream, and clients that speak real TLS (HTTP/1.1 and HTTP/2) or raw
 //! bytes over TLS for malformed requests.
 
+pub mod browser;
 pub mod identity;
 pub mod outage;
 pub mod pki;

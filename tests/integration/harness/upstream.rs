@@ -6,7 +6,7 @@
 //! `/hold` (answers only when the test releases it), `/never` (never answers),
 //! `/download/N` (streams N bytes), `/sink` (reads and counts the body), and everything else
 //! reads the whole body, records it, and echoes the request as JSON: method, target, headers,
-//! body length.
+//! body length (under `/page`, as an HTML page for the browser tests).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -235,6 +235,9 @@ async fn handle(
         "headers": headers,
         "body_len": body_len,
     });
+    if path == "/page" || path.starts_with("/page/") {
+        return Ok(page(&seen, &echo));
+    }
     let response = Response::builder()
         .header("content-type", "application/json")
         // Software banners the gateway must not pass on.
@@ -246,6 +249,36 @@ async fn handle(
         .body(full(echo.to_string()))
         .unwrap();
     Ok(response)
+}
+
+/// The echo as an HTML page, for the browser tests: the target in the `<h1>`, who the
+/// gateway said the caller is in `#user`, and the whole echo in `#echo`.
+fn page(seen: &Seen, echo: &serde_json::Value) -> Response<UpstreamBody> {
+    let user = seen
+        .headers
+        .get("x-auth-email")
+        .map_or("anonymous".to_string(), |email| {
+            String::from_utf8_lossy(email.as_bytes()).into_owned()
+        });
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Upstream page</title>\
+         <link rel=\"icon\" href=\"data:,\"></head>\
+         <body><h1 id=\"target\">{}</h1><p id=\"user\">{}</p><pre id=\"echo\">{}</pre></body></html>",
+        escape_html(&seen.target),
+        escape_html(&user),
+        escape_html(&serde_json::to_string_pretty(echo).unwrap()),
+    );
+    Response::builder()
+        .header("content-type", "text/html; charset=utf-8")
+        .body(full(html))
+        .unwrap()
+}
+
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn status(status: StatusCode) -> Response<UpstreamBody> {
