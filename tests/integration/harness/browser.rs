@@ -217,7 +217,8 @@ impl Browser {
         field.send_keys(value).await.unwrap();
     }
 
-    /// Clicks the page's one submit button (the page contract gives each form exactly one).
+    /// Clicks the page's one submit button (the page contract gives each form exactly one)
+    /// and waits until the page it leads to has loaded.
     pub async fn submit(&self) {
         let buttons = self.find_all("button[type=submit]").await;
         assert_eq!(
@@ -226,7 +227,23 @@ impl Browser {
             "one submit button on {}",
             self.describe_page()
         );
+        let old_page = self.find("html").await;
         buttons[0].click().await.unwrap();
+        // The old document's root goes stale once the next one replaces it.
+        let replaced = tokio::time::timeout(BROWSER_WAIT, async {
+            while old_page.tag_name().await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(replaced.is_ok(), "the form submission loaded a new page");
+        let loaded = tokio::time::timeout(BROWSER_WAIT, async {
+            while self.script("return document.readyState").await != "complete" {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(loaded.is_ok(), "the page after the form submission loads");
     }
 
     /// Runs `script` in the page and returns what it returned.
@@ -251,6 +268,11 @@ impl Browser {
             .into_iter()
             .map(|cookie| (cookie.name().to_string(), cookie.value().to_string()))
             .collect()
+    }
+
+    /// Forgets every cookie of the current page's origin, as a new browser would.
+    pub async fn forget_cookies(&self) {
+        self.client.delete_all_cookies().await.unwrap();
     }
 
     pub async fn cookie(&self, name: &str) -> Option<String> {
