@@ -221,6 +221,18 @@ async fn an_anonymous_visit_signs_in_and_returns_to_the_page_with_its_query() {
         access.is_some() && refresh.is_some(),
         "both session cookies"
     );
+    for name in [ACCESS, REFRESH] {
+        let cookie = browser.cookie_details(name).await.unwrap();
+        assert_eq!(cookie.secure(), Some(true), "{cookie}");
+        assert_eq!(cookie.http_only(), Some(true), "{cookie}");
+        assert_eq!(
+            cookie.same_site().map(|same_site| same_site.to_string()),
+            Some("Lax".to_string()),
+            "{cookie}"
+        );
+        assert_eq!(cookie.path(), Some("/"), "{cookie}");
+        assert_eq!(cookie.domain(), Some("gateway.test"), "host-only: {cookie}");
+    }
     // HttpOnly: the page's scripts cannot read them.
     let visible = browser.script("return document.cookie").await;
     assert!(

@@ -275,6 +275,16 @@ impl Browser {
         self.client.delete_all_cookies().await.unwrap();
     }
 
+    /// The cookie `name` with its attributes, as the browser stored it.
+    pub async fn cookie_details(&self, name: &str) -> Option<fantoccini::cookies::Cookie<'static>> {
+        self.client
+            .get_all_cookies()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|cookie| cookie.name() == name)
+    }
+
     pub async fn cookie(&self, name: &str) -> Option<String> {
         self.cookies()
             .await
