@@ -211,6 +211,8 @@ pub struct TokenKeys {
     hs256: Option<ring::hmac::Key>,
     keys: Vec<VerifyingKey>,
     signer: Signer,
+    /// The root of [`TokenKeys::derive_key`].
+    derivation: ring::hkdf::Prk,
 }
 
 impl fmt::Debug for TokenKeys {
@@ -285,11 +287,23 @@ impl TokenKeys {
             (None, None) => return Err(TokenError::NoSigningKey),
         };
 
+        // The HS256 secret when there is one (it outlives asymmetric key rotations), else
+        // the active private key: material every instance of a fleet has from its config.
+        let derivation_material = match (hs256_secret, active_index) {
+            (Some(secret), _) => secret,
+            (None, Some(index)) => signing_keys[index].private_key_pem.as_slice(),
+            (None, None) => return Err(TokenError::NoSigningKey),
+        };
+        let derivation =
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"portcullis derived keys v1")
+                .extract(derivation_material);
+
         Ok(TokenKeys {
             settings,
             hs256: hs256_secret.map(|secret| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)),
             keys,
             signer,
+            derivation,
         })
     }
 
@@ -313,6 +327,19 @@ impl TokenKeys {
             });
         }
         TokenKeys::new(settings, hs256_secret, sources, active_kid)
+    }
+
+    /// An HMAC key for `purpose`, derived (HKDF-SHA256) from the signing secret: the same on
+    /// every instance that shares the configuration, different per purpose, and revealing
+    /// nothing about the secret. For MACs the fleet must agree on without sharing state
+    /// (the sign-in forms' tokens).
+    pub fn derive_key(&self, purpose: &[u8]) -> ring::hmac::Key {
+        let purpose = [purpose];
+        let okm = self
+            .derivation
+            .expand(&purpose, ring::hmac::HMAC_SHA256)
+            .expect("one HMAC-SHA256 key is well within HKDF's output limit");
+        ring::hmac::Key::from(okm)
     }
 
     pub fn settings(&self) -> &TokenSettings {
