@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderValue, SET_COOKIE};
+use http::header::SET_COOKIE;
 use http::StatusCode;
 use uuid::Uuid;
 
@@ -76,6 +76,13 @@ impl AuthService {
     /// the locked row, so a lock or an account change made while the password was being
     /// verified is never missed.
     pub(super) async fn login(&self, call: &Call) -> Reply {
+        let body = self.sign_in(call).await?;
+        Ok(self.token_response(&body))
+    }
+
+    /// The login itself, for the API and the sign-in form alike: the token body of a new
+    /// session (with the user object), or the refusal.
+    pub(super) async fn sign_in(&self, call: &Call) -> Result<serde_json::Value, GatewayError> {
         let fields = object(call)?;
         let email = normalize_email(fields.string("email")?);
         let password = fields.string("password")?;
@@ -124,7 +131,7 @@ impl AuthService {
             .await?;
         let mut body = self.token_body(&user, session.id, &refresh.token, now)?;
         body["user"] = user_json(&user);
-        Ok(self.token_response(&body))
+        Ok(body)
     }
 
     /// Refuses a deactivated or unverified account (after its password matched).
@@ -527,32 +534,38 @@ impl AuthService {
         }))
     }
 
-    /// The 200 that carries a token body, with the access cookie in cookie mode.
+    /// The 200 that carries a token body, with the session cookies in cookie mode.
     fn token_response(
         &self,
         body: &serde_json::Value,
     ) -> http::Response<crate::proxy::response_body::GatewayBody> {
         let mut response = json(StatusCode::OK, body);
-        let access_token = body["access_token"].as_str().unwrap_or_default();
-        self.set_access_cookie(&mut response, access_token);
+        self.set_session_cookies_in_cookie_mode(&mut response, body);
         response
     }
 
-    /// In cookie mode the access token also goes into a cookie scripts cannot read.
-    fn set_access_cookie(
+    /// In cookie mode both tokens also go into the session cookies of contract 7, which
+    /// scripts cannot read.
+    fn set_session_cookies_in_cookie_mode(
         &self,
         response: &mut http::Response<crate::proxy::response_body::GatewayBody>,
-        access_token: &str,
+        body: &serde_json::Value,
     ) {
-        let Some(name) = &self.settings.access_cookie else {
+        if self.settings.access_cookie.is_none() {
+            return;
+        }
+        let access_token = body["access_token"].as_str().unwrap_or_default();
+        let refresh_token = body["refresh_token"].as_str().unwrap_or_default();
+        let Some(cookies) = crate::access::session_cookies(
+            access_token,
+            refresh_token,
+            self.keys.settings().access_ttl,
+            self.settings.refresh_ttl,
+        ) else {
             return;
         };
-        let cookie = format!(
-            "{name}={access_token}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=Strict",
-            self.keys.settings().access_ttl.as_secs()
-        );
-        if let Ok(value) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().append(SET_COOKIE, value);
+        for cookie in cookies {
+            response.headers_mut().append(SET_COOKIE, cookie);
         }
     }
 }
