@@ -616,6 +616,27 @@ impl Default for PolicyConfig {
     }
 }
 
+/// The sign-in pages (contract 7).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PagesConfig {
+    /// The name the pages show in their title and header.
+    pub product_name: String,
+    /// An image shown instead of the name: a path on the gateway's own origin (`/logo.svg`,
+    /// served by the upstream), so the pages load nothing from elsewhere and the default
+    /// CSP (`default-src 'self'`) allows it.
+    pub logo_url: Option<String>,
+}
+
+impl Default for PagesConfig {
+    fn default() -> Self {
+        PagesConfig {
+            product_name: "Portcullis".to_owned(),
+            logo_url: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
