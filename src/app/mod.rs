@@ -187,6 +187,10 @@ impl App {
                     ipv6_prefix: limits.ipv6_prefix,
                     on_redis_error: limits.on_redis_error,
                 },
+                pages: crate::auth::PageSettings {
+                    product_name: config.pages.product_name.clone(),
+                    logo_url: config.pages.logo_url.clone(),
+                },
             },
         }));
 
