@@ -221,7 +221,8 @@ async fn unknown_auth_routes_are_404_and_wrong_methods_405() {
     let unknown = gateway.get("/auth/unknown").await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.detail(), "Not found");
-    let wrong = gateway.get("/auth/login").await;
+    // GET /auth/login is the sign-in page (contract 7); /auth/refresh is POST only.
+    let wrong = gateway.get("/auth/refresh").await;
     assert_eq!(wrong.status, 405);
     assert_eq!(wrong.header("allow"), Some("POST"));
     assert_eq!(

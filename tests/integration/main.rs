@@ -18,6 +18,7 @@ mod hardening;
 mod identity_setup;
 mod lifecycle;
 mod limits;
+mod pages;
 mod policy_reload;
 mod process;
 mod revocation_durability;
