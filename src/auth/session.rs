@@ -77,7 +77,7 @@ impl AuthService {
     /// verified is never missed.
     pub(super) async fn login(&self, call: &Call) -> Reply {
         let body = self.sign_in(call).await?;
-        Ok(self.token_response(&body))
+        Ok(self.token_response(&body, call))
     }
 
     /// The login itself, for the API and the sign-in form alike: the token body of a new
@@ -379,7 +379,7 @@ impl AuthService {
         match outcome {
             RefreshOutcome::Rotated { session, user } => {
                 let body = self.token_body(&user, session.id, &next.token, now)?;
-                Ok(self.token_response(&body))
+                Ok(self.token_response(&body, call))
             }
             RefreshOutcome::Reused {
                 session_id,
@@ -534,13 +534,17 @@ impl AuthService {
         }))
     }
 
-    /// The 200 that carries a token body, with the session cookies in cookie mode.
+    /// The 200 that carries a token body, with the session cookies in cookie mode when the
+    /// request declared a JSON body (see [`super::pages::form::declares_json`]).
     fn token_response(
         &self,
         body: &serde_json::Value,
+        call: &Call,
     ) -> http::Response<crate::proxy::response_body::GatewayBody> {
         let mut response = json(StatusCode::OK, body);
-        self.set_session_cookies_in_cookie_mode(&mut response, body);
+        if super::pages::form::declares_json(&call.headers) {
+            self.set_session_cookies_in_cookie_mode(&mut response, body);
+        }
         response
     }
 

@@ -534,3 +534,26 @@ async fn the_logout_form_ends_the_session_and_clears_the_cookies() {
         .unwrap();
     assert_eq!(client.send_read(request).await.status, 401);
 }
+
+/// A cross-site page can post JSON-looking text as `text/plain` without a CORS preflight:
+/// the API answers it as before, but sets no session cookie, so no other site can sign a
+/// browser into an account of its choosing.
+#[tokio::test]
+async fn api_login_sets_cookies_only_for_a_declared_json_body() {
+    let gateway = TestGateway::start().await;
+    let account = gateway.signup("text-plain").await;
+    let body = serde_json::json!({ "email": account.email, "password": PASSWORD }).to_string();
+    let mut client = gateway.h1().await;
+    let request = client
+        .request("POST", "/auth/login")
+        .header("content-type", "text/plain")
+        .body(full(body))
+        .unwrap();
+    let login = client.send_read(request).await;
+    assert_eq!(login.status, 200, "{login:?}");
+    assert!(login.json()["access_token"].is_string());
+    assert_eq!(login.header("set-cookie"), None);
+
+    let json = gateway.login(&account.email, PASSWORD).await;
+    assert_eq!(json.headers.get_all("set-cookie").iter().count(), 2);
+}

@@ -17,12 +17,7 @@ pub enum BodyKind {
 /// A form body only when the `Content-Type` says so (parameters such as `charset` aside);
 /// every other request is answered as the API always answered it.
 pub fn body_kind(headers: &HeaderMap) -> BodyKind {
-    let media_type = headers
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .map(str::trim);
-    match media_type {
+    match media_type(headers) {
         Some(media_type)
             if media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") =>
         {
@@ -30,6 +25,24 @@ pub fn body_kind(headers: &HeaderMap) -> BodyKind {
         }
         _ => BodyKind::Json,
     }
+}
+
+/// Whether the request declared `Content-Type: application/json`. The API's login and
+/// refresh set the session cookies only then: a cross-site page can post JSON-looking text as
+/// `text/plain` without asking, but `application/json` only after a CORS preflight the
+/// gateway allowed. So no other site can sign a browser into an account of its choosing
+/// (login CSRF) through the API; the answer's body is the same either way.
+pub fn declares_json(headers: &HeaderMap) -> bool {
+    media_type(headers)
+        .is_some_and(|media_type| media_type.eq_ignore_ascii_case("application/json"))
+}
+
+fn media_type(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(str::trim)
 }
 
 /// The fields of an `application/x-www-form-urlencoded` body, in order. `None` when the
@@ -85,6 +98,8 @@ mod tests {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap());
             }
             assert_eq!(body_kind(&headers), *expected, "{content_type:?}");
+            let json = content_type.is_some_and(|value| value.starts_with("application/json"));
+            assert_eq!(declares_json(&headers), json, "{content_type:?}");
         }
     }
 
