@@ -1739,6 +1739,29 @@ mod tests {
     }
 
     #[test]
+    fn derived_keys_agree_across_instances_and_differ_by_purpose_and_secret() {
+        let mac = |keys: &TokenKeys, purpose: &[u8]| {
+            hmac::sign(&keys.derive_key(purpose), b"message")
+                .as_ref()
+                .to_vec()
+        };
+        let one = hs_keys();
+        let another_instance = hs_keys();
+        assert_eq!(mac(&one, b"forms"), mac(&another_instance, b"forms"));
+        assert_ne!(mac(&one, b"forms"), mac(&one, b"other"));
+        let other_secret = TokenKeys::new(settings(), Some(&[9u8; 32]), vec![], None).unwrap();
+        assert_ne!(mac(&one, b"forms"), mac(&other_secret, b"forms"));
+        // Never the HS256 key itself.
+        assert_ne!(mac(&one, b"forms"), hmac_sha256(SECRET, b"message"));
+        // Without a secret, the active private key is the root, the same for each instance.
+        let ed = TestKey::ed("ed-1");
+        let asymmetric = TokenKeys::new(settings(), None, vec![ed.source()], None).unwrap();
+        let again = TokenKeys::new(settings(), None, vec![ed.source()], None).unwrap();
+        assert_eq!(mac(&asymmetric, b"forms"), mac(&again, b"forms"));
+        assert_ne!(mac(&asymmetric, b"forms"), mac(&one, b"forms"));
+    }
+
+    #[test]
     fn jwks_lists_every_verifying_key_and_never_the_secret() {
         let (a, b) = (TestKey::ed("a"), TestKey::es("b"));
         let keys = TokenKeys::new(

@@ -185,6 +185,11 @@ async fn every_page_renders_its_form() {
             !html.contains("<script") && !html.contains("style="),
             "{path}"
         );
+        // Under the default CSP: the pages load nothing but the gateway's own stylesheet.
+        assert_eq!(
+            page.header("content-security-policy"),
+            Some("default-src 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'")
+        );
         assert!(
             jar.get("__Host-portcullis-csrf").is_some(),
             "{path}: the form nonce cookie"
