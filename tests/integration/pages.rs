@@ -562,3 +562,87 @@ async fn api_login_sets_cookies_only_for_a_declared_json_body() {
     let json = gateway.login(&account.email, PASSWORD).await;
     assert_eq!(json.headers.get_all("set-cookie").iter().count(), 2);
 }
+
+/// Instances share configuration, not memory: a form rendered by one is accepted by
+/// another, and a form token signed under another configuration is refused.
+#[tokio::test]
+async fn a_form_from_one_instance_is_accepted_by_another() {
+    let first = TestGateway::start().await;
+    let second = TestGateway::start().await;
+    let account = first.signup("two-instances").await;
+
+    let mut jar = Jar::default();
+    let page = text(&first.browser_get("/auth/login", &mut jar).await);
+    let csrf = field_value(&page, "csrf");
+    let fields = [
+        ("email", account.email.as_str()),
+        ("password", PASSWORD),
+        ("csrf", csrf.as_str()),
+    ];
+    let signed_in = second.browser_post("/auth/login", &fields, &mut jar).await;
+    assert_eq!(signed_in.status, 303, "{signed_in:?}");
+
+    let elsewhere = TestGateway::start_with(|config| {
+        config.tokens.hs256_secret = Some(portcullis::config::Secret::new(
+            "another-secret-that-is-also-32-bytes-long",
+        ));
+    })
+    .await;
+    let mut jar = Jar::default();
+    let page = text(&elsewhere.browser_get("/auth/login", &mut jar).await);
+    let foreign = field_value(&page, "csrf");
+    let fields = [
+        ("email", account.email.as_str()),
+        ("password", PASSWORD),
+        ("csrf", foreign.as_str()),
+    ];
+    let refused = first.browser_post("/auth/login", &fields, &mut jar).await;
+    assert_eq!(refused.status, 403);
+}
+
+/// The form counts failures like the API: the attempt that locks says so, and while locked
+/// even the right password is refused with the minutes left; past the login limit, 429.
+#[tokio::test]
+async fn the_login_form_locks_like_the_api_and_is_rate_limited() {
+    let gateway = TestGateway::start_with(|config| {
+        config.rate_limits.login =
+            portcullis::config::RateLimit::new(6, std::time::Duration::from_secs(60));
+    })
+    .await;
+    let account = gateway.signup("form-lock").await;
+    let mut jar = Jar::default();
+    let mut last = String::new();
+    for _ in 0..5 {
+        let refused = gateway
+            .submit(
+                "/auth/login",
+                &[("email", &account.email), ("password", "Wrong-Password-1")],
+                &mut jar,
+            )
+            .await;
+        assert_eq!(refused.status, 401);
+        last = alert(&text(&refused));
+    }
+    assert_eq!(last, "Too many failed attempts. Account locked.");
+    let locked = gateway
+        .submit(
+            "/auth/login",
+            &[("email", &account.email), ("password", PASSWORD)],
+            &mut jar,
+        )
+        .await;
+    assert_eq!(locked.status, 401);
+    assert!(alert(&text(&locked)).contains("locked"), "{locked:?}");
+    assert!(jar.get("__Host-portcullis-access").is_none());
+
+    let limited = gateway
+        .submit(
+            "/auth/login",
+            &[("email", &account.email), ("password", PASSWORD)],
+            &mut jar,
+        )
+        .await;
+    assert_eq!(limited.status, 429);
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(alert(&text(&limited)), "Too many requests");
+}
