@@ -616,7 +616,15 @@ impl AuthService {
 
     /// The identity routes' counters, in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        format!("{}{}", self.metrics.render(), self.render_mail_metrics())
+        format!(
+            "{}{}# HELP portcullis_password_verifications_total Argon2 verifications run, \
+             the dummy's for unknown emails included.\n\
+             # TYPE portcullis_password_verifications_total counter\n\
+             portcullis_password_verifications_total {}\n",
+            self.metrics.render(),
+            self.render_mail_metrics(),
+            self.hasher.verifications()
+        )
     }
 
     /// Whether Postgres and Redis answer now.
