@@ -432,7 +432,7 @@ fn bucket_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::RateKey;
+    use crate::policy::{OnUnauthenticated, RateKey};
 
     /// The kinds of rule a request can meet, by what the policy answers with the token's
     /// caller and without anyone.
@@ -470,7 +470,10 @@ mod tests {
                 rule: Some(0),
                 detail: "Requires role admin".into(),
             },
-            (_, false) => Decision::Unauthenticated { rule: Some(0) },
+            (_, false) => Decision::Unauthenticated {
+                rule: Some(0),
+                on_unauthenticated: OnUnauthenticated::Redirect,
+            },
         }
     }
 
