@@ -22,15 +22,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 
+use super::navigation::{is_navigation, sign_in_location};
 use crate::access::{AccessVerifier, TokenSource, TokenState, VerifiedToken};
 use crate::config::FailMode;
 use crate::error::{GatewayError, RedisCheck};
 use crate::limits::client_key;
 use crate::limits::gate::{Gate, GateCheck, GateOutcome, Limit, RateOutcome};
 use crate::live_policy::PolicySource;
-use crate::policy::{Decision, Identity, RateKey, RateLimit, Request};
+use crate::policy::{Decision, Identity, OnUnauthenticated, RateKey, RateLimit, Request};
 use crate::telemetry::metrics::Metrics;
 use crate::token::AccessClaims;
 
@@ -86,6 +87,9 @@ pub enum Step {
         rate_limit: RateLimit,
         upstream: Option<String>,
     },
+    /// An anonymous browser navigation the rule would refuse for lack of a token: send it
+    /// to sign in (contract 7) instead of the 401.
+    SignIn,
     Refuse(GatewayError),
 }
 
@@ -93,7 +97,10 @@ pub enum Step {
 /// caller as the token says (anonymous when there is none); `gate` is Redis' answer to the
 /// check made for it (`NotAsked` unless `decision` allows); `anonymous` is the policy's
 /// answer without the token, asked only when the token cannot be trusted; `counted` says
-/// whether the gate check included a rate bucket.
+/// whether the gate check included a rate bucket; `navigation` whether the request is a
+/// browser navigating (`navigation::is_navigation`), which a refusal for lack of a token
+/// sends to sign in unless the rule says `on_unauthenticated: deny`. A token that failed
+/// verification, or was revoked, counts as none for that too: its browser must sign in again.
 pub fn verdict(
     token: TokenKind,
     decision: Decision,
@@ -101,7 +108,21 @@ pub fn verdict(
     counted: bool,
     anonymous: impl FnOnce() -> Decision,
     fail: FailModes,
+    navigation: bool,
 ) -> Step {
+    let signs_in = |decision: &Decision| {
+        navigation
+            && matches!(
+                decision,
+                Decision::Unauthenticated {
+                    on_unauthenticated: OnUnauthenticated::Redirect,
+                    ..
+                }
+            )
+    };
+    if signs_in(&decision) {
+        return Step::SignIn;
+    }
     let upstream = match decision {
         Decision::Allow { upstream, .. } => upstream,
         Decision::Unauthenticated { .. } if token == TokenKind::Invalid => {
@@ -131,6 +152,7 @@ pub fn verdict(
                 upstream,
                 rate: None,
             },
+            refused if signs_in(&refused) => Step::SignIn,
             _ => Step::Refuse(GatewayError::invalid_token("Token has been revoked")),
         },
         GateResult::Answered(outcome) => match GatewayError::over_limit(outcome.rate) {
@@ -248,11 +270,16 @@ impl Enforcer {
 
     /// Decides a forwarded request: `Ok` to forward (with whom and where), `Err` with the
     /// gateway's answer (401, 403, 429 or 503). Gathers what [`verdict`] needs.
+    ///
+    /// `target` is the normalised path and query, where a browser sent to sign in comes
+    /// back to.
+    #[allow(clippy::too_many_arguments)]
     pub async fn decide(
         &self,
-        method: &str,
+        method: &Method,
         host: Option<&str>,
         path: &str,
+        target: &str,
         headers: &HeaderMap,
         client_ip: IpAddr,
         metrics: &Metrics,
@@ -264,7 +291,11 @@ impl Enforcer {
         };
         let claims = verified.as_ref().map(|verified| &verified.claims);
         let loaded = self.policy.current();
-        let request = Request { method, host, path };
+        let request = Request {
+            method: method.as_str(),
+            host,
+            path,
+        };
         let identity = claims.map(|claims| Identity {
             sub: &claims.sub,
             role: &claims.role,
@@ -289,7 +320,10 @@ impl Enforcer {
             _ => GateResult::NotAsked,
         };
         let anonymous = || loaded.policy.evaluate(&request, None);
-        match verdict(token, decision, gate, counted, anonymous, self.fail) {
+        let navigation = is_navigation(method, headers);
+        match verdict(
+            token, decision, gate, counted, anonymous, self.fail, navigation,
+        ) {
             Step::Forward {
                 as_caller,
                 upstream,
@@ -327,6 +361,9 @@ impl Enforcer {
                     rate,
                 })
             }
+            Step::SignIn => Err(GatewayError::SignIn {
+                location: sign_in_location(target),
+            }),
             Step::Refuse(refusal) => Err(refusal),
         }
     }
@@ -432,7 +469,7 @@ fn bucket_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{OnUnauthenticated, RateKey};
+    use crate::policy::RateKey;
 
     /// The kinds of rule a request can meet, by what the policy answers with the token's
     /// caller and without anyone.
@@ -447,6 +484,8 @@ mod tests {
         SignedInLimited,
         /// A role the caller does not have.
         OtherRole,
+        /// Any signed-in user, with `on_unauthenticated: deny` (an API under a browser app).
+        SignedInDeny,
     }
 
     const LIMIT: RateLimit = RateLimit {
@@ -469,6 +508,11 @@ mod tests {
             (Rule::OtherRole, true) => Decision::Forbidden {
                 rule: Some(0),
                 detail: "Requires role admin".into(),
+            },
+            (Rule::SignedInDeny, true) => allow(None),
+            (Rule::SignedInDeny, false) => Decision::Unauthenticated {
+                rule: Some(0),
+                on_unauthenticated: OnUnauthenticated::Deny,
             },
             (_, false) => Decision::Unauthenticated {
                 rule: Some(0),
@@ -573,8 +617,12 @@ mod tests {
             ("Redis down, limited public, both allow", Valid, PublicLimited, GateResult::Unavailable, [ALLOW, ALLOW], forward(true, None)),
             ("Redis down, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], Step::Refuse(E::Forbidden("Requires role admin".into()))),
         ];
+        run(cases, false);
+    }
+
+    fn run(cases: Vec<Case>, navigation: bool) {
         for (what, token, rule, gate, [rate, revocation], expected) in cases {
-            let signed_in = token == Valid;
+            let signed_in = token == TokenKind::Valid;
             let decided = decision(rule, signed_in);
             let counted = matches!(
                 decided,
@@ -590,9 +638,62 @@ mod tests {
                 counted,
                 || decision(rule, false),
                 FailModes { rate, revocation },
+                navigation,
             );
-            assert_eq!(step, expected, "{what}");
+            assert_eq!(step, expected, "{what} (navigation: {navigation})");
         }
+    }
+
+    /// The same questions asked by a browser navigating (`navigation::is_navigation`): where
+    /// an API client gets 401, the browser is sent to sign in, unless the rule says
+    /// `on_unauthenticated: deny`. Everything a token or Redis decides is as before.
+    #[test]
+    fn a_browser_navigation_refused_for_lack_of_a_token_is_sent_to_sign_in() {
+        use GatewayError as E;
+        use Rule::*;
+        use TokenKind::{Absent, Invalid, Valid};
+        let sign_in = || Step::SignIn;
+        let not_authenticated = || Step::Refuse(E::unauthorized("Not authenticated"));
+        let bad_token = || Step::Refuse(E::invalid_token("Invalid or expired token"));
+        let revoked = || Step::Refuse(E::invalid_token("Token has been revoked"));
+        let revocation_down = || Step::Refuse(E::Unavailable("Revocation service unavailable"));
+        let forbidden = || Step::Refuse(E::Forbidden("Requires role admin".into()));
+        let too_many = || {
+            Step::Refuse(E::TooManyRequests {
+                retry_after_secs: 3,
+            })
+        };
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            // Nobody signed in, or a cookie that failed verification (expired, forged) and
+            // could not be renewed: sign in, wherever a token is needed.
+            ("anonymous, signed-in rule", Absent, SignedIn, GateResult::NotAsked, [ALLOW, ALLOW], sign_in()),
+            ("anonymous, limited signed-in rule", Absent, SignedInLimited, GateResult::NotAsked, [ALLOW, ALLOW], sign_in()),
+            ("anonymous, role rule", Absent, OtherRole, GateResult::NotAsked, [ALLOW, ALLOW], sign_in()),
+            ("bad token, signed-in rule", Invalid, SignedIn, GateResult::NotAsked, [ALLOW, ALLOW], sign_in()),
+            ("bad token, role rule", Invalid, OtherRole, GateResult::NotAsked, [ALLOW, ALLOW], sign_in()),
+            // `on_unauthenticated: deny` keeps the 401 for browsers too.
+            ("anonymous, deny rule", Absent, SignedInDeny, GateResult::NotAsked, [ALLOW, ALLOW], not_authenticated()),
+            ("bad token, deny rule", Invalid, SignedInDeny, GateResult::NotAsked, [ALLOW, ALLOW], bad_token()),
+            // Public rules never need a token.
+            ("anonymous, public", Absent, Public, answered(false, None), [DENY, DENY], forward(false, None)),
+            ("bad token, public", Invalid, Public, answered(false, None), [DENY, DENY], forward(false, None)),
+            ("anonymous, over limit", Absent, PublicLimited, answered(false, Some(rate(false))), [ALLOW, ALLOW], too_many()),
+            // Signed in: signing in again would not help a 403.
+            ("signed in", Valid, SignedIn, answered(false, None), [DENY, DENY], forward(true, None)),
+            ("signed in, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], forbidden()),
+            ("signed in, deny rule", Valid, SignedInDeny, answered(false, None), [DENY, DENY], forward(true, None)),
+            // Revoked (signed out elsewhere): the browser signs in again, unless the rule
+            // says deny; where anyone may go, it goes on anonymously.
+            ("revoked, signed-in rule", Valid, SignedIn, answered(true, None), [ALLOW, ALLOW], sign_in()),
+            ("revoked, role rule", Valid, OtherRole, GateResult::NotAsked, [ALLOW, ALLOW], forbidden()),
+            ("revoked, deny rule", Valid, SignedInDeny, answered(true, None), [ALLOW, ALLOW], revoked()),
+            ("revoked, public", Valid, Public, answered(true, None), [DENY, DENY], forward(false, None)),
+            // Redis down: a dependency is missing, which signing in would not fix.
+            ("Redis down, signed-in, revocation deny", Valid, SignedIn, GateResult::Unavailable, [ALLOW, DENY], revocation_down()),
+            ("Redis down, signed-in, revocation allow", Valid, SignedIn, GateResult::Unavailable, [DENY, ALLOW], forward(true, None)),
+        ];
+        run(cases, true);
     }
 
     #[test]

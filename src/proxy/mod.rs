@@ -14,6 +14,7 @@ pub mod enforce;
 pub mod forward;
 pub mod framing;
 pub mod headers;
+pub mod navigation;
 pub mod path;
 pub mod pool;
 pub mod respond;
@@ -299,9 +300,10 @@ impl Gateway {
         let verdict = self
             .enforcer
             .decide(
-                request.method().as_str(),
+                request.method(),
                 host.to_str().ok(),
                 path,
+                &target,
                 request.headers(),
                 client_ip,
                 &self.metrics,
@@ -317,6 +319,9 @@ impl Gateway {
         let headers = request.headers_mut();
         headers::remove_hop_by_hop(headers);
         self.strip_list.strip(headers);
+        // The session cookies are the gateway's alone (contract 7): an upstream that logged
+        // or echoed them would hand out the browser's session.
+        crate::access::remove_session_cookies(headers);
         let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
         headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
