@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use tracing::Instrument;
 
+use crate::access::{self, CookieOrigins, TokenSource};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::proxy::response_body::GatewayBody;
@@ -87,6 +88,8 @@ pub struct Gateway {
     security_headers: SecurityHeaders,
     cors: Cors,
     websockets: WebSockets,
+    /// The pages that may act on the session cookies: the CSRF check of contract 7.
+    cookie_origins: Arc<CookieOrigins>,
     strip_list: StripList,
     request_ids: RequestIds,
     trusted_proxies: Vec<IpNet>,
@@ -141,12 +144,17 @@ impl Gateway {
             .iter()
             .map(|upstream| (upstream.name.clone(), Upstream::new(upstream, workers)))
             .collect();
+        let cookie_origins = Arc::new(CookieOrigins::new(
+            &config.server.public_url,
+            cors.listed_origins(),
+        ));
         Ok(Gateway {
             upstreams,
             own_routes,
             enforcer,
             security_headers,
-            websockets: WebSockets::new(&config.server.public_url, &cors),
+            websockets: WebSockets::new(cookie_origins.clone()),
+            cookie_origins,
             cors,
             strip_list: StripList::new(&h.strip_request),
             request_ids: RequestIds::new(process_seed()),
@@ -310,6 +318,18 @@ impl Gateway {
             )
             .await?;
 
+        // What a page of another site made the browser send carries the cookie too: an
+        // unsafe request the cookie authenticated must come from an allowed page.
+        if verdict.token_source == Some(TokenSource::Cookie) {
+            if let Some(refusal) = access::cross_site_refusal(
+                request.method(),
+                request.headers(),
+                &self.cookie_origins,
+            ) {
+                return Err(refusal);
+            }
+        }
+
         // The upgrade is read before hop-by-hop headers go, and those go before the gateway
         // sets its own: a client naming `X-Forwarded-For` in `Connection` must not be able
         // to delete what the gateway adds.
@@ -321,7 +341,7 @@ impl Gateway {
         self.strip_list.strip(headers);
         // The session cookies are the gateway's alone (contract 7): an upstream that logged
         // or echoed them would hand out the browser's session.
-        crate::access::remove_session_cookies(headers);
+        access::remove_session_cookies(headers);
         let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
         headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());

@@ -194,3 +194,89 @@ async fn the_session_cookies_never_reach_the_upstream() {
     assert_eq!(cookies, ["theme=dark"]);
     assert_eq!(seen.headers["x-auth-user-id"], account.id.as_str());
 }
+
+#[tokio::test]
+async fn a_cross_site_request_on_the_cookie_is_refused_and_a_same_origin_one_passes() {
+    let (gateway, _) = TestGateway::with_policy(BROWSER_POLICY, |config| {
+        config.cors.allowed_origins = vec!["https://app.example.com".to_string()];
+    })
+    .await;
+    let account = gateway.signup("csrf").await;
+    let tokens = gateway.tokens(&account).await;
+    let cookie = session_cookie(&tokens);
+
+    let refused: [&[(&str, &str)]; 5] = [
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://evil.example"),
+        ],
+        // A sibling subdomain is same-site, not same-origin.
+        &[
+            ("sec-fetch-site", "same-site"),
+            ("origin", "https://blog.gateway.test"),
+        ],
+        &[("origin", "null")],
+        &[("origin", "https://gateway.test")],
+        &[],
+    ];
+    for headers in refused {
+        for method in ["POST", "DELETE"] {
+            let mut sent = vec![("cookie", cookie.as_str())];
+            sent.extend_from_slice(headers);
+            let response = send(&gateway, method, "/orders", &sent).await;
+            assert_eq!(response.status, 403, "{method} {headers:?}: {response:?}");
+            assert_eq!(response.detail(), "Cross-site request refused");
+        }
+    }
+    assert_eq!(
+        gateway.upstream.seen_count(),
+        0,
+        "nothing refused was forwarded"
+    );
+
+    let passed: [&[(&str, &str)]; 4] = [
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://gateway.test:8443"),
+        ],
+        &[("origin", "HTTPS://GATEWAY.TEST:8443")],
+        &[("sec-fetch-site", "none")],
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://app.example.com"),
+        ],
+    ];
+    for headers in passed {
+        let mut sent = vec![("cookie", cookie.as_str())];
+        sent.extend_from_slice(headers);
+        let response = send(&gateway, "POST", "/orders", &sent).await;
+        assert_eq!(response.status, 200, "{headers:?}: {response:?}");
+        assert_eq!(
+            gateway.upstream.last_seen().headers["x-auth-user-id"],
+            account.id.as_str()
+        );
+    }
+
+    // A token a script had to set is no cookie: no origin check. A cross-site GET changes
+    // nothing and is not checked either.
+    let bearer = format!("Bearer {}", tokens.access);
+    let scripted = send(
+        &gateway,
+        "POST",
+        "/orders",
+        &[
+            ("authorization", &bearer),
+            ("origin", "https://evil.example"),
+        ],
+    )
+    .await;
+    assert_eq!(scripted.status, 200, "{scripted:?}");
+    let read = send(
+        &gateway,
+        "GET",
+        "/orders",
+        &[("cookie", &cookie), ("sec-fetch-site", "cross-site")],
+    )
+    .await;
+    assert_eq!(read.status, 200, "{read:?}");
+}
