@@ -104,6 +104,20 @@ impl AccessVerifier {
         let Some((token, source)) = self.bearer_token(headers) else {
             return TokenState::Absent;
         };
+        self.check(token, source)
+    }
+
+    /// Verifies a token the gateway has just issued (a renewed session's), and caches it
+    /// as [`read`](AccessVerifier::read) would, so the browser's next request with it is a
+    /// cache hit.
+    pub fn verify_issued(&self, token: &str) -> Option<Arc<VerifiedToken>> {
+        match self.check(token, TokenSource::Cookie) {
+            TokenState::Valid(verified, _) => Some(verified),
+            TokenState::Absent | TokenState::Invalid => None,
+        }
+    }
+
+    fn check(&self, token: &str, source: TokenSource) -> TokenState {
         let now = self.clock.unix_now();
         match self.verified.get(token, now) {
             Cached::Valid(claims) => return TokenState::Valid(claims, source),
@@ -221,6 +235,12 @@ pub fn session_cookies(
         set_cookie(ACCESS_COOKIE, access_token, access_max_age.as_secs())?,
         set_cookie(REFRESH_COOKIE, refresh_token, refresh_max_age.as_secs())?,
     ])
+}
+
+/// The access cookie alone, for a session renewed within the refresh token's reuse grace
+/// (its refresh cookie is already the newest).
+pub fn access_cookie(access_token: &str, max_age: std::time::Duration) -> Option<HeaderValue> {
+    set_cookie(ACCESS_COOKIE, access_token, max_age.as_secs())
 }
 
 /// `Set-Cookie` values that make a browser drop both session cookies.

@@ -22,10 +22,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::header::{HeaderValue, AUTHORIZATION, USER_AGENT};
 use http::{HeaderMap, Method};
 
 use super::navigation::{is_navigation, sign_in_location};
-use crate::access::{AccessVerifier, TokenSource, TokenState, VerifiedToken};
+use super::renewal::{Renewal, SessionRenewal};
+use crate::access::{
+    cleared_session_cookies, cookie, AccessVerifier, TokenSource, TokenState, VerifiedToken,
+    REFRESH_COOKIE,
+};
 use crate::config::FailMode;
 use crate::error::{GatewayError, RedisCheck};
 use crate::limits::client_key;
@@ -226,6 +231,32 @@ pub struct Enforcer {
     /// `rate_limits.ipv6_prefix`: how IPv6 clients are counted.
     ipv6_prefix: u8,
     recheck_interval: Duration,
+    /// Silent refresh, in cookie mode: `None` when the gateway has no cookie sessions.
+    renewal: Option<Arc<dyn SessionRenewal>>,
+}
+
+/// What enforcement is asked about one forwarded request.
+pub struct Asked<'a> {
+    pub method: &'a Method,
+    pub host: Option<&'a str>,
+    /// Normalised, without the query: what the policy matches.
+    pub path: &'a str,
+    /// The normalised path and query: where a browser sent to sign in comes back to.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    pub client_ip: IpAddr,
+    /// Whether the session cookie may act for this request at all (the CSRF check passes):
+    /// a session is never renewed for a request that would then be refused as cross-site.
+    pub may_renew: bool,
+}
+
+/// The decision, and the session cookies the response must set whatever it is: the
+/// rotation of a renewal has happened (its new refresh token exists only in these cookies),
+/// so even a refusal or an upstream failure must hand them to the browser.
+#[derive(Debug)]
+pub struct Decided {
+    pub outcome: Result<Verdict, GatewayError>,
+    pub set_cookies: Vec<HeaderValue>,
 }
 
 /// The settings enforcement takes from the configuration.
@@ -250,7 +281,14 @@ impl Enforcer {
             fail: settings.fail,
             ipv6_prefix: settings.ipv6_prefix,
             recheck_interval: settings.websocket_recheck_interval,
+            renewal: None,
         }
+    }
+
+    /// Renews expired cookie sessions with `renewal` (silent refresh, contract 7).
+    pub fn with_renewal(mut self, renewal: Arc<dyn SessionRenewal>) -> Enforcer {
+        self.renewal = Some(renewal);
+        self
     }
 
     /// Watches `verified`, the token a long-lived request was admitted with.
@@ -269,26 +307,97 @@ impl Enforcer {
     }
 
     /// Decides a forwarded request: `Ok` to forward (with whom and where), `Err` with the
-    /// gateway's answer (401, 403, 429 or 503). Gathers what [`verdict`] needs.
+    /// gateway's answer (302 to sign in, 401, 403, 429 or 503). Gathers what [`verdict`]
+    /// needs, renewing the session first when the request has only a refresh cookie to go
+    /// by and the policy would refuse it for lack of a token.
     ///
-    /// `target` is the normalised path and query, where a browser sent to sign in comes
-    /// back to.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn decide(
-        &self,
-        method: &Method,
-        host: Option<&str>,
-        path: &str,
-        target: &str,
-        headers: &HeaderMap,
-        client_ip: IpAddr,
-        metrics: &Metrics,
-    ) -> Result<Verdict, GatewayError> {
-        let (verified, source, token) = match self.access.read(headers) {
+    /// Renewal is tried only then, not on every request with an expired access cookie: on
+    /// a public rule the request goes on anonymously, as it would have, and a browser
+    /// fetching public assets costs no Postgres write per request. The price is that a
+    /// public page is served anonymously until the browser asks for a protected one.
+    pub async fn decide(&self, asked: &Asked<'_>, metrics: &Metrics) -> Decided {
+        let (mut verified, mut source, mut token) = match self.access.read(asked.headers) {
             TokenState::Valid(verified, source) => (Some(verified), Some(source), TokenKind::Valid),
             TokenState::Invalid => (None, None, TokenKind::Invalid),
             TokenState::Absent => (None, None, TokenKind::Absent),
         };
+        let mut set_cookies = Vec::new();
+        if token != TokenKind::Valid && self.refused_anonymously(asked) {
+            match self.renew(asked).await {
+                None => {}
+                Some(Renewal::Renewed(renewed)) => {
+                    verified = Some(renewed.verified);
+                    source = Some(TokenSource::Cookie);
+                    token = TokenKind::Valid;
+                    set_cookies = renewed.set_cookies;
+                }
+                Some(Renewal::Refused) => set_cookies = cleared_session_cookies().to_vec(),
+                Some(Renewal::Unavailable) => {
+                    return Decided {
+                        outcome: Err(GatewayError::Unavailable("Session store unavailable")),
+                        set_cookies,
+                    }
+                }
+            }
+        }
+        let outcome = self.judge(asked, verified, source, token, metrics).await;
+        Decided {
+            outcome,
+            set_cookies,
+        }
+    }
+
+    /// Whether the policy refuses the request to an anonymous caller for lack of a token.
+    fn refused_anonymously(&self, asked: &Asked<'_>) -> bool {
+        let request = Request {
+            method: asked.method.as_str(),
+            host: asked.host,
+            path: asked.path,
+        };
+        matches!(
+            self.policy.current().policy.evaluate(&request, None),
+            Decision::Unauthenticated { .. }
+        )
+    }
+
+    /// Renews the session of a request that carries a refresh cookie and no
+    /// `Authorization` (a caller with a bearer token manages its own tokens): `None` when
+    /// there is nothing to renew.
+    async fn renew(&self, asked: &Asked<'_>) -> Option<Renewal> {
+        let renewal = self.renewal.as_ref()?;
+        if !asked.may_renew || asked.headers.contains_key(AUTHORIZATION) {
+            return None;
+        }
+        let refresh_token =
+            cookie(asked.headers, REFRESH_COOKIE).filter(|token| !token.is_empty())?;
+        let user_agent = asked
+            .headers
+            .get(USER_AGENT)
+            .and_then(|agent| agent.to_str().ok());
+        Some(
+            renewal
+                .renew(refresh_token, asked.client_ip, user_agent)
+                .await,
+        )
+    }
+
+    /// The policy, Redis and [`verdict`] for the request's caller, once it is known.
+    async fn judge(
+        &self,
+        asked: &Asked<'_>,
+        verified: Option<Arc<VerifiedToken>>,
+        source: Option<TokenSource>,
+        token: TokenKind,
+        metrics: &Metrics,
+    ) -> Result<Verdict, GatewayError> {
+        let (method, host, path, target, headers, client_ip) = (
+            asked.method,
+            asked.host,
+            asked.path,
+            asked.target,
+            asked.headers,
+            asked.client_ip,
+        );
         let claims = verified.as_ref().map(|verified| &verified.claims);
         let loaded = self.policy.current();
         let request = Request {

@@ -280,3 +280,280 @@ async fn a_cross_site_request_on_the_cookie_is_refused_and_a_same_origin_one_pas
     .await;
     assert_eq!(read.status, 200, "{read:?}");
 }
+
+/// The value a response's `Set-Cookie` gives cookie `name`, if it sets it.
+fn set_cookie<'r>(response: &'r TestResponse, name: &str) -> Option<&'r str> {
+    response
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap())
+        .find_map(|cookie| cookie.strip_prefix(name)?.strip_prefix('='))
+        .map(|rest| rest.split(';').next().unwrap())
+}
+
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Past the 30-minute access token.
+const EXPIRY: std::time::Duration = std::time::Duration::from_secs(31 * 60);
+
+async fn session_revoked(session_id: &str) -> Option<String> {
+    let rows = crate::harness::identity::sql(&format!(
+        "SELECT revoked_reason FROM sessions WHERE id = '{session_id}'"
+    ))
+    .await;
+    rows[0].get(0)
+}
+
+fn session_id(access: &str) -> String {
+    use base64::Engine;
+    let payload = access.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["sid"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn an_expired_access_cookie_is_renewed_from_the_refresh_cookie_in_the_same_round_trip() {
+    let (gateway, _) = TestGateway::with_policy(BROWSER_POLICY, |config| {
+        config.tokens.refresh_reuse_grace = GRACE;
+    })
+    .await;
+    let account = gateway.signup("silent-refresh").await;
+    let tokens = gateway.tokens(&account).await;
+    let cookie = session_cookie(&tokens);
+    gateway.clock.advance(EXPIRY);
+
+    let renewed = send(
+        &gateway,
+        "GET",
+        "/home",
+        &[("accept", BROWSER_ACCEPT), ("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(renewed.status, 200, "{renewed:?}");
+    let seen = gateway.upstream.last_seen();
+    assert_eq!(seen.headers["x-auth-user-id"], account.id.as_str());
+    assert_eq!(
+        seen.headers["x-auth-session-id"],
+        session_id(&tokens.access).as_str()
+    );
+    assert_eq!(
+        seen.headers.get_all("cookie").iter().collect::<Vec<_>>(),
+        ["theme=dark"]
+    );
+    let access = set_cookie(&renewed, ACCESS)
+        .expect("a new access cookie")
+        .to_string();
+    let refresh = set_cookie(&renewed, REFRESH)
+        .expect("a new refresh cookie")
+        .to_string();
+    assert_ne!(access, tokens.access);
+    assert_ne!(refresh, tokens.refresh, "the refresh token was rotated");
+    for value in renewed.headers.get_all("set-cookie") {
+        let value = value.to_str().unwrap();
+        assert!(
+            value.contains("; Path=/;") && value.contains("; Secure; HttpOnly; SameSite=Lax"),
+            "{value}"
+        );
+    }
+    assert_eq!(renewed.header("cache-control"), Some("no-store"));
+
+    // The new cookies work on their own, without another renewal.
+    let next = Tokens { access, refresh };
+    let again = send(
+        &gateway,
+        "GET",
+        "/home",
+        &[("cookie", &session_cookie(&next))],
+    )
+    .await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert!(again.headers.get("set-cookie").is_none(), "{again:?}");
+
+    // A public path with an expired cookie goes on anonymously and renews nothing.
+    gateway.clock.advance(EXPIRY);
+    let asset = send(
+        &gateway,
+        "GET",
+        "/static/a.css",
+        &[("cookie", &session_cookie(&next))],
+    )
+    .await;
+    assert_eq!(asset.status, 200, "{asset:?}");
+    assert!(asset.headers.get("set-cookie").is_none(), "{asset:?}");
+    assert!(gateway
+        .upstream
+        .last_seen()
+        .headers
+        .get("x-auth-user-id")
+        .is_none());
+
+    // A refresh cookie that is no good: the request is anonymous (sign in), and the
+    // browser is told to drop both cookies.
+    let forged = format!("{ACCESS}=expired.or.forged; {REFRESH}=not-a-refresh-token");
+    let refused = send(
+        &gateway,
+        "GET",
+        "/home",
+        &[("accept", BROWSER_ACCEPT), ("cookie", &forged)],
+    )
+    .await;
+    assert_eq!(refused.status, 302, "{refused:?}");
+    assert_eq!(set_cookie(&refused, ACCESS), Some(""));
+    assert_eq!(set_cookie(&refused, REFRESH), Some(""));
+    let api = send(&gateway, "GET", "/api/x", &[("cookie", &forged)]).await;
+    assert_eq!(api.status, 401, "{api:?}");
+    assert_eq!(set_cookie(&api, REFRESH), Some(""));
+
+    // A cross-site POST never renews a session (it would be refused anyway).
+    let cross = send(
+        &gateway,
+        "POST",
+        "/orders",
+        &[
+            ("cookie", &session_cookie(&next)),
+            ("origin", "https://evil.example"),
+        ],
+    )
+    .await;
+    assert_eq!(cross.status, 401, "{cross:?}");
+    assert!(cross.headers.get("set-cookie").is_none(), "{cross:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_racing_on_one_expired_cookie_all_pass_and_keep_the_session() {
+    let (gateway, _) = TestGateway::with_policy(BROWSER_POLICY, |config| {
+        config.tokens.refresh_reuse_grace = GRACE;
+    })
+    .await;
+    let account = gateway.signup("refresh-race").await;
+    let tokens = gateway.tokens(&account).await;
+    let cookie = session_cookie(&tokens);
+    gateway.clock.advance(EXPIRY);
+
+    let request = |path: &'static str| {
+        let gateway = &gateway;
+        let cookie = cookie.clone();
+        async move {
+            send(
+                gateway,
+                "GET",
+                path,
+                &[("accept", BROWSER_ACCEPT), ("cookie", &cookie)],
+            )
+            .await
+        }
+    };
+    let (first, second, third) = tokio::join!(request("/a"), request("/b"), request("/c"));
+    for response in [&first, &second, &third] {
+        assert_eq!(response.status, 200, "{response:?}");
+        assert!(set_cookie(response, ACCESS).is_some(), "{response:?}");
+    }
+    // Exactly one rotated; the others were within the grace and set the access cookie alone.
+    let rotated: Vec<_> = [&first, &second, &third]
+        .iter()
+        .filter_map(|response| set_cookie(response, REFRESH))
+        .collect();
+    assert_eq!(rotated.len(), 1, "{first:?} {second:?} {third:?}");
+    assert_eq!(session_revoked(&session_id(&tokens.access)).await, None);
+
+    // Within the grace, once more after the race: still the same live session.
+    let late = request("/d").await;
+    assert_eq!(late.status, 200, "{late:?}");
+    assert!(set_cookie(&late, REFRESH).is_none());
+    let seen = gateway.upstream.last_seen();
+    assert_eq!(
+        seen.headers["x-auth-session-id"],
+        session_id(&tokens.access).as_str()
+    );
+
+    // The cookies the browser ended up with keep working.
+    let kept = Tokens {
+        access: set_cookie(&late, ACCESS).unwrap().to_string(),
+        refresh: rotated[0].to_string(),
+    };
+    let after = send(&gateway, "GET", "/e", &[("cookie", &session_cookie(&kept))]).await;
+    assert_eq!(after.status, 200, "{after:?}");
+    assert_eq!(session_revoked(&session_id(&tokens.access)).await, None);
+    let metrics = gateway.ops_get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("portcullis_refresh_grace_total 3"), "{text}");
+}
+
+#[tokio::test]
+async fn a_refresh_cookie_replayed_after_the_grace_ends_the_session() {
+    let (gateway, _) = TestGateway::with_policy(BROWSER_POLICY, |config| {
+        config.tokens.refresh_reuse_grace = GRACE;
+    })
+    .await;
+    let account = gateway.signup("refresh-replay").await;
+    let tokens = gateway.tokens(&account).await;
+    let stolen = session_cookie(&tokens);
+    gateway.clock.advance(EXPIRY);
+
+    let renewed = send(&gateway, "GET", "/home", &[("cookie", &stolen)]).await;
+    assert_eq!(renewed.status, 200, "{renewed:?}");
+    let current = Tokens {
+        access: set_cookie(&renewed, ACCESS).unwrap().to_string(),
+        refresh: set_cookie(&renewed, REFRESH).unwrap().to_string(),
+    };
+
+    gateway
+        .clock
+        .advance(GRACE + std::time::Duration::from_secs(1));
+    let replayed = send(
+        &gateway,
+        "GET",
+        "/home",
+        &[("accept", BROWSER_ACCEPT), ("cookie", &stolen)],
+    )
+    .await;
+    assert_eq!(replayed.status, 302, "{replayed:?}");
+    assert_eq!(set_cookie(&replayed, REFRESH), Some(""));
+    assert_eq!(
+        session_revoked(&session_id(&tokens.access))
+            .await
+            .as_deref(),
+        Some("refresh token reuse")
+    );
+    // The whole session ended: the renewed cookies no longer work either.
+    let ended = send(
+        &gateway,
+        "GET",
+        "/home",
+        &[("cookie", &session_cookie(&current))],
+    )
+    .await;
+    assert_eq!(ended.status, 401, "{ended:?}");
+    assert_eq!(
+        gateway.upstream.seen_count(),
+        1,
+        "only the renewal's request was forwarded"
+    );
+}
+
+#[tokio::test]
+async fn the_json_refresh_keeps_strict_reuse_detection() {
+    let gateway = TestGateway::start_with(|config| {
+        config.tokens.refresh_reuse_grace = GRACE;
+    })
+    .await;
+    let account = gateway.signup("json-refresh").await;
+    let tokens = gateway.tokens(&account).await;
+    let body = serde_json::json!({ "refresh_token": tokens.refresh });
+    let first = gateway.post("/auth/refresh", body.clone()).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    // At once, well within the grace the gateway's own renewal would allow.
+    let replayed = gateway.post("/auth/refresh", body).await;
+    assert_eq!(replayed.status, 401, "{replayed:?}");
+    assert_eq!(
+        session_revoked(&session_id(&tokens.access))
+            .await
+            .as_deref(),
+        Some("refresh token reuse")
+    );
+}
