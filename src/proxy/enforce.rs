@@ -14,6 +14,11 @@
 //! outage means is the operator's choice: `revocation_on_redis_error` (default deny) and
 //! `on_redis_error` for rate limits (default allow).
 //!
+//! Browsers (contract 7): a navigation refused for lack of a token is sent to sign in
+//! (`Step::SignIn`, unless its rule says `on_unauthenticated: deny`), and a browser whose
+//! access cookie has expired has its session renewed from the refresh cookie first
+//! ([`wants_renewal`] says when; the renewal itself is behind [`SessionRenewal`]).
+//!
 //! A request that stays open (a WebSocket tunnel) is admitted once but must not outlive its
 //! token: [`TokenWatch`] repeats the revocation check at `server.websocket_recheck_interval`
 //! and watches the token's expiry, answering the same way `decide` would.
@@ -204,6 +209,21 @@ pub fn verdict(
     }
 }
 
+/// Whether to renew a browser's session before deciding its request (silent refresh): its
+/// access token is absent or failed verification (expired, most often), it carries a
+/// refresh cookie, it has no `Authorization` (a caller with a bearer token manages its own
+/// tokens), the CSRF check lets its cookie act (`may_renew`), and the policy would refuse
+/// it for lack of a token (`refused_anonymously`, asked last: it evaluates the policy).
+pub fn wants_renewal(
+    token: TokenKind,
+    may_renew: bool,
+    bearer: bool,
+    refresh_cookie: bool,
+    refused_anonymously: impl FnOnce() -> bool,
+) -> bool {
+    token != TokenKind::Valid && may_renew && !bearer && refresh_cookie && refused_anonymously()
+}
+
 /// The answer to a rate-only check: the outcome to report, or the refusal (429, or 503
 /// when Redis is away and `on_redis_error` is `deny`).
 pub fn rate_verdict(
@@ -322,7 +342,15 @@ impl Enforcer {
             TokenState::Absent => (None, None, TokenKind::Absent),
         };
         let mut set_cookies = Vec::new();
-        if token != TokenKind::Valid && self.refused_anonymously(asked) {
+        let wanted = self.renewal.is_some()
+            && wants_renewal(
+                token,
+                asked.may_renew,
+                asked.headers.contains_key(AUTHORIZATION),
+                cookie(asked.headers, REFRESH_COOKIE).is_some_and(|token| !token.is_empty()),
+                || self.refused_anonymously(asked),
+            );
+        if wanted {
             match self.renew(asked).await {
                 None => {}
                 Some(Renewal::Renewed(renewed)) => {
@@ -360,16 +388,11 @@ impl Enforcer {
         )
     }
 
-    /// Renews the session of a request that carries a refresh cookie and no
-    /// `Authorization` (a caller with a bearer token manages its own tokens): `None` when
-    /// there is nothing to renew.
+    /// Renews the session from the request's refresh cookie: `None` when there is no
+    /// renewal or no cookie.
     async fn renew(&self, asked: &Asked<'_>) -> Option<Renewal> {
         let renewal = self.renewal.as_ref()?;
-        if !asked.may_renew || asked.headers.contains_key(AUTHORIZATION) {
-            return None;
-        }
-        let refresh_token =
-            cookie(asked.headers, REFRESH_COOKIE).filter(|token| !token.is_empty())?;
+        let refresh_token = cookie(asked.headers, REFRESH_COOKIE)?;
         let user_agent = asked
             .headers
             .get(USER_AGENT)
@@ -803,6 +826,36 @@ mod tests {
             ("Redis down, signed-in, revocation allow", Valid, SignedIn, GateResult::Unavailable, [DENY, ALLOW], forward(true, None)),
         ];
         run(cases, true);
+    }
+
+    #[test]
+    fn a_session_is_renewed_only_where_a_missing_token_is_all_that_refuses_it() {
+        use TokenKind::{Absent, Invalid, Valid};
+        // (what, token, may renew, Authorization, refresh cookie, refused anonymously, renew?)
+        #[rustfmt::skip]
+        let cases = [
+            ("expired cookie, protected",        Invalid, true,  false, true,  true,  true),
+            ("only the refresh cookie",          Absent,  true,  false, true,  true,  true),
+            ("valid token",                      Valid,   true,  false, true,  true,  false),
+            ("no refresh cookie",                Invalid, true,  false, false, true,  false),
+            ("public rule",                      Invalid, true,  false, true,  false, false),
+            ("a bearer caller",                  Invalid, true,  true,  true,  true,  false),
+            ("cross-site unsafe request",        Invalid, false, false, true,  true,  false),
+        ];
+        for (what, token, may_renew, bearer, refresh, refused, expected) in cases {
+            assert_eq!(
+                wants_renewal(token, may_renew, bearer, refresh, || refused),
+                expected,
+                "{what}"
+            );
+        }
+        // The policy is asked only when everything else already says yes.
+        let asked = std::cell::Cell::new(false);
+        wants_renewal(Valid, true, false, true, || {
+            asked.set(true);
+            true
+        });
+        assert!(!asked.get());
     }
 
     #[test]
