@@ -273,7 +273,6 @@ pub struct Asked<'a> {
 /// The decision, and the session cookies the response must set whatever it is: the
 /// rotation of a renewal has happened (its new refresh token exists only in these cookies),
 /// so even a refusal or an upstream failure must hand them to the browser.
-#[derive(Debug)]
 pub struct Decided {
     pub outcome: Result<Verdict, GatewayError>,
     pub set_cookies: Vec<HeaderValue>,

@@ -131,7 +131,9 @@ impl Store {
         let session_expires_at: SystemTime = row.get("session_expires_at");
 
         let live = revoked_at.is_none() && token_expires_at > now && session_expires_at > now;
-        let within_grace = rotated_at.is_some_and(|rotated_at| now < rotated_at + grace);
+        let within_grace = rotated_at
+            .and_then(|rotated_at| rotated_at.checked_add(grace))
+            .is_some_and(|grace_ends| now < grace_ends);
         if within_grace && live {
             let user = transaction
                 .query_opt(
