@@ -27,6 +27,9 @@ rules:
   - name: sockets
     paths: ["/ws", "/ws/**"]
     allow: authenticated
+  - name: console
+    paths: ["/console/**"]
+    allow: { role: admin }
   - name: app
     paths: ["/**"]
     allow: authenticated
@@ -121,6 +124,20 @@ async fn an_anonymous_navigation_is_sent_to_sign_in_and_everyone_else_gets_401()
     )
     .await;
     assert_eq!(stale.status, 302, "{stale:?}");
+
+    // The same over HTTP/2.
+    let mut h2 = gateway.h2().await;
+    let request = h2
+        .request("GET", "/reports?x=1")
+        .header("accept", BROWSER_ACCEPT)
+        .body(empty())
+        .unwrap();
+    let over_h2 = h2.send_read(request).await;
+    assert_eq!(over_h2.status, 302, "{over_h2:?}");
+    assert_eq!(
+        over_h2.header("location"),
+        Some("/auth/login?rd=/reports%3Fx%3D1")
+    );
 
     // Public paths are forwarded, to browsers too.
     let asset = send(
@@ -373,6 +390,28 @@ async fn an_expired_access_cookie_is_renewed_from_the_refresh_cookie_in_the_same
     .await;
     assert_eq!(again.status, 200, "{again:?}");
     assert!(again.headers.get("set-cookie").is_none(), "{again:?}");
+
+    // The renewal's cookies go on whatever the answer is: here a 403 for the renewed user.
+    // Without them the browser would keep a spent refresh token.
+    gateway.clock.advance(EXPIRY);
+    let forbidden = send(
+        &gateway,
+        "GET",
+        "/console/users",
+        &[
+            ("accept", BROWSER_ACCEPT),
+            ("cookie", &session_cookie(&next)),
+        ],
+    )
+    .await;
+    assert_eq!(forbidden.status, 403, "{forbidden:?}");
+    assert_eq!(forbidden.detail(), "Requires admin role");
+    let next = Tokens {
+        access: set_cookie(&forbidden, ACCESS).expect("renewed").to_string(),
+        refresh: set_cookie(&forbidden, REFRESH)
+            .expect("rotated")
+            .to_string(),
+    };
 
     // A public path with an expired cookie goes on anonymously and renews nothing.
     gateway.clock.advance(EXPIRY);
