@@ -596,3 +596,49 @@ async fn the_json_refresh_keeps_strict_reuse_detection() {
         Some("refresh token reuse")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_without_postgres_is_503_and_keeps_the_cookies() {
+    use crate::harness::outage::Relay;
+    let relay = Relay::start("127.0.0.1:5432".parse().unwrap()).await;
+    let database = crate::harness::run_resources()
+        .database_url
+        .replace("127.0.0.1:5432", &relay.addr.to_string());
+    let (gateway, _) = TestGateway::with_policy(BROWSER_POLICY, |config| {
+        config.database.url = portcullis::config::Secret::new(database);
+        config.database.connect_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let account = gateway.signup("refresh-outage").await;
+    let tokens = gateway.tokens(&account).await;
+    let cookie = session_cookie(&tokens);
+    gateway.clock.advance(EXPIRY);
+
+    relay.cut();
+    let down = send(
+        &gateway,
+        "GET",
+        "/home",
+        &[("accept", BROWSER_ACCEPT), ("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(down.status, 503, "{down:?}");
+    assert_eq!(down.detail(), "Session store unavailable");
+    assert!(down.headers.get("set-cookie").is_none(), "{down:?}");
+    assert_eq!(gateway.upstream.seen_count(), 0);
+
+    // Nothing was spent: once Postgres is back, the same cookies renew the session.
+    relay.restore();
+    let mut renewed = None;
+    for _ in 0..50 {
+        let response = send(&gateway, "GET", "/home", &[("cookie", &cookie)]).await;
+        if response.status == 200 {
+            renewed = Some(response);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let renewed = renewed.expect("the session renews once Postgres is back");
+    assert!(set_cookie(&renewed, REFRESH).is_some(), "{renewed:?}");
+    assert_eq!(session_revoked(&session_id(&tokens.access)).await, None);
+}
