@@ -310,9 +310,9 @@ impl Gateway {
             return Err(GatewayError::PayloadTooLarge);
         }
         // What a page of another site made the browser send carries the cookie too: an
-        // unsafe request the cookie authenticates must come from an allowed page. Checked
-        // once the caller is known (below), but known now, so that no session is renewed
-        // for a request that would then be refused.
+        // unsafe request the cookie authenticates must come from an allowed page. Decided
+        // here and applied once the caller is known (below); known before enforcement, so
+        // that no session is renewed for a request that would then be refused.
         let cross_site =
             access::cross_site_refusal(request.method(), request.headers(), &self.cookie_origins);
         let decided = self
