@@ -15,6 +15,7 @@ mod input;
 mod limits;
 mod openapi;
 mod pages;
+mod renewal;
 pub mod routes;
 mod session;
 
@@ -52,6 +53,8 @@ use routes::{Access, Route, RouteSpec};
 pub struct AuthSettings {
     pub public_url: String,
     pub refresh_ttl: Duration,
+    /// `tokens.refresh_reuse_grace`, for silent refresh only (`renewal.rs`).
+    pub refresh_reuse_grace: Duration,
     pub verification_ttl: Duration,
     pub reset_ttl: Duration,
     pub max_failures: i32,

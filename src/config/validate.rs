@@ -412,6 +412,14 @@ impl Config {
         require_positive("tokens.refresh_ttl", t.refresh_ttl)?;
         require_positive("tokens.verification_ttl", t.verification_ttl)?;
         require_positive("tokens.reset_ttl", t.reset_ttl)?;
+        // The grace is how long a stolen refresh token goes unnoticed after a rotation; it
+        // exists for requests racing one page load, which a minute more than covers.
+        if t.refresh_reuse_grace > Duration::from_secs(60) {
+            return Err(invalid(
+                "tokens.refresh_reuse_grace",
+                "must be at most 1m (0 turns it off)",
+            ));
+        }
         // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
         if t.hs256_secret
             .as_ref()
@@ -892,6 +900,14 @@ mod tests {
 
     #[test]
     fn token_rules() {
+        assert_eq!(
+            err(parse("tokens:\n  refresh_reuse_grace: 61s\n")).to_string(),
+            "test.yaml: tokens.refresh_reuse_grace: must be at most 1m (0 turns it off)"
+        );
+        for grace in ["0s", "1m"] {
+            let config = parse(&format!("tokens:\n  refresh_reuse_grace: {grace}\n")).unwrap();
+            assert!(config.tokens.refresh_reuse_grace <= Duration::from_secs(60));
+        }
         let text = err(parse("tokens:\n  hs256_secret: too-short\n")).to_string();
         assert_eq!(
             text,

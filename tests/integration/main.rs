@@ -10,6 +10,7 @@ mod auth_lockout;
 mod auth_passwords;
 mod auth_sessions;
 mod auth_tokens;
+mod browser_enforcement;
 mod corpus;
 mod dependencies;
 mod enforcement;
