@@ -7,6 +7,7 @@ COPY src src
 COPY tests tests
 COPY benches benches
 COPY migrations migrations
+COPY templates templates
 COPY config config
 RUN cargo build --release --locked --bin portcullis
 

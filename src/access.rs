@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
-use http::HeaderMap;
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE, ORIGIN};
+use http::{HeaderMap, Method};
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::config::FailMode;
+use crate::config::{normalize_origin, FailMode};
 use crate::error::{GatewayError, RedisCheck};
 use crate::limits::gate::{Gate, GateCheck, GateError};
 use crate::token::{AccessClaims, TokenError, TokenKeys};
@@ -104,6 +104,20 @@ impl AccessVerifier {
         let Some((token, source)) = self.bearer_token(headers) else {
             return TokenState::Absent;
         };
+        self.check(token, source)
+    }
+
+    /// Verifies a token the gateway has just issued (a renewed session's), and caches it
+    /// as [`read`](AccessVerifier::read) would, so the browser's next request with it is a
+    /// cache hit.
+    pub fn verify_issued(&self, token: &str) -> Option<Arc<VerifiedToken>> {
+        match self.check(token, TokenSource::Cookie) {
+            TokenState::Valid(verified, _) => Some(verified),
+            TokenState::Absent | TokenState::Invalid => None,
+        }
+    }
+
+    fn check(&self, token: &str, source: TokenSource) -> TokenState {
         let now = self.clock.unix_now();
         match self.verified.get(token, now) {
             Cached::Valid(claims) => return TokenState::Valid(claims, source),
@@ -223,6 +237,12 @@ pub fn session_cookies(
     ])
 }
 
+/// The access cookie alone, for a session renewed within the refresh token's reuse grace
+/// (its refresh cookie is already the newest).
+pub fn access_cookie(access_token: &str, max_age: std::time::Duration) -> Option<HeaderValue> {
+    set_cookie(ACCESS_COOKIE, access_token, max_age.as_secs())
+}
+
 /// `Set-Cookie` values that make a browser drop both session cookies.
 pub fn cleared_session_cookies() -> [HeaderValue; 2] {
     [ACCESS_COOKIE, REFRESH_COOKIE].map(|name| {
@@ -275,6 +295,86 @@ pub fn remove_session_cookies(headers: &mut HeaderMap) {
             headers.append(COOKIE, value);
         }
     }
+}
+
+/// The origins whose pages may act on the session cookies: the gateway's own (the scheme,
+/// host and port of `server.public_url`) and those the CORS settings list by name. A
+/// configured `"*"` is not one: it admits any page only because it excludes credentials,
+/// and a cookie is a credential. Used for cookie-authenticated WebSocket handshakes (contract
+/// 6.12) and unsafe requests ([`cross_site_refusal`], contract 7).
+#[derive(Debug)]
+pub struct CookieOrigins {
+    /// Lower case, default port elided ([`normalize_origin`]).
+    origins: Vec<Box<str>>,
+}
+
+impl CookieOrigins {
+    /// `listed` are the CORS origins named in the configuration, already normalised.
+    pub fn new(public_url: &str, listed: &[Box<str>]) -> CookieOrigins {
+        // `public_url` is validated as https://host[:port]; were it somehow not an origin,
+        // only the CORS origins would be allowed, which fails closed.
+        let own = normalize_origin(public_url).ok().map(Box::from);
+        CookieOrigins {
+            origins: own.into_iter().chain(listed.iter().cloned()).collect(),
+        }
+    }
+
+    /// Whether a request with these headers comes from an allowed page: exactly one
+    /// `Origin`, naming one of them (`null`, a missing or a repeated one never does).
+    pub fn allows(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = single(headers, &ORIGIN).and_then(|value| value.to_str().ok()) else {
+            return false;
+        };
+        normalize_origin(origin).is_ok_and(|origin| {
+            self.origins
+                .iter()
+                .any(|allowed| allowed.as_ref() == origin.as_str())
+        })
+    }
+}
+
+/// Methods that change nothing (RFC 9110 9.2.1 safe methods): a page of any site may make
+/// the browser send them with the cookies, so they are never how a session is misused.
+pub fn is_safe_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The CSRF check of a request the session cookie authenticates (contract 7), `None` when
+/// it passes: a safe method, or `Sec-Fetch-Site: same-origin` or `none` (typed or
+/// bookmarked), or an `Origin` that [`CookieOrigins::allows`]. Anything else is 403: the
+/// browser attached the cookie to a request another site's page made.
+///
+/// `Sec-Fetch-Site: same-site` is not enough: a sibling subdomain is same-site, and may be
+/// anyone's. Its values are compared exactly, as the Fetch Metadata tokens they are; no page
+/// can set the header, so a value a browser would not send is read as not sent, and the
+/// `Origin` decides. A request with neither header is refused: every browser in use sends
+/// `Origin` on unsafe requests, and a client that is not a browser should send its token in
+/// `Authorization` instead.
+pub fn cross_site_refusal(
+    method: &Method,
+    headers: &HeaderMap,
+    origins: &CookieOrigins,
+) -> Option<GatewayError> {
+    if is_safe_method(method) {
+        return None;
+    }
+    let fetch_site = single(headers, &SEC_FETCH_SITE).map(HeaderValue::as_bytes);
+    if matches!(fetch_site, Some(b"same-origin" | b"none")) || origins.allows(headers) {
+        return None;
+    }
+    Some(GatewayError::Forbidden("Cross-site request refused".into()))
+}
+
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
+/// The header's value when it is there exactly once.
+pub(crate) fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    values.next().is_none().then_some(value)
 }
 
 static X_AUTH_USER_ID: HeaderName = HeaderName::from_static("x-auth-user-id");
@@ -562,6 +662,140 @@ mod tests {
         );
         remove_session_cookies(&mut headers);
         assert_eq!(headers.get(COOKIE).unwrap(), "__Host-portcullis-access2=x");
+    }
+
+    const OWN: &str = "https://gateway.example.com";
+    const LISTED: &str = "https://app.example.com";
+
+    fn cookie_origins(allowed: &[&str]) -> CookieOrigins {
+        let settings = crate::config::CorsConfig {
+            allowed_origins: allowed.iter().map(|origin| origin.to_string()).collect(),
+            ..crate::config::CorsConfig::default()
+        };
+        let policy = settings.policy().expect("valid CORS settings");
+        CookieOrigins::new(OWN, &policy.origins)
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("valid name"),
+                HeaderValue::from_str(value).expect("valid value"),
+            );
+        }
+        headers
+    }
+
+    /// (allowed CORS origins, the request's `Origin` headers, allowed?)
+    const ORIGIN_CASES: &[(&[&str], &[&str], bool)] = &[
+        // The gateway's own origin, however it is spelled.
+        (&[], &["https://gateway.example.com"], true),
+        (&[], &["HTTPS://Gateway.Example.COM"], true),
+        (&[], &["https://gateway.example.com:443"], true),
+        // Another scheme, port or host is another origin.
+        (&[], &["http://gateway.example.com"], false),
+        (&[], &["https://gateway.example.com:8443"], false),
+        (&[], &["https://evil.example"], false),
+        (&[], &["https://gateway.example.com.evil.example"], false),
+        // A CORS origin listed by name.
+        (&[LISTED], &["https://app.example.com"], true),
+        (
+            &["https://app.example.com:443"],
+            &["https://APP.example.com"],
+            true,
+        ),
+        (&[LISTED], &["https://evil.example"], false),
+        // "*" admits no page to use the cookie.
+        (&["*"], &["https://evil.example"], false),
+        (&["*"], &["https://gateway.example.com"], true),
+        // No page, an opaque one, something that is no origin, or two.
+        (&[], &[], false),
+        (&[], &["null"], false),
+        (&[], &[""], false),
+        (&[], &["https://gateway.example.com/"], false),
+        (&[], &["https://user@gateway.example.com"], false),
+        (
+            &[],
+            &["https://gateway.example.com", "https://gateway.example.com"],
+            false,
+        ),
+    ];
+
+    #[test]
+    fn cookie_origins_are_the_gateways_own_and_the_listed_cors_ones() {
+        for (allowed, sent, expected) in ORIGIN_CASES {
+            let pairs: Vec<(&str, &str)> = sent.iter().map(|origin| ("origin", *origin)).collect();
+            assert_eq!(
+                cookie_origins(allowed).allows(&headers(&pairs)),
+                *expected,
+                "allowed {allowed:?}, sent {sent:?}"
+            );
+        }
+    }
+
+    /// (method, request headers, passes?) for a cookie-authenticated request, with the
+    /// gateway at `OWN` and `LISTED` an allowed CORS origin.
+    type CsrfCase = (&'static str, &'static [(&'static str, &'static str)], bool);
+
+    #[rustfmt::skip]
+    const CSRF_CASES: &[CsrfCase] = &[
+        // Safe methods are never checked, whoever's page sent them.
+        ("GET",     &[("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")], true),
+        ("HEAD",    &[("sec-fetch-site", "cross-site")], true),
+        ("OPTIONS", &[("origin", "https://evil.example")], true),
+        ("TRACE",   &[], true),
+        ("GET",     &[], true),
+        // Unsafe methods with nothing to go by.
+        ("POST",    &[], false),
+        ("DELETE",  &[], false),
+        ("PROPFIND", &[], false),
+        // Fetch metadata: same-origin and none (typed, bookmarked) pass.
+        ("POST",    &[("sec-fetch-site", "same-origin")], true),
+        ("PUT",     &[("sec-fetch-site", "none")], true),
+        ("POST",    &[("sec-fetch-site", "cross-site")], false),
+        // same-site is a sibling subdomain, which may be anyone's.
+        ("POST",    &[("sec-fetch-site", "same-site")], false),
+        ("PATCH",   &[("sec-fetch-site", "same-site"), ("origin", "https://blog.example.com")], false),
+        // Tokens are compared exactly; one a browser would not send counts as none.
+        ("POST",    &[("sec-fetch-site", "Same-Origin")], false),
+        ("POST",    &[("sec-fetch-site", " same-origin")], false),
+        ("POST",    &[("sec-fetch-site", "same-origin"), ("sec-fetch-site", "same-origin")], false),
+        ("POST",    &[("sec-fetch-site", "SAME-ORIGIN"), ("origin", "https://gateway.example.com")], true),
+        // Origin: the gateway's own, however spelled, default port elided.
+        ("POST",    &[("origin", "https://gateway.example.com")], true),
+        ("POST",    &[("origin", "HTTPS://GATEWAY.example.COM")], true),
+        ("POST",    &[("origin", "https://gateway.example.com:443")], true),
+        ("POST",    &[("origin", "https://gateway.example.com:8443")], false),
+        ("POST",    &[("origin", "http://gateway.example.com")], false),
+        ("POST",    &[("origin", "https://blog.example.com")], false),
+        ("POST",    &[("origin", "https://gateway.example.com.evil.example")], false),
+        ("POST",    &[("origin", "null")], false),
+        ("POST",    &[("origin", "null"), ("sec-fetch-site", "cross-site")], false),
+        // An allowed CORS origin's page may, cross-site or not.
+        ("POST",    &[("origin", "https://app.example.com"), ("sec-fetch-site", "cross-site")], true),
+        ("DELETE",  &[("origin", "https://APP.example.com:443")], true),
+        ("POST",    &[("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")], false),
+    ];
+
+    #[test]
+    fn an_unsafe_cookie_request_must_come_from_the_gateway_or_an_allowed_origin() {
+        let origins = cookie_origins(&[LISTED]);
+        for (method, sent, passes) in CSRF_CASES {
+            let method = Method::from_bytes(method.as_bytes()).expect("a method");
+            let refusal = cross_site_refusal(&method, &headers(sent), &origins);
+            assert_eq!(refusal.is_none(), *passes, "{method} {sent:?}");
+            if let Some(refusal) = refusal {
+                assert_eq!(
+                    refusal,
+                    GatewayError::Forbidden("Cross-site request refused".into())
+                );
+            }
+        }
+        // "*" in the CORS settings admits no page.
+        let any = cookie_origins(&["*"]);
+        let evil = headers(&[("origin", "https://evil.example")]);
+        assert!(cross_site_refusal(&Method::POST, &evil, &any).is_some());
     }
 
     #[test]

@@ -218,9 +218,17 @@ fn policy_explain(
             }
             println!("upstream: {}", upstream.as_deref().unwrap_or("(default)"));
         }
-        Decision::Unauthenticated { rule } => {
+        Decision::Unauthenticated {
+            rule,
+            on_unauthenticated,
+        } => {
             println!("matches: {}", rule_line(rule));
             println!("decision: 401 (Not authenticated)");
+            // Said only when the rule sets it: the default (a browser navigation is sent to
+            // sign in) holds everywhere else and would only be noise.
+            if rule.is_some_and(|index| policy.rule_on_unauthenticated(index).is_some()) {
+                println!("on_unauthenticated: {}", on_unauthenticated.as_str());
+            }
         }
         Decision::Forbidden { rule, detail } => {
             println!("matches: {}", rule_line(rule));

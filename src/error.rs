@@ -27,6 +27,10 @@ pub enum GatewayError {
         detail: Cow<'static, str>,
         invalid_token: bool,
     },
+    /// An anonymous browser navigation to a route that needs a token (contract 7): `302` to
+    /// the sign-in page, `location` (`/auth/login?rd=...`), instead of the 401 others get.
+    #[error("Sign in required")]
+    SignIn { location: String },
     #[error("{0}")]
     Forbidden(Cow<'static, str>),
     #[error("Not found")]
@@ -94,6 +98,7 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) | GatewayError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::SignIn { .. } => StatusCode::FOUND,
             GatewayError::Forbidden(_) | GatewayError::CorsRefused => StatusCode::FORBIDDEN,
             GatewayError::NotFound | GatewayError::NotFoundDetail(_) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

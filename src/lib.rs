@@ -8,10 +8,12 @@
 //! - [`app`]: the composition root. `App::build` makes every shared part once.
 //! - [`config`]: `gateway.yaml` with environment overrides, validated into typed values.
 //! - [`error`]: typed failures mapped to status codes and client messages in one place.
-//! - [`access`]: the one access-token verifier (cache, claims, revocation).
+//! - [`access`]: the one access-token verifier (cache, claims, revocation); the session
+//!   cookies and the origins they may act from (CSRF).
 //! - [`proxy`]: the request path: the front checks (`checks`, `path`, `headers`, `cors`,
-//!   `framing`), enforcement (`enforce`), forwarding (`forward`, `pool`, the bodies), and
-//!   [`proxy::OwnRoutes`], through which `/auth` is plugged in.
+//!   `framing`), enforcement (`enforce`, `navigation`), forwarding (`forward`, `pool`, the
+//!   bodies), and [`proxy::OwnRoutes`] and [`proxy::renewal::SessionRenewal`], through which
+//!   `/auth` and silent refresh are plugged in.
 //! - [`auth`]: the `/auth` routes, composed from `access`, `token`, `password`, `store`,
 //!   `limits`, `mail`.
 //! - [`policy`] (pure): the policy language; [`live_policy`]: the copy in force, reloaded live.

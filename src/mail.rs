@@ -53,7 +53,7 @@ pub async fn enqueue(
 /// Asks the user to confirm their address. `valid_for` is the verification token's lifetime
 /// (`tokens.verification_ttl`), so the text never promises more than the token gives.
 pub fn verification_mail(to: &str, public_url: &str, token: &str, valid_for: Duration) -> Mail {
-    let link = link(public_url, "/verify-email", token);
+    let link = link(public_url, "/auth/verify-email", token);
     Mail {
         to: to.to_owned(),
         subject: "Confirm your email address".to_owned(),
@@ -78,7 +78,7 @@ pub fn verification_mail(to: &str, public_url: &str, token: &str, valid_for: Dur
 
 /// Carries a password-reset link; `valid_for` is the reset token's lifetime.
 pub fn password_reset_mail(to: &str, public_url: &str, token: &str, valid_for: Duration) -> Mail {
-    let link = link(public_url, "/reset-password", token);
+    let link = link(public_url, "/auth/reset-password", token);
     Mail {
         to: to.to_owned(),
         subject: "Reset your password".to_owned(),
@@ -612,7 +612,7 @@ mod tests {
         assert_eq!(mail.to, "a@b.example");
         assert!(mail
             .body
-            .contains("https://gw.example/verify-email?token=tok_EN-1\n"));
+            .contains("https://gw.example/auth/verify-email?token=tok_EN-1\n"));
         assert!(mail.body.lines().any(|line| line == "tok_EN-1"));
         assert!(mail.body.contains("24 hours"));
         assert_eq!(mail.body.matches("https://").count(), 1);
@@ -623,7 +623,7 @@ mod tests {
         let mail = password_reset_mail("a@b.example", URL, "abc", Duration::from_secs(3600));
         assert!(mail
             .body
-            .contains("https://gw.example/reset-password?token=abc\n"));
+            .contains("https://gw.example/auth/reset-password?token=abc\n"));
         assert!(mail.body.contains("1 hour "));
         let mail = password_reset_mail(
             "a@b.example",
@@ -633,7 +633,7 @@ mod tests {
         );
         assert!(mail
             .body
-            .contains("https://gw.example/reset-password?token=abc\n"));
+            .contains("https://gw.example/auth/reset-password?token=abc\n"));
         assert!(mail.body.contains("30 minutes"));
     }
 

@@ -243,6 +243,9 @@ struct Inner {
     /// Verified in place of a missing user's hash, so "no such user" costs a full verification.
     dummy_hash: String,
     rng: SystemRandom,
+    /// Argon2 verifications run, the dummy's included: every failed login costs exactly one,
+    /// whether or not its email exists, which is what keeps the two indistinguishable.
+    verifications: std::sync::atomic::AtomicU64,
 }
 
 impl PasswordHasher {
@@ -276,6 +279,7 @@ impl PasswordHasher {
                 params,
                 permits: Arc::new(Semaphore::new(permits)),
                 dummy_hash,
+                verifications: std::sync::atomic::AtomicU64::new(0),
                 rng,
             }),
         })
@@ -309,6 +313,13 @@ impl PasswordHasher {
         self.inner.params
     }
 
+    /// How many Argon2 verifications have run (real and dummy).
+    pub fn verifications(&self) -> u64 {
+        self.inner
+            .verifications
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Runs `work` on a blocking thread while holding a permit. The permit is taken before the
     /// task is spawned, so waiting callers queue here and not in tokio's blocking pool, and it
     /// moves into the closure so it is released only when the work has finished, even if the
@@ -334,6 +345,8 @@ impl PasswordHasher {
 
 impl Inner {
     fn verify_blocking(&self, password: &[u8], stored: Option<&str>) -> Verification {
+        self.verifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let parsed = stored.and_then(|stored| PasswordHash::new(stored).ok());
         let Some(hash) = parsed.filter(usable) else {
             // No user, or a stored hash we cannot use: spend the same time as a real check so

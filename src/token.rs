@@ -211,6 +211,8 @@ pub struct TokenKeys {
     hs256: Option<ring::hmac::Key>,
     keys: Vec<VerifyingKey>,
     signer: Signer,
+    /// The root of [`TokenKeys::derive_key`].
+    derivation: ring::hkdf::Prk,
 }
 
 impl fmt::Debug for TokenKeys {
@@ -285,11 +287,23 @@ impl TokenKeys {
             (None, None) => return Err(TokenError::NoSigningKey),
         };
 
+        // The HS256 secret when there is one (it outlives asymmetric key rotations), else
+        // the active private key: material every instance of a fleet has from its config.
+        let derivation_material = match (hs256_secret, active_index) {
+            (Some(secret), _) => secret,
+            (None, Some(index)) => signing_keys[index].private_key_pem.as_slice(),
+            (None, None) => return Err(TokenError::NoSigningKey),
+        };
+        let derivation =
+            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"portcullis derived keys v1")
+                .extract(derivation_material);
+
         Ok(TokenKeys {
             settings,
             hs256: hs256_secret.map(|secret| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)),
             keys,
             signer,
+            derivation,
         })
     }
 
@@ -313,6 +327,19 @@ impl TokenKeys {
             });
         }
         TokenKeys::new(settings, hs256_secret, sources, active_kid)
+    }
+
+    /// An HMAC key for `purpose`, derived (HKDF-SHA256) from the signing secret: the same on
+    /// every instance that shares the configuration, different per purpose, and revealing
+    /// nothing about the secret. For MACs the fleet must agree on without sharing state
+    /// (the sign-in forms' tokens).
+    pub fn derive_key(&self, purpose: &[u8]) -> ring::hmac::Key {
+        let purpose = [purpose];
+        let okm = self
+            .derivation
+            .expand(&purpose, ring::hmac::HMAC_SHA256)
+            .expect("one HMAC-SHA256 key is well within HKDF's output limit");
+        ring::hmac::Key::from(okm)
     }
 
     pub fn settings(&self) -> &TokenSettings {
@@ -1709,6 +1736,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(data.claims, claims);
+    }
+
+    #[test]
+    fn derived_keys_agree_across_instances_and_differ_by_purpose_and_secret() {
+        let mac = |keys: &TokenKeys, purpose: &[u8]| {
+            hmac::sign(&keys.derive_key(purpose), b"message")
+                .as_ref()
+                .to_vec()
+        };
+        let one = hs_keys();
+        let another_instance = hs_keys();
+        assert_eq!(mac(&one, b"forms"), mac(&another_instance, b"forms"));
+        assert_ne!(mac(&one, b"forms"), mac(&one, b"other"));
+        let other_secret = TokenKeys::new(settings(), Some(&[9u8; 32]), vec![], None).unwrap();
+        assert_ne!(mac(&one, b"forms"), mac(&other_secret, b"forms"));
+        // Never the HS256 key itself.
+        assert_ne!(mac(&one, b"forms"), hmac_sha256(SECRET, b"message"));
+        // Without a secret, the active private key is the root, the same for each instance.
+        let ed = TestKey::ed("ed-1");
+        let asymmetric = TokenKeys::new(settings(), None, vec![ed.source()], None).unwrap();
+        let again = TokenKeys::new(settings(), None, vec![ed.source()], None).unwrap();
+        assert_eq!(mac(&asymmetric, b"forms"), mac(&again, b"forms"));
+        assert_ne!(mac(&asymmetric, b"forms"), mac(&one, b"forms"));
     }
 
     #[test]

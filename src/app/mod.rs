@@ -171,6 +171,7 @@ impl App {
             settings: AuthSettings {
                 public_url: server.public_url.clone(),
                 refresh_ttl: tokens.refresh_ttl,
+                refresh_reuse_grace: tokens.refresh_reuse_grace,
                 verification_ttl: tokens.verification_ttl,
                 reset_ttl: tokens.reset_ttl,
                 max_failures: i32::try_from(config.lockout.max_failures).unwrap_or(i32::MAX),
@@ -187,10 +188,14 @@ impl App {
                     ipv6_prefix: limits.ipv6_prefix,
                     on_redis_error: limits.on_redis_error,
                 },
+                pages: crate::auth::PageSettings {
+                    product_name: config.pages.product_name.clone(),
+                    logo_url: config.pages.logo_url.clone(),
+                },
             },
         }));
 
-        let enforcer = Enforcer::new(
+        let mut enforcer = Enforcer::new(
             EnforcerSettings {
                 fail,
                 ipv6_prefix: limits.ipv6_prefix,
@@ -200,6 +205,10 @@ impl App {
             gate.clone(),
             access,
         );
+        // Silent refresh needs the refresh cookie, which only cookie mode sets.
+        if tokens.cookie.enabled {
+            enforcer = enforcer.with_renewal(Arc::new(auth.clone()));
+        }
         let gateway = Gateway::new(
             config,
             metrics.clone(),

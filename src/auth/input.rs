@@ -119,7 +119,7 @@ pub(crate) fn query_param(call: &Call, name: &'static str) -> Result<Option<Stri
     }
 }
 
-fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut index = 0;

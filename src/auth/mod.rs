@@ -14,10 +14,13 @@ mod credentials;
 mod input;
 mod limits;
 mod openapi;
+mod pages;
+mod renewal;
 pub mod routes;
 mod session;
 
 pub(crate) use input::{is_valid_email, normalize_email, object, query_param, Call};
+pub use pages::PageSettings;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -50,6 +53,8 @@ use routes::{Access, Route, RouteSpec};
 pub struct AuthSettings {
     pub public_url: String,
     pub refresh_ttl: Duration,
+    /// `tokens.refresh_reuse_grace`, for silent refresh only (`renewal.rs`).
+    pub refresh_reuse_grace: Duration,
     pub verification_ttl: Duration,
     pub reset_ttl: Duration,
     pub max_failures: i32,
@@ -61,6 +66,8 @@ pub struct AuthSettings {
     /// How long the body of a request may stay silent.
     pub body_read_timeout: std::time::Duration,
     pub limits: AuthLimits,
+    /// What the sign-in pages show.
+    pub pages: PageSettings,
 }
 
 /// Rate limits of the `/auth` routes (`limits.rs`): per client address, and per recipient
@@ -90,6 +97,8 @@ pub struct AuthService {
     pub(crate) settings: AuthSettings,
     pub(crate) mail_waker: Arc<Notify>,
     pub(crate) gate: Gate,
+    /// The sign-in pages' settings and form-token key.
+    pages: pages::Pages,
     /// Kept up to date by [`AuthService::follow_revocations`] while the gateway serves.
     feed: crate::limits::feed::RevocationFeed,
     /// The policy in force defines the roles, their order, and the role new users get.
@@ -161,7 +170,17 @@ impl AuthService {
         };
         let id = id.map(str::to_string);
         let result = match self.read_call(request, client_ip).await {
-            Ok(call) => self.dispatch(spec, id.as_deref(), &call).await,
+            // A browser's form gets a page or a redirect; everything else the API's answer.
+            Ok(call)
+                if pages::takes_form(spec.route)
+                    && pages::form::body_kind(&call.headers) == pages::form::BodyKind::Form =>
+            {
+                self.form_post(spec, call).await
+            }
+            Ok(call) => {
+                self.dispatch(pages::api_spec(spec), id.as_deref(), &call)
+                    .await
+            }
             Err(error) => Err(error),
         };
         let response = result.unwrap_or_else(GatewayError::into_response);
@@ -260,6 +279,16 @@ impl AuthService {
             Route::AdminAudit => self.admin_audit(call).await,
             Route::OpenApi => Ok(json(StatusCode::OK, &openapi::document())),
             Route::Jwks => Ok(json(StatusCode::OK, &self.keys.jwks())),
+            Route::LoginPage
+            | Route::RegisterPage
+            | Route::VerifyEmailPage
+            | Route::ForgotPasswordPage
+            | Route::ResetPasswordPage
+            | Route::LogoutPage => self.page(spec.route, call).await,
+            // Reached only with a JSON body: the API route the form stands for.
+            Route::ForgotPassword => self.password_reset(call).await,
+            Route::ResetPassword => self.password_reset_confirm(call).await,
+            Route::Stylesheet => Ok(pages::stylesheet()),
         }
     }
 
@@ -446,12 +475,14 @@ fn required(principal: Option<&Principal>) -> &Principal {
     principal.expect("routes with Bearer or Admin access are authenticated before dispatch")
 }
 
-/// Headers every `/auth` response carries: nothing here may be cached, and the reset and
-/// verification routes must not leak their URL as a referrer.
+/// Headers every `/auth` response carries: nothing here may be cached (but the versioned
+/// stylesheet), and the reset and verification routes must not leak their URL as a referrer.
 fn finish(mut response: Response<GatewayBody>, route: Option<Route>) -> Response<GatewayBody> {
     let headers = response.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    if route != Some(Route::Stylesheet) {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    }
     if matches!(
         route,
         Some(
@@ -459,6 +490,10 @@ fn finish(mut response: Response<GatewayBody>, route: Option<Route>) -> Response
                 | Route::ResendVerification
                 | Route::PasswordReset
                 | Route::PasswordResetConfirm
+                | Route::VerifyEmailPage
+                | Route::ForgotPassword
+                | Route::ResetPasswordPage
+                | Route::ResetPassword
         )
     ) {
         response
@@ -546,6 +581,7 @@ pub struct AuthParts {
 
 impl AuthService {
     pub fn new(parts: AuthParts) -> AuthService {
+        let pages = pages::Pages::new(parts.settings.pages.clone(), &parts.keys);
         AuthService {
             store: parts.store,
             revocations: parts.revocations,
@@ -557,6 +593,7 @@ impl AuthService {
             settings: parts.settings,
             mail_waker: parts.mail_waker,
             gate: parts.gate,
+            pages,
             feed: parts.feed,
             policy: parts.policy,
             metrics: Default::default(),
@@ -582,7 +619,15 @@ impl AuthService {
 
     /// The identity routes' counters, in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        format!("{}{}", self.metrics.render(), self.render_mail_metrics())
+        format!(
+            "{}{}# HELP portcullis_password_verifications_total Argon2 verifications run, \
+             the dummy's for unknown emails included.\n\
+             # TYPE portcullis_password_verifications_total counter\n\
+             portcullis_password_verifications_total {}\n",
+            self.metrics.render(),
+            self.render_mail_metrics(),
+            self.hasher.verifications()
+        )
     }
 
     /// Whether Postgres and Redis answer now.

@@ -27,6 +27,17 @@ pub enum Route {
     AdminAudit,
     OpenApi,
     Jwks,
+    // The sign-in pages (contract 7, `pages`). Their form POSTs go to the API routes of
+    // the same path (a form body gets a page), except these two, which are forms only.
+    LoginPage,
+    RegisterPage,
+    VerifyEmailPage,
+    ForgotPasswordPage,
+    ForgotPassword,
+    ResetPasswordPage,
+    ResetPassword,
+    LogoutPage,
+    Stylesheet,
 }
 
 /// Who may call a route.
@@ -268,7 +279,59 @@ pub const ROUTES: &[RouteSpec] = &[
         200,
         None,
     ),
+    // The sign-in pages: HTML for browsers. The API routes above of the same path also
+    // take their form (application/x-www-form-urlencoded) and answer it with a page or a
+    // redirect.
+    page(
+        "/auth/login",
+        Route::LoginPage,
+        "Sign-in page (query: rd, where to go after)",
+    ),
+    page("/auth/register", Route::RegisterPage, "Registration page"),
+    page(
+        "/auth/verify-email",
+        Route::VerifyEmailPage,
+        "The verification mail's link (query: token): a button that confirms",
+    ),
+    page(
+        "/auth/forgot-password",
+        Route::ForgotPasswordPage,
+        "Page asking for the email to send a reset link to",
+    ),
+    form(
+        "/auth/forgot-password",
+        Route::ForgotPassword,
+        "Form of the forgot-password page; as password-reset",
+    ),
+    page(
+        "/auth/reset-password",
+        Route::ResetPasswordPage,
+        "The reset mail's link (query: token): new-password form",
+    ),
+    form(
+        "/auth/reset-password",
+        Route::ResetPassword,
+        "Form of the reset-password page; as password-reset/confirm",
+    ),
+    page(
+        "/auth/logout",
+        Route::LogoutPage,
+        "Sign-out page: one button",
+    ),
+    page(
+        "/auth/assets/style.css",
+        Route::Stylesheet,
+        "The pages' stylesheet (cached for a year; its URL carries its version)",
+    ),
 ];
+
+const fn page(path: &'static str, route: Route, summary: &'static str) -> RouteSpec {
+    spec("GET", path, route, Public, summary, None, 200, None)
+}
+
+const fn form(path: &'static str, route: Route, summary: &'static str) -> RouteSpec {
+    spec("POST", path, route, Public, summary, None, 200, None)
+}
 
 /// Whether the gateway itself answers this (normalised) path.
 pub fn is_gateway_path(path: &str) -> bool {
@@ -332,7 +395,19 @@ mod tests {
         type Case<'a> = (&'a str, &'a str, Result<(Route, Option<&'a str>), u16>);
         let cases: &[Case] = &[
             ("POST", "/auth/login", Ok((Route::Login, None))),
-            ("GET", "/auth/login", Err(405)),
+            ("GET", "/auth/login", Ok((Route::LoginPage, None))),
+            ("PUT", "/auth/login", Err(405)),
+            ("GET", "/auth/logout", Ok((Route::LogoutPage, None))),
+            (
+                "POST",
+                "/auth/forgot-password",
+                Ok((Route::ForgotPassword, None)),
+            ),
+            (
+                "GET",
+                "/auth/assets/style.css",
+                Ok((Route::Stylesheet, None)),
+            ),
             (
                 "POST",
                 "/auth/password-reset",

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderValue, SET_COOKIE};
+use http::header::SET_COOKIE;
 use http::StatusCode;
 use uuid::Uuid;
 
@@ -19,6 +19,19 @@ use crate::store::{CommitVerdict, LoginFailure, RefreshOutcome, Rehash, SessionR
 use crate::token::{hash_opaque, OpaqueToken};
 
 const INVALID_CREDENTIALS: &str = "Invalid email or password";
+
+/// What a presented refresh token got: a rotation, or within a silent refresh's grace the
+/// session alone (its caller issues an access token for it).
+pub(super) struct Rotation {
+    pub user: User,
+    pub session_id: Uuid,
+    /// The new refresh token; `None` within the grace, where the rotation that spent the
+    /// presented token already made the session's only live one.
+    pub refresh_token: Option<String>,
+    /// Fixed at login; the refresh cookie lives no longer.
+    pub session_expires_at: SystemTime,
+    pub now: SystemTime,
+}
 pub(super) const NEWLY_LOCKED: &str = "Too many failed attempts. Account locked.";
 
 /// What a counted failure is answered with.
@@ -76,6 +89,13 @@ impl AuthService {
     /// the locked row, so a lock or an account change made while the password was being
     /// verified is never missed.
     pub(super) async fn login(&self, call: &Call) -> Reply {
+        let body = self.sign_in(call).await?;
+        Ok(self.token_response(&body, call))
+    }
+
+    /// The login itself, for the API and the sign-in form alike: the token body of a new
+    /// session (with the user object), or the refusal.
+    pub(super) async fn sign_in(&self, call: &Call) -> Result<serde_json::Value, GatewayError> {
         let fields = object(call)?;
         let email = normalize_email(fields.string("email")?);
         let password = fields.string("password")?;
@@ -124,7 +144,7 @@ impl AuthService {
             .await?;
         let mut body = self.token_body(&user, session.id, &refresh.token, now)?;
         body["user"] = user_json(&user);
-        Ok(self.token_response(&body))
+        Ok(body)
     }
 
     /// Refuses a deactivated or unverified account (after its password matched).
@@ -359,20 +379,64 @@ impl AuthService {
         Ok(failure)
     }
 
+    /// `POST /auth/refresh`: always a rotation, with no grace. A JSON client holds its
+    /// tokens itself and can send one refresh at a time, the contract promises it a new
+    /// refresh token (which a grace answer has none of), and any grace would let a stolen
+    /// token go unnoticed for that long.
     pub(super) async fn refresh(&self, call: &Call) -> Reply {
         let fields = object(call)?;
         let presented = fields.string("refresh_token")?;
+        let rotation = self.rotate_session(presented, call, Duration::ZERO).await?;
+        let Some(refresh_token) = &rotation.refresh_token else {
+            // Only a grace answers without a new token, and there is none here.
+            return Err(GatewayError::unauthorized("Invalid refresh token"));
+        };
+        let body = self.token_body(
+            &rotation.user,
+            rotation.session_id,
+            refresh_token,
+            rotation.now,
+        )?;
+        Ok(self.token_response(&body, call))
+    }
+
+    /// Spends a refresh token for a new one (see [`Store::rotate_refresh`] for `grace`). A
+    /// token presented again after it was rotated, outside the grace, ends its session:
+    /// access tokens everywhere at once, audited and counted. Any refusal is 401.
+    pub(super) async fn rotate_session(
+        &self,
+        presented: &str,
+        call: &Call,
+        grace: Duration,
+    ) -> Result<Rotation, GatewayError> {
         let now = self.now();
         let next = OpaqueToken::generate();
         let outcome = self
             .store
-            .rotate_refresh(&hash_opaque(presented), &next.hash, now)
+            .rotate_refresh(&hash_opaque(presented), &next.hash, now, grace)
             .await
             .map_err(store_error)?;
         match outcome {
-            RefreshOutcome::Rotated { session, user } => {
-                let body = self.token_body(&user, session.id, &next.token, now)?;
-                Ok(self.token_response(&body))
+            RefreshOutcome::Rotated { session, user } => Ok(Rotation {
+                user: *user,
+                session_id: session.id,
+                refresh_token: Some(next.token),
+                session_expires_at: session.expires_at,
+                now,
+            }),
+            RefreshOutcome::Grace {
+                session_id,
+                session_expires_at,
+                user,
+            } => {
+                self.metrics.refresh_grace();
+                Ok(Rotation {
+                    user: *user,
+                    session_id,
+                    refresh_token: None,
+                    session_expires_at,
+                    now,
+                })
             }
             RefreshOutcome::Reused {
                 session_id,
@@ -498,14 +562,13 @@ impl AuthService {
         Ok(status_only(StatusCode::NO_CONTENT))
     }
 
-    /// The token response shared by login and refresh.
-    fn token_body(
+    /// A signed access token for `user` in session `session_id`, issued at `now`.
+    pub(super) fn access_token(
         &self,
         user: &User,
         session_id: Uuid,
-        refresh_token: &str,
         now: SystemTime,
-    ) -> Result<serde_json::Value, GatewayError> {
+    ) -> Result<String, GatewayError> {
         let (access_token, _claims) = self
             .keys
             .issue_access(
@@ -519,6 +582,18 @@ impl AuthService {
                 tracing::error!(%error, "could not sign an access token");
                 GatewayError::Internal
             })?;
+        Ok(access_token)
+    }
+
+    /// The token response shared by login and refresh.
+    fn token_body(
+        &self,
+        user: &User,
+        session_id: Uuid,
+        refresh_token: &str,
+        now: SystemTime,
+    ) -> Result<serde_json::Value, GatewayError> {
+        let access_token = self.access_token(user, session_id, now)?;
         Ok(serde_json::json!({
             "access_token": access_token,
             "refresh_token": refresh_token,
@@ -527,32 +602,42 @@ impl AuthService {
         }))
     }
 
-    /// The 200 that carries a token body, with the access cookie in cookie mode.
+    /// The 200 that carries a token body, with the session cookies in cookie mode when the
+    /// request declared a JSON body (see [`super::pages::form::declares_json`]).
     fn token_response(
         &self,
         body: &serde_json::Value,
+        call: &Call,
     ) -> http::Response<crate::proxy::response_body::GatewayBody> {
         let mut response = json(StatusCode::OK, body);
-        let access_token = body["access_token"].as_str().unwrap_or_default();
-        self.set_access_cookie(&mut response, access_token);
+        if super::pages::form::declares_json(&call.headers) {
+            self.set_session_cookies_in_cookie_mode(&mut response, body);
+        }
         response
     }
 
-    /// In cookie mode the access token also goes into a cookie scripts cannot read.
-    fn set_access_cookie(
+    /// In cookie mode both tokens also go into the session cookies of contract 7, which
+    /// scripts cannot read.
+    fn set_session_cookies_in_cookie_mode(
         &self,
         response: &mut http::Response<crate::proxy::response_body::GatewayBody>,
-        access_token: &str,
+        body: &serde_json::Value,
     ) {
-        let Some(name) = &self.settings.access_cookie else {
+        if self.settings.access_cookie.is_none() {
+            return;
+        }
+        let access_token = body["access_token"].as_str().unwrap_or_default();
+        let refresh_token = body["refresh_token"].as_str().unwrap_or_default();
+        let Some(cookies) = crate::access::session_cookies(
+            access_token,
+            refresh_token,
+            self.keys.settings().access_ttl,
+            self.settings.refresh_ttl,
+        ) else {
             return;
         };
-        let cookie = format!(
-            "{name}={access_token}; Path=/; Max-Age={}; Secure; HttpOnly; SameSite=Strict",
-            self.keys.settings().access_ttl.as_secs()
-        );
-        if let Ok(value) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().append(SET_COOKIE, value);
+        for cookie in cookies {
+            response.headers_mut().append(SET_COOKIE, cookie);
         }
     }
 }

@@ -36,9 +36,9 @@ use serde::Deserialize;
 pub use env::{ENV_PREFIX, RESERVED_ENV_VARS};
 pub use schema::{
     parse_ip_net, Argon2Config, CookieConfig, CorsConfig, DatabaseConfig, FailMode, HeadersConfig,
-    KeyAlgorithm, LockoutConfig, LogFormat, PasswordConfig, PasswordPreset, PolicyConfig,
-    RateLimit, RateLimitsConfig, RedisConfig, Secret, ServerConfig, SigningKeyConfig, SmtpConfig,
-    SmtpSecurity, TelemetryConfig, TlsConfig, TokensConfig, UpstreamConfig,
+    KeyAlgorithm, LockoutConfig, LogFormat, PagesConfig, PasswordConfig, PasswordPreset,
+    PolicyConfig, RateLimit, RateLimitsConfig, RedisConfig, Secret, ServerConfig, SigningKeyConfig,
+    SmtpConfig, SmtpSecurity, TelemetryConfig, TlsConfig, TokensConfig, UpstreamConfig,
 };
 pub use units::{duration, size};
 pub use validate::{normalize_origin, CorsPolicy, ValidationError};
@@ -142,6 +142,7 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     pub policy: PolicyConfig,
     pub telemetry: TelemetryConfig,
+    pub pages: PagesConfig,
 }
 
 impl Default for Config {
@@ -163,6 +164,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             policy: PolicyConfig::default(),
             telemetry: TelemetryConfig::default(),
+            pages: PagesConfig::default(),
         }
     }
 }

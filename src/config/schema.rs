@@ -421,6 +421,11 @@ pub struct TokensConfig {
     pub access_ttl: Duration,
     #[serde(deserialize_with = "duration::deserialize")]
     pub refresh_ttl: Duration,
+    /// How long after a refresh token was rotated the gateway's silent refresh still takes
+    /// it for an access token of its live session instead of as reuse (requests of one
+    /// browser racing on one expired cookie). 0 turns the grace off.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub refresh_reuse_grace: Duration,
     #[serde(deserialize_with = "duration::deserialize")]
     pub verification_ttl: Duration,
     #[serde(deserialize_with = "duration::deserialize")]
@@ -441,6 +446,7 @@ impl Default for TokensConfig {
             audience: "portcullis".to_owned(),
             access_ttl: Duration::from_secs(30 * 60),
             refresh_ttl: Duration::from_secs(7 * 24 * 3600),
+            refresh_reuse_grace: Duration::from_secs(10),
             verification_ttl: Duration::from_secs(24 * 3600),
             reset_ttl: Duration::from_secs(3600),
             leeway: Duration::ZERO,
@@ -612,6 +618,27 @@ impl Default for PolicyConfig {
             path: PathBuf::from("config/policy.yaml"),
             watch: true,
             case_sensitive: false,
+        }
+    }
+}
+
+/// The sign-in pages (contract 7).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PagesConfig {
+    /// The name the pages show in their title and header.
+    pub product_name: String,
+    /// An image shown instead of the name: a path on the gateway's own origin (`/logo.svg`,
+    /// served by the upstream), so the pages load nothing from elsewhere and the default
+    /// CSP (`default-src 'self'`) allows it.
+    pub logo_url: Option<String>,
+}
+
+impl Default for PagesConfig {
+    fn default() -> Self {
+        PagesConfig {
+            product_name: "Portcullis".to_owned(),
+            logo_url: None,
         }
     }
 }

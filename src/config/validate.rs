@@ -59,6 +59,20 @@ fn parse_url(text: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
+/// A path on this origin: one leading `/` (not `//`, not `/\`), visible ASCII only, no
+/// backslash, no escape, no quote. What the pages link to from the logo's `src`.
+fn is_own_origin_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    !rest.starts_with('/')
+        && path.len() <= 2048
+        && path.bytes().all(|byte| {
+            byte.is_ascii_graphic()
+                && !matches!(byte, b'\\' | b'%' | b'"' | b'\'' | b'<' | b'>' | b'`')
+        })
+}
+
 fn require_positive(key: &str, value: Duration) -> Result<(), ValidationError> {
     if value.is_zero() {
         return Err(invalid(key, "must be greater than zero"));
@@ -92,6 +106,28 @@ impl Config {
         }
         if self.telemetry.log_level.trim().is_empty() {
             return Err(invalid("telemetry.log_level", "must not be empty"));
+        }
+        self.validate_pages()
+    }
+
+    fn validate_pages(&self) -> Result<(), ValidationError> {
+        let name = &self.pages.product_name;
+        if name.trim().is_empty()
+            || name.chars().count() > 100
+            || name.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "pages.product_name",
+                "must be 1 to 100 characters without control characters",
+            ));
+        }
+        if let Some(logo) = &self.pages.logo_url {
+            if !is_own_origin_path(logo) {
+                return Err(invalid(
+                    "pages.logo_url",
+                    "must be a path on the gateway's own origin, such as /logo.svg",
+                ));
+            }
         }
         Ok(())
     }
@@ -376,6 +412,14 @@ impl Config {
         require_positive("tokens.refresh_ttl", t.refresh_ttl)?;
         require_positive("tokens.verification_ttl", t.verification_ttl)?;
         require_positive("tokens.reset_ttl", t.reset_ttl)?;
+        // The grace is how long a stolen refresh token goes unnoticed after a rotation; it
+        // exists for requests racing one page load, which a minute more than covers.
+        if t.refresh_reuse_grace > Duration::from_secs(60) {
+            return Err(invalid(
+                "tokens.refresh_reuse_grace",
+                "must be at most 1m (0 turns it off)",
+            ));
+        }
         // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
         if t.hs256_secret
             .as_ref()
@@ -856,6 +900,14 @@ mod tests {
 
     #[test]
     fn token_rules() {
+        assert_eq!(
+            err(parse("tokens:\n  refresh_reuse_grace: 61s\n")).to_string(),
+            "test.yaml: tokens.refresh_reuse_grace: must be at most 1m (0 turns it off)"
+        );
+        for grace in ["0s", "1m"] {
+            let config = parse(&format!("tokens:\n  refresh_reuse_grace: {grace}\n")).unwrap();
+            assert!(config.tokens.refresh_reuse_grace <= Duration::from_secs(60));
+        }
         let text = err(parse("tokens:\n  hs256_secret: too-short\n")).to_string();
         assert_eq!(
             text,
@@ -908,6 +960,37 @@ mod tests {
         assert_eq!(
             invalid_key(|c| c.headers.strip_request.push(String::new())),
             "headers.strip_request[8]"
+        );
+    }
+
+    #[test]
+    fn pages_rules() {
+        assert!(parse("pages:\n  product_name: Acme\n  logo_url: /static/logo.svg\n").is_ok());
+        for logo in [
+            "https://cdn.example/logo.svg",
+            "//cdn.example/logo.svg",
+            "logo.svg",
+            "/\\\\evil",
+            "/a b",
+            "javascript:x",
+            "/%2F%2Fevil",
+        ] {
+            assert_eq!(
+                invalid_key(|c| c.pages.logo_url = Some(logo.into())),
+                "pages.logo_url",
+                "{logo}"
+            );
+        }
+        for name in ["", "  ", "a\nb"] {
+            assert_eq!(
+                invalid_key(|c| c.pages.product_name = name.into()),
+                "pages.product_name",
+                "{name:?}"
+            );
+        }
+        assert!(
+            parse("pages:\n  colour: red\n").is_err(),
+            "unknown keys are refused"
         );
     }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use super::matcher::Trie;
 use super::model::{Access, Doc, Pos, RuleSpec};
 use super::yaml::shorten;
-use super::{Diagnostic, Policy, RateLimit, Severity};
+use super::{Diagnostic, OnUnauthenticated, Policy, RateLimit, Severity};
 
 /// One permission entry as granted to a role.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub(crate) struct Rule {
     pub access: Access,
     pub rate_limit: Option<RateLimit>,
     pub upstream: Option<String>,
+    /// As written; `None` means the default.
+    pub on_unauthenticated: Option<OnUnauthenticated>,
 }
 
 impl Rule {
@@ -120,6 +122,7 @@ pub(crate) fn compile(doc: Doc, diagnostics: &mut Vec<Diagnostic>) -> Policy {
             access: spec.access,
             rate_limit: spec.rate_limit,
             upstream: spec.upstream,
+            on_unauthenticated: spec.on_unauthenticated,
         })
         .collect();
     Policy {

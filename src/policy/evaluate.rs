@@ -3,7 +3,7 @@
 
 use super::matcher::Terminal;
 use super::model::{method_bit, Access};
-use super::{Decision, Identity, Policy, Request};
+use super::{Decision, Identity, OnUnauthenticated, Policy, Request};
 
 impl Policy {
     pub(super) fn decide(
@@ -75,7 +75,10 @@ impl Policy {
         let Some(caller) = identity else {
             return match rule.access {
                 Access::Public => allow(),
-                _ => Decision::Unauthenticated { rule: Some(index) },
+                _ => Decision::Unauthenticated {
+                    rule: Some(index),
+                    on_unauthenticated: rule.on_unauthenticated.unwrap_or_default(),
+                },
             };
         };
         let rank = self.ranks.get(caller.role).copied();
@@ -114,7 +117,10 @@ impl Policy {
 
 fn no_rule(identity: Option<&Identity<'_>>) -> Decision {
     match identity {
-        None => Decision::Unauthenticated { rule: None },
+        None => Decision::Unauthenticated {
+            rule: None,
+            on_unauthenticated: OnUnauthenticated::default(),
+        },
         Some(_) => Decision::Forbidden {
             rule: None,
             detail: "No rule allows this request".to_string(),

@@ -66,6 +66,27 @@ pub struct RateLimit {
     pub key: RateKey,
 }
 
+/// What a rule answers an anonymous browser navigation it refuses (contract 7,
+/// `on_unauthenticated`): a redirect to the sign-in page, or the 401 every other client gets.
+/// Only browser navigations are ever redirected; the gateway decides which requests are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnUnauthenticated {
+    /// The default, also when no rule matched: an anonymous prober then gets the same answer
+    /// from every path, whichever rule (or none) refuses it, so redirects do not map the policy.
+    #[default]
+    Redirect,
+    Deny,
+}
+
+impl OnUnauthenticated {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnauthenticated::Redirect => "redirect",
+            OnUnauthenticated::Deny => "deny",
+        }
+    }
+}
+
 /// The parts of a request the policy looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
@@ -93,8 +114,12 @@ pub enum Decision {
         upstream: Option<String>,
     },
     /// 401: anonymous caller on a rule that needs identity, or anonymous on a deny/no-match.
-    /// `rule` None = no rule matched.
-    Unauthenticated { rule: Option<usize> },
+    /// `rule` None = no rule matched. `on_unauthenticated` is the rule's, else the default
+    /// (redirect), also when no rule matched.
+    Unauthenticated {
+        rule: Option<usize>,
+        on_unauthenticated: OnUnauthenticated,
+    },
     /// 403 with the client-facing detail.
     Forbidden { rule: Option<usize>, detail: String },
 }
@@ -192,6 +217,13 @@ impl Policy {
     /// The rule's `name`; "" for an index past the last rule.
     pub fn rule_name(&self, index: usize) -> &str {
         self.rules.get(index).map_or("", |rule| rule.name.as_str())
+    }
+
+    /// The rule's `on_unauthenticated` when it sets one (for `policy explain`).
+    pub fn rule_on_unauthenticated(&self, index: usize) -> Option<OnUnauthenticated> {
+        self.rules
+            .get(index)
+            .and_then(|rule| rule.on_unauthenticated)
     }
 
     pub fn default_rate_limit(&self) -> Option<RateLimit> {

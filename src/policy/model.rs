@@ -8,7 +8,7 @@ use crate::config::units::{self, DurationError, DurationSyntax};
 
 use super::matcher::Pattern;
 use super::yaml::{shorten, Node};
-use super::{Diagnostic, RateKey, RateLimit, Severity};
+use super::{Diagnostic, OnUnauthenticated, RateKey, RateLimit, Severity};
 
 /// Where a node starts, kept for messages produced after reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +79,11 @@ pub(crate) struct RuleSpec {
     pub access_pos: Pos,
     pub rate_limit: Option<RateLimit>,
     pub upstream: Option<String>,
+    pub on_unauthenticated: Option<OnUnauthenticated>,
 }
 
 const TOP_KEYS: [&str; 5] = ["version", "roles", "permissions", "rate_limit", "rules"];
-const RULE_KEYS: [&str; 7] = [
+const RULE_KEYS: [&str; 8] = [
     "name",
     "paths",
     "methods",
@@ -90,6 +91,7 @@ const RULE_KEYS: [&str; 7] = [
     "allow",
     "rate_limit",
     "upstream",
+    "on_unauthenticated",
 ];
 const ALLOW_KEYS: [&str; 4] = ["role", "permission", "owner", "or_role"];
 const RATE_KEYS: [&str; 3] = ["requests", "per", "key"];
@@ -450,7 +452,7 @@ impl Reader<'_> {
             );
             return None;
         };
-        let [name, paths, methods, hosts, allow, rate_limit, upstream] =
+        let [name, paths, methods, hosts, allow, rate_limit, upstream, on_unauthenticated] =
             self.fields(entries, RULE_KEYS, "a rule");
         let name = match name {
             None => {
@@ -492,6 +494,8 @@ impl Reader<'_> {
         };
         let rate_limit = rate_limit.map(|value| self.rate_limit(value));
         let upstream = upstream.map(|value| self.upstream(value));
+        let on_unauthenticated =
+            on_unauthenticated.map(|value| self.on_unauthenticated(value, access.as_ref()));
         if !patterns_ok {
             return None;
         }
@@ -517,7 +521,42 @@ impl Reader<'_> {
                 None => None,
                 Some(parsed) => Some(parsed?),
             },
+            on_unauthenticated: match on_unauthenticated {
+                None => None,
+                Some(parsed) => Some(parsed?),
+            },
         })
+    }
+
+    /// `redirect` or `deny`, exactly. On a `public` rule it can never apply (nobody is
+    /// refused there for lack of a token), which is worth a warning: the author likely
+    /// meant another rule.
+    fn on_unauthenticated(
+        &mut self,
+        node: &Node,
+        access: Option<&Access>,
+    ) -> Option<OnUnauthenticated> {
+        let parsed = match node.as_str() {
+            Some("redirect") => OnUnauthenticated::Redirect,
+            Some("deny") => OnUnauthenticated::Deny,
+            _ => {
+                self.error(
+                    node,
+                    format!(
+                        "`on_unauthenticated` must be `redirect` or `deny`, not {}",
+                        node.describe()
+                    ),
+                );
+                return None;
+            }
+        };
+        if access == Some(&Access::Public) {
+            self.warn(
+                node,
+                "`on_unauthenticated` has no effect on a `public` rule, which refuses nobody",
+            );
+        }
+        Some(parsed)
     }
 
     /// The patterns that parsed, and whether all did (the owner check still wants the good

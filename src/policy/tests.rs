@@ -78,10 +78,41 @@ rules:
     allow: public
 "#;
 
+/// `on_unauthenticated` on each kind of rule that can refuse an anonymous caller, left
+/// unset on others, and a rule after a `deny` one.
+const BROWSER: &str = r#"version: 1
+roles: [user, admin]
+rules:
+  - name: api
+    paths: ["/api/**"]
+    allow: authenticated
+    on_unauthenticated: deny
+  - name: console
+    paths: ["/console/**"]
+    allow: { role: admin }
+    on_unauthenticated: redirect
+  - name: closed
+    paths: ["/closed/**"]
+    allow: deny
+    on_unauthenticated: deny
+  - name: closed by default
+    paths: ["/attic/**"]
+    allow: deny
+  - name: profiles
+    paths: ["/u/{id}"]
+    allow: { owner: id }
+    on_unauthenticated: deny
+  - name: app
+    paths: ["/app/**"]
+    methods: [GET]
+    allow: authenticated
+"#;
+
 fn policy(id: &str) -> Policy {
     let text = match id {
         "contract" => CONTRACT,
         "strict" => STRICT,
+        "browser" => BROWSER,
         other => panic!("no policy {other}"),
     };
     let upstreams = ["internal".to_string()];
@@ -118,7 +149,10 @@ const COMMENTS: RateLimit = RateLimit {
 enum Want {
     Allow(usize),
     AllowWith(usize, Option<RateLimit>, Option<&'static str>),
+    /// Refused for lack of a token; a browser is sent to sign in (the default).
     Anonymous(Option<usize>),
+    /// Refused for lack of a token, with `on_unauthenticated: deny`: a 401 for browsers too.
+    AnonymousDeny(Option<usize>),
     Forbidden(Option<usize>, &'static str),
 }
 
@@ -131,7 +165,7 @@ type Case = (
     Want,
 );
 
-use Want::{Allow, AllowWith, Anonymous, Forbidden};
+use Want::{Allow, AllowWith, Anonymous, AnonymousDeny, Forbidden};
 const NO_RULE: &str = "No rule allows this request";
 
 // Contract rules: 0 public assets, 1 admin area, 2 project writes, 3 own profile, 4 signed-in users.
@@ -243,6 +277,26 @@ const DECISIONS: &[Case] = &[
     ("strict", "GET", None, "/files",     None,               Anonymous(None)),
     ("strict", "GET", None, "/files/",    None,               Anonymous(None)),
     ("strict", "GET", None, "/nothing",   Some(("u", "user")), Forbidden(None, NO_RULE)),
+    // `on_unauthenticated` travels with the refusal for lack of a token, and only with it.
+    // Browser rules: 0 api (deny), 1 console (redirect), 2 closed (deny), 3 closed by
+    // default, 4 profiles (deny), 5 app (GET only, default).
+    ("browser", "GET",  None, "/api/items",      None,                 AnonymousDeny(Some(0))),
+    ("browser", "POST", None, "/api/items",      None,                 AnonymousDeny(Some(0))),
+    ("browser", "GET",  None, "/API/items",      None,                 AnonymousDeny(Some(0))),
+    ("browser", "GET",  None, "/api/items",      Some(("u", "user")),  Allow(0)),
+    ("browser", "GET",  None, "/console",        None,                 Anonymous(Some(1))),
+    ("browser", "GET",  None, "/console/users",  Some(("u", "user")),  Forbidden(Some(1), "Requires admin role")),
+    ("browser", "GET",  None, "/closed/x",       None,                 AnonymousDeny(Some(2))),
+    ("browser", "GET",  None, "/closed/x",       Some(("a", "admin")), Forbidden(Some(2), "Access denied")),
+    // Unset on a `deny` rule: the default, as for every other refusal.
+    ("browser", "GET",  None, "/attic/x",        None,                 Anonymous(Some(3))),
+    ("browser", "GET",  None, "/u/7",            None,                 AnonymousDeny(Some(4))),
+    ("browser", "GET",  None, "/u/7",            Some(("8", "user")),  Forbidden(Some(4), "Not the owner")),
+    ("browser", "GET",  None, "/app/home",       None,                 Anonymous(Some(5))),
+    // No rule matched (the method filter skips rule 5): the default, never a rule's setting.
+    ("browser", "POST", None, "/app/home",       None,                 Anonymous(None)),
+    ("browser", "GET",  None, "/elsewhere",      None,                 Anonymous(None)),
+    ("browser", "GET",  None, "/elsewhere",      Some(("u", "user")),  Forbidden(None, NO_RULE)),
 ];
 
 fn expected(policy: &Policy, want: Want) -> Decision {
@@ -257,7 +311,14 @@ fn expected(policy: &Policy, want: Want) -> Decision {
             rate_limit,
             upstream: upstream.map(str::to_string),
         },
-        Anonymous(rule) => Decision::Unauthenticated { rule },
+        Anonymous(rule) => Decision::Unauthenticated {
+            rule,
+            on_unauthenticated: OnUnauthenticated::Redirect,
+        },
+        AnonymousDeny(rule) => Decision::Unauthenticated {
+            rule,
+            on_unauthenticated: OnUnauthenticated::Deny,
+        },
         Forbidden(rule, detail) => Decision::Forbidden {
             rule,
             detail: detail.to_string(),
@@ -270,11 +331,16 @@ fn decision_table() {
     assert!(DECISIONS.len() >= 60, "{} cases", DECISIONS.len());
     let contract = policy("contract");
     let strict = policy("strict");
+    let browser = policy("browser");
     assert_eq!(contract.default_rate_limit(), Some(HOURLY_BY_IP));
     assert_eq!(strict.default_rate_limit(), None);
     let mut failures = Vec::new();
     for (index, &(id, method, host, path, who, want)) in DECISIONS.iter().enumerate() {
-        let policy = if id == "contract" { &contract } else { &strict };
+        let policy = match id {
+            "contract" => &contract,
+            "strict" => &strict,
+            _ => &browser,
+        };
         let identity = who.map(|(sub, role)| Identity { sub, role });
         let got = policy.evaluate(&Request { method, host, path }, identity.as_ref());
         let want = expected(policy, want);
@@ -467,6 +533,15 @@ fn invalid_policies() {
         (r("  - name: r\n    paths: [\"/u/{id}\"]\n    allow: {owner: id, or_role: root}\n"), 8, 33, "unknown role `root`"),
         (r("  - name: r\n    paths: [\"/u/{id}\", \"/me\"]\n    allow: {owner: id}\n"), 8, 20, "owner `id` is not captured by path `/me`"),
         (r("  - name: r\n    paths: [\"/u/{uid}/**\"]\n    allow: {owner: id}\n"), 8, 20, "owner `id` is not captured by path `/u/{uid}/**`"),
+        // on_unauthenticated: exactly `redirect` or `deny`.
+        (r("  - name: r\n    paths: [/]\n    allow: authenticated\n    on_unauthenticated: login\n"), 9, 25, "`on_unauthenticated` must be `redirect` or `deny`, not `login`"),
+        (r("  - name: r\n    paths: [/]\n    allow: authenticated\n    on_unauthenticated: Deny\n"), 9, 25, "`on_unauthenticated` must be `redirect` or `deny`, not `Deny`"),
+        (r("  - name: r\n    paths: [/]\n    allow: authenticated\n    on_unauthenticated: [deny]\n"), 9, 25, "`on_unauthenticated` must be `redirect` or `deny`, not a list"),
+        (r("  - name: r\n    paths: [/]\n    allow: authenticated\n    on_unauthenticated: {deny: true}\n"), 9, 25, "`on_unauthenticated` must be `redirect` or `deny`, not a mapping"),
+        (r("  - name: r\n    paths: [/]\n    allow: authenticated\n    on_unauthenticated:\n"), 9, 23, "`on_unauthenticated` must be `redirect` or `deny`, not nothing (null)"),
+        (r("  - name: r\n    paths: [/]\n    allow: authenticated\n    on_unauthenticated: 401\n"), 9, 25, "`on_unauthenticated` must be `redirect` or `deny`, not `401`"),
+        (r("  - name: r\n    paths: [/]\n    allow: authenticated\n    on_unauthenticated: deny\n    on_unauthenticated: redirect\n"), 10, 5, "duplicate key `on_unauthenticated` in a rule"),
+        (r("  - name: r\n    paths: [/]\n    allow: authenticated\n    on_unauthorized: deny\n"), 9, 5, "unknown key `on_unauthorized` in a rule; expected one of: name, paths, methods, hosts, allow, rate_limit, upstream, on_unauthenticated"),
         // Rate limits, top level and per rule.
         (r("  - name: r\n    paths: [/]\n    allow: public\n    rate_limit: {requests: 5, per: 5 parsecs, key: ip}\n"), 9, 36, "bad duration `5 parsecs`"),
         (r("  - name: r\n    paths: [/]\n    allow: public\n    rate_limit: {requests: 5, per: 0s, key: ip}\n"), 9, 36, "duration `0s` must be greater than zero"),
@@ -686,6 +761,34 @@ fn other_warnings() {
 }
 
 #[test]
+fn on_unauthenticated_is_kept_as_written_and_warned_about_where_it_cannot_apply() {
+    let browser = policy("browser");
+    let written: Vec<_> = (0..browser.rule_count())
+        .map(|index| browser.rule_on_unauthenticated(index))
+        .collect();
+    use OnUnauthenticated::{Deny, Redirect};
+    assert_eq!(
+        written,
+        [
+            Some(Deny),
+            Some(Redirect),
+            Some(Deny),
+            None,
+            Some(Deny),
+            None
+        ]
+    );
+    assert_eq!(browser.rule_on_unauthenticated(99), None);
+    let warnings =
+        warnings_of("  - {name: open, paths: [/], allow: public, on_unauthenticated: deny}\n");
+    let messages: Vec<String> = warnings.iter().map(|w| w.render("p.yaml")).collect();
+    assert_eq!(
+        messages,
+        ["p.yaml:6:65: warning: `on_unauthenticated` has no effect on a `public` rule, which refuses nobody"]
+    );
+}
+
+#[test]
 fn matcher_cost_does_not_grow_with_rules() {
     let visits = |rules: usize| {
         let (policy, warnings) =
@@ -724,7 +827,13 @@ fn matcher_cost_does_not_grow_with_rules() {
             path: "/nowhere/at/all",
         };
         let (decision, missed) = policy.evaluate_counting(&miss, None);
-        assert_eq!(decision, Decision::Unauthenticated { rule: None });
+        assert_eq!(
+            decision,
+            Decision::Unauthenticated {
+                rule: None,
+                on_unauthenticated: OnUnauthenticated::Redirect
+            }
+        );
         (hit, missed)
     };
     let small = visits(10);
@@ -780,6 +889,6 @@ fn case_sensitive_matching() {
     ));
     assert!(matches!(
         contract.evaluate(&request("/Static/app.js"), None),
-        Decision::Unauthenticated { rule: Some(4) }
+        Decision::Unauthenticated { rule: Some(4), .. }
     ));
 }

@@ -14,6 +14,11 @@
 //! outage means is the operator's choice: `revocation_on_redis_error` (default deny) and
 //! `on_redis_error` for rate limits (default allow).
 //!
+//! Browsers (contract 7): a navigation refused for lack of a token is sent to sign in
+//! (`Step::SignIn`, unless its rule says `on_unauthenticated: deny`), and a browser whose
+//! access cookie has expired has its session renewed from the refresh cookie first
+//! ([`wants_renewal`] says when; the renewal itself is behind [`SessionRenewal`]).
+//!
 //! A request that stays open (a WebSocket tunnel) is admitted once but must not outlive its
 //! token: [`TokenWatch`] repeats the revocation check at `server.websocket_recheck_interval`
 //! and watches the token's expiry, answering the same way `decide` would.
@@ -22,15 +27,21 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::header::{HeaderValue, AUTHORIZATION, USER_AGENT};
+use http::{HeaderMap, Method};
 
-use crate::access::{AccessVerifier, TokenSource, TokenState, VerifiedToken};
+use super::navigation::{is_navigation, sign_in_location};
+use super::renewal::{Renewal, SessionRenewal};
+use crate::access::{
+    cleared_session_cookies, cookie, AccessVerifier, TokenSource, TokenState, VerifiedToken,
+    REFRESH_COOKIE,
+};
 use crate::config::FailMode;
 use crate::error::{GatewayError, RedisCheck};
 use crate::limits::client_key;
 use crate::limits::gate::{Gate, GateCheck, GateOutcome, Limit, RateOutcome};
 use crate::live_policy::PolicySource;
-use crate::policy::{Decision, Identity, RateKey, RateLimit, Request};
+use crate::policy::{Decision, Identity, OnUnauthenticated, RateKey, RateLimit, Request};
 use crate::telemetry::metrics::Metrics;
 use crate::token::AccessClaims;
 
@@ -86,6 +97,9 @@ pub enum Step {
         rate_limit: RateLimit,
         upstream: Option<String>,
     },
+    /// An anonymous browser navigation the rule would refuse for lack of a token: send it
+    /// to sign in (contract 7) instead of the 401.
+    SignIn,
     Refuse(GatewayError),
 }
 
@@ -93,7 +107,10 @@ pub enum Step {
 /// caller as the token says (anonymous when there is none); `gate` is Redis' answer to the
 /// check made for it (`NotAsked` unless `decision` allows); `anonymous` is the policy's
 /// answer without the token, asked only when the token cannot be trusted; `counted` says
-/// whether the gate check included a rate bucket.
+/// whether the gate check included a rate bucket; `navigation` whether the request is a
+/// browser navigating (`navigation::is_navigation`), which a refusal for lack of a token
+/// sends to sign in unless the rule says `on_unauthenticated: deny`. A token that failed
+/// verification, or was revoked, counts as none for that too: its browser must sign in again.
 pub fn verdict(
     token: TokenKind,
     decision: Decision,
@@ -101,7 +118,21 @@ pub fn verdict(
     counted: bool,
     anonymous: impl FnOnce() -> Decision,
     fail: FailModes,
+    navigation: bool,
 ) -> Step {
+    let signs_in = |decision: &Decision| {
+        navigation
+            && matches!(
+                decision,
+                Decision::Unauthenticated {
+                    on_unauthenticated: OnUnauthenticated::Redirect,
+                    ..
+                }
+            )
+    };
+    if signs_in(&decision) {
+        return Step::SignIn;
+    }
     let upstream = match decision {
         Decision::Allow { upstream, .. } => upstream,
         Decision::Unauthenticated { .. } if token == TokenKind::Invalid => {
@@ -131,6 +162,7 @@ pub fn verdict(
                 upstream,
                 rate: None,
             },
+            refused if signs_in(&refused) => Step::SignIn,
             _ => Step::Refuse(GatewayError::invalid_token("Token has been revoked")),
         },
         GateResult::Answered(outcome) => match GatewayError::over_limit(outcome.rate) {
@@ -177,6 +209,21 @@ pub fn verdict(
     }
 }
 
+/// Whether to renew a browser's session before deciding its request (silent refresh): its
+/// access token is absent or failed verification (expired, most often), it carries a
+/// refresh cookie, it has no `Authorization` (a caller with a bearer token manages its own
+/// tokens), the CSRF check lets its cookie act (`may_renew`), and the policy would refuse
+/// it for lack of a token (`refused_anonymously`, asked last: it evaluates the policy).
+pub fn wants_renewal(
+    token: TokenKind,
+    may_renew: bool,
+    bearer: bool,
+    refresh_cookie: bool,
+    refused_anonymously: impl FnOnce() -> bool,
+) -> bool {
+    token != TokenKind::Valid && may_renew && !bearer && refresh_cookie && refused_anonymously()
+}
+
 /// The answer to a rate-only check: the outcome to report, or the refusal (429, or 503
 /// when Redis is away and `on_redis_error` is `deny`).
 pub fn rate_verdict(
@@ -204,6 +251,31 @@ pub struct Enforcer {
     /// `rate_limits.ipv6_prefix`: how IPv6 clients are counted.
     ipv6_prefix: u8,
     recheck_interval: Duration,
+    /// Silent refresh, in cookie mode: `None` when the gateway has no cookie sessions.
+    renewal: Option<Arc<dyn SessionRenewal>>,
+}
+
+/// What enforcement is asked about one forwarded request.
+pub struct Asked<'a> {
+    pub method: &'a Method,
+    pub host: Option<&'a str>,
+    /// Normalised, without the query: what the policy matches.
+    pub path: &'a str,
+    /// The normalised path and query: where a browser sent to sign in comes back to.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    pub client_ip: IpAddr,
+    /// Whether the session cookie may act for this request at all (the CSRF check passes):
+    /// a session is never renewed for a request that would then be refused as cross-site.
+    pub may_renew: bool,
+}
+
+/// The decision, and the session cookies the response must set whatever it is: the
+/// rotation of a renewal has happened (its new refresh token exists only in these cookies),
+/// so even a refusal or an upstream failure must hand them to the browser.
+pub struct Decided {
+    pub outcome: Result<Verdict, GatewayError>,
+    pub set_cookies: Vec<HeaderValue>,
 }
 
 /// The settings enforcement takes from the configuration.
@@ -228,7 +300,14 @@ impl Enforcer {
             fail: settings.fail,
             ipv6_prefix: settings.ipv6_prefix,
             recheck_interval: settings.websocket_recheck_interval,
+            renewal: None,
         }
+    }
+
+    /// Renews expired cookie sessions with `renewal` (silent refresh, contract 7).
+    pub fn with_renewal(mut self, renewal: Arc<dyn SessionRenewal>) -> Enforcer {
+        self.renewal = Some(renewal);
+        self
     }
 
     /// Watches `verified`, the token a long-lived request was admitted with.
@@ -247,24 +326,107 @@ impl Enforcer {
     }
 
     /// Decides a forwarded request: `Ok` to forward (with whom and where), `Err` with the
-    /// gateway's answer (401, 403, 429 or 503). Gathers what [`verdict`] needs.
-    pub async fn decide(
-        &self,
-        method: &str,
-        host: Option<&str>,
-        path: &str,
-        headers: &HeaderMap,
-        client_ip: IpAddr,
-        metrics: &Metrics,
-    ) -> Result<Verdict, GatewayError> {
-        let (verified, source, token) = match self.access.read(headers) {
+    /// gateway's answer (302 to sign in, 401, 403, 429 or 503). Gathers what [`verdict`]
+    /// needs, renewing the session first when the request has only a refresh cookie to go
+    /// by and the policy would refuse it for lack of a token.
+    ///
+    /// Renewal is tried only then, not on every request with an expired access cookie: on
+    /// a public rule the request goes on anonymously, as it would have, and a browser
+    /// fetching public assets costs no Postgres write per request. The price is that a
+    /// public page is served anonymously until the browser asks for a protected one.
+    pub async fn decide(&self, asked: &Asked<'_>, metrics: &Metrics) -> Decided {
+        let (mut verified, mut source, mut token) = match self.access.read(asked.headers) {
             TokenState::Valid(verified, source) => (Some(verified), Some(source), TokenKind::Valid),
             TokenState::Invalid => (None, None, TokenKind::Invalid),
             TokenState::Absent => (None, None, TokenKind::Absent),
         };
+        let mut set_cookies = Vec::new();
+        let wanted = self.renewal.is_some()
+            && wants_renewal(
+                token,
+                asked.may_renew,
+                asked.headers.contains_key(AUTHORIZATION),
+                cookie(asked.headers, REFRESH_COOKIE).is_some_and(|token| !token.is_empty()),
+                || self.refused_anonymously(asked),
+            );
+        if wanted {
+            match self.renew(asked).await {
+                None => {}
+                Some(Renewal::Renewed(renewed)) => {
+                    verified = Some(renewed.verified);
+                    source = Some(TokenSource::Cookie);
+                    token = TokenKind::Valid;
+                    set_cookies = renewed.set_cookies;
+                }
+                Some(Renewal::Refused) => set_cookies = cleared_session_cookies().to_vec(),
+                Some(Renewal::Unavailable) => {
+                    return Decided {
+                        outcome: Err(GatewayError::Unavailable("Session store unavailable")),
+                        set_cookies,
+                    }
+                }
+            }
+        }
+        let outcome = self.judge(asked, verified, source, token, metrics).await;
+        Decided {
+            outcome,
+            set_cookies,
+        }
+    }
+
+    /// Whether the policy refuses the request to an anonymous caller for lack of a token.
+    fn refused_anonymously(&self, asked: &Asked<'_>) -> bool {
+        let request = Request {
+            method: asked.method.as_str(),
+            host: asked.host,
+            path: asked.path,
+        };
+        matches!(
+            self.policy.current().policy.evaluate(&request, None),
+            Decision::Unauthenticated { .. }
+        )
+    }
+
+    /// Renews the session from the request's refresh cookie: `None` when there is no
+    /// renewal or no cookie.
+    async fn renew(&self, asked: &Asked<'_>) -> Option<Renewal> {
+        let renewal = self.renewal.as_ref()?;
+        let refresh_token = cookie(asked.headers, REFRESH_COOKIE)?;
+        let user_agent = asked
+            .headers
+            .get(USER_AGENT)
+            .and_then(|agent| agent.to_str().ok());
+        Some(
+            renewal
+                .renew(refresh_token, asked.client_ip, user_agent)
+                .await,
+        )
+    }
+
+    /// The policy, Redis and [`verdict`] for the request's caller, once it is known.
+    async fn judge(
+        &self,
+        asked: &Asked<'_>,
+        verified: Option<Arc<VerifiedToken>>,
+        source: Option<TokenSource>,
+        token: TokenKind,
+        metrics: &Metrics,
+    ) -> Result<Verdict, GatewayError> {
+        let (method, host, path, target, headers, client_ip) = (
+            asked.method,
+            asked.host,
+            asked.path,
+            asked.target,
+            asked.headers,
+            asked.client_ip,
+        );
         let claims = verified.as_ref().map(|verified| &verified.claims);
         let loaded = self.policy.current();
-        let request = Request { method, host, path };
+        let request = Request {
+            method: method.as_str(),
+            host,
+            path,
+        };
         let identity = claims.map(|claims| Identity {
             sub: &claims.sub,
             role: &claims.role,
@@ -289,7 +451,10 @@ impl Enforcer {
             _ => GateResult::NotAsked,
         };
         let anonymous = || loaded.policy.evaluate(&request, None);
-        match verdict(token, decision, gate, counted, anonymous, self.fail) {
+        let navigation = is_navigation(method, headers);
+        match verdict(
+            token, decision, gate, counted, anonymous, self.fail, navigation,
+        ) {
             Step::Forward {
                 as_caller,
                 upstream,
@@ -327,6 +492,9 @@ impl Enforcer {
                     rate,
                 })
             }
+            Step::SignIn => Err(GatewayError::SignIn {
+                location: sign_in_location(target),
+            }),
             Step::Refuse(refusal) => Err(refusal),
         }
     }
@@ -447,6 +615,8 @@ mod tests {
         SignedInLimited,
         /// A role the caller does not have.
         OtherRole,
+        /// Any signed-in user, with `on_unauthenticated: deny` (an API under a browser app).
+        SignedInDeny,
     }
 
     const LIMIT: RateLimit = RateLimit {
@@ -470,7 +640,15 @@ mod tests {
                 rule: Some(0),
                 detail: "Requires role admin".into(),
             },
-            (_, false) => Decision::Unauthenticated { rule: Some(0) },
+            (Rule::SignedInDeny, true) => allow(None),
+            (Rule::SignedInDeny, false) => Decision::Unauthenticated {
+                rule: Some(0),
+                on_unauthenticated: OnUnauthenticated::Deny,
+            },
+            (_, false) => Decision::Unauthenticated {
+                rule: Some(0),
+                on_unauthenticated: OnUnauthenticated::Redirect,
+            },
         }
     }
 
@@ -570,8 +748,12 @@ mod tests {
             ("Redis down, limited public, both allow", Valid, PublicLimited, GateResult::Unavailable, [ALLOW, ALLOW], forward(true, None)),
             ("Redis down, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], Step::Refuse(E::Forbidden("Requires role admin".into()))),
         ];
+        run(cases, false);
+    }
+
+    fn run(cases: Vec<Case>, navigation: bool) {
         for (what, token, rule, gate, [rate, revocation], expected) in cases {
-            let signed_in = token == Valid;
+            let signed_in = token == TokenKind::Valid;
             let decided = decision(rule, signed_in);
             let counted = matches!(
                 decided,
@@ -587,9 +769,92 @@ mod tests {
                 counted,
                 || decision(rule, false),
                 FailModes { rate, revocation },
+                navigation,
             );
-            assert_eq!(step, expected, "{what}");
+            assert_eq!(step, expected, "{what} (navigation: {navigation})");
         }
+    }
+
+    /// The same questions asked by a browser navigating (`navigation::is_navigation`): where
+    /// an API client gets 401, the browser is sent to sign in, unless the rule says
+    /// `on_unauthenticated: deny`. Everything a token or Redis decides is as before.
+    #[test]
+    fn a_browser_navigation_refused_for_lack_of_a_token_is_sent_to_sign_in() {
+        use GatewayError as E;
+        use Rule::*;
+        use TokenKind::{Absent, Invalid, Valid};
+        let sign_in = || Step::SignIn;
+        let not_authenticated = || Step::Refuse(E::unauthorized("Not authenticated"));
+        let bad_token = || Step::Refuse(E::invalid_token("Invalid or expired token"));
+        let revoked = || Step::Refuse(E::invalid_token("Token has been revoked"));
+        let revocation_down = || Step::Refuse(E::Unavailable("Revocation service unavailable"));
+        let forbidden = || Step::Refuse(E::Forbidden("Requires role admin".into()));
+        let too_many = || {
+            Step::Refuse(E::TooManyRequests {
+                retry_after_secs: 3,
+            })
+        };
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            // Nobody signed in, or a cookie that failed verification (expired, forged) and
+            // could not be renewed: sign in, wherever a token is needed.
+            ("anonymous, signed-in rule", Absent, SignedIn, GateResult::NotAsked, [ALLOW, ALLOW], sign_in()),
+            ("anonymous, limited signed-in rule", Absent, SignedInLimited, GateResult::NotAsked, [ALLOW, ALLOW], sign_in()),
+            ("anonymous, role rule", Absent, OtherRole, GateResult::NotAsked, [ALLOW, ALLOW], sign_in()),
+            ("bad token, signed-in rule", Invalid, SignedIn, GateResult::NotAsked, [ALLOW, ALLOW], sign_in()),
+            ("bad token, role rule", Invalid, OtherRole, GateResult::NotAsked, [ALLOW, ALLOW], sign_in()),
+            // `on_unauthenticated: deny` keeps the 401 for browsers too.
+            ("anonymous, deny rule", Absent, SignedInDeny, GateResult::NotAsked, [ALLOW, ALLOW], not_authenticated()),
+            ("bad token, deny rule", Invalid, SignedInDeny, GateResult::NotAsked, [ALLOW, ALLOW], bad_token()),
+            // Public rules never need a token.
+            ("anonymous, public", Absent, Public, answered(false, None), [DENY, DENY], forward(false, None)),
+            ("bad token, public", Invalid, Public, answered(false, None), [DENY, DENY], forward(false, None)),
+            ("anonymous, over limit", Absent, PublicLimited, answered(false, Some(rate(false))), [ALLOW, ALLOW], too_many()),
+            // Signed in: signing in again would not help a 403.
+            ("signed in", Valid, SignedIn, answered(false, None), [DENY, DENY], forward(true, None)),
+            ("signed in, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], forbidden()),
+            ("signed in, deny rule", Valid, SignedInDeny, answered(false, None), [DENY, DENY], forward(true, None)),
+            // Revoked (signed out elsewhere): the browser signs in again, unless the rule
+            // says deny; where anyone may go, it goes on anonymously.
+            ("revoked, signed-in rule", Valid, SignedIn, answered(true, None), [ALLOW, ALLOW], sign_in()),
+            ("revoked, role rule", Valid, OtherRole, GateResult::NotAsked, [ALLOW, ALLOW], forbidden()),
+            ("revoked, deny rule", Valid, SignedInDeny, answered(true, None), [ALLOW, ALLOW], revoked()),
+            ("revoked, public", Valid, Public, answered(true, None), [DENY, DENY], forward(false, None)),
+            // Redis down: a dependency is missing, which signing in would not fix.
+            ("Redis down, signed-in, revocation deny", Valid, SignedIn, GateResult::Unavailable, [ALLOW, DENY], revocation_down()),
+            ("Redis down, signed-in, revocation allow", Valid, SignedIn, GateResult::Unavailable, [DENY, ALLOW], forward(true, None)),
+        ];
+        run(cases, true);
+    }
+
+    #[test]
+    fn a_session_is_renewed_only_where_a_missing_token_is_all_that_refuses_it() {
+        use TokenKind::{Absent, Invalid, Valid};
+        // (what, token, may renew, Authorization, refresh cookie, refused anonymously, renew?)
+        #[rustfmt::skip]
+        let cases = [
+            ("expired cookie, protected",        Invalid, true,  false, true,  true,  true),
+            ("only the refresh cookie",          Absent,  true,  false, true,  true,  true),
+            ("valid token",                      Valid,   true,  false, true,  true,  false),
+            ("no refresh cookie",                Invalid, true,  false, false, true,  false),
+            ("public rule",                      Invalid, true,  false, true,  false, false),
+            ("a bearer caller",                  Invalid, true,  true,  true,  true,  false),
+            ("cross-site unsafe request",        Invalid, false, false, true,  true,  false),
+        ];
+        for (what, token, may_renew, bearer, refresh, refused, expected) in cases {
+            assert_eq!(
+                wants_renewal(token, may_renew, bearer, refresh, || refused),
+                expected,
+                "{what}"
+            );
+        }
+        // The policy is asked only when everything else already says yes.
+        let asked = std::cell::Cell::new(false);
+        wants_renewal(Valid, true, false, true, || {
+            asked.set(true);
+            true
+        });
+        assert!(!asked.get());
     }
 
     #[test]

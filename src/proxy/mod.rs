@@ -14,8 +14,10 @@ pub mod enforce;
 pub mod forward;
 pub mod framing;
 pub mod headers;
+pub mod navigation;
 pub mod path;
 pub mod pool;
+pub mod renewal;
 pub mod respond;
 pub mod response_body;
 pub mod websocket;
@@ -24,19 +26,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, ORIGIN, REFERRER_POLICY};
+use http::header::{
+    HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, HOST, ORIGIN, REFERRER_POLICY,
+    SET_COOKIE,
+};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use tracing::Instrument;
 
+use crate::access::{self, CookieOrigins, TokenSource};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::proxy::response_body::GatewayBody;
 use crate::telemetry::metrics::Metrics;
 use checks::{AllowedMethods, ServedHosts};
 use cors::{Cors, Preflight};
-use enforce::Enforcer;
+use enforce::{Asked, Enforcer, Verdict};
 use forward::{BodyLimits, Upstream};
 use headers::{NoReferrer, RequestIds, SecurityHeaders, StripList, X_REQUEST_ID};
 use websocket::WebSockets;
@@ -86,6 +92,8 @@ pub struct Gateway {
     security_headers: SecurityHeaders,
     cors: Cors,
     websockets: WebSockets,
+    /// The pages that may act on the session cookies: the CSRF check of contract 7.
+    cookie_origins: Arc<CookieOrigins>,
     strip_list: StripList,
     request_ids: RequestIds,
     trusted_proxies: Vec<IpNet>,
@@ -140,12 +148,17 @@ impl Gateway {
             .iter()
             .map(|upstream| (upstream.name.clone(), Upstream::new(upstream, workers)))
             .collect();
+        let cookie_origins = Arc::new(CookieOrigins::new(
+            &config.server.public_url,
+            cors.listed_origins(),
+        ));
         Ok(Gateway {
             upstreams,
             own_routes,
             enforcer,
             security_headers,
-            websockets: WebSockets::new(&config.server.public_url, &cors),
+            websockets: WebSockets::new(cookie_origins.clone()),
+            cookie_origins,
             cors,
             strip_list: StripList::new(&h.strip_request),
             request_ids: RequestIds::new(process_seed()),
@@ -253,7 +266,7 @@ impl Gateway {
 
     async fn route(
         &self,
-        mut request: Request<Incoming>,
+        request: Request<Incoming>,
         conn: ConnectionInfo,
         request_id: &HeaderValue,
     ) -> Result<Response<GatewayBody>, GatewayError> {
@@ -296,18 +309,61 @@ impl Gateway {
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
             return Err(GatewayError::PayloadTooLarge);
         }
-        let verdict = self
+        // What a page of another site made the browser send carries the cookie too: an
+        // unsafe request the cookie authenticates must come from an allowed page. Decided
+        // here and applied once the caller is known (below); known before enforcement, so
+        // that no session is renewed for a request that would then be refused.
+        let cross_site =
+            access::cross_site_refusal(request.method(), request.headers(), &self.cookie_origins);
+        let decided = self
             .enforcer
             .decide(
-                request.method().as_str(),
-                host.to_str().ok(),
-                path,
-                request.headers(),
-                client_ip,
+                &Asked {
+                    method: request.method(),
+                    host: host.to_str().ok(),
+                    path,
+                    target: &target,
+                    headers: request.headers(),
+                    client_ip,
+                    may_renew: cross_site.is_none(),
+                },
                 &self.metrics,
             )
-            .await?;
+            .await;
+        let forwarded = match decided.outcome {
+            Ok(verdict) => match cross_site {
+                Some(refusal) if verdict.token_source == Some(TokenSource::Cookie) => Err(refusal),
+                _ => {
+                    self.forward(request, verdict, conn, request_id, host, &target)
+                        .await
+                }
+            },
+            Err(refusal) => Err(refusal),
+        };
+        if decided.set_cookies.is_empty() {
+            return forwarded;
+        }
+        // A renewed (or refused) session's cookies go on whatever the answer is.
+        let mut response = forwarded.unwrap_or_else(GatewayError::into_response);
+        let headers = response.headers_mut();
+        for cookie in decided.set_cookies {
+            headers.append(SET_COOKIE, cookie);
+        }
+        // It carries tokens: no cache may keep it (contract 4).
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(response)
+    }
 
+    /// Forwards an allowed request as its verdict says.
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        verdict: Verdict,
+        conn: ConnectionInfo,
+        request_id: &HeaderValue,
+        host: HeaderValue,
+        target: &str,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
         // The upgrade is read before hop-by-hop headers go, and those go before the gateway
         // sets its own: a client naming `X-Forwarded-For` in `Connection` must not be able
         // to delete what the gateway adds.
@@ -317,6 +373,9 @@ impl Gateway {
         let headers = request.headers_mut();
         headers::remove_hop_by_hop(headers);
         self.strip_list.strip(headers);
+        // The session cookies are the gateway's alone (contract 7): an upstream that logged
+        // or echoed them would hand out the browser's session.
+        access::remove_session_cookies(headers);
         let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
         headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -328,7 +387,7 @@ impl Gateway {
             .upstream(verdict.upstream.as_deref())
             .forward(
                 request,
-                &target,
+                target,
                 host,
                 upgrade,
                 BodyLimits {

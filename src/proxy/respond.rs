@@ -1,7 +1,9 @@
 //! The gateway's own answers as responses: a [`GatewayError`] with its status, JSON detail and
 //! the headers its kind needs (`WWW-Authenticate`, `Retry-After`, `Connection: close`).
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 
 use super::response_body::GatewayBody;
@@ -19,6 +21,15 @@ impl GatewayError {
                 WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
             );
+        }
+        if let GatewayError::SignIn { location } = &self {
+            let location = HeaderValue::from_str(location)
+                .unwrap_or_else(|_| HeaderValue::from_static(super::navigation::SIGN_IN_PATH));
+            response.headers_mut().insert(LOCATION, location);
+            // Whether a page redirects depends on the caller's cookies: never cache it.
+            response
+                .headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
         if let GatewayError::TooManyRequests { retry_after_secs } = self {
             response
@@ -104,6 +115,19 @@ mod tests {
         );
         let response = GatewayError::unauthorized("Not authenticated").into_response();
         assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
+    }
+
+    #[test]
+    fn a_sign_in_is_a_302_to_its_location_never_cached() {
+        let response = GatewayError::SignIn {
+            location: "/auth/login?rd=/app%3Fx%3D1".into(),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::FOUND);
+        assert_eq!(response.headers()[LOCATION], "/auth/login?rd=/app%3Fx%3D1");
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+        assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
+        assert!(response.headers().get(CONNECTION).is_none());
     }
 
     #[test]

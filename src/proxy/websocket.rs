@@ -12,15 +12,13 @@ use std::sync::Arc;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_VERSION, UPGRADE,
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
 };
 use http::{HeaderMap, Request, Version};
 
-use super::cors::Cors;
 use super::enforce::{Enforcer, TokenWatch, Verdict};
-use crate::access::TokenSource;
-use crate::config::normalize_origin;
+use crate::access::{single, CookieOrigins, TokenSource};
 use crate::error::GatewayError;
 use crate::telemetry::metrics::Metrics;
 
@@ -46,14 +44,13 @@ pub struct Upgrade {
 
 /// The upgrade checks, built once from the configuration.
 pub struct WebSockets {
-    cookie_origins: CookieOrigins,
+    /// Shared with the CSRF check of other cookie-authenticated requests.
+    cookie_origins: Arc<CookieOrigins>,
 }
 
 impl WebSockets {
-    pub fn new(public_url: &str, cors: &Cors) -> WebSockets {
-        WebSockets {
-            cookie_origins: CookieOrigins::new(public_url, cors),
-        }
+    pub fn new(cookie_origins: Arc<CookieOrigins>) -> WebSockets {
+        WebSockets { cookie_origins }
     }
 
     /// Checks a request the enforcer has allowed: `Ok(None)` when it is not a WebSocket
@@ -164,121 +161,10 @@ pub fn accept_key(key: &[u8]) -> String {
     BASE64.encode(context.finish())
 }
 
-/// The header's value when it is there exactly once.
-fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
-    let mut values = headers.get_all(name).iter();
-    let value = values.next()?;
-    values.next().is_none().then_some(value)
-}
-
-/// The origins whose pages may open a tunnel on the access cookie: the gateway's own (the
-/// scheme, host and port of `public_url`) and those the CORS settings list by name. A
-/// configured `"*"` is not one: it admits any page only because it excludes credentials,
-/// and a cookie is a credential.
-#[derive(Debug)]
-struct CookieOrigins {
-    /// Lower case, default port elided.
-    origins: Vec<Box<str>>,
-}
-
-impl CookieOrigins {
-    fn new(public_url: &str, cors: &Cors) -> CookieOrigins {
-        // `public_url` is validated as https://host[:port]; were it somehow not an origin,
-        // only the CORS origins would be allowed, which fails closed.
-        let own = normalize_origin(public_url).ok().map(Box::from);
-        CookieOrigins {
-            origins: own
-                .into_iter()
-                .chain(cors.listed_origins().iter().cloned())
-                .collect(),
-        }
-    }
-
-    /// Whether a request with these headers comes from an allowed page. Browsers always
-    /// send one `Origin` with a handshake, so a missing or repeated one is refused.
-    fn allows(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = single(headers, &ORIGIN).and_then(|value| value.to_str().ok()) else {
-            return false;
-        };
-        normalize_origin(origin).is_ok_and(|origin| {
-            self.origins
-                .iter()
-                .any(|allowed| allowed.as_ref() == origin.as_str())
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CorsConfig;
-
-    fn cookie_origins(allowed: &[&str]) -> CookieOrigins {
-        let settings = CorsConfig {
-            allowed_origins: allowed.iter().map(|origin| origin.to_string()).collect(),
-            ..CorsConfig::default()
-        };
-        let cors = Cors::new(&settings.policy().expect("valid CORS settings"));
-        CookieOrigins::new("https://gateway.example.com", &cors)
-    }
-
-    /// (allowed CORS origins, the request's `Origin` headers, allowed?)
-    const ORIGIN_CASES: &[(&[&str], &[&str], bool)] = &[
-        // The gateway's own origin, however it is spelled.
-        (&[], &["https://gateway.example.com"], true),
-        (&[], &["HTTPS://Gateway.Example.COM"], true),
-        (&[], &["https://gateway.example.com:443"], true),
-        // Another scheme, port or host is another origin.
-        (&[], &["http://gateway.example.com"], false),
-        (&[], &["https://gateway.example.com:8443"], false),
-        (&[], &["https://evil.example"], false),
-        (&[], &["https://gateway.example.com.evil.example"], false),
-        // A CORS origin listed by name.
-        (
-            &["https://app.example.com"],
-            &["https://app.example.com"],
-            true,
-        ),
-        (
-            &["https://app.example.com:443"],
-            &["https://APP.example.com"],
-            true,
-        ),
-        (
-            &["https://app.example.com"],
-            &["https://evil.example"],
-            false,
-        ),
-        // "*" admits no page to use the cookie.
-        (&["*"], &["https://evil.example"], false),
-        (&["*"], &["https://gateway.example.com"], true),
-        // No page, an opaque one, something that is no origin, or two.
-        (&[], &[], false),
-        (&[], &["null"], false),
-        (&[], &[""], false),
-        (&[], &["https://gateway.example.com/"], false),
-        (&[], &["https://user@gateway.example.com"], false),
-        (
-            &[],
-            &["https://gateway.example.com", "https://gateway.example.com"],
-            false,
-        ),
-    ];
-
-    #[test]
-    fn cookie_origins_are_the_gateways_own_and_the_listed_cors_ones() {
-        for (allowed, sent, expected) in ORIGIN_CASES {
-            let mut headers = HeaderMap::new();
-            for origin in *sent {
-                headers.append(ORIGIN, HeaderValue::from_str(origin).expect("valid"));
-            }
-            assert_eq!(
-                cookie_origins(allowed).allows(&headers),
-                *expected,
-                "allowed {allowed:?}, sent {sent:?}"
-            );
-        }
-    }
+    use http::header::HeaderName;
 
     fn upgrade_request(key: Option<&str>, version: Option<&str>) -> Request<()> {
         let mut request = Request::builder()

@@ -44,6 +44,13 @@ pub enum RefreshOutcome {
         session: SessionRow,
         user: Box<User>,
     },
+    /// The token was rotated within the grace the caller allowed, and its session is live:
+    /// the caller may issue an access token for the session, nothing was changed.
+    Grace {
+        session_id: Uuid,
+        session_expires_at: SystemTime,
+        user: Box<User>,
+    },
     /// The token had already been rotated: someone holds a copy. The whole session is ended.
     Reused { session_id: Uuid, user_id: Uuid },
     /// Unknown, expired, or its session has ended.
@@ -89,11 +96,18 @@ impl Store {
     ///
     /// The new token expires with the session, whose end was fixed at login: rotation never
     /// extends it (contract 4), else a token refreshed every few days would never expire.
+    ///
+    /// `grace`: a token rotated less than this long ago, whose session is live and whose
+    /// user is active, is [`RefreshOutcome::Grace`] rather than reuse; nothing is written
+    /// then (no second rotation: the token the first one made stays the only live one).
+    /// The decision is made on the locked rows, so a use racing the rotation waits for it
+    /// and then sees it. `Duration::ZERO` is strict reuse detection.
     pub async fn rotate_refresh(
         &self,
         old_hash: &[u8],
         new_hash: &[u8],
         now: SystemTime,
+        grace: Duration,
     ) -> Result<RefreshOutcome, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
@@ -116,6 +130,26 @@ impl Store {
         let token_expires_at: SystemTime = row.get("expires_at");
         let session_expires_at: SystemTime = row.get("session_expires_at");
 
+        let live = revoked_at.is_none() && token_expires_at > now && session_expires_at > now;
+        let within_grace = rotated_at
+            .and_then(|rotated_at| rotated_at.checked_add(grace))
+            .is_some_and(|grace_ends| now < grace_ends);
+        if within_grace && live {
+            let user = transaction
+                .query_opt(
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
+                    &[&user_id],
+                )
+                .await?;
+            return Ok(match user.as_ref().map(User::from_row) {
+                Some(user) if user.is_active => RefreshOutcome::Grace {
+                    session_id,
+                    session_expires_at,
+                    user: Box::new(user),
+                },
+                _ => RefreshOutcome::Invalid,
+            });
+        }
         if rotated_at.is_some() {
             if revoked_at.is_none() {
                 transaction
@@ -131,7 +165,7 @@ impl Store {
                 user_id,
             });
         }
-        if revoked_at.is_some() || token_expires_at <= now || session_expires_at <= now {
+        if !live {
             return Ok(RefreshOutcome::Invalid);
         }
 

@@ -247,6 +247,7 @@ impl Metrics {
 pub struct AuthMetrics {
     login_locked_refusals: AtomicU64,
     refresh_reuses: AtomicU64,
+    refresh_graces: AtomicU64,
 }
 
 impl AuthMetrics {
@@ -261,6 +262,12 @@ impl AuthMetrics {
         self.refresh_reuses.fetch_add(1, Relaxed);
     }
 
+    /// A just-rotated refresh token was presented within `tokens.refresh_reuse_grace`: its
+    /// session got an access token, and was not ended.
+    pub fn refresh_grace(&self) {
+        self.refresh_graces.fetch_add(1, Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         single(
@@ -269,6 +276,13 @@ impl AuthMetrics {
             "counter",
             "Already-rotated refresh tokens presented; each ended its session.",
             self.refresh_reuses.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "portcullis_refresh_grace_total",
+            "counter",
+            "Just-rotated refresh tokens taken within the reuse grace of a silent refresh.",
+            self.refresh_graces.load(Relaxed),
         );
         single(
             &mut out,

@@ -107,7 +107,7 @@ async fn the_verification_email_arrives_over_smtp_and_verifies_once() {
     assert_eq!(mail.from, "no-reply@localhost", "sent from smtp.from");
     let body = mail.body();
     assert!(
-        body.contains("https://gateway.test:8443/verify-email?token="),
+        body.contains("https://gateway.test:8443/auth/verify-email?token="),
         "links use public_url: {body}"
     );
     let token = mail.token().unwrap();

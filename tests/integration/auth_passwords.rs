@@ -30,7 +30,7 @@ async fn password_reset_sets_a_new_password_and_ends_every_session() {
     let mail = gateway.smtp.wait_for(&account.email, MAIL_WAIT).await;
     assert!(
         mail.body()
-            .contains("https://gateway.test:8443/reset-password?token="),
+            .contains("https://gateway.test:8443/auth/reset-password?token="),
         "{}",
         mail.body()
     );

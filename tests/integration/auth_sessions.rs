@@ -148,6 +148,15 @@ async fn unknown_email_and_wrong_password_take_the_same_time() {
             ))
             .unwrap()
     };
+    // What keeps the two alike: each costs exactly one Argon2 verification (the dummy's for
+    // an unknown email). Counted, so that this holds however busy the machine is.
+    let verifications = "portcullis_password_verifications_total";
+    for email in [&account.email, &ghost] {
+        let before = gateway.metric(verifications).await;
+        let response = client.send_read(timed(&client, email)).await;
+        assert_eq!(response.status, 401);
+        assert_eq!(gateway.metric(verifications).await - before, 1, "{email}");
+    }
     let (mut known, mut unknown) = (Vec::new(), Vec::new());
     for round in 0..31 {
         for (email, samples) in [(&account.email, &mut known), (&ghost, &mut unknown)] {
@@ -173,9 +182,11 @@ async fn unknown_email_and_wrong_password_take_the_same_time() {
         known * 1e3,
         unknown * 1e3
     );
+    // Interleaved medians, with a margin for a loaded machine: a login that skipped the
+    // dummy verification would be several times faster, far outside it.
     assert!(
-        ratio < 1.2,
-        "medians differ by more than 20%: {known:.4}s vs {unknown:.4}s"
+        ratio < 1.5,
+        "medians differ by more than 50%: {known:.4}s vs {unknown:.4}s"
     );
 }
 

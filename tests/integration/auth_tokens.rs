@@ -120,16 +120,39 @@ async fn cookie_mode_accepts_the_access_cookie() {
     let gateway = TestGateway::start_with(|config| config.tokens.cookie.enabled = true).await;
     let account = gateway.signup("cookie").await;
     let login = gateway.login(&account.email, &account.password).await;
-    let cookie = login
-        .header("set-cookie")
-        .expect("cookie mode sets the access cookie")
-        .to_string();
-    assert!(
-        cookie.contains("HttpOnly")
-            && cookie.contains("Secure")
-            && cookie.contains("SameSite=Strict"),
-        "{cookie}"
+    let cookies: Vec<&str> = login
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|value| value.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        cookies.len(),
+        2,
+        "cookie mode sets both session cookies: {cookies:?}"
     );
+    for cookie in &cookies {
+        assert!(
+            cookie.contains("HttpOnly")
+                && cookie.contains("Secure")
+                && cookie.contains("SameSite=Lax")
+                && cookie.contains("Path=/"),
+            "{cookie}"
+        );
+    }
+    let body = login.json();
+    let refresh_cookie = cookies
+        .iter()
+        .find(|cookie| cookie.starts_with("__Host-portcullis-refresh="))
+        .expect("the refresh cookie");
+    assert!(refresh_cookie.starts_with(&format!(
+        "__Host-portcullis-refresh={};",
+        body["refresh_token"].as_str().unwrap()
+    )));
+    let cookie = cookies
+        .iter()
+        .find(|cookie| cookie.starts_with("__Host-portcullis-access="))
+        .expect("the access cookie");
     let pair = cookie.split(';').next().unwrap();
     let mut client = gateway.h1().await;
     let request = client
@@ -198,7 +221,8 @@ async fn unknown_auth_routes_are_404_and_wrong_methods_405() {
     let unknown = gateway.get("/auth/unknown").await;
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.detail(), "Not found");
-    let wrong = gateway.get("/auth/login").await;
+    // GET /auth/login is the sign-in page (contract 7); /auth/refresh is POST only.
+    let wrong = gateway.get("/auth/refresh").await;
     assert_eq!(wrong.status, 405);
     assert_eq!(wrong.header("allow"), Some("POST"));
     assert_eq!(

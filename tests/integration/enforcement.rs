@@ -281,17 +281,6 @@ async fn logout_on_one_instance_refused_on_the_next_request_on_another(feed: boo
         .is_none());
 }
 
-/// A counter from the gateway's `/metrics`.
-async fn metric(gateway: &TestGateway, name: &str) -> u64 {
-    let metrics = gateway.ops_get("/metrics").await;
-    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
-    let line = metrics
-        .lines()
-        .find(|line| line.starts_with(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} in /metrics"));
-    line[name.len() + 1..].parse().expect("a count")
-}
-
 #[tokio::test]
 async fn with_a_trusted_revocation_copy_signed_in_requests_do_not_wait_for_redis() {
     let policy = "version: 1\nroles: [user]\nrules:\n  - name: members\n    paths: [\"/**\"]\n    allow: authenticated\n";
@@ -299,10 +288,10 @@ async fn with_a_trusted_revocation_copy_signed_in_requests_do_not_wait_for_redis
     let (_, tokens) = gateway.account_with_role("copy", "user").await;
     gateway.revocation_copy_trusted().await;
     assert_eq!(
-        metric(&gateway, "portcullis_revocation_copy_trusted").await,
+        gateway.metric("portcullis_revocation_copy_trusted").await,
         1
     );
-    let checks = metric(&gateway, "portcullis_redis_checks_total").await;
+    let checks = gateway.metric("portcullis_redis_checks_total").await;
     for _ in 0..5 {
         let response = gateway
             .call("GET", "/members/page", None, Some(&tokens.access))
@@ -310,7 +299,7 @@ async fn with_a_trusted_revocation_copy_signed_in_requests_do_not_wait_for_redis
         assert_eq!(response.status, 200);
     }
     assert_eq!(
-        metric(&gateway, "portcullis_redis_checks_total").await,
+        gateway.metric("portcullis_redis_checks_total").await,
         checks,
         "no rate limit, and revocation checked against the copy"
     );
@@ -321,7 +310,7 @@ async fn with_a_trusted_revocation_copy_signed_in_requests_do_not_wait_for_redis
             .status,
         204
     );
-    let checks = metric(&gateway, "portcullis_redis_checks_total").await;
+    let checks = gateway.metric("portcullis_redis_checks_total").await;
     assert_eq!(
         gateway
             .call("GET", "/members/page", None, Some(&tokens.access))
@@ -330,7 +319,7 @@ async fn with_a_trusted_revocation_copy_signed_in_requests_do_not_wait_for_redis
         401
     );
     assert_eq!(
-        metric(&gateway, "portcullis_redis_checks_total").await,
+        gateway.metric("portcullis_redis_checks_total").await,
         checks
     );
 }

@@ -27,14 +27,6 @@ rules:
     allow: public
 ";
 
-async fn metric(gateway: &TestGateway, name: &str) -> u64 {
-    let body = gateway.ops_get("/metrics").await.body;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name}"))
-}
-
 /// Replaces the file the way editors do: write a sibling, rename over.
 fn replace(path: &Path, text: &str) {
     let staging = path.with_extension("tmp");
@@ -60,7 +52,7 @@ async fn a_valid_edit_is_in_force_within_a_second() {
     }
     let in_force = in_force.expect("the edit took effect");
     assert!(in_force <= Duration::from_secs(1), "took {in_force:?}");
-    assert_eq!(metric(&gateway, "portcullis_policy_reloads_total").await, 1);
+    assert_eq!(gateway.metric("portcullis_policy_reloads_total").await, 1);
     let after = String::from_utf8_lossy(&gateway.ops_get("/metrics").await.body).to_string();
     let hash = |text: &str| {
         text.lines()
@@ -81,7 +73,11 @@ async fn an_invalid_edit_is_refused_and_the_old_policy_stays() {
     replace(&path, "version: 1\nroles: [user]\nrules:\n  - name: broken\n    paths: [\"/a/**/b\"]\n    allow: public\n");
     let mut counted = false;
     for _ in 0..150 {
-        if metric(&gateway, "portcullis_policy_reload_failures_total").await == 1 {
+        if gateway
+            .metric("portcullis_policy_reload_failures_total")
+            .await
+            == 1
+        {
             counted = true;
             break;
         }
@@ -94,7 +90,7 @@ async fn an_invalid_edit_is_refused_and_the_old_policy_stays() {
         "the old policy is still in force"
     );
     assert_eq!(gateway.get("/other").await.status, 200);
-    assert_eq!(metric(&gateway, "portcullis_policy_reloads_total").await, 0);
+    assert_eq!(gateway.metric("portcullis_policy_reloads_total").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +133,7 @@ async fn twenty_reloads_under_load_drop_no_request() {
         replace(&path, if round % 2 == 1 { CLOSED_ADMIN } else { OPEN });
         let mut reloaded = false;
         for _ in 0..150 {
-            if metric(&gateway, "portcullis_policy_reloads_total").await == round {
+            if gateway.metric("portcullis_policy_reloads_total").await == round {
                 reloaded = true;
                 break;
             }

@@ -466,6 +466,33 @@ fn policy_check_and_explain() {
     );
 }
 
+#[test]
+fn policy_explain_shows_on_unauthenticated_when_the_rule_sets_it() {
+    let dir = temp_dir("policy-explain");
+    let file = dir.join("browser.yaml");
+    std::fs::write(&file, crate::browser_enforcement::BROWSER_POLICY).unwrap();
+    let explain = |path: &str| {
+        let output = Command::new(BINARY)
+            .args(["policy", "explain"])
+            .arg(&file)
+            .args(["--method", "GET", "--path", path, "--anonymous"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let api = explain("/api/items");
+    assert!(
+        api.contains("\"api\"") && api.contains("401") && api.contains("on_unauthenticated: deny"),
+        "{api}"
+    );
+    let app = explain("/home");
+    assert!(
+        app.contains("401") && !app.contains("on_unauthenticated"),
+        "{app}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_policy() {
     let upstream = Upstream::start().await;

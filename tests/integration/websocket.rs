@@ -75,11 +75,15 @@ const OWN_ORIGIN: &str = "https://gateway.test:8443";
 const CORS_ORIGIN: &str = "https://app.example";
 const VALID_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
-type Socket = WebSocketStream<TlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<TlsStream<TcpStream>>;
 
 /// Opens a WebSocket through the gateway with extra request headers: the socket, or the
 /// status the handshake was refused with.
-async fn open(gateway: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Result<Socket, u16> {
+pub(crate) async fn open(
+    gateway: &TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Socket, u16> {
     let stream = tls_connect(gateway.https, &[b"http/1.1"]).await;
     let mut request = format!("wss://localhost:{}{path}", gateway.https.port())
         .into_client_request()
@@ -100,7 +104,7 @@ async fn open(gateway: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Re
     }
 }
 
-async fn echoes(socket: &mut Socket, text: &str) {
+pub(crate) async fn echoes(socket: &mut Socket, text: &str) {
     socket.send(Message::text(text)).await.unwrap();
     assert_eq!(socket.next().await.unwrap().unwrap(), Message::text(text));
 }

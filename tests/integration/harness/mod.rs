@@ -409,6 +409,15 @@ impl TestGateway {
         tls_connect(self.https, &[b"http/1.1"]).await
     }
 
+    /// A counter or gauge from the ops listener's `/metrics`, by its exact name.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let body = self.ops_get("/metrics").await.body;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+    }
+
     /// Plain-HTTP GET on the ops listener.
     pub async fn ops_get(&self, path: &str) -> TestResponse {
         plain_get(self.ops, path).await
