@@ -12,6 +12,7 @@ mod auth_sessions;
 mod auth_tokens;
 mod browser;
 mod browser_enforcement;
+mod browser_flows;
 mod corpus;
 mod dependencies;
 mod enforcement;
