@@ -55,7 +55,8 @@ pub struct Browser {
     session: String,
     driver: Child,
     driver_addr: SocketAddr,
-    profile: PathBuf,
+    /// This browser's own directory: the Chromium profile, its temp files, the driver's log.
+    dir: PathBuf,
     _turn: OwnedMutexGuard<()>,
 }
 
@@ -69,13 +70,17 @@ impl Browser {
     /// origins, see `Origin::authority`).
     pub async fn start_with_hosts(gateway: SocketAddr, hosts: &[(&str, SocketAddr)]) -> Browser {
         let turn = turns().lock_owned().await;
-        let profile = temp_dir("chromium-profile");
+        let dir = temp_dir("chromium");
+        let (profile, tmp) = (dir.join("profile"), dir.join("tmp"));
+        std::fs::create_dir_all(&tmp).unwrap();
         let driver_port = free_port();
         let driver_addr = SocketAddr::from(([127, 0, 0, 1], driver_port));
-        let log = std::fs::File::create(profile.with_extension("chromedriver.log")).unwrap();
+        let log = std::fs::File::create(dir.join("chromedriver.log")).unwrap();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={driver_port}"))
             .arg("--allowed-ips=127.0.0.1")
+            // Chromium's scoped temp dirs land here and go with the rest, not in /tmp.
+            .env("TMPDIR", &tmp)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -112,7 +117,7 @@ impl Browser {
             .unwrap_or_else(|error| {
                 panic!(
                     "a Chromium session through chromedriver ({error}); its log: {}",
-                    read_log(&profile)
+                    read_log(&dir)
                 )
             });
         let session = client
@@ -133,7 +138,7 @@ impl Browser {
             session,
             driver: browser_driver.0.take().unwrap(),
             driver_addr,
-            profile,
+            dir,
             _turn: turn,
         }
     }
@@ -324,8 +329,7 @@ impl Drop for Browser {
         delete_session(self.driver_addr, &self.session);
         let _ = self.driver.kill();
         let _ = self.driver.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-        let _ = std::fs::remove_file(self.profile.with_extension("chromedriver.log"));
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -360,8 +364,8 @@ pub fn screenshot_dir() -> PathBuf {
     target.join("screenshots")
 }
 
-fn read_log(profile: &Path) -> String {
-    std::fs::read_to_string(profile.with_extension("chromedriver.log")).unwrap_or_default()
+fn read_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("chromedriver.log")).unwrap_or_default()
 }
 
 /// A port nothing listens on right now, for chromedriver (which takes a port, not a
