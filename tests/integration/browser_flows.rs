@@ -449,11 +449,17 @@ async fn signing_out_ends_the_session_and_the_next_visit_asks_to_sign_in() {
     assert_eq!(page_requests(&gateway).len(), before, "not forwarded");
 }
 
-/// A page on another origin whose form posts to a protected route of the gateway.
-fn attack_page() -> String {
+/// A page on another origin whose form posts to a protected route of the gateway; with
+/// `auto`, it submits itself as soon as it loads.
+fn attack_page(auto: bool) -> String {
+    let onload = if auto {
+        " onload=\"document.forms[0].submit()\""
+    } else {
+        ""
+    };
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Win a prize</title>\
-         <link rel=\"icon\" href=\"data:,\"></head><body><h1>Win a prize</h1>\
+         <link rel=\"icon\" href=\"data:,\"></head><body{onload}><h1>Win a prize</h1>\
          <form method=\"post\" action=\"{GATEWAY_ORIGIN}/page/transfer\">\
          <input type=\"hidden\" name=\"amount\" value=\"1000\">\
          <button type=\"submit\">Claim</button></form></body></html>"
@@ -466,12 +472,26 @@ async fn a_form_posted_from_another_origin_is_refused_and_never_forwarded() {
     let account = gateway.signup("browser-csrf").await;
     // Same site, other origin: the browser sends the SameSite=Lax cookies along, so only
     // the gateway's origin check stands in the way. Another site: the browser withholds them.
-    let sibling = Origin::start("sibling.gateway.test:8444", vec![("/", attack_page())]).await;
-    let evil = Origin::start("evil.example:8445", vec![("/", attack_page())]).await;
+    let sibling = Origin::start("sibling.gateway.test:8444", vec![("/", attack_page(false))]).await;
+    let evil = Origin::start("evil.example:8445", vec![("/", attack_page(true))]).await;
     let browser =
         Browser::start_with_hosts(gateway.https, &[sibling.host_rule(), evil.host_rule()]).await;
     sign_in_via(&browser, "/page/account", &account).await;
 
+    // The control: the same session posts from the gateway's own origin, and it passes (the
+    // refusals below are the origin check, not the policy or the method).
+    browser.submit().await;
+    assert_eq!(browser.gateway_path().await, "/page/account");
+    assert_eq!(browser.status().await, 200);
+    let own = page_requests(&gateway).pop().unwrap();
+    assert_eq!(
+        (own.method.as_str(), own.target.as_str()),
+        ("POST", "/page/account")
+    );
+    assert_eq!(own.body.as_ref(), b"note=same-origin");
+    assert_eq!(header(&own, "x-auth-email"), Some(account.email.as_str()));
+
+    // Same site, other origin: the person clicks the attacker's button.
     browser.goto(&sibling.url("/")).await;
     assert_eq!(browser.text("h1").await, "Win a prize");
     browser.submit().await;
@@ -479,20 +499,22 @@ async fn a_form_posted_from_another_origin_is_refused_and_never_forwarded() {
     assert_eq!(browser.status().await, 403, "refused as cross-origin");
     browser.screenshot("csrf-refused").await;
 
+    // Another site: the page submits itself on load.
     browser.goto(&evil.url("/")).await;
-    browser.submit().await;
-    assert_eq!(browser.gateway_path().await, "/page/transfer");
+    browser.wait_for_path("/page/transfer").await;
     assert_eq!(
         browser.status().await,
         401,
         "cross-site: no session cookie was sent, so no session"
     );
 
-    let posts: Vec<Seen> = page_requests(&gateway)
+    let attacks: Vec<Seen> = gateway
+        .upstream
+        .seen()
         .into_iter()
-        .filter(|seen| seen.method != "GET")
+        .filter(|seen| seen.target == "/page/transfer")
         .collect();
-    assert!(posts.is_empty(), "the upstream saw {posts:?}");
+    assert!(attacks.is_empty(), "the upstream saw {attacks:?}");
     // The session itself is untouched: the gateway's own origin still gets through.
     browser.goto("/page/account").await;
     browser.wait_for_path("/page/account").await;

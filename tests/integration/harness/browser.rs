@@ -195,6 +195,18 @@ impl Browser {
             found.is_ok(),
             "the browser never reached {GATEWAY_ORIGIN}{expected}; it is at {last}"
         );
+        self.wait_until_loaded().await;
+    }
+
+    /// Waits until the current document has finished loading.
+    pub async fn wait_until_loaded(&self) {
+        let loaded = tokio::time::timeout(BROWSER_WAIT, async {
+            while self.script("return document.readyState").await != "complete" {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(loaded.is_ok(), "the page loads");
     }
 
     /// The visible text of the first element matching `css`, waiting for it to appear.
@@ -242,13 +254,7 @@ impl Browser {
         })
         .await;
         assert!(replaced.is_ok(), "the form submission loaded a new page");
-        let loaded = tokio::time::timeout(BROWSER_WAIT, async {
-            while self.script("return document.readyState").await != "complete" {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        assert!(loaded.is_ok(), "the page after the form submission loads");
+        self.wait_until_loaded().await;
     }
 
     /// Runs `script` in the page and returns what it returned.

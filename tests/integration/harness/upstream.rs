@@ -252,7 +252,8 @@ async fn handle(
 }
 
 /// The echo as an HTML page, for the browser tests: the target in the `<h1>`, who the
-/// gateway said the caller is in `#user`, and the whole echo in `#echo`.
+/// gateway said the caller is in `#user`, a form that posts to the page itself (a
+/// same-origin POST), and the whole echo in `#echo`.
 fn page(seen: &Seen, echo: &serde_json::Value) -> Response<UpstreamBody> {
     let user = seen
         .headers
@@ -263,7 +264,10 @@ fn page(seen: &Seen, echo: &serde_json::Value) -> Response<UpstreamBody> {
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>Upstream page</title>\
          <link rel=\"icon\" href=\"data:,\"></head>\
-         <body><h1 id=\"target\">{}</h1><p id=\"user\">{}</p><pre id=\"echo\">{}</pre></body></html>",
+         <body><h1 id=\"target\">{}</h1><p id=\"user\">{}</p>\
+         <form method=\"post\"><input type=\"hidden\" name=\"note\" value=\"same-origin\">\
+         <button type=\"submit\">Post to this page</button></form>\
+         <pre id=\"echo\">{}</pre></body></html>",
         escape_html(&seen.target),
         escape_html(&user),
         escape_html(&serde_json::to_string_pretty(echo).unwrap()),
