@@ -370,6 +370,12 @@ impl Enforcer {
                         set_cookies,
                     }
                 }
+                Some(Renewal::Refusal(refusal)) => {
+                    return Decided {
+                        outcome: Err(refusal),
+                        set_cookies,
+                    }
+                }
             }
         }
         let outcome = self.judge(asked, verified, source, token, metrics).await;

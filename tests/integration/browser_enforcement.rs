@@ -346,6 +346,45 @@ async fn the_auth_routes_refuse_a_cross_site_request_on_the_cookie() {
     assert_eq!(me.status, 401, "logged out: {me:?}");
 }
 
+/// A renewal stands in for `POST /auth/refresh` and is counted like it: a client sending
+/// refresh cookies that are no good is stopped by the limit before each costs a Postgres
+/// query.
+#[tokio::test]
+async fn renewals_are_counted_against_the_refresh_routes_limit() {
+    let (gateway, _) = TestGateway::with_policy(BROWSER_POLICY, |config| {
+        config.rate_limits.default =
+            portcullis::config::RateLimit::new(2, std::time::Duration::from_secs(3600));
+    })
+    .await;
+    let garbage = format!("{REFRESH}=not-a-refresh-token");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = send(
+            &gateway,
+            "GET",
+            "/orders",
+            &[("accept", "application/json"), ("cookie", &garbage)],
+        )
+        .await;
+        statuses.push(response.status.as_u16());
+        if response.status == 429 {
+            assert!(response.header("retry-after").is_some(), "{response:?}");
+            assert!(
+                set_cookie(&response, REFRESH).is_none(),
+                "a refusal before trying leaves the cookies alone: {response:?}"
+            );
+        } else {
+            assert_eq!(
+                set_cookie(&response, REFRESH),
+                Some(""),
+                "a refused token is cleared: {response:?}"
+            );
+        }
+    }
+    assert_eq!(statuses, [401, 401, 429]);
+    assert_eq!(gateway.upstream.seen_count(), 0);
+}
+
 fn set_cookie<'r>(response: &'r TestResponse, name: &str) -> Option<&'r str> {
     response
         .headers
