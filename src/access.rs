@@ -75,6 +75,8 @@ pub struct AccessVerifier {
     clock: Arc<Clock>,
     revocation_on_redis_error: FailMode,
     leeway_secs: u64,
+    /// Where a cookie-authenticated unsafe request may come from ([`cross_site_refusal`]).
+    cookie_origins: Arc<CookieOrigins>,
 }
 
 impl AccessVerifier {
@@ -85,6 +87,7 @@ impl AccessVerifier {
         clock: Arc<Clock>,
         revocation_on_redis_error: FailMode,
         workers: usize,
+        cookie_origins: Arc<CookieOrigins>,
     ) -> AccessVerifier {
         let leeway = keys.settings().leeway;
         AccessVerifier {
@@ -95,6 +98,7 @@ impl AccessVerifier {
             clock,
             revocation_on_redis_error,
             leeway_secs: leeway.as_secs(),
+            cookie_origins,
         }
     }
 
@@ -143,10 +147,21 @@ impl AccessVerifier {
     }
 
     /// The caller of a bearer route: a valid token that has not been revoked. A Redis
-    /// outage answers as `revocation_on_redis_error` says.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
+    /// outage answers as `revocation_on_redis_error` says. A token the session cookie
+    /// carried must also pass the cross-site check for `method`, as on forwarded requests.
+    pub async fn authenticate(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Principal, GatewayError> {
         let verified = match self.read(headers) {
-            TokenState::Valid(verified, _) => verified,
+            TokenState::Valid(verified, TokenSource::Cookie) => {
+                if let Some(refusal) = cross_site_refusal(method, headers, &self.cookie_origins) {
+                    return Err(refusal);
+                }
+                verified
+            }
+            TokenState::Valid(verified, TokenSource::AuthorizationHeader) => verified,
             TokenState::Absent => return Err(GatewayError::unauthorized("Not authenticated")),
             TokenState::Invalid => {
                 return Err(GatewayError::invalid_token("Invalid or expired token"))
@@ -198,6 +213,11 @@ impl AccessVerifier {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The origins a cookie-authenticated request may come from.
+    pub fn cookie_origins(&self) -> &Arc<CookieOrigins> {
+        &self.cookie_origins
     }
 
     /// The token from `Authorization: Bearer`, or from the access cookie in cookie mode.

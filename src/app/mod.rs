@@ -12,7 +12,7 @@ mod convert;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use crate::access::AccessVerifier;
+use crate::access::{AccessVerifier, CookieOrigins};
 use crate::auth::{AuthLimits, AuthParts, AuthService, AuthSettings};
 use crate::clock::Clock;
 use crate::config::{Config, ServerConfig};
@@ -140,6 +140,10 @@ impl App {
             .cookie
             .enabled
             .then(|| crate::access::ACCESS_COOKIE.to_string());
+        let cors = config
+            .cors
+            .policy()
+            .map_err(|error| BuildError::Cors(error.to_string()))?;
         let access = Arc::new(AccessVerifier::new(
             keys.clone(),
             access_cookie.clone(),
@@ -147,6 +151,7 @@ impl App {
             clock.clone(),
             fail.revocation,
             worker_threads,
+            Arc::new(CookieOrigins::new(&server.public_url, &cors.origins)),
         ));
 
         let mail_worker = OutboxWorker::new(store.pool().clone(), (&config.smtp).into())?;

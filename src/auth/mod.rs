@@ -238,11 +238,13 @@ impl AuthService {
     }
 
     async fn route(self: &Arc<Self>, spec: &RouteSpec, id: Option<&str>, call: &Call) -> Reply {
+        let method = http::Method::from_bytes(spec.method.as_bytes())
+            .expect("the route table names standard methods");
         let principal = match spec.access {
             Access::Public => None,
-            Access::Bearer => Some(self.access.authenticate(&call.headers).await?),
+            Access::Bearer => Some(self.access.authenticate(&method, &call.headers).await?),
             Access::Admin => {
-                let principal = self.access.authenticate(&call.headers).await?;
+                let principal = self.access.authenticate(&method, &call.headers).await?;
                 if !self.role_at_least(&principal.claims.role, "admin") {
                     return Err(GatewayError::Forbidden("Requires admin role".into()));
                 }

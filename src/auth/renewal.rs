@@ -63,6 +63,10 @@ impl SessionRenewal for Arc<AuthService> {
 
 impl AuthService {
     async fn renew_session(&self, presented: &str, call: &Call) -> Renewal {
+        // Counted like the JSON refresh it stands in for, before Postgres is asked.
+        if let Err(refusal) = self.rate_limit(super::routes::Route::Refresh, call).await {
+            return Renewal::Refusal(refusal);
+        }
         let grace = self.settings.refresh_reuse_grace;
         let rotation = match self.rotate_session(presented, call, grace).await {
             Ok(rotation) => rotation,

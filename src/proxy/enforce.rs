@@ -325,6 +325,11 @@ impl Enforcer {
         &self.policy
     }
 
+    /// The token verifier enforcement reads callers with.
+    pub fn access(&self) -> &Arc<AccessVerifier> {
+        &self.access
+    }
+
     /// Decides a forwarded request: `Ok` to forward (with whom and where), `Err` with the
     /// gateway's answer (302 to sign in, 401, 403, 429 or 503). Gathers what [`verdict`]
     /// needs, renewing the session first when the request has only a refresh cookie to go
@@ -362,6 +367,12 @@ impl Enforcer {
                 Some(Renewal::Unavailable) => {
                     return Decided {
                         outcome: Err(GatewayError::Unavailable("Session store unavailable")),
+                        set_cookies,
+                    }
+                }
+                Some(Renewal::Refusal(refusal)) => {
+                    return Decided {
+                        outcome: Err(refusal),
                         set_cookies,
                     }
                 }

@@ -148,10 +148,7 @@ impl Gateway {
             .iter()
             .map(|upstream| (upstream.name.clone(), Upstream::new(upstream, workers)))
             .collect();
-        let cookie_origins = Arc::new(CookieOrigins::new(
-            &config.server.public_url,
-            cors.listed_origins(),
-        ));
+        let cookie_origins = enforcer.access().cookie_origins().clone();
         Ok(Gateway {
             upstreams,
             own_routes,

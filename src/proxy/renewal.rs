@@ -36,6 +36,10 @@ pub enum Renewal {
     /// Postgres (or signing) failed: nothing is known, the cookies are kept, and the request
     /// is answered 503 like any other whose dependency is down.
     Unavailable,
+    /// Not tried: the client is over the refresh route's rate limit (or Redis cannot count
+    /// and `on_redis_error` is `deny`). The request is answered with this, cookies kept:
+    /// without it, a client sending garbage refresh cookies would cost a Postgres query each.
+    Refusal(crate::error::GatewayError),
 }
 
 /// A renewed session: the caller to forward the request as, and the cookies the response

@@ -299,6 +299,92 @@ async fn a_cross_site_request_on_the_cookie_is_refused_and_a_same_origin_one_pas
 }
 
 /// The value a response's `Set-Cookie` gives cookie `name`, if it sets it.
+/// The gateway's own bearer routes take the access cookie too, and so the same cross-site
+/// check: another site's page cannot log a signed-in browser out or change its password.
+#[tokio::test]
+async fn the_auth_routes_refuse_a_cross_site_request_on_the_cookie() {
+    let gateway = TestGateway::start().await;
+    let account = gateway.signup("auth-csrf").await;
+    let tokens = gateway.tokens(&account).await;
+    let cookie = session_cookie(&tokens);
+    let change = format!(
+        r#"{{"current_password":"{}","new_password":"Another-Secret-77"}}"#,
+        account.password
+    );
+    for (method, path, body) in [
+        ("POST", "/auth/logout", "{}".to_string()),
+        ("POST", "/auth/password-change", change.clone()),
+    ] {
+        let mut client = gateway.h1().await;
+        let request = client
+            .request(method, path)
+            .header("cookie", &cookie)
+            .header("content-type", "application/json")
+            .header("sec-fetch-site", "cross-site")
+            .header("origin", "https://evil.example")
+            .body(crate::harness::full(body))
+            .unwrap();
+        let response = client.send_read(request).await;
+        assert_eq!(response.status, 403, "{path}: {response:?}");
+        assert_eq!(response.detail(), "Cross-site request refused");
+    }
+    // Nothing changed: the session still works, and the same request from the gateway's
+    // own origin goes through.
+    let me = send(&gateway, "GET", "/auth/me", &[("cookie", &cookie)]).await;
+    assert_eq!(me.status, 200, "{me:?}");
+    let mut client = gateway.h1().await;
+    let request = client
+        .request("POST", "/auth/logout")
+        .header("cookie", &cookie)
+        .header("content-type", "application/json")
+        .header("origin", "https://gateway.test:8443")
+        .body(crate::harness::full("{}"))
+        .unwrap();
+    let response = client.send_read(request).await;
+    assert!(response.status.is_success(), "{response:?}");
+    let me = send(&gateway, "GET", "/auth/me", &[("cookie", &cookie)]).await;
+    assert_eq!(me.status, 401, "logged out: {me:?}");
+}
+
+/// A renewal stands in for `POST /auth/refresh` and is counted like it: a client sending
+/// refresh cookies that are no good is stopped by the limit before each costs a Postgres
+/// query.
+#[tokio::test]
+async fn renewals_are_counted_against_the_refresh_routes_limit() {
+    let (gateway, _) = TestGateway::with_policy(BROWSER_POLICY, |config| {
+        config.rate_limits.default =
+            portcullis::config::RateLimit::new(2, std::time::Duration::from_secs(3600));
+    })
+    .await;
+    let garbage = format!("{REFRESH}=not-a-refresh-token");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = send(
+            &gateway,
+            "GET",
+            "/orders",
+            &[("accept", "application/json"), ("cookie", &garbage)],
+        )
+        .await;
+        statuses.push(response.status.as_u16());
+        if response.status == 429 {
+            assert!(response.header("retry-after").is_some(), "{response:?}");
+            assert!(
+                set_cookie(&response, REFRESH).is_none(),
+                "a refusal before trying leaves the cookies alone: {response:?}"
+            );
+        } else {
+            assert_eq!(
+                set_cookie(&response, REFRESH),
+                Some(""),
+                "a refused token is cleared: {response:?}"
+            );
+        }
+    }
+    assert_eq!(statuses, [401, 401, 429]);
+    assert_eq!(gateway.upstream.seen_count(), 0);
+}
+
 fn set_cookie<'r>(response: &'r TestResponse, name: &str) -> Option<&'r str> {
     response
         .headers

@@ -530,7 +530,11 @@ impl AuthService {
     /// logout; or, when that has expired, the one its refresh cookie belongs to. A browser
     /// with neither has nothing to end.
     async fn end_browser_session(&self, call: &Call) -> Result<(), GatewayError> {
-        if let Ok(principal) = self.access.authenticate(&call.headers).await {
+        if let Ok(principal) = self
+            .access
+            .authenticate(&http::Method::POST, &call.headers)
+            .await
+        {
             let logout_call = Call {
                 body: "{}".into(),
                 ..call.clone()
