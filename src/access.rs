@@ -241,6 +241,12 @@ impl AccessVerifier {
 pub const ACCESS_COOKIE: &str = "__Host-portcullis-access";
 /// The refresh token's cookie (contract 7); only the gateway reads it.
 pub const REFRESH_COOKIE: &str = "__Host-portcullis-refresh";
+/// The nonce the sign-in pages' form tokens are bound to (`auth::pages::csrf`); only the
+/// gateway reads it.
+pub const FORM_COOKIE: &str = "__Host-portcullis-csrf";
+
+/// The gateway's own cookies, which never reach the upstream.
+const GATEWAY_COOKIES: [&str; 3] = [ACCESS_COOKIE, REFRESH_COOKIE, FORM_COOKIE];
 
 /// `Set-Cookie` values for a signed-in browser: both tokens, `Secure; HttpOnly;
 /// SameSite=Lax; Path=/` (the `__Host-` prefix makes browsers insist on exactly that), each
@@ -290,9 +296,10 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, value)| value)
 }
 
-/// Removes both session cookies from the request's `Cookie` headers (the upstream never
-/// sees them), keeping every other cookie as sent.
-pub fn remove_session_cookies(headers: &mut HeaderMap) {
+/// Removes the gateway's own cookies (both session cookies and the form nonce) from the
+/// request's `Cookie` headers (the upstream never sees them), keeping every other cookie
+/// as sent.
+pub fn remove_gateway_cookies(headers: &mut HeaderMap) {
     let kept: Vec<String> = headers
         .get_all(COOKIE)
         .iter()
@@ -302,7 +309,7 @@ pub fn remove_session_cookies(headers: &mut HeaderMap) {
                 .map(str::trim)
                 .filter(|pair| {
                     let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
-                    !pair.is_empty() && name != ACCESS_COOKIE && name != REFRESH_COOKIE
+                    !pair.is_empty() && !GATEWAY_COOKIES.contains(&name)
                 })
                 .collect::<Vec<_>>()
                 .join("; ")
@@ -665,12 +672,12 @@ mod tests {
         );
         headers.append(
             COOKIE,
-            HeaderValue::from_static("__Host-portcullis-refresh=r"),
+            HeaderValue::from_static("__Host-portcullis-refresh=r; __Host-portcullis-csrf=n"),
         );
         headers.append(COOKIE, HeaderValue::from_static("a=1;b=2"));
         assert_eq!(cookie(&headers, ACCESS_COOKIE), Some("t"));
         assert_eq!(cookie(&headers, REFRESH_COOKIE), Some("r"));
-        remove_session_cookies(&mut headers);
+        remove_gateway_cookies(&mut headers);
         let left: Vec<_> = headers.get_all(COOKIE).iter().collect();
         assert_eq!(left, ["theme=dark; lang=fr", "a=1; b=2"]);
         assert_eq!(cookie(&headers, ACCESS_COOKIE), None);
@@ -680,7 +687,7 @@ mod tests {
             COOKIE,
             HeaderValue::from_static("__Host-portcullis-access2=x"),
         );
-        remove_session_cookies(&mut headers);
+        remove_gateway_cookies(&mut headers);
         assert_eq!(headers.get(COOKIE).unwrap(), "__Host-portcullis-access2=x");
     }
 

@@ -372,7 +372,7 @@ impl Gateway {
         self.strip_list.strip(headers);
         // The session cookies are the gateway's alone (contract 7): an upstream that logged
         // or echoed them would hand out the browser's session.
-        access::remove_session_cookies(headers);
+        access::remove_gateway_cookies(headers);
         let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
         headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());

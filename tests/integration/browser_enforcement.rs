@@ -160,7 +160,8 @@ async fn the_session_cookies_never_reach_the_upstream() {
     let (gateway, _) = TestGateway::with_policy(BROWSER_POLICY, |_| {}).await;
     let account = gateway.signup("cookie-strip").await;
     let tokens = gateway.tokens(&account).await;
-    let cookie = session_cookie(&tokens);
+    // The sign-in forms' nonce is the gateway's own cookie too.
+    let cookie = format!("{}; __Host-portcullis-csrf=nonce", session_cookie(&tokens));
 
     // Authenticated by the cookie, anonymous on a public path, and with a bearer token.
     let bearer = format!("Bearer {}", tokens.access);
@@ -692,7 +693,9 @@ async fn a_renewal_without_postgres_is_503_and_keeps_the_cookies() {
         .replace("127.0.0.1:5432", &relay.addr.to_string());
     let (gateway, _) = TestGateway::with_policy(BROWSER_POLICY, |config| {
         config.database.url = portcullis::config::Secret::new(database);
-        config.database.connect_timeout = std::time::Duration::from_millis(500);
+        // Long enough for the sign-up's connection on a busy machine; the cut below refuses
+        // connections at once, so the 503 does not wait for it.
+        config.database.connect_timeout = std::time::Duration::from_secs(2);
     })
     .await;
     let account = gateway.signup("refresh-outage").await;

@@ -18,8 +18,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::hmac;
 
-/// The cookie that holds the browser's nonce.
-pub const CSRF_COOKIE: &str = "__Host-portcullis-csrf";
+/// The cookie that holds the browser's nonce (defined with the session cookies, which the
+/// gateway strips before forwarding, as it strips this one).
+pub use crate::access::FORM_COOKIE as CSRF_COOKIE;
 
 /// How long a rendered form may be submitted: long enough for a tab left open over a day.
 pub const CSRF_LIFETIME_SECS: u64 = 24 * 3600;
