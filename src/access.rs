@@ -69,8 +69,8 @@ pub struct Principal {
 pub struct AccessVerifier {
     keys: Arc<TokenKeys>,
     verified: VerifiedTokens,
-    /// The access-token cookie, when cookie mode is on.
-    cookie_name: Option<String>,
+    /// Cookie mode: [`ACCESS_COOKIE`] is read as well as `Authorization`.
+    cookie_mode: bool,
     gate: Gate,
     clock: Arc<Clock>,
     revocation_on_redis_error: FailMode,
@@ -82,7 +82,7 @@ pub struct AccessVerifier {
 impl AccessVerifier {
     pub fn new(
         keys: Arc<TokenKeys>,
-        cookie_name: Option<String>,
+        cookie_mode: bool,
         gate: Gate,
         clock: Arc<Clock>,
         revocation_on_redis_error: FailMode,
@@ -93,7 +93,7 @@ impl AccessVerifier {
         AccessVerifier {
             keys,
             verified: VerifiedTokens::new(workers, leeway),
-            cookie_name,
+            cookie_mode,
             gate,
             clock,
             revocation_on_redis_error,
@@ -232,8 +232,10 @@ impl AccessVerifier {
                 .filter(|token| !token.is_empty())
                 .map(|token| (token, TokenSource::AuthorizationHeader));
         }
-        let cookie_name = self.cookie_name.as_deref()?;
-        cookie(headers, cookie_name).map(|value| (value, TokenSource::Cookie))
+        if !self.cookie_mode {
+            return None;
+        }
+        cookie(headers, ACCESS_COOKIE).map(|value| (value, TokenSource::Cookie))
     }
 }
 
@@ -247,6 +249,8 @@ pub const FORM_COOKIE: &str = "__Host-portcullis-csrf";
 
 /// The gateway's own cookies, which never reach the upstream.
 const GATEWAY_COOKIES: [&str; 3] = [ACCESS_COOKIE, REFRESH_COOKIE, FORM_COOKIE];
+/// What every one of [`GATEWAY_COOKIES`] starts with.
+const GATEWAY_COOKIE_PREFIX: &[u8] = b"__Host-portcullis-";
 
 /// `Set-Cookie` values for a signed-in browser: both tokens, `Secure; HttpOnly;
 /// SameSite=Lax; Path=/` (the `__Host-` prefix makes browsers insist on exactly that), each
@@ -300,6 +304,16 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// request's `Cookie` headers (the upstream never sees them), keeping every other cookie
 /// as sent.
 pub fn remove_gateway_cookies(headers: &mut HeaderMap) {
+    // Every forwarded request passes here; most carry none of the gateway's cookies, and
+    // their headers are left exactly as they are, without rebuilding them.
+    let finder = memchr::memmem::Finder::new(GATEWAY_COOKIE_PREFIX);
+    if !headers
+        .get_all(COOKIE)
+        .iter()
+        .any(|value| finder.find(value.as_bytes()).is_some())
+    {
+        return;
+    }
     let kept: Vec<String> = headers
         .get_all(COOKIE)
         .iter()
@@ -681,6 +695,11 @@ mod tests {
         let left: Vec<_> = headers.get_all(COOKIE).iter().collect();
         assert_eq!(left, ["theme=dark; lang=fr", "a=1; b=2"]);
         assert_eq!(cookie(&headers, ACCESS_COOKIE), None);
+        // Without any of the gateway's cookies the header is left exactly as sent.
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1;b=2"));
+        remove_gateway_cookies(&mut headers);
+        assert_eq!(headers.get(COOKIE).unwrap(), "a=1;b=2");
         // A name that only starts like a session cookie is someone else's.
         let mut headers = HeaderMap::new();
         headers.append(

@@ -136,17 +136,14 @@ impl App {
             rate: config.rate_limits.on_redis_error,
             revocation: config.rate_limits.revocation_on_redis_error,
         };
-        let access_cookie = tokens
-            .cookie
-            .enabled
-            .then(|| crate::access::ACCESS_COOKIE.to_string());
+        let cookie_mode = tokens.cookie.enabled;
         let cors = config
             .cors
             .policy()
             .map_err(|error| BuildError::Cors(error.to_string()))?;
         let access = Arc::new(AccessVerifier::new(
             keys.clone(),
-            access_cookie.clone(),
+            cookie_mode,
             gate.clone(),
             clock.clone(),
             fail.revocation,
@@ -181,7 +178,7 @@ impl App {
                 reset_ttl: tokens.reset_ttl,
                 max_failures: i32::try_from(config.lockout.max_failures).unwrap_or(i32::MAX),
                 lock_for: config.lockout.duration,
-                access_cookie,
+                cookie_mode,
                 max_body_bytes: server.max_auth_body_bytes,
                 body_read_timeout: server.body_read_timeout,
                 limits: AuthLimits {

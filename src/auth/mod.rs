@@ -59,8 +59,8 @@ pub struct AuthSettings {
     pub reset_ttl: Duration,
     pub max_failures: i32,
     pub lock_for: Duration,
-    /// The access-token cookie, when cookie mode is on.
-    pub access_cookie: Option<String>,
+    /// Cookie mode: sign-in answers also set the session cookies of contract 7.
+    pub cookie_mode: bool,
     /// `/auth` bodies are small JSON documents; anything larger is refused early.
     pub max_body_bytes: usize,
     /// How long the body of a request may stay silent.

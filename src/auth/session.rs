@@ -623,7 +623,7 @@ impl AuthService {
         response: &mut http::Response<crate::proxy::response_body::GatewayBody>,
         body: &serde_json::Value,
     ) {
-        if self.settings.access_cookie.is_none() {
+        if !self.settings.cookie_mode {
             return;
         }
         let access_token = body["access_token"].as_str().unwrap_or_default();
