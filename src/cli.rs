@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,12 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Exit 0 when this host's gateway answers ready on its ops listener, 1 otherwise
+    /// (for container health checks).
+    Health {
+        #[arg(long, default_value = "config/gateway.yaml")]
+        config: PathBuf,
     },
     /// Manage users.
     User {
@@ -89,6 +96,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Migrate { config } => migrate(&config),
+        Command::Health { config } => health(&config),
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => policy_check(&file),
@@ -283,6 +291,24 @@ fn serve(config_path: &std::path::Path) -> ExitCode {
             Err(error) => fail(error),
         }
     })
+}
+
+fn health(config_path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(error) => return fail(error),
+    };
+    // Shorter than any sensible health-check timeout, so the probe reports the reason
+    // itself rather than being killed.
+    let probe = server::ops::probe_ready(config.server.ops_listen, Duration::from_secs(3));
+    match block_on(probe) {
+        Ok(Ok(())) => {
+            println!("ready");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(reason)) => fail(format!("not ready: {reason}")),
+        Err(code) => code,
+    }
 }
 
 /// A runtime for the one-shot commands.

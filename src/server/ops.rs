@@ -3,8 +3,10 @@
 //! own checks or limits.
 
 use std::convert::Infallible;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
@@ -12,7 +14,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::app::App;
@@ -100,4 +103,49 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<GatewayBody> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// Asks the ops listener at `listen` whether this gateway is ready, for `portcullis health`
+/// (a container's health check). An unspecified listen address (`0.0.0.0`, `[::]`) is
+/// reached over loopback, since a probe runs on the gateway's own host. `Ok` only for a 200
+/// from `/readyz`; otherwise what is wrong, in one line.
+pub async fn probe_ready(listen: std::net::SocketAddr, timeout: Duration) -> Result<(), String> {
+    let mut target = listen;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            std::net::SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let exchange = async {
+        let mut stream = TcpStream::connect(target)
+            .await
+            .map_err(|error| format!("cannot reach the ops listener at {target}: {error}"))?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|error| format!("cannot ask {target}: {error}"))?;
+        let mut answer = Vec::new();
+        // The readiness answer is a few hundred bytes; more than this is not our listener.
+        stream
+            .take(64 * 1024)
+            .read_to_end(&mut answer)
+            .await
+            .map_err(|error| format!("no answer from {target}: {error}"))?;
+        Ok::<_, String>(answer)
+    };
+    let answer = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer from {target} within {timeout:?}"))??;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    if status == "200" {
+        return Ok(());
+    }
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    let detail = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|json| json.get("detail")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{target} answered status {status:?}"));
+    Err(detail)
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use crate::harness::{base_config_yaml, temp_dir, Client, Pki, Protocol, Upstream};
+use crate::harness::{base_config_yaml, temp_dir, Client, Pki, Protocol, Upstream, REDIS_URL};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_portcullis");
 
@@ -544,6 +544,67 @@ async fn sigterm_drains_and_exits_zero() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Runs `portcullis health` against a config whose ops listener is `ops`.
+fn health(ops: SocketAddr) -> std::process::Output {
+    let dir = temp_dir("health");
+    let config = dir.join("gateway.yaml");
+    let yaml = base_config_yaml("http://127.0.0.1:1")
+        .replace("ops_listen: 127.0.0.1:0", &format!("ops_listen: {ops}"));
+    std::fs::write(&config, yaml).unwrap();
+    Command::new(BINARY)
+        .args(["health", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_zero_only_while_the_gateway_answers_ready() {
+    let upstream = Upstream::start().await;
+    let ready = GatewayProcess::spawn(&base_config_yaml(&upstream.url()));
+    let ops = ready.ops;
+    let output = tokio::task::spawn_blocking(move || health(ops))
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{output:?}\n{}",
+        ready.log.lock().unwrap()
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ready\n");
+
+    // Redis unreachable: /readyz is 503 and the probe says why.
+    let refusing = refusing_address();
+    let redis_down = GatewayProcess::spawn(&base_config_yaml(&upstream.url()).replace(
+        REDIS_URL,
+        &format!("redis://{}/", refusing.local_addr().unwrap()),
+    ));
+    let ops = redis_down.ops;
+    let output = tokio::task::spawn_blocking(move || health(ops))
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not ready: Not ready: redis"), "{stderr}");
+
+    // Nothing listening at all.
+    let nothing = refusing.local_addr().unwrap();
+    let output = tokio::task::spawn_blocking(move || health(nothing))
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot reach the ops listener"), "{stderr}");
+}
+
+/// A socket whose connections are refused: bound but never listening, so no other test can
+/// take its port while it is held.
+fn refusing_address() -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket
 }
 
 fn write_certificate(dir: &Path, common_name: &str) -> Vec<u8> {
