@@ -155,6 +155,7 @@ pub async fn serve(
     let connection_slots = Arc::new(Semaphore::new(app.server.max_connections));
     let workers = crate::workers::Workers::start(app.worker_threads)?;
     let connections = Arc::new(Connections::new(&app.server));
+    let (stop_accepting, accepting_stopped) = watch::channel(false);
     let https = accept_https(
         listeners.https,
         app.clone(),
@@ -162,20 +163,28 @@ pub async fn serve(
         drain.clone(),
         connection_slots,
         &workers,
+        accepting_stopped.clone(),
     );
     let http = async {
-        match listeners.http {
-            Some(listener) => redirect::serve(listener, app.clone(), drain.clone()).await,
-            None => std::future::pending().await,
+        if let Some(listener) = listeners.http {
+            redirect::serve(listener, app.clone(), drain.clone(), accepting_stopped).await;
         }
     };
-    tokio::select! {
-        () = https => {}
-        () = http => {}
-        () = shutdown => {}
+    {
+        let accepting = async { tokio::join!(https, http) };
+        let mut accepting = std::pin::pin!(accepting);
+        tokio::select! {
+            _ = accepting.as_mut() => {}
+            () = shutdown => {}
+        }
+        // Balancers polling /readyz see 503 from here on.
+        app.draining.store(true, Ordering::SeqCst);
+        // The accept loops take what the kernel has already queued, then close their
+        // listeners: from then on new connections are refused (a balancer retries those
+        // elsewhere), and none that the kernel completed is reset unserved.
+        let _ = stop_accepting.send(true);
+        accepting.await;
     }
-    // The accept loops are gone and their listeners closed: new connections are refused.
-    app.draining.store(true, Ordering::SeqCst);
     tracing::info!(
         drain_timeout_s = app.server.drain_timeout.as_secs_f64(),
         "shutting down: draining connections"
@@ -215,38 +224,59 @@ async fn accept_https(
     drain: Arc<Drain>,
     slots: Arc<Semaphore>,
     workers: &crate::workers::Workers,
+    mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Running out of file descriptors must not end the accept loop.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let admit = |stream: TcpStream, peer: SocketAddr| {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             app.metrics.connection_rejected();
             drop(stream);
-            continue;
+            return;
         };
         // The socket moves to a worker's own event loop: deregister it from this one.
         let Ok(stream) = stream.into_std() else {
-            continue;
+            return;
         };
-        let drain = drain.clone();
+        // Taken here, before the handshake, so that a drain waits for this connection too.
+        let ticket = drain.ticket();
         let app = app.clone();
         let connections = connections.clone();
         workers.spawn(async move {
             app.metrics.connection_opened();
             if let Ok(stream) = TcpStream::from_std(stream) {
-                serve_https_connection(stream, peer, &app, &connections, &drain).await;
+                serve_https_connection(stream, peer, &app, &connections, ticket).await;
             }
             app.metrics.connection_closed();
             drop(slot);
         });
+    };
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => admit(stream, peer),
+            Err(error) => {
+                // Running out of file descriptors must not end the accept loop.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
+    while let Some((stream, peer)) = queued_connection(&listener).await {
+        admit(stream, peer);
+    }
+}
+
+/// A connection the kernel has already completed and queued on `listener`, without waiting
+/// for one. Closing a listener resets every queued connection, which the client sees as a
+/// failed request after a successful connect (and a balancer cannot retry elsewhere).
+pub(crate) async fn queued_connection(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|context| match listener.poll_accept(context) {
+        std::task::Poll::Ready(Ok(accepted)) => std::task::Poll::Ready(Some(accepted)),
+        std::task::Poll::Ready(Err(_)) | std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 async fn serve_https_connection(
@@ -254,7 +284,7 @@ async fn serve_https_connection(
     peer: SocketAddr,
     app: &App,
     connections: &Connections,
-    drain: &Drain,
+    ticket: DrainTicket,
 ) {
     let _ = stream.set_nodelay(true);
     let acceptor = app.tls.acceptor();
@@ -295,16 +325,25 @@ async fn serve_https_connection(
     // versions apart, which a client sending nothing (or a head the guard holds) never gives.
     let io = TokioIo::new(io);
     let outcome = if is_h2 {
+        // A GOAWAY that still serves every stream the client has already sent, so a
+        // connection accepted during the drain is shut down at once without loss.
         let connection = connections.http2.serve_connection(io, service);
-        drain
+        ticket
             .watch(connection, |connection| connection.graceful_shutdown())
             .await
+    } else if ticket.accepted_while_draining() {
+        // Asking an HTTP/1 connection that has not been read yet to shut down closes it
+        // unanswered; instead it serves one request and closes.
+        let mut http1 = connections.http1.clone();
+        http1.keep_alive(false);
+        let connection = http1.serve_connection(io, service).with_upgrades();
+        ticket.hold(connection).await
     } else {
         let connection = connections
             .http1
             .serve_connection(io, service)
             .with_upgrades();
-        drain
+        ticket
             .watch(connection, |connection| connection.graceful_shutdown())
             .await
     };
@@ -323,40 +362,62 @@ async fn serve_https_connection(
 
 /// Tells open connections to finish their requests and close, and waits until they have.
 pub(crate) struct Drain {
-    signal: watch::Sender<()>,
+    draining: watch::Sender<bool>,
+}
+
+/// One connection's place in the drain: the drain waits until every ticket is dropped.
+pub(crate) struct DrainTicket {
+    draining: watch::Receiver<bool>,
 }
 
 impl Drain {
     fn new() -> Drain {
         Drain {
-            signal: watch::channel(()).0,
+            draining: watch::channel(false).0,
         }
     }
 
-    /// Serves `connection` until it ends; once draining starts, `shutdown` asks it to
-    /// finish what is in flight and close. The drain waits for the returned future.
-    pub(crate) fn watch<C: Future>(
-        &self,
+    /// A ticket for a connection just accepted.
+    pub(crate) fn ticket(&self) -> DrainTicket {
+        DrainTicket {
+            draining: self.draining.subscribe(),
+        }
+    }
+
+    /// Starts draining and resolves once every ticket has been dropped.
+    async fn finish(&self) {
+        self.draining.send_replace(true);
+        self.draining.closed().await;
+    }
+}
+
+impl DrainTicket {
+    /// Whether the drain had already begun when this connection was accepted (it came out
+    /// of the listener's queue on the way down).
+    pub(crate) fn accepted_while_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Serves `connection` until it ends; once draining starts (or if it already has),
+    /// `shutdown` asks it to finish what is in flight and close.
+    pub(crate) async fn watch<C: Future>(
+        mut self,
         connection: C,
         shutdown: impl FnOnce(Pin<&mut C>),
-    ) -> impl Future<Output = C::Output> {
-        let mut draining = self.signal.subscribe();
-        async move {
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                output = connection.as_mut() => return output,
-                _ = draining.changed() => shutdown(connection.as_mut()),
-            }
-            let output = connection.await;
-            drop(draining);
-            output
+    ) -> C::Output {
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            output = connection.as_mut() => return output,
+            _ = self.draining.wait_for(|draining| *draining) => shutdown(connection.as_mut()),
         }
+        connection.await
     }
 
-    /// Starts draining and resolves once every watched connection has ended.
-    async fn finish(&self) {
-        let _ = self.signal.send(());
-        self.signal.closed().await;
+    /// Serves `connection` until it ends, holding the drain until then.
+    pub(crate) async fn hold<C: Future>(self, connection: C) -> C::Output {
+        let output = connection.await;
+        drop(self);
+        output
     }
 }
 

@@ -12,20 +12,22 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
-use super::Drain;
+use super::{queued_connection, Drain};
 use crate::app::App;
 use crate::proxy::respond::json_error;
 use crate::proxy::response_body::GatewayBody;
 
-pub(super) async fn serve(listener: TcpListener, app: Arc<App>, drain: Arc<Drain>) {
-    loop {
-        let Ok((stream, _peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let drain = drain.clone();
+pub(super) async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    drain: Arc<Drain>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let admit = |stream: TcpStream| {
+        let ticket = drain.ticket();
         let app = app.clone();
         tokio::spawn(async move {
             let public_url: Arc<str> = app.server.public_url.as_str().into();
@@ -38,11 +40,32 @@ pub(super) async fn serve(listener: TcpListener, app: Arc<App>, drain: Arc<Drain
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10));
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let _ = drain
-                .watch(connection, |connection| connection.graceful_shutdown())
-                .await;
+            if ticket.accepted_while_draining() {
+                // One answer, then close: see serve_https_connection.
+                builder.keep_alive(false);
+                let _ = ticket
+                    .hold(builder.serve_connection(TokioIo::new(stream), service))
+                    .await;
+            } else {
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let _ = ticket
+                    .watch(connection, |connection| connection.graceful_shutdown())
+                    .await;
+            }
         });
+    };
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => admit(stream),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    while let Some((stream, _peer)) = queued_connection(&listener).await {
+        admit(stream);
     }
 }
 

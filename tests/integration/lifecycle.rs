@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::TestGateway;
+use crate::harness::{base_config, empty, tls_over, TestGateway, Upstream};
 
 #[tokio::test]
 async fn ops_endpoints_report_health_readiness_and_metrics() {
@@ -66,6 +66,65 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     assert_eq!(response.status, 200);
     assert_eq!(&response.body[..], b"released");
     gateway.stopped().await;
+}
+
+/// A balancer connects, the kernel completes the connection, and the gateway is told to stop
+/// before it accepted it: the connection must be served, never reset unanswered (which the
+/// balancer cannot retry elsewhere, unlike a refused connect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_queued_when_shutdown_begins_are_served_not_reset() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    use portcullis::app::App;
+    use portcullis::server::{self, Listeners};
+
+    let upstream = Upstream::start().await;
+    let config = base_config(&upstream.url(), 1);
+    let app = App::build(&config).unwrap();
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let (https, http) = (listeners.https_addr(), listeners.http_addr().unwrap());
+    // Connected before the gateway runs at all: the kernel holds them in the listeners'
+    // queues, as it does for connections arriving just as a SIGTERM does.
+    let mut queued_https = Vec::new();
+    for _ in 0..6 {
+        queued_https.push(tokio::net::TcpStream::connect(https).await.unwrap());
+    }
+    let queued_http = tokio::net::TcpStream::connect(http).await.unwrap();
+    let server = tokio::spawn(server::serve(app, listeners, async {}));
+
+    for tcp in queued_https {
+        let tls = tls_over(tcp, &[b"http/1.1"]).await;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get("/queued")
+            .header("host", "localhost")
+            .body(empty())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["connection"], "close");
+        response.into_body().collect().await.unwrap();
+    }
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(queued_http))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get("/plain")
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 308);
+
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the drain ends once the queued connections are served")
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(https).await.is_err());
+    assert_eq!(upstream.seen_count(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -431,8 +431,12 @@ impl Drop for TestGateway {
 }
 
 pub async fn tls_connect(addr: SocketAddr, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    tls_over(TcpStream::connect(addr).await.unwrap(), alpn).await
+}
+
+/// TLS with the gateway over a TCP connection already made.
+pub async fn tls_over(tcp: TcpStream, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
     let connector = TlsConnector::from(Pki::shared().client_config(alpn));
-    let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
