@@ -13,6 +13,8 @@ use crate::load::Load;
 use crate::stack::Stack;
 
 const REPLICAS: usize = 3;
+/// `redis.revocation_lease` in config/gateway.compose.yaml.
+const LEASE: Duration = Duration::from_secs(2);
 
 struct Fleet {
     stack: Stack,
@@ -155,6 +157,20 @@ async fn three_gateways_behind_a_balancer_under_faults() {
         &fleet.containers[cut],
     ]);
     let logout_took = logout(fleet.gateway(0), &victim.bearer()).await;
+    until(
+        "the cut-off replica stops trusting its revocation copy",
+        LEASE + Duration::from_secs(3),
+        || async {
+            plain_get(fleet.ops(cut), "/metrics")
+                .await
+                .is_ok_and(|(_, metrics)| {
+                    metrics.contains("\nportcullis_revocation_copy_trusted 0\n")
+                })
+        },
+    )
+    .await;
+    let untrusted = cut_off.elapsed();
+    assert!(untrusted < LEASE + Duration::from_secs(3), "{untrusted:?}");
     let not_ready = until(
         "the cut-off replica says it is not ready",
         Duration::from_secs(10),
@@ -174,8 +190,9 @@ async fn three_gateways_behind_a_balancer_under_faults() {
     }
     let answer_while_cut = hello(fleet.gateway(cut), &victim.bearer()).await.unwrap();
     eprintln!(
-        "e2e: replica cut off from Redis: logout elsewhere took {logout_took:?}, /readyz 503 \
-         after {not_ready:?}, the revoked token gets {answer_while_cut} there"
+        "e2e: replica cut off from Redis: logout elsewhere took {logout_took:?}, copy \
+         untrusted {untrusted:?} after the cut (lease {LEASE:?}), /readyz 503 after \
+         {not_ready:?} more, the revoked token gets {answer_while_cut} there"
     );
     stack.docker(&[
         "network",

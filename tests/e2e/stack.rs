@@ -91,12 +91,20 @@ pub struct Stack {
     /// The gateway's config directory, a copy the test may edit (mounted read-only).
     pub config_dir: PathBuf,
     down_on_drop: bool,
+    /// One stack at a time: each is a dozen processes on a machine of two cores, and the
+    /// tests measure how the stack behaves, not how it shares a CPU.
+    _alone: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Stack {
     /// A stack named after `label` and this process, with a copy of config/ to mount, the
     /// user's compose file, the local image sources and `extra_files` (repository paths).
     pub fn new(label: &str, extra_files: &[&str]) -> Stack {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        // A test that failed with its stack up poisons the lock; the next one still runs.
+        let alone = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         images();
         let project = format!("pce2e{}{}", label, std::process::id());
         let config_dir = std::env::temp_dir().join(format!("{project}-config"));
@@ -138,6 +146,7 @@ impl Stack {
             env,
             config_dir,
             down_on_drop: std::env::var_os("PORTCULLIS_E2E_KEEP").is_none(),
+            _alone: alone,
         }
     }
 

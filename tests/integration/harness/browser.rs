@@ -95,6 +95,8 @@ impl Browser {
             "--headless".to_string(),
             "--no-sandbox".to_string(),
             "--disable-gpu".to_string(),
+            // A container's /dev/shm is 64 MiB; Chromium then keeps its shared memory in /tmp.
+            "--disable-dev-shm-usage".to_string(),
             "--no-first-run".to_string(),
             "--disable-background-networking".to_string(),
             "--disable-component-update".to_string(),
