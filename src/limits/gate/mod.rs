@@ -11,7 +11,8 @@
 //! as one pipeline. While that round trip is out, new checks wait for the next one, so a batch
 //! grows with the load and a quiet gateway sends each check at once. A check that goes to
 //! Redis goes after its request arrived, so a revocation is seen on the very next request
-//! (the copy below keeps that promise its own way).
+//! (the copy below keeps that promise its own way). In a Redis Cluster the batch goes as one
+//! pipeline per hash slot, sent together ([`plan::Plan::parts`], `batch.rs`).
 //!
 //! **Two kinds of bucket.** A limit below [`window::EXACT_BELOW`] a window (login's 5 a
 //! minute, register's 3 an hour) is a sliding log, decided exactly in Redis by a short
