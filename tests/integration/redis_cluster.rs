@@ -241,3 +241,43 @@ async fn the_revocation_master_restarting_empty_fails_closed_then_heals_without_
         .unwrap();
     assert!(epoch_again.is_some(), "a new epoch beside the revocations");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_before_its_cluster_serves_once_the_cluster_is_up() {
+    let mut cluster = RedisCluster::reserve();
+    let (gateway, _) =
+        TestGateway::with_policy(POLICY, |config| on_cluster(config, &cluster, SHORT_LEASE)).await;
+    assert_eq!(gateway.ops_get("/readyz").await.status, 503);
+    // No Redis: the limit cannot be checked, and Redis errors deny here.
+    let refused = get_from(&gateway, "203.0.113.8", "/limited/page").await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+
+    cluster.create().await;
+    let served = tokio::time::timeout(DEADLINE, async {
+        while get_from(&gateway, "203.0.113.9", "/limited/page")
+            .await
+            .status
+            != 200
+        {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "served once the cluster is up");
+    let account = gateway.signup("cluster-late").await;
+    let tokens = gateway.tokens(&account).await;
+    assert_eq!(status(&gateway, &tokens.access).await, 200);
+    gateway.revocation_copy_trusted().await;
+    let ready = tokio::time::timeout(DEADLINE, async {
+        while gateway.ops_get("/readyz").await.status != 200 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "ready once the cluster is up");
+    let logout = gateway
+        .call("POST", "/auth/logout", None, Some(&tokens.access))
+        .await;
+    assert_eq!(logout.status, 204, "{logout:?}");
+    assert_eq!(status(&gateway, &tokens.access).await, 401);
+}

@@ -25,15 +25,30 @@ struct Node {
 
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
-        let dir = super::temp_dir("redis-cluster");
-        let mut cluster = RedisCluster {
-            dir,
-            nodes: Vec::new(),
-        };
-        for _ in 0..3 {
-            let port = free_port_pair();
-            cluster.nodes.push(Node { port, child: None });
-            cluster.spawn(cluster.nodes.len() - 1);
+        let mut cluster = Self::reserve();
+        cluster.create().await;
+        cluster
+    }
+
+    /// Ports and a directory for a cluster, nothing started yet: [`RedisCluster::create`]
+    /// starts it.
+    pub fn reserve() -> RedisCluster {
+        RedisCluster {
+            dir: super::temp_dir("redis-cluster"),
+            nodes: (0..3)
+                .map(|_| Node {
+                    port: free_port_pair(),
+                    child: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Starts the reserved masters and joins them into a cluster.
+    pub async fn create(&mut self) {
+        let cluster = self;
+        for index in 0..cluster.nodes.len() {
+            cluster.spawn(index);
         }
         for index in 0..cluster.nodes.len() {
             cluster.answering(index).await;
@@ -60,7 +75,6 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stdout)
         );
         cluster.settled().await;
-        cluster
     }
 
     /// `redis://127.0.0.1:<port>` of every node: the gateway's seed nodes.
