@@ -183,8 +183,11 @@ async fn a_logout_through_one_instance_is_refused_by_the_other_on_the_next_reque
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_revocation_master_restarting_empty_fails_closed_then_heals_without_forgetting() {
+    // A lease far longer than the outage: trust must end because the subscription's loss is
+    // seen at once (the crate's Disconnection push), not because the lease ran out.
+    let lease = Duration::from_secs(60);
     let mut cluster = RedisCluster::start().await;
-    let (first, second) = two_instances(&cluster, SHORT_LEASE).await;
+    let (first, second) = two_instances(&cluster, lease).await;
     let account = first.signup("cluster-restart").await;
     let revoked = first.tokens(&account).await;
     let kept = first.tokens(&account).await;
@@ -202,6 +205,16 @@ async fn the_revocation_master_restarting_empty_fails_closed_then_heals_without_
         + second.metric("portcullis_revocation_rebuilds_total").await;
 
     cluster.kill(master);
+    let killed = Instant::now();
+    first.revocation_copy_untrusted().await;
+    second.revocation_copy_untrusted().await;
+    // Renewed every quarter lease (15 s), a copy could also lose trust at a failed renewal:
+    // this bound holds either way, and fails only if the loss went unseen.
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "trust ended {:?} after the master died",
+        killed.elapsed()
+    );
     // revocation_on_redis_error: deny (the default). Once an instance has noticed, a live
     // token cannot be checked, and is refused with a 503, never let through unchecked.
     for (gateway, name) in [(&first, "first"), (&second, "second")] {
@@ -266,7 +279,9 @@ async fn a_gateway_started_before_its_cluster_serves_once_the_cluster_is_up() {
     assert!(served.is_ok(), "served once the cluster is up");
     let account = gateway.signup("cluster-late").await;
     let tokens = gateway.tokens(&account).await;
-    assert_eq!(status(&gateway, &tokens.access).await, 200);
+    // Until the first rebuild from Postgres is done (the cluster is new and empty), a
+    // signed-in request fails closed; then it passes.
+    until_status(&gateway, &tokens.access, 200, false, "once rebuilt").await;
     gateway.revocation_copy_trusted().await;
     let ready = tokio::time::timeout(DEADLINE, async {
         while gateway.ops_get("/readyz").await.status != 200 {
