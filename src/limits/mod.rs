@@ -39,7 +39,6 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::Slot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -259,12 +258,6 @@ impl Redis {
     /// `<prefix><kind>:{<bucket>}`: see [`bucket_key`].
     pub fn bucket_key(&self, kind: &str, bucket: &str) -> String {
         bucket_key(&self.inner.prefix, kind, bucket)
-    }
-
-    /// Which commands may share a pipeline with a command on `key`: those on keys of the same
-    /// slot in a cluster (None: any, in a single Redis).
-    pub fn slot(&self, key: &str) -> Option<Slot> {
-        self.is_cluster().then(|| Slot::for_key(key))
     }
 
     /// `PUBLISH` in a single Redis, `SPUBLISH` in a cluster: classic pub/sub in a cluster

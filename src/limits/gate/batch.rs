@@ -14,6 +14,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 
+use redis::cluster_routing::Slot;
 use tokio::sync::oneshot;
 
 use super::plan::{Answer, Counters, GiveBack, Keyed, Part, Plan, Replies};
@@ -149,7 +150,11 @@ impl Gate {
 
         let redis = &self.inner.redis;
         let connection = redis.connection();
-        let parts = plan.parts(|key| redis.slot(key));
+        // A single Redis takes the batch whole: no key is hashed for it.
+        let parts = match redis.is_cluster() {
+            true => plan.parts(|key| Slot::for_key(key)),
+            false => vec![plan.whole()],
+        };
         self.inner
             .round_trips
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
@@ -205,7 +210,10 @@ impl Gate {
         if give_back.is_empty() {
             return;
         }
-        let parts = give_back.split(|key| redis.slot(key));
+        let parts = match redis.is_cluster() {
+            true => give_back.split(|key| Slot::for_key(key)),
+            false => vec![give_back],
+        };
         self.inner
             .round_trips
             .fetch_add(parts.len() as u64, Ordering::Relaxed);

@@ -475,6 +475,17 @@ impl<'a> Plan<'a> {
         parts.parts
     }
 
+    /// The whole batch as one part: what [`Plan::parts`] makes when every key is in one
+    /// group, without grouping anything.
+    pub(super) fn whole(&self) -> Part {
+        Part {
+            counters: (0..self.counters.len()).collect(),
+            logs: (0..self.logs.len()).collect(),
+            reads: (0..self.reads.len()).collect(),
+            epoch: self.epoch.is_some(),
+        }
+    }
+
     /// Each check's answer from what Redis replied, `worker`'s leases updated to the places
     /// this batch took ahead, and what goes back. `intact`: whether the revocations read can
     /// be believed (Redis still held the epoch); when not, token checks fail as `Rebuilding`
@@ -1533,16 +1544,14 @@ mod tests {
     fn in_a_single_redis_a_batch_is_one_pipeline_in_batch_order() {
         let (checks, epoch) = tagged_batch();
         let plan = Plan::new(&checks, Some(epoch), &Counters::default());
-        let parts = plan.parts(|_| ());
-        assert_eq!(
-            parts,
-            [Part {
-                counters: (0..plan.counters.len()).collect(),
-                logs: (0..plan.logs.len()).collect(),
-                reads: (0..plan.reads.len()).collect(),
-                epoch: true,
-            }]
-        );
+        let whole = Part {
+            counters: (0..plan.counters.len()).collect(),
+            logs: (0..plan.logs.len()).collect(),
+            reads: (0..plan.reads.len()).collect(),
+            epoch: true,
+        };
+        assert_eq!(plan.parts(|_| ()), std::slice::from_ref(&whole));
+        assert_eq!(plan.whole(), whole);
     }
 
     #[test]
