@@ -12,9 +12,9 @@
 //! `redis.cluster_nodes`, which sends each command to the master that holds its key's slot.
 //! The rest of the code uses either the same way, with two rules that a cluster imposes:
 //! the keys of one multi-key command or script, and of one pipeline, must share a slot; and
-//! revocations are published with sharded pub/sub (`SPUBLISH`), whose receiver count covers
-//! every subscriber (see `subscription.rs`). Both hold in a single Redis too, so there is one
-//! key layout for both.
+//! revocations are published with sharded pub/sub (`SPUBLISH`, [`Redis::publish`]), whose
+//! receiver count covers every subscriber (see `subscription.rs`). The keys are laid out for
+//! the first rule in a single Redis too, where hash tags cost nothing: one layout for both.
 //!
 //! **Keys and hash tags.** Every key starts with `redis.key_prefix`, and carries a hash tag (the
 //! part in braces, which alone decides the slot in a cluster):
