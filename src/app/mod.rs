@@ -19,7 +19,7 @@ use crate::config::{Config, ServerConfig};
 use crate::limits::feed::RevocationFeed;
 use crate::limits::gate::Gate;
 use crate::limits::revocation::Revocations;
-use crate::limits::{Redis, RedisError};
+use crate::limits::{Redis, RedisError, Target as RedisTarget};
 use crate::live_policy::PolicySource;
 use crate::mail::{MailError, OutboxWorker};
 use crate::password::{PasswordError, PasswordHasher};
@@ -111,8 +111,19 @@ impl App {
             config.database.max_connections,
             config.database.connect_timeout,
         )?;
+        let cluster_nodes: Vec<&str> = config
+            .redis
+            .cluster_nodes
+            .iter()
+            .map(|node| node.expose())
+            .collect();
+        let target = if cluster_nodes.is_empty() {
+            RedisTarget::Single(config.redis.url.expose())
+        } else {
+            RedisTarget::Cluster(&cluster_nodes)
+        };
         let redis = Redis::connect_for_workers(
-            config.redis.url.expose(),
+            target,
             &config.redis.key_prefix,
             config.redis.timeout,
             worker_threads,

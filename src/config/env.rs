@@ -412,6 +412,60 @@ mod tests {
     }
 
     #[test]
+    fn env_overrides_the_redis_cluster_nodes_like_any_list() {
+        let nodes = |config: &Config| {
+            config
+                .redis
+                .cluster_nodes
+                .iter()
+                .map(|node| node.expose().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let config = parse_env(
+            "",
+            &[(
+                "PORTCULLIS_REDIS__CLUSTER_NODES",
+                "[redis://10.0.0.1:7000, redis://10.0.0.2:7000]",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            nodes(&config),
+            ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+        );
+        let config = parse_env(
+            "redis:\n  cluster_nodes: [redis://10.0.0.1:7000]\n",
+            &[(
+                "PORTCULLIS_REDIS__CLUSTER_NODES__1",
+                "redis://10.0.0.2:7000",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            nodes(&config),
+            ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+        );
+        let config = parse_env(
+            "",
+            &[(
+                "PORTCULLIS_REDIS__CLUSTER_NODES__0",
+                "redis://10.0.0.3:7000",
+            )],
+        )
+        .unwrap();
+        assert_eq!(nodes(&config), ["redis://10.0.0.3:7000"]);
+        let error = err(parse_env(
+            "",
+            &[("PORTCULLIS_REDIS__CLUSTER_NODES__0", "10.0.0.3:7000")],
+        ))
+        .to_string();
+        assert_eq!(
+            error,
+            "environment PORTCULLIS_REDIS__CLUSTER_NODES__0: redis.cluster_nodes[0]: must start with redis://"
+        );
+    }
+
+    #[test]
     fn env_overrides_a_sequence_element() {
         let config = parse_env(
             "",

@@ -308,7 +308,11 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    /// The single Redis; unused when `cluster_nodes` names a cluster.
     pub url: Secret,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`), from which the client learns the
+    /// others. Empty: the single Redis at `url`. Secrets, as they may carry a password.
+    pub cluster_nodes: Vec<Secret>,
     pub key_prefix: String,
     #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
@@ -326,6 +330,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: Secret::new("redis://127.0.0.1:6379/"),
+            cluster_nodes: Vec::new(),
             key_prefix: "portcullis:".to_owned(),
             timeout: Duration::from_secs(1),
             revocation_feed: true,

@@ -73,6 +73,39 @@ fn is_own_origin_path(path: &str) -> bool {
         })
 }
 
+/// A Redis Cluster seed node: `redis://[user:password@]host[:port][/0]`. Never echoed: it may
+/// carry a password.
+fn check_cluster_node(text: &str) -> Result<(), &'static str> {
+    const SHAPE: &str = "must be a redis://host:port URL";
+    if !text.starts_with("redis://") {
+        return Err("must start with redis://");
+    }
+    if text.contains(['#', '?']) {
+        return Err(SHAPE);
+    }
+    let uri = text.parse::<Uri>().map_err(|_| SHAPE)?;
+    let Some(authority) = uri.authority() else {
+        return Err(SHAPE);
+    };
+    if authority.host().is_empty() {
+        return Err("has no host");
+    }
+    let host_and_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, rest)| rest);
+    let after_host = host_and_port
+        .rsplit_once(']')
+        .map_or(host_and_port, |(_, rest)| rest);
+    if after_host.contains(':') && authority.port_u16().is_none_or(|port| port == 0) {
+        return Err("has an invalid port");
+    }
+    if !matches!(uri.path(), "" | "/" | "/0") {
+        return Err("must not name a database: a cluster has only database 0");
+    }
+    Ok(())
+}
+
 fn require_positive(key: &str, value: Duration) -> Result<(), ValidationError> {
     if value.is_zero() {
         return Err(invalid(key, "must be greater than zero"));
@@ -359,6 +392,18 @@ impl Config {
             return Err(invalid(
                 "redis.url",
                 "must start with redis://, rediss://, redis+unix:// or unix://",
+            ));
+        }
+        for (index, node) in self.redis.cluster_nodes.iter().enumerate() {
+            check_cluster_node(node.expose())
+                .map_err(|message| invalid(format!("redis.cluster_nodes[{index}]"), message))?;
+        }
+        if !self.redis.cluster_nodes.is_empty() && self.redis.key_prefix.contains(['{', '}']) {
+            // The first `{...}` in a key is its hash tag: one in the prefix would put every key
+            // in one slot, and the keys' own tags would no longer say which keys go together.
+            return Err(invalid(
+                "redis.key_prefix",
+                "must not contain { or } with redis.cluster_nodes: braces in a key name its hash slot",
             ));
         }
         require_positive("redis.timeout", self.redis.timeout)?;
@@ -740,6 +785,68 @@ mod tests {
         assert_eq!(config.lockout.max_failures, 0);
     }
 
+    /// (seed node, the message it is refused with, or None when accepted).
+    const CLUSTER_NODES: &[(&str, Option<&str>)] = &[
+        ("redis://10.0.0.1:7000", None),
+        ("redis://10.0.0.1:7000/", None),
+        ("redis://10.0.0.1:7000/0", None),
+        ("redis://redis-1", None),
+        ("redis://[::1]:7000", None),
+        // A password belongs to the URL, as it does in redis.url.
+        ("redis://:s3cret@10.0.0.1:7000", None),
+        ("redis://user:s3cret@10.0.0.1:7000", None),
+        ("10.0.0.1:7000", Some("must start with redis://")),
+        ("rediss://10.0.0.1:7000", Some("must start with redis://")),
+        ("http://10.0.0.1:7000", Some("must start with redis://")),
+        ("redis://", Some("must be a redis://host:port URL")),
+        ("redis://:7000", Some("has no host")),
+        (
+            "redis://10.0.0.1:7000?protocol=3",
+            Some("must be a redis://host:port URL"),
+        ),
+        (
+            "redis://10.0.0.1:7000#x",
+            Some("must be a redis://host:port URL"),
+        ),
+        ("redis://10.0.0.1:99999", Some("has an invalid port")),
+        ("redis://10.0.0.1:0", Some("has an invalid port")),
+        ("redis://10.0.0.1:x", Some("has an invalid port")),
+        (
+            "redis://10.0.0.1:7000/3",
+            Some("must not name a database: a cluster has only database 0"),
+        ),
+    ];
+
+    #[test]
+    fn cluster_nodes_are_redis_urls_and_never_echoed() {
+        for &(node, refused) in CLUSTER_NODES {
+            let mut config = defaults();
+            config.redis.cluster_nodes =
+                vec![Secret::new("redis://10.0.0.9:7000"), Secret::new(node)];
+            match (config.validate(), refused) {
+                (Ok(()), None) => {}
+                (Err(error), Some(message)) => {
+                    assert_eq!(error.key, "redis.cluster_nodes[1]", "{node}");
+                    assert_eq!(error.message, message, "{node}");
+                }
+                (result, _) => panic!("{node}: {result:?}"),
+            }
+        }
+        let mut config = defaults();
+        config.redis.cluster_nodes = vec![Secret::new("redis://:s3cret@10.0.0.1:7000/5")];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn braces_in_the_key_prefix_are_refused_only_for_a_cluster() {
+        let mut config = defaults();
+        config.redis.key_prefix = "app{1}:".into();
+        assert_eq!(config.validate(), Ok(()), "harmless in a single Redis");
+        config.redis.cluster_nodes = vec![Secret::new("redis://10.0.0.1:7000")];
+        assert_eq!(config.validate().unwrap_err().key, "redis.key_prefix");
+    }
+
     #[test]
     fn public_url_must_be_an_https_origin() {
         for refused in [
@@ -1063,6 +1170,20 @@ mod tests {
         assert_eq!(
             invalid_key(|c| c.redis.url = Secret::new("http://x")),
             "redis.url"
+        );
+        assert_eq!(
+            invalid_key(|c| c.redis.cluster_nodes = vec![
+                Secret::new("redis://10.0.0.1:7000"),
+                Secret::new("10.0.0.2:7000"),
+            ]),
+            "redis.cluster_nodes[1]"
+        );
+        assert_eq!(
+            invalid_key(|c| {
+                c.redis.cluster_nodes = vec![Secret::new("redis://10.0.0.1:7000")];
+                c.redis.key_prefix = "app{1}:".into();
+            }),
+            "redis.key_prefix"
         );
         assert_eq!(invalid_key(|c| c.smtp.username = Some("u".into())), "smtp");
         assert_eq!(

@@ -2,7 +2,7 @@
 //! so a Redis that lost its data (restarted without persistence, flushed, failed over to an
 //! empty replica) is rebuilt from Postgres before anyone believes what it says.
 //!
-//! **The epoch.** `{prefix}revocation:epoch` holds a random value, set (`SET NX`, no expiry)
+//! **The epoch.** `<prefix>{revocation}:epoch` holds a random value, set (`SET NX`, no expiry)
 //! only once the revocation state in Redis is complete: after a rebuild from Postgres. Losing
 //! the data loses the key, so a reading that finds the key says nothing was lost since it was
 //! set, and a reading that finds none says revocations may be missing. Whoever reads
@@ -18,6 +18,11 @@
 //!
 //! What this does not see: a failover that keeps the epoch but loses the last few writes
 //! (a replica that was slightly behind). The epoch detects a Redis that lost everything.
+//!
+//! In a Redis Cluster, the epoch shares the revocation keys' hash tag and so their master
+//! (see `revocation_key` in `mod.rs`): what empties that master empties the epoch with it.
+//! Masters holding only rate-limit counters may restart empty unnoticed; that costs a
+//! window's counts, never a revocation.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -140,8 +145,8 @@ impl Durability {
     pub fn new(redis: Redis, clock: Arc<Clock>, keep: Duration, record: Option<Store>) -> Self {
         Durability {
             inner: Arc::new(Inner {
-                epoch_key: redis.key(&["revocation", "epoch"]),
-                lock_key: redis.key(&["revocation", "rebuild-lock"]),
+                epoch_key: redis.revocation_key(&["epoch"]),
+                lock_key: redis.revocation_key(&["rebuild-lock"]),
                 redis,
                 clock,
                 keep,
@@ -155,7 +160,7 @@ impl Durability {
         }
     }
 
-    /// `{prefix}revocation:epoch`, which readers of revocations read after them.
+    /// `<prefix>{revocation}:epoch`, which readers of revocations read after them.
     pub fn epoch_key(&self) -> &str {
         &self.inner.epoch_key
     }
@@ -383,7 +388,7 @@ mod tests {
     async fn lose_epoch(prefix: &str) {
         let mut connection = test_redis::connect(prefix).connection();
         let _: () = connection
-            .del(format!("{prefix}revocation:epoch"))
+            .del(format!("{prefix}{{revocation}}:epoch"))
             .await
             .unwrap();
     }

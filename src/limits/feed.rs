@@ -8,16 +8,18 @@
 //! revocation to its copy, then acknowledges it to the writer. The writer answers its caller
 //! (the logout, say) only once every subscriber has acknowledged, or once a lease has passed.
 //!
-//! **Why the copy can be trusted: a lease.** The feed sends `PING` on its subscribed
-//! connection every quarter lease. Redis answers a subscribed connection in order, so the
-//! `PONG` arrives after every message published before Redis read the `PING`; the feed
-//! applies those first, then trusts its copy for one lease from when it *sent* the `PING`.
+//! **Why the copy can be trusted: a lease.** The feed confirms its subscription every quarter
+//! lease: a `PING` on its subscribed connection, which Redis answers in order, so the `PONG`
+//! arrives after every message published before Redis read the `PING` (in a cluster, a fence
+//! published to itself and received back, to the same effect: `subscription.rs`). The feed
+//! applies those messages first, then trusts its copy for one lease from when it *sent* the
+//! confirmation.
 //! A writer that has not heard from some subscriber waits out a whole lease after its
 //! publish was answered: the longest lease any instance has announced (instances announce
 //! theirs before they first trust their copy), so differently configured instances stay
-//! safe. By then that subscriber has either applied the revocation (any
-//! `PING` it sent since is answered after the message) or stopped trusting its copy, so the
-//! gate asks Redis for it, where the keys are already set. A feed that loses its connection
+//! safe. By then that subscriber has either applied the revocation (any confirmation it
+//! sent since is answered after the message) or stopped trusting its copy, so the gate asks
+//! Redis for it, where the keys are already set. A feed that loses its connection
 //! stops trusting at once, and trusts again only after reloading the list from the index.
 //!
 //! **Why the copy is never loaded from a Redis that lost its data.** Before loading, the feed
@@ -28,18 +30,27 @@
 //!
 //! Nothing here decides alone: an untrusted copy answers "don't know", and the gate then
 //! reads Redis exactly as it does without a feed.
+//!
+//! **In a Redis Cluster** the same holds with sharded pub/sub: the channels, the index, the
+//! lease and the epoch share the revocation hash tag, so they live on one master, whose
+//! `SPUBLISH` count covers every instance's subscription (each subscribes there). A restart
+//! of that master closes every subscription and takes the epoch with the data. What this
+//! does not close: an instance still subscribed to a master that has just handed the slot
+//! to another (a failover, a resharding) is not counted by the next publish there; Redis
+//! unsubscribes it (or its connection drops) and it stops trusting at once, but a writer
+//! in that instant waits for its acknowledgement no longer than for the others'.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::Notify;
 
 use super::durability::{Durability, EpochReading, RebuildError, Restore};
-use super::Redis;
+use super::subscription::Subscription;
+use super::{Connection, Redis};
 use crate::clock::Clock;
 use crate::store::Store;
 
@@ -116,15 +127,15 @@ pub struct RevocationFeed {
 struct Inner {
     redis: Redis,
     clock: Arc<Clock>,
-    /// `{prefix}revocations`, where revocations are published.
+    /// `<prefix>{revocation}:feed`, where revocations are published.
     channel: String,
-    /// `{prefix}revocation-acks:{instance}`, where this instance's revocations are
+    /// `<prefix>{revocation}:acks:<instance>`, where this instance's revocations are
     /// acknowledged.
     acks_channel: String,
-    /// `{prefix}revocation-index`: every revocation in force, scored by when it may be
+    /// `<prefix>{revocation}:index`: every revocation in force, scored by when it may be
     /// forgotten (unix ms).
     index: String,
-    /// `{prefix}revocation-lease`: the longest lease any instance has announced (ms), which
+    /// `<prefix>{revocation}:lease`: the longest lease any instance has announced (ms), which
     /// is how long a writer must wait for an instance that does not acknowledge.
     longest_lease: String,
     instance: String,
@@ -170,10 +181,10 @@ impl RevocationFeed {
         RevocationFeed {
             inner: Arc::new(Inner {
                 durability: Durability::new(redis.clone(), clock.clone(), keep, record),
-                channel: redis.key(&["revocations"]),
-                acks_channel: redis.key(&["revocation-acks", &instance]),
-                index: redis.key(&["revocation-index"]),
-                longest_lease: redis.key(&["revocation-lease"]),
+                channel: redis.revocation_key(&["feed"]),
+                acks_channel: redis.revocation_key(&["acks", &instance]),
+                index: redis.revocation_key(&["index"]),
+                longest_lease: redis.revocation_key(&["lease"]),
                 redis,
                 clock,
                 instance,
@@ -260,7 +271,7 @@ impl RevocationFeed {
                 .join(";")
         );
         pipe.zscore(&inner.longest_lease, LONGEST)
-            .publish(&inner.channel, message);
+            .add_command(inner.redis.publish(&inner.channel, message));
         self.lock_acks().insert(publication, 0);
         let mut connection = inner.redis.connection();
         let receivers = pipe
@@ -341,11 +352,9 @@ impl RevocationFeed {
         // A complete state first, rebuilt from Postgres if Redis lost it. Not subscribed yet,
         // so the rebuild's own publications wait for no acknowledgement of this instance's.
         let epoch = inner.durability.ensure(writer).await?;
-        let pubsub = within(timeout, inner.redis.client().get_async_pubsub()).await?;
-        let (mut sink, mut messages) = pubsub.split();
-        within(
+        let mut subscription = within(
             timeout,
-            sink.subscribe(&[inner.channel.as_str(), inner.acks_channel.as_str()]),
+            Subscription::open(&inner.redis, &inner.channel, &inner.acks_channel),
         )
         .await?;
         // Subscribed first, then the index: a revocation published meanwhile is in one or the
@@ -384,30 +393,20 @@ impl RevocationFeed {
         loop {
             // Not biased: a steady stream of revocations must not hold off the lease renewal.
             tokio::select! {
-                message = messages.next() => match message {
-                    Some(message) => self.receive(&message),
-                    None => return Err(closed().into()),
-                },
+                message = subscription.next() => self.receive(&message?),
                 () = inner.durability.lost() => self.epoch_unchanged(&mut connection).await?,
                 () = tokio::time::sleep_until(next_ping) => {
                     let sent_ms = self.elapsed_ms();
-                    within(timeout, sink.ping::<redis::Value>()).await?;
+                    within(timeout, subscription.confirm(|message| self.receive(message)))
+                        .await?;
                     // One GET a quarter lease, off the requests' path: a Redis that lost its
                     // data while this connection stayed up (a flush, a failover behind a
                     // proxy) ends trust here, before it is renewed. A restart needs no GET:
                     // it closes the subscription.
                     self.epoch_unchanged(&mut connection).await?;
-                    // Every message published before the PING is queued now: apply them
-                    // before extending the lease.
-                    // Unconstrained: with the task's budget spent, a ready message could
-                    // read as not ready, and the lease would cover what was not applied.
-                    while let Ok(Some(message)) = tokio::task::unconstrained(
-                        tokio::time::timeout(Duration::ZERO, messages.next()),
-                    )
-                    .await
-                    {
-                        self.receive(&message);
-                    }
+                    // Every message published before the confirmation is received now:
+                    // apply them before extending the lease.
+                    subscription.drain(|message| self.receive(message)).await?;
                     inner.copy.write().unwrap_or_else(|e| e.into_inner())
                         .forget_until(inner.clock.unix_millis());
                     inner
@@ -427,10 +426,7 @@ impl RevocationFeed {
     }
 
     /// Reads the epoch: an error unless it is the one the copy was loaded under.
-    async fn epoch_unchanged(
-        &self,
-        connection: &mut redis::aio::ConnectionManager,
-    ) -> Result<(), RebuildError> {
+    async fn epoch_unchanged(&self, connection: &mut Connection) -> Result<(), RebuildError> {
         let durability = &self.inner.durability;
         let seen: Option<String> =
             within(self.inner.lease, connection.get(durability.epoch_key())).await?;
@@ -497,14 +493,12 @@ impl RevocationFeed {
         }
         // Applied: now the writer may be told. Sent from a task of its own so that the next
         // message is not held up by this round trip.
-        let acks_channel = inner.redis.key(&["revocation-acks", origin]);
-        let publication = publication.to_owned();
+        let acknowledgement = inner
+            .redis
+            .publish(&inner.redis.revocation_key(&["acks", origin]), publication);
         let mut connection = inner.redis.connection();
         tokio::spawn(async move {
-            if let Err(error) = connection
-                .publish::<_, _, ()>(acks_channel, publication)
-                .await
-            {
+            if let Err(error) = acknowledgement.query_async::<()>(&mut connection).await {
                 tracing::debug!(%error, "could not acknowledge a revocation");
             }
         });
@@ -522,10 +516,6 @@ async fn within<T>(
 
 fn timed_out() -> redis::RedisError {
     redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-}
-
-fn closed() -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
 }
 
 #[cfg(test)]
@@ -588,7 +578,7 @@ mod tests {
             .await
             .unwrap();
         silent
-            .subscribe(format!("{prefix}revocations"))
+            .subscribe(format!("{prefix}{{revocation}}:feed"))
             .await
             .unwrap();
         silent

@@ -62,11 +62,11 @@ impl Revocations {
     }
 
     fn session_key(&self, session_id: &str) -> String {
-        self.redis.key(&["revoked", "sid", session_id])
+        session_key(&self.redis, session_id)
     }
 
     fn user_key(&self, user_id: &str) -> String {
-        self.redis.key(&["revoked", "user-nbf", user_id])
+        user_key(&self.redis, user_id)
     }
 
     /// Ends these sessions' access tokens on every instance, at once.
@@ -159,6 +159,16 @@ impl Restore for Revocations {
         }
         Ok(())
     }
+}
+
+/// `<prefix>{revocation}:sid:<session id>`: set while the session's access tokens are refused.
+pub(crate) fn session_key(redis: &Redis, session_id: &str) -> String {
+    redis.revocation_key(&["sid", session_id])
+}
+
+/// `<prefix>{revocation}:user-nbf:<user id>`: the user's tokens issued before it are refused.
+pub(crate) fn user_key(redis: &Redis, user_id: &str) -> String {
+    redis.revocation_key(&["user-nbf", user_id])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

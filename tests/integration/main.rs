@@ -24,6 +24,7 @@ mod limits;
 mod pages;
 mod policy_reload;
 mod process;
+mod redis_cluster;
 mod revocation_durability;
 mod slow_requests;
 mod websocket;

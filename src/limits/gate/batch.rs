@@ -2,13 +2,22 @@
 //! gathers them into batches, and the round trips that carry a batch's [`Plan`] to Redis
 //! (one pipeline) and its give-back after (a second, only when something goes back). What
 //! the batch asks and what the replies mean is decided in `plan.rs`.
+//!
+//! In a Redis Cluster a pipeline must keep to one slot, and a batch mixes many clients'
+//! keys: it goes as one pipeline per slot ([`Plan::parts`]), all sent at once, and the
+//! replies are put back in batch order before the plan reads them. Per slot rather than per
+//! master because the crate routes a pipeline by slot and does not share its slot map;
+//! the pipelines to one master travel on that master's one multiplexed connection, written
+//! together when they are sent together. If any part fails, the whole batch fails, as a
+//! batch does when a single Redis fails: its checks are answered by their fail modes.
 
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 
+use redis::cluster_routing::Slot;
 use tokio::sync::oneshot;
 
-use super::plan::{Answer, Counters, GiveBack, Keyed, Plan, Replies};
+use super::plan::{Answer, Counters, GiveBack, Keyed, Part, Plan, Replies};
 use super::{Gate, GateError, GateOutcome};
 use crate::limits::durability::EpochReading;
 
@@ -139,16 +148,32 @@ impl Gate {
             .map(|feed| feed.durability().epoch_key());
         let plan = Plan::new(&checks, epoch_key, &self.queue(queue).counters);
 
-        let mut connection = self.inner.redis.connection();
-        self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        let redis = &self.inner.redis;
+        let connection = redis.connection();
+        // A single Redis takes the batch whole: no key is hashed for it.
+        let parts = match redis.is_cluster() {
+            true => plan.parts(|key| Slot::for_key(key)),
+            false => vec![plan.whole()],
+        };
+        self.inner
+            .round_trips
+            .fetch_add(parts.len() as u64, Ordering::Relaxed);
         self.inner
             .checks_sent
             .fetch_add(checks.len() as u64, Ordering::Relaxed);
-        let read = pipeline(&plan)
-            .query_async(&mut connection)
-            .await
-            .map_err(GateError::from)
-            .and_then(|values| decode(&plan, values));
+        let answered = futures_util::future::join_all(parts.iter().map(|part| {
+            let mut connection = connection.clone();
+            let pipe = pipeline(&plan, part);
+            async move { pipe.query_async(&mut connection).await }
+        }))
+        .await;
+        let read = parts.iter().zip(answered).try_fold(
+            Replies::for_plan(&plan),
+            |mut read, (part, values)| -> Result<_, GateError> {
+                decode(&plan, part, values?, &mut read)?;
+                Ok(read)
+            },
+        );
         let read = match read {
             Ok(read) => read,
             Err(error) => {
@@ -185,18 +210,29 @@ impl Gate {
         if give_back.is_empty() {
             return;
         }
-        self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        let parts = match redis.is_cluster() {
+            true => give_back.split(|key| Slot::for_key(key)),
+            false => vec![give_back],
+        };
+        self.inner
+            .round_trips
+            .fetch_add(parts.len() as u64, Ordering::Relaxed);
+        let answered = futures_util::future::join_all(parts.iter().map(|part| {
+            let mut connection = connection.clone();
+            let pipe = give_back_pipeline(part);
+            async move { pipe.query_async::<()>(&mut connection).await }
+        }))
+        .await;
         // If Redis fails here the count stays too high until the window slides past it, which
         // errs on the side of refusing.
-        if let Err(error) = give_back_pipeline(&give_back)
-            .query_async::<()>(&mut connection)
-            .await
-        {
-            tracing::debug!(%error, "could not give back refused requests' places");
-            // A lifetime that did not land is set by the next batch instead.
-            let mut queue = self.queue(queue);
-            for (key, _) in &give_back.lifetimes {
-                queue.counters.lifetime_lost(key);
+        for (part, answer) in parts.iter().zip(answered) {
+            if let Err(error) = answer {
+                tracing::debug!(%error, "could not give back refused requests' places");
+                // A lifetime that did not land is set by the next batch instead.
+                let mut queue = self.queue(queue);
+                for (key, _) in &part.lifetimes {
+                    queue.counters.lifetime_lost(key);
+                }
             }
         }
         for (reply, outcome) in after_give_back {
@@ -205,10 +241,12 @@ impl Gate {
     }
 }
 
-/// The batch's commands, in the order [`Plan`] reads their replies.
-fn pipeline(plan: &Plan<'_>) -> redis::Pipeline {
+/// One part's commands, in the order [`decode`] reads their replies: counters, logs, the
+/// reads (one `MGET`), the epoch.
+fn pipeline(plan: &Plan<'_>, part: &Part) -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    for counter in &plan.counters {
+    for &index in &part.counters {
+        let counter = &plan.counters[index];
         pipe.cmd("INCRBY").arg(counter.key).arg(counter.places());
         if counter.expire {
             pipe.cmd("PEXPIRE")
@@ -217,7 +255,8 @@ fn pipeline(plan: &Plan<'_>) -> redis::Pipeline {
                 .ignore();
         }
     }
-    for log in &plan.logs {
+    for &index in &part.logs {
+        let log = plan.logs[index];
         pipe.cmd("EVAL")
             .arg(LOG_SCRIPT)
             .arg(1)
@@ -227,61 +266,72 @@ fn pipeline(plan: &Plan<'_>) -> redis::Pipeline {
             .arg(log.limit.requests)
             .arg(&log.member);
     }
-    if !plan.reads.is_empty() {
-        pipe.cmd("MGET").arg(&plan.reads);
+    if !part.reads.is_empty() {
+        let mget = pipe.cmd("MGET");
+        for &index in &part.reads {
+            mget.arg(plan.reads[index]);
+        }
     }
-    if let Some(epoch) = plan.epoch {
-        pipe.cmd("GET").arg(epoch);
+    if part.epoch {
+        if let Some(epoch) = plan.epoch {
+            pipe.cmd("GET").arg(epoch);
+        }
     }
     pipe
 }
 
-/// Each counter's total after its `INCRBY`, the values read, the times each log check found
-/// in its window, and the epoch read (when it was asked). Replies come in pipeline order:
-/// counters, logs, the reads, the epoch.
-fn decode(plan: &Plan<'_>, mut replies: Vec<redis::Value>) -> Result<Replies, GateError> {
-    let epoch = match plan.epoch {
-        Some(_) => Some(
-            redis::from_redis_value::<Option<String>>(replies.pop().unwrap_or(redis::Value::Nil))
-                .map_err(|error| GateError::from(redis::RedisError::from(error)))?,
-        ),
-        None => None,
-    };
-    let values: Vec<Option<u64>> = if plan.reads.is_empty() {
-        Vec::new()
-    } else {
-        redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil))
-            .map_err(|error| GateError::from(redis::RedisError::from(error)))?
-    };
-    let log_replies = replies.split_off(replies.len().saturating_sub(plan.logs.len()));
-    if replies.len() != plan.counters.len()
-        || log_replies.len() != plan.logs.len()
-        || values.len() != plan.reads.len()
-    {
-        return Err(GateError::from(redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "a reply for each command",
-        ))));
+/// Puts one part's replies in their places in `into`: each counter's total after its
+/// `INCRBY`, the values read, the times each log check found in its window, and the epoch
+/// read (when this part asked for it). Replies come in pipeline order: counters, logs, the
+/// reads, the epoch.
+fn decode(
+    plan: &Plan<'_>,
+    part: &Part,
+    mut replies: Vec<redis::Value>,
+    into: &mut Replies,
+) -> Result<(), GateError> {
+    fn read<T: redis::FromRedisValue>(value: redis::Value) -> Result<T, GateError> {
+        redis::from_redis_value(value)
+            .map_err(|error| GateError::from(redis::RedisError::from(error)))
     }
-    let mut totals = Vec::with_capacity(replies.len());
-    for reply in replies {
-        let total: u64 = redis::from_redis_value(reply)
-            .map_err(|error| GateError::from(redis::RedisError::from(error)))?;
-        totals.push(total);
+    let expected = part.counters.len()
+        + part.logs.len()
+        + usize::from(!part.reads.is_empty())
+        + usize::from(part.epoch && plan.epoch.is_some());
+    if replies.len() != expected {
+        return Err(unexpected());
     }
-    let mut logs = Vec::with_capacity(log_replies.len());
-    for reply in log_replies {
+    if part.epoch && plan.epoch.is_some() {
+        into.epoch = Some(read::<Option<String>>(
+            replies.pop().unwrap_or(redis::Value::Nil),
+        )?);
+    }
+    if !part.reads.is_empty() {
+        let values: Vec<Option<u64>> = read(replies.pop().unwrap_or(redis::Value::Nil))?;
+        if values.len() != part.reads.len() {
+            return Err(unexpected());
+        }
+        for (&index, value) in part.reads.iter().zip(values) {
+            into.values[index] = value;
+        }
+    }
+    let log_replies = replies.split_off(part.counters.len());
+    for (&index, reply) in part.counters.iter().zip(replies) {
+        into.totals[index] = read(reply)?;
+    }
+    for (&index, reply) in part.logs.iter().zip(log_replies) {
         // Scores come back as text; milliseconds since 1970 are exact in a double.
-        let times: Vec<f64> = redis::from_redis_value(reply)
-            .map_err(|error| GateError::from(redis::RedisError::from(error)))?;
-        logs.push(times.into_iter().map(|time| time as u64).collect());
+        let times: Vec<f64> = read(reply)?;
+        into.logs[index] = times.into_iter().map(|time| time as u64).collect();
     }
-    Ok(Replies {
-        totals,
-        values,
-        logs,
-        epoch,
-    })
+    Ok(())
+}
+
+fn unexpected() -> GateError {
+    GateError::from(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "a reply for each command",
+    )))
 }
 
 /// The refused requests' places (and the places taken ahead that did not fit), the revoked

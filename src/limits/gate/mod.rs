@@ -11,7 +11,8 @@
 //! as one pipeline. While that round trip is out, new checks wait for the next one, so a batch
 //! grows with the load and a quiet gateway sends each check at once. A check that goes to
 //! Redis goes after its request arrived, so a revocation is seen on the very next request
-//! (the copy below keeps that promise its own way).
+//! (the copy below keeps that promise its own way). In a Redis Cluster the batch goes as one
+//! pipeline per hash slot, sent together ([`plan::Plan::parts`], `batch.rs`).
 //!
 //! **Two kinds of bucket.** A limit below [`window::EXACT_BELOW`] a window (login's 5 a
 //! minute, register's 3 an hour) is a sliding log, decided exactly in Redis by a short
@@ -86,6 +87,7 @@ use std::time::Duration;
 use self::batch::Queue;
 use self::plan::{Keyed, KeyedLog, KeyedRate};
 use super::feed::RevocationFeed;
+use super::revocation;
 use super::window;
 use super::Redis;
 
@@ -342,8 +344,8 @@ impl Gate {
             });
         let token = check.token.map(|(session_id, user_id, issued_at)| {
             (
-                redis.key(&["revoked", "sid", session_id]),
-                redis.key(&["revoked", "user-nbf", user_id]),
+                revocation::session_key(redis, session_id),
+                revocation::user_key(redis, user_id),
                 issued_at,
             )
         });
@@ -355,22 +357,23 @@ impl Gate {
         }
     }
 
-    /// `{prefix}rate-log:{bucket}:{window_ms}`: a small limit's log. The window length is part
+    /// `<prefix>rate-log:{<bucket>}:<window_ms>`: a small limit's log. The window length is part
     /// of the key as in [`Gate::rate_key`]; the limit is not, since a log's times stay right
-    /// whatever the limit.
+    /// whatever the limit. The bucket is the key's hash tag ([`Redis::bucket_key`]).
     fn log_key(&self, bucket: &str, length_ms: u64) -> String {
-        let mut key = self.inner.redis.key(&["rate-log", bucket]);
+        let mut key = self.inner.redis.bucket_key("rate-log", bucket);
         key.push(':');
         key.push_str(&length_ms.to_string());
         key
     }
 
-    /// `{prefix}rate:{bucket}:{window_ms}:{window_index}`. The window length is part of the key
-    /// so that changing a limit's window starts new counts instead of misreading old ones. The
-    /// window before index 0 is named -1 (a key never written).
+    /// `<prefix>rate:{<bucket>}:<window_ms>:<window_index>`. The window length is part of the
+    /// key so that changing a limit's window starts new counts instead of misreading old ones.
+    /// The window before index 0 is named -1 (a key never written). The bucket is the key's
+    /// hash tag ([`Redis::bucket_key`]): both windows of a bucket share a slot.
     fn rate_key(&self, bucket: &str, length_ms: u64, window: Window) -> String {
         use std::fmt::Write as _;
-        let mut key = self.inner.redis.key(&["rate", bucket]);
+        let mut key = self.inner.redis.bucket_key("rate", bucket);
         // The numbers straight into the key: no string of their own. Writing to a String
         // cannot fail.
         let _ = match window {
@@ -448,8 +451,9 @@ mod tests {
         gate.inner.redis.connection().get(key).await.expect("redis")
     }
 
+    /// A revocation key (`<prefix>{revocation}:<parts>`), set behind the gate's back.
     async fn set(gate: &Gate, parts: &[&str], value: u64) {
-        let key = gate.inner.redis.key(parts);
+        let key = gate.inner.redis.revocation_key(parts);
         let mut connection = gate.inner.redis.connection();
         connection
             .set_ex::<_, _, ()>(key, value, 60)
@@ -544,10 +548,10 @@ mod tests {
     async fn counters_live_two_windows_under_the_documented_key() {
         let gate = Gate::estimating(redis(&prefix()));
         rate(&gate, "auth-login:ip:1.2.3.4", FIVE_A_SECOND, T0 + 250).await;
-        let key = gate
-            .inner
-            .redis
-            .key(&["rate", "auth-login:ip:1.2.3.4", "1000", "1700000000"]);
+        let key = format!(
+            "{}rate:{{auth-login:ip:1.2.3.4}}:1000:1700000000",
+            gate.inner.redis.key(&[])
+        );
         let mut connection = gate.inner.redis.connection();
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&key)
@@ -641,17 +645,17 @@ mod tests {
         let key = |window| gate.rate_key("ip:1.2.3.4", 1000, window);
         assert_eq!(
             key(Window::Index(1_700_000_000)),
-            "p:rate:ip:1.2.3.4:1000:1700000000"
+            "p:rate:{ip:1.2.3.4}:1000:1700000000"
         );
         assert_eq!(
             key(Window::Before(1_700_000_000)),
-            "p:rate:ip:1.2.3.4:1000:1699999999"
+            "p:rate:{ip:1.2.3.4}:1000:1699999999"
         );
         assert_eq!(
             key(Window::Index(u64::MAX)),
-            format!("p:rate:ip:1.2.3.4:1000:{}", u64::MAX)
+            format!("p:rate:{{ip:1.2.3.4}}:1000:{}", u64::MAX)
         );
-        assert_eq!(key(Window::Before(0)), "p:rate:ip:1.2.3.4:1000:-1");
+        assert_eq!(key(Window::Before(0)), "p:rate:{ip:1.2.3.4}:1000:-1");
     }
 
     #[tokio::test]
@@ -716,11 +720,11 @@ mod tests {
 
         assert!(!revoked("session-a", 1_700_000_000).await);
 
-        set(&gate, &["revoked", "sid", "session-b"], 1).await;
+        set(&gate, &["sid", "session-b"], 1).await;
         assert!(revoked("session-b", 1_700_000_000).await);
         assert!(!revoked("session-a", 1_700_000_000).await);
 
-        set(&gate, &["revoked", "user-nbf", "user-1"], 1_700_000_000).await;
+        set(&gate, &["user-nbf", "user-1"], 1_700_000_000).await;
         assert!(revoked("session-a", 1_699_999_999).await);
         assert!(!revoked("session-a", 1_700_000_000).await);
         assert!(!revoked("session-a", 1_700_000_001).await);
@@ -729,7 +733,7 @@ mod tests {
     #[tokio::test]
     async fn revoked_requests_are_not_counted() {
         let gate = Gate::estimating(redis(&prefix()));
-        set(&gate, &["revoked", "sid", "stolen"], 1).await;
+        set(&gate, &["sid", "stolen"], 1).await;
         let bucket = "user:owner";
         for _ in 0..8 {
             let outcome = gate
@@ -765,7 +769,7 @@ mod tests {
     #[tokio::test]
     async fn the_gate_decides_as_window_rs_on_what_redis_holds() {
         let gate = Gate::estimating(redis(&prefix()));
-        set(&gate, &["revoked", "sid", "revoked-session"], 1).await;
+        set(&gate, &["sid", "revoked-session"], 1).await;
         let mut cases = Vec::new();
         for (window, length) in [
             (Duration::from_secs(1), 1000),
@@ -983,8 +987,8 @@ mod tests {
     #[tokio::test]
     async fn a_batch_answers_each_check_for_its_own_token_and_bucket() {
         let gate = Gate::estimating(redis(&prefix()));
-        set(&gate, &["revoked", "sid", "stolen"], 1).await;
-        set(&gate, &["revoked", "user-nbf", "carol"], 1_700_000_000).await;
+        set(&gate, &["sid", "stolen"], 1).await;
+        set(&gate, &["user-nbf", "carol"], 1_700_000_000).await;
         let two = Limit {
             requests: 2,
             window: Duration::from_secs(1),
@@ -1197,7 +1201,7 @@ mod tests {
     #[tokio::test]
     async fn revoked_requests_take_no_room_in_a_log() {
         let gate = Gate::new(redis(&prefix()));
-        set(&gate, &["revoked", "sid", "stolen"], 1).await;
+        set(&gate, &["sid", "stolen"], 1).await;
         let check = |session_id| GateCheck {
             bucket: Some(("user:owner", FIVE_A_SECOND)),
             token: Some((session_id, "owner", 1_700_000_000)),

@@ -9,6 +9,7 @@
 //! real one.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::Duration;
 
 use super::{GateError, GateOutcome, Limit, RateOutcome};
@@ -270,6 +271,18 @@ pub(super) struct Replies {
     pub(super) epoch: Option<Option<String>>,
 }
 
+impl Replies {
+    /// Room for every reply `plan` asks for, filled in part by part.
+    pub(super) fn for_plan(plan: &Plan<'_>) -> Replies {
+        Replies {
+            totals: vec![0; plan.counters.len()],
+            values: vec![None; plan.reads.len()],
+            logs: vec![Vec::new(); plan.logs.len()],
+            epoch: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Slots {
     /// The check's counter in `counters`, and its previous window's counter in `reads`.
@@ -297,7 +310,7 @@ pub(super) enum Answer {
 }
 
 /// The batch's second round trip, sent only when something is in it.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct GiveBack<'a> {
     /// Places taken and not kept, by counter key (`DECRBY`): those of checks refused, revoked
     /// or not answered for a lost epoch, and places taken ahead that did not fit.
@@ -310,10 +323,65 @@ pub(super) struct GiveBack<'a> {
     pub(super) lifetimes: Vec<(&'a str, u64)>,
 }
 
-impl GiveBack<'_> {
+impl<'a> GiveBack<'a> {
     pub(super) fn is_empty(&self) -> bool {
         self.places.is_empty() && self.log_entries.is_empty() && self.lifetimes.is_empty()
     }
+
+    /// The give-back split into one per `group` of keys (a key's slot in a cluster: one
+    /// pipeline keeps to one), in the order groups first appear, each command kept in order.
+    pub(super) fn split<G: Eq + Hash>(&self, group: impl Fn(&str) -> G) -> Vec<GiveBack<'a>> {
+        let mut parts: Grouped<G, _, GiveBack<'a>> = Grouped::new(group);
+        for &(key, count) in &self.places {
+            parts.of(key).places.push((key, count));
+        }
+        for &(key, member) in &self.log_entries {
+            parts.of(key).log_entries.push((key, member));
+        }
+        for &(key, lifetime_ms) in &self.lifetimes {
+            parts.of(key).lifetimes.push((key, lifetime_ms));
+        }
+        parts.parts
+    }
+}
+
+/// Parts by group of keys, in the order the groups first appear.
+struct Grouped<G, F, P> {
+    group: F,
+    part_of: HashMap<G, usize>,
+    parts: Vec<P>,
+}
+
+impl<G: Eq + Hash, F: Fn(&str) -> G, P: Default> Grouped<G, F, P> {
+    fn new(group: F) -> Self {
+        Grouped {
+            group,
+            part_of: HashMap::new(),
+            parts: Vec::new(),
+        }
+    }
+
+    /// The part of `key`'s group, new if it is the first of its group.
+    fn of(&mut self, key: &str) -> &mut P {
+        let parts = &mut self.parts;
+        let index = *self.part_of.entry((self.group)(key)).or_insert_with(|| {
+            parts.push(P::default());
+            parts.len() - 1
+        });
+        &mut self.parts[index]
+    }
+}
+
+/// The commands of one pipeline of a batch, as indexes into the plan's `counters`, `logs`
+/// and `reads` (in ascending order, so in batch order), and whether it reads the epoch last.
+/// A Redis Cluster takes a pipeline only when all its keys share a slot, so a batch, which
+/// mixes the keys of many clients, is split by slot; in a single Redis it is one part.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Part {
+    pub(super) counters: Vec<usize>,
+    pub(super) logs: Vec<usize>,
+    pub(super) reads: Vec<usize>,
+    pub(super) epoch: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -380,6 +448,41 @@ impl<'a> Plan<'a> {
             now_ms,
             reads,
             slots,
+        }
+    }
+
+    /// The batch's commands split into one [`Part`] per `group` of keys (a key's slot in a
+    /// cluster), in the order the groups first appear.
+    ///
+    /// Every command lands in the part of its key, and the epoch in the part of its key,
+    /// which (the revocation hash tag) is the part of every revocation key: read in the same
+    /// pipeline, after the `MGET` of the revocations, as in one Redis. A log's checks of one
+    /// bucket stay in batch order, in one part.
+    pub(super) fn parts<G: Eq + Hash>(&self, group: impl Fn(&str) -> G) -> Vec<Part> {
+        let mut parts: Grouped<G, _, Part> = Grouped::new(group);
+        for (index, counter) in self.counters.iter().enumerate() {
+            parts.of(counter.key).counters.push(index);
+        }
+        for (index, log) in self.logs.iter().enumerate() {
+            parts.of(&log.key).logs.push(index);
+        }
+        for (index, key) in self.reads.iter().enumerate() {
+            parts.of(key).reads.push(index);
+        }
+        if let Some(epoch) = self.epoch {
+            parts.of(epoch).epoch = true;
+        }
+        parts.parts
+    }
+
+    /// The whole batch as one part: what [`Plan::parts`] makes when every key is in one
+    /// group, without grouping anything.
+    pub(super) fn whole(&self) -> Part {
+        Part {
+            counters: (0..self.counters.len()).collect(),
+            logs: (0..self.logs.len()).collect(),
+            reads: (0..self.reads.len()).collect(),
+            epoch: self.epoch.is_some(),
         }
     }
 
@@ -1394,5 +1497,170 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A batch as a cluster sees it: each bucket's keys tagged with the bucket, every
+    /// revocation key and the epoch with `{revocation}` (the layout of `limits/mod.rs`).
+    fn tagged_batch() -> (Vec<Keyed>, &'static str) {
+        let tagged_rate = |bucket: &str| {
+            let mut rate = rate(bucket, 100, NOW);
+            rate.current = format!("rate:{{{bucket}}}:1000:{}", NOW / 1000);
+            rate.previous = format!("rate:{{{bucket}}}:1000:{}", NOW / 1000 - 1);
+            Some(rate)
+        };
+        let tagged_log = |bucket: &str, member: &str| {
+            let mut log = logged(bucket, 5, member).unwrap();
+            log.key = format!("rate-log:{{{bucket}}}:1000");
+            Some(log)
+        };
+        let tagged_token = |session: &str, user: &str| {
+            Some((
+                format!("{{revocation}}:sid:{session}"),
+                format!("{{revocation}}:user-nbf:{user}"),
+                ISSUED,
+            ))
+        };
+        let checks = vec![
+            keyed(tagged_rate("ip:198.51.100.1"), None, None),
+            keyed(
+                tagged_rate("ip:198.51.100.2"),
+                None,
+                tagged_token("s1", "u1"),
+            ),
+            keyed(None, tagged_log("auth-login:ip:198.51.100.3", "m1"), None),
+            keyed(
+                tagged_rate("ip:198.51.100.1"),
+                None,
+                tagged_token("s2", "u2"),
+            ),
+            keyed(None, tagged_log("auth-login:ip:198.51.100.4", "m2"), None),
+            keyed(None, tagged_log("auth-login:ip:198.51.100.3", "m3"), None),
+            keyed(tagged_rate("user:u1"), None, tagged_token("s1", "u1")),
+        ];
+        (checks, "{revocation}:epoch")
+    }
+
+    #[test]
+    fn in_a_single_redis_a_batch_is_one_pipeline_in_batch_order() {
+        let (checks, epoch) = tagged_batch();
+        let plan = Plan::new(&checks, Some(epoch), &Counters::default());
+        let whole = Part {
+            counters: (0..plan.counters.len()).collect(),
+            logs: (0..plan.logs.len()).collect(),
+            reads: (0..plan.reads.len()).collect(),
+            epoch: true,
+        };
+        assert_eq!(plan.parts(|_| ()), std::slice::from_ref(&whole));
+        assert_eq!(plan.whole(), whole);
+    }
+
+    #[test]
+    fn in_a_cluster_a_batch_is_split_by_slot_and_the_epoch_goes_with_the_revocations() {
+        use redis::cluster_routing::Slot;
+
+        let (checks, epoch) = tagged_batch();
+        let plan = Plan::new(&checks, Some(epoch), &Counters::default());
+        let parts = plan.parts(|key| Slot::for_key(key));
+        // Every command is in exactly one part, once, and parts keep batch order.
+        let mut counters: Vec<usize> = parts.iter().flat_map(|p| p.counters.clone()).collect();
+        let mut logs: Vec<usize> = parts.iter().flat_map(|p| p.logs.clone()).collect();
+        let mut reads: Vec<usize> = parts.iter().flat_map(|p| p.reads.clone()).collect();
+        for part in &parts {
+            for indexes in [&part.counters, &part.logs, &part.reads] {
+                assert!(indexes.windows(2).all(|pair| pair[0] < pair[1]), "{part:?}");
+            }
+        }
+        counters.sort_unstable();
+        logs.sort_unstable();
+        reads.sort_unstable();
+        assert_eq!(counters, (0..plan.counters.len()).collect::<Vec<_>>());
+        assert_eq!(logs, (0..plan.logs.len()).collect::<Vec<_>>());
+        assert_eq!(reads, (0..plan.reads.len()).collect::<Vec<_>>());
+        // Each part keeps to one slot, and no two parts share one.
+        let slot_of = |part: &Part| -> Vec<Slot> {
+            let keys = part
+                .counters
+                .iter()
+                .map(|&i| plan.counters[i].key)
+                .chain(part.logs.iter().map(|&i| plan.logs[i].key.as_str()))
+                .chain(part.reads.iter().map(|&i| plan.reads[i]))
+                .chain(part.epoch.then_some(epoch));
+            let mut slots: Vec<Slot> = keys.map(Slot::for_key).collect();
+            slots.dedup();
+            slots
+        };
+        let slots: Vec<Slot> = parts
+            .iter()
+            .map(|part| {
+                let slots = slot_of(part);
+                assert_eq!(slots.len(), 1, "{part:?} spans slots {slots:?}");
+                slots[0]
+            })
+            .collect();
+        let distinct: std::collections::HashSet<_> = slots.iter().collect();
+        assert_eq!(distinct.len(), parts.len(), "one part per slot");
+        // Five buckets and the revocations: six slots (none of these happen to collide).
+        assert_eq!(parts.len(), 6, "{parts:?}");
+        // The epoch is read in the part that reads every revocation key, after them.
+        let with_epoch: Vec<&Part> = parts.iter().filter(|part| part.epoch).collect();
+        assert_eq!(with_epoch.len(), 1);
+        let revocation_reads: Vec<usize> = (0..plan.reads.len())
+            .filter(|&i| plan.reads[i].starts_with("{revocation}"))
+            .collect();
+        assert_eq!(revocation_reads.len(), 4, "s1, u1, s2, u2, each read once");
+        assert_eq!(with_epoch[0].reads, revocation_reads);
+        // A bucket's log checks share a part, in batch order (the script decides them so).
+        let first_bucket: Vec<&Part> = parts
+            .iter()
+            .filter(|part| {
+                part.logs
+                    .iter()
+                    .any(|&i| plan.logs[i].key.contains("198.51.100.3"))
+            })
+            .collect();
+        assert_eq!(first_bucket.len(), 1);
+        let members: Vec<&str> = first_bucket[0]
+            .logs
+            .iter()
+            .map(|&i| plan.logs[i].member.as_str())
+            .filter(|member| *member != "m2")
+            .collect();
+        assert_eq!(members, ["m1", "m3"]);
+    }
+
+    #[test]
+    fn a_give_back_is_split_by_slot_too() {
+        use redis::cluster_routing::Slot;
+
+        let give_back = GiveBack {
+            places: vec![
+                ("rate:{a}:1:1", 2),
+                ("rate:{b}:1:1", 1),
+                ("rate:{a}:1:2", 3),
+            ],
+            log_entries: vec![("rate-log:{c}:1", "m1"), ("rate-log:{a}:1", "m2")],
+            lifetimes: vec![("rate:{b}:1:1", 2000)],
+        };
+        assert_eq!(give_back.split(|_| ()), std::slice::from_ref(&give_back));
+        assert_eq!(
+            give_back.split(|key| Slot::for_key(key)),
+            [
+                GiveBack {
+                    places: vec![("rate:{a}:1:1", 2), ("rate:{a}:1:2", 3)],
+                    log_entries: vec![("rate-log:{a}:1", "m2")],
+                    lifetimes: vec![],
+                },
+                GiveBack {
+                    places: vec![("rate:{b}:1:1", 1)],
+                    log_entries: vec![],
+                    lifetimes: vec![("rate:{b}:1:1", 2000)],
+                },
+                GiveBack {
+                    places: vec![],
+                    log_entries: vec![("rate-log:{c}:1", "m1")],
+                    lifetimes: vec![],
+                },
+            ]
+        );
     }
 }

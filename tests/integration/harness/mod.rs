@@ -3,6 +3,7 @@
 //! bytes over TLS for malformed requests.
 
 pub mod browser;
+pub mod cluster;
 pub mod identity;
 pub mod outage;
 pub mod pki;
