@@ -11,7 +11,8 @@ use crate::stack::Stack;
 
 pub const PASSWORD: &str = "Tr0ub4dor&3-horse-staple";
 
-/// The policy the tests start from: /hello needs a signed-in user, /public/** is open.
+/// The policy the tests start from: /hello needs a signed-in user, /public/** is open,
+/// /limited/** allows each user 12 requests a minute.
 pub const POLICY: &str = r#"version: 1
 roles: [user, admin]
 permissions:
@@ -25,6 +26,10 @@ rules:
   - name: hello
     paths: ["/hello", "/hello/**"]
     allow: authenticated
+  - name: limited
+    paths: ["/limited/**"]
+    allow: authenticated
+    rate_limit: { requests: 12, per: 1m, key: user }
 "#;
 
 /// The compose config with limits no test meets (every request comes from one address),

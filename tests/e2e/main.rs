@@ -7,6 +7,7 @@
 //! for a look). The tests print what they measure (requests sent, failed, time to recover):
 //! `cargo test --test e2e -- --nocapture`.
 
+mod cluster;
 mod flows;
 mod https;
 mod load;

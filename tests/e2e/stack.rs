@@ -243,13 +243,15 @@ impl Stack {
             &[
                 "inspect",
                 "-f",
-                "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+                "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}\
+                 {{if eq .State.Status \"exited\"}}:{{.State.ExitCode}}{{end}}{{end}}",
                 container,
             ],
         ))
     }
 
-    /// Waits until every running container that has a health check reports healthy.
+    /// Waits until every container that has a health check reports healthy, and every
+    /// one-shot container has exited with 0.
     pub fn wait_healthy(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -261,7 +263,7 @@ impl Stack {
             if !states.is_empty()
                 && states
                     .iter()
-                    .all(|(_, state)| state == "healthy" || state == "running")
+                    .all(|(_, state)| ["healthy", "running", "exited:0"].contains(&state.as_str()))
             {
                 return;
             }
