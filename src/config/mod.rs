@@ -351,6 +351,8 @@ mod tests {
         expected.database.url = compose.database.url.clone();
         expected.redis.url = compose.redis.url.clone();
         expected.smtp.host = compose.smtp.host.clone();
+        // JSON lines for `docker compose logs` and log shippers.
+        expected.telemetry.log_format = LogFormat::Json;
         assert_eq!(compose, expected);
     }
 
