@@ -189,6 +189,7 @@ impl App {
                 reset_ttl: tokens.reset_ttl,
                 max_failures: i32::try_from(config.lockout.max_failures).unwrap_or(i32::MAX),
                 lock_for: config.lockout.duration,
+                lockout_key: config.lockout.key,
                 cookie_mode,
                 max_body_bytes: server.max_auth_body_bytes,
                 body_read_timeout: server.body_read_timeout,

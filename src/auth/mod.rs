@@ -59,6 +59,8 @@ pub struct AuthSettings {
     pub reset_ttl: Duration,
     pub max_failures: i32,
     pub lock_for: Duration,
+    /// `lockout.key`: per account, or per account and client address.
+    pub lockout_key: crate::config::LockoutKey,
     /// Cookie mode: sign-in answers also set the session cookies of contract 7.
     pub cookie_mode: bool,
     /// `/auth` bodies are small JSON documents; anything larger is refused early.

@@ -471,6 +471,8 @@ pub struct LockoutConfig {
     pub max_failures: u32,
     #[serde(deserialize_with = "duration::deserialize")]
     pub duration: Duration,
+    /// What the failures are counted against and the lock applies to.
+    pub key: LockoutKey,
 }
 
 impl Default for LockoutConfig {
@@ -478,8 +480,22 @@ impl Default for LockoutConfig {
         LockoutConfig {
             max_failures: 5,
             duration: Duration::from_secs(30 * 60),
+            key: LockoutKey::Account,
         }
     }
+}
+
+/// `lockout.key`: what failed logins are counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockoutKey {
+    /// The account: failures from every address add up and the lock holds for all of them.
+    /// Stops guessing spread over many addresses; anyone can lock the owner out.
+    Account,
+    /// The account as used from one client address (the address rate limits count by):
+    /// each pair has its own count and lock. No one elsewhere can lock the owner out; a
+    /// guesser with many addresses gets `max_failures` guesses from each.
+    AccountAndIp,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -785,6 +785,26 @@ mod tests {
         assert_eq!(config.lockout.max_failures, 0);
     }
 
+    /// (`lockout.key` as written, what it means, or None when refused).
+    #[test]
+    fn lockout_keys() {
+        let cases: &[(&str, Option<LockoutKey>)] = &[
+            ("", Some(LockoutKey::Account)),
+            ("  key: account\n", Some(LockoutKey::Account)),
+            ("  key: account_and_ip\n", Some(LockoutKey::AccountAndIp)),
+            ("  key: ip\n", None),
+            ("  key: Account\n", None),
+        ];
+        for (line, expected) in cases {
+            let parsed = parse(&format!("lockout:\n  max_failures: 5\n{line}"));
+            assert_eq!(
+                parsed.ok().map(|config| config.lockout.key),
+                *expected,
+                "{line:?}"
+            );
+        }
+    }
+
     /// (seed node, the message it is refused with, or None when accepted).
     const CLUSTER_NODES: &[(&str, Option<&str>)] = &[
         ("redis://10.0.0.1:7000", None),
