@@ -110,6 +110,8 @@ impl AuthService {
         let fields = object(call)?;
         let email = normalize_email(fields.string("email")?);
         let password = fields.string("password")?;
+        // Before anything else, so that a client over its failures costs no password check.
+        let place = self.take_failure_place(call).await?;
         let now = self.now();
         let user = self
             .store
@@ -136,7 +138,11 @@ impl AuthService {
             return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
         };
         let needs_rehash = match verification {
-            Verification::Match { needs_rehash } => needs_rehash,
+            Verification::Match { needs_rehash } => {
+                // Not a failure, whatever comes of it (a lock, an unverified email).
+                self.give_back_failure_place(place).await;
+                needs_rehash
+            }
             Verification::Mismatch => {
                 return Err(self
                     .failed_login(&user, Failure::WrongPassword, call, now)

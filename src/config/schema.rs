@@ -599,6 +599,9 @@ pub struct RateLimitsConfig {
     /// counts per recipient address, whatever the client's, so that no one mail-bombs an
     /// inbox from many addresses.
     pub per_recipient: RateLimit,
+    /// Failed logins from one client address across all accounts (password spraying): over
+    /// it, the client's logins are refused with 429 before any password is verified.
+    pub login_failures_per_client: RateLimit,
     /// IPv6 clients are counted per network of this many leading bits (1..=128); a /64 is
     /// usually one subscriber.
     pub ipv6_prefix: u8,
@@ -616,6 +619,7 @@ impl Default for RateLimitsConfig {
             password_reset: RateLimit::new(3, Duration::from_secs(3600)),
             default: RateLimit::new(1000, Duration::from_secs(3600)),
             per_recipient: RateLimit::new(3, Duration::from_secs(3600)),
+            login_failures_per_client: RateLimit::new(50, Duration::from_secs(3600)),
             ipv6_prefix: 64,
             on_redis_error: FailMode::Allow,
             revocation_on_redis_error: FailMode::Deny,

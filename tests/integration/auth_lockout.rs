@@ -666,3 +666,100 @@ async fn per_address_concurrent_failures_are_counted_exactly() {
     assert_eq!(audit_count(&account.id, "account_locked").await, 1);
     assert_eq!(lock_mails_to(&account.email).await, 1);
 }
+
+const SPRAYER: &str = "198.51.100.50";
+
+/// `rate_limits.login_failures_per_client`: one address guessing across accounts is refused
+/// with 429 and `Retry-After` once its failures fill the window, before any password is
+/// verified (the right one included), while another address is unaffected. A login whose
+/// password matched is not a failure.
+#[tokio::test]
+async fn password_spraying_from_one_address_is_refused_before_any_password_check() {
+    let gateway = TestGateway::start_with(|config| {
+        config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        config.rate_limits.login_failures_per_client =
+            portcullis::config::RateLimit::new(3, Duration::from_secs(3600));
+    })
+    .await;
+    let accounts = [
+        gateway.signup("spray-1").await,
+        gateway.signup("spray-2").await,
+        gateway.signup("spray-3").await,
+    ];
+    // A success from the address takes nothing from its budget.
+    let first = login_from(&gateway, SPRAYER, &accounts[0].email, PASSWORD).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    for target in [&accounts[0].email, &accounts[1].email] {
+        let response = login_from(&gateway, SPRAYER, target, WRONG).await;
+        assert_eq!(response.detail(), INVALID, "{target}");
+    }
+    let unknown = login_from(&gateway, SPRAYER, "nobody-spray@example.com", WRONG).await;
+    assert_eq!(unknown.detail(), INVALID);
+
+    let verified = gateway
+        .metric("portcullis_password_verifications_total")
+        .await;
+    for (email, password) in [(&accounts[2].email, PASSWORD), (&accounts[1].email, WRONG)] {
+        let refused = login_from(&gateway, SPRAYER, email, password).await;
+        assert_eq!(refused.status, 429, "{refused:?}");
+        assert!(!refused.detail().is_empty(), "{refused:?}");
+        let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=3600).contains(&retry), "{retry}");
+    }
+    assert_eq!(
+        gateway
+            .metric("portcullis_password_verifications_total")
+            .await,
+        verified,
+        "a refused attempt verified a password"
+    );
+    assert_eq!(
+        gateway
+            .metric("portcullis_login_failure_limit_refusals_total")
+            .await,
+        2
+    );
+    // The refused attempt on the third account never reached it.
+    assert_eq!(audit_count(&accounts[2].id, "login_failure").await, 0);
+
+    let elsewhere = login_from(&gateway, OWNER, &accounts[2].email, PASSWORD).await;
+    assert_eq!(elsewhere.status, 200, "{elsewhere:?}");
+}
+
+/// The failed-login limit is exact under concurrency: of ten guesses sent at once from one
+/// address with room for three, exactly three verify a password and the rest get 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_spraying_verifies_no_more_than_the_limit() {
+    let gateway = Arc::new(
+        TestGateway::start_with(|config| {
+            config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+            config.rate_limits.login_failures_per_client =
+                portcullis::config::RateLimit::new(3, Duration::from_secs(3600));
+        })
+        .await,
+    );
+    let account = gateway.signup("spray-concurrent").await;
+    let verified = gateway
+        .metric("portcullis_password_verifications_total")
+        .await;
+    let guesses: Vec<_> = (0..10)
+        .map(|_| {
+            let gateway = gateway.clone();
+            let email = account.email.clone();
+            tokio::spawn(async move { login_from(&gateway, SPRAYER, &email, WRONG).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for guess in guesses {
+        statuses.push(guess.await.unwrap().status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429, 429, 429, 429, 429]);
+    assert_eq!(
+        gateway
+            .metric("portcullis_password_verifications_total")
+            .await
+            - verified,
+        3
+    );
+}
