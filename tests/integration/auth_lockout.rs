@@ -763,3 +763,49 @@ async fn concurrent_spraying_verifies_no_more_than_the_limit() {
         3
     );
 }
+
+/// Per address, a wrong `current_password` counts against the caller's address: it locks
+/// password changes and logins from there, not from elsewhere, and the change that then
+/// goes through from elsewhere clears every address's lock.
+#[tokio::test]
+async fn per_address_a_wrong_current_password_counts_against_the_address() {
+    let gateway = per_address_gateway().await;
+    let account = gateway.signup("pair-change").await;
+    let tokens = gateway.tokens(&account).await;
+    let change = |client: &'static str, current: &'static str| {
+        let access = tokens.access.clone();
+        let gateway = &gateway;
+        async move {
+            let mut connection = gateway.h1().await;
+            let body = json!({ "current_password": current, "new_password": "Brand-New-Pass-9" });
+            let request = connection
+                .request("POST", "/auth/password-change")
+                .header("x-forwarded-for", client)
+                .header("authorization", format!("Bearer {access}"))
+                .header("content-type", "application/json")
+                .body(full(body.to_string()))
+                .unwrap();
+            connection.send_read(request).await
+        }
+    };
+    for _ in 0..4 {
+        assert_eq!(change(GUESSER, WRONG).await.status, 422);
+    }
+    let fifth = change(GUESSER, WRONG).await;
+    assert_eq!(
+        (fifth.status.as_u16(), fifth.detail()),
+        (403, NEWLY_LOCKED.to_string())
+    );
+    let right = change(GUESSER, PASSWORD).await;
+    assert_eq!(right.status, 403, "{right:?}");
+    let login = login_from(&gateway, GUESSER, &account.email, PASSWORD).await;
+    assert!(login.detail().contains("locked"), "{login:?}");
+
+    let elsewhere = change(OWNER, PASSWORD).await;
+    assert_eq!(elsewhere.status, 204, "{elsewhere:?}");
+    let after = login_from(&gateway, GUESSER, &account.email, "Brand-New-Pass-9").await;
+    assert_eq!(
+        after.status, 200,
+        "a new password clears every address: {after:?}"
+    );
+}
