@@ -411,7 +411,11 @@ impl AuthService {
             if mailed {
                 mail::enqueue(
                     &transaction,
-                    &mail::account_locked_mail(&user.email, minutes),
+                    &mail::account_locked_mail(
+                        &user.email,
+                        minutes,
+                        matches!(self.lockout_scope(call), LockoutScope::Address(_)),
+                    ),
                 )
                 .await
                 .map_err(db_error)?;

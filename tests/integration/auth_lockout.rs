@@ -522,6 +522,13 @@ async fn per_address_a_guesser_locks_only_their_own_address() {
     let still = login_from(&gateway, GUESSER, &account.email, PASSWORD).await;
     assert!(still.detail().contains("locked"), "{still:?}");
     assert_eq!(lock_mails_to(&account.email).await, 1);
+    let body: String = sql(&format!(
+        "SELECT body FROM mail_outbox WHERE recipient = '{}' AND subject ILIKE '%locked%'",
+        account.email
+    ))
+    .await[0]
+        .get(0);
+    assert!(body.contains("still sign in from elsewhere"), "{body}");
 
     for _ in 0..5 {
         login_from(&gateway, SECOND_GUESSER, &account.email, WRONG).await;
