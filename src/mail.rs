@@ -118,20 +118,26 @@ pub fn password_changed_mail(to: &str) -> Mail {
     }
 }
 
-/// Tells the owner that failed sign-ins locked their account for `minutes`.
-pub fn account_locked_mail(to: &str, minutes: u64) -> Mail {
+/// Tells the owner that failed sign-ins locked their account for `minutes`: everywhere, or
+/// with `lockout.key: account_and_ip` only for the address the attempts came from.
+pub fn account_locked_mail(to: &str, minutes: u64, one_address: bool) -> Mail {
+    let locked = if one_address {
+        "sign-ins to your account from the network address they came from are blocked for \
+         {lock}. You can still sign in from elsewhere, and from there again after that."
+    } else {
+        "your account is locked for {lock}. You can sign in again after that."
+    }
+    .replace("{lock}", &plural(minutes, "minute"));
     Mail {
         to: to.to_owned(),
         subject: "Your account was temporarily locked".to_owned(),
         body: format!(
             "Hello,\n\
              \n\
-             After several failed sign-in attempts, your account is locked for {lock}. You \
-             can sign in again after that.\n\
+             After several failed sign-in attempts, {locked}\n\
              \n\
              If those attempts were not yours, someone may be guessing your password: once \
              the lock ends, sign in and change it.\n",
-            lock = plural(minutes, "minute"),
         ),
     }
 }
@@ -648,12 +654,17 @@ mod tests {
     #[test]
     fn notice_mails_carry_no_links() {
         let changed = password_changed_mail("a@b.example");
-        let locked = account_locked_mail("a@b.example", 15);
-        assert!(locked.body.contains("15 minutes"));
-        assert!(account_locked_mail("a@b.example", 1)
+        let locked = account_locked_mail("a@b.example", 15, false);
+        assert!(locked
+            .body
+            .contains("your account is locked for 15 minutes"));
+        assert!(account_locked_mail("a@b.example", 1, false)
             .body
             .contains("1 minute."));
-        for mail in [changed, locked] {
+        let one_address = account_locked_mail("a@b.example", 30, true);
+        assert!(one_address.body.contains("blocked for 30 minutes"));
+        assert!(one_address.body.contains("still sign in from elsewhere"));
+        for mail in [changed, locked, one_address] {
             assert!(!mail.body.contains("http"), "{mail:?}");
             assert!(!mail.subject.is_empty());
         }

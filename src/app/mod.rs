@@ -164,6 +164,7 @@ impl App {
 
         let mail_worker = OutboxWorker::new(store.pool().clone(), (&config.smtp).into())?;
         let limits = &config.rate_limits;
+        let failures = crate::limits::failures::FailureLog::new(redis.clone());
         let auth = Arc::new(AuthService::new(AuthParts {
             store: store.clone(),
             revocations: Revocations::new(
@@ -174,6 +175,7 @@ impl App {
             ),
             feed,
             gate: gate.clone(),
+            failures,
             keys,
             access: access.clone(),
             hasher: password_hasher(config)?,
@@ -189,6 +191,7 @@ impl App {
                 reset_ttl: tokens.reset_ttl,
                 max_failures: i32::try_from(config.lockout.max_failures).unwrap_or(i32::MAX),
                 lock_for: config.lockout.duration,
+                lockout_key: config.lockout.key,
                 cookie_mode,
                 max_body_bytes: server.max_auth_body_bytes,
                 body_read_timeout: server.body_read_timeout,
@@ -198,6 +201,7 @@ impl App {
                     password_reset: (&limits.password_reset).into(),
                     default: (&limits.default).into(),
                     per_recipient: (&limits.per_recipient).into(),
+                    login_failures: (&limits.login_failures_per_client).into(),
                     ipv6_prefix: limits.ipv6_prefix,
                     on_redis_error: limits.on_redis_error,
                 },

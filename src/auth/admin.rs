@@ -9,8 +9,9 @@ use super::{
     Principal, Reply,
 };
 use crate::clock::{rfc3339, unix_seconds};
+use crate::config::LockoutKey;
 use crate::error::GatewayError;
-use crate::store::{Store, UserPatch};
+use crate::store::{lockout_summary, Store, UserPatch};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 200;
@@ -40,9 +41,22 @@ impl AuthService {
         let Some(user) = self.store.user_by_id(user_id).await.map_err(store_error)? else {
             return Err(GatewayError::NotFoundDetail("User not found"));
         };
+        // Per address, the account's totals over its addresses: how many failures are
+        // counted against it and until when at least one address is locked out.
+        let (attempts, locked_until) = match self.settings.lockout_key {
+            LockoutKey::Account => (user.failed_login_attempts, user.locked_until),
+            LockoutKey::AccountAndIp => lockout_summary(
+                &self
+                    .store
+                    .pair_lockouts(user_id)
+                    .await
+                    .map_err(store_error)?,
+                self.now(),
+            ),
+        };
         let mut body = user_json(&user);
-        body["failed_login_attempts"] = user.failed_login_attempts.into();
-        body["locked_until"] = user.locked_until.map(rfc3339).into();
+        body["failed_login_attempts"] = attempts.into();
+        body["locked_until"] = locked_until.map(rfc3339).into();
         Ok(json(StatusCode::OK, &body))
     }
 

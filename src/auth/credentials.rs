@@ -120,6 +120,9 @@ impl AuthService {
         let current = fields.string("current_password")?;
         let new_password = fields.string("new_password")?;
         let user = self.principal_user(principal).await?;
+        let Some(user) = self.in_lockout_scope(Some(user), call).await? else {
+            return Err(GatewayError::invalid_token("Invalid or expired token"));
+        };
         let now = self.now();
         if self.lock_of(&user, now).is_some() {
             let failure = self
@@ -158,9 +161,10 @@ impl AuthService {
 
         let mut client = self.store.client().await.map_err(store_error)?;
         let transaction = client.transaction().await.map_err(db_error)?;
-        let Some(locked_row) = Store::lock_user(&transaction, user.id)
-            .await
-            .map_err(store_error)?
+        let Some(locked_row) =
+            Store::lock_user_in_scope(&transaction, user.id, self.lockout_scope(call))
+                .await
+                .map_err(store_error)?
         else {
             return Err(GatewayError::invalid_token("Invalid or expired token"));
         };

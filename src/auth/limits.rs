@@ -4,6 +4,12 @@
 //! where, and what a route answers over its recipient's budget, are pure tables below; the
 //! checks themselves are the gate's.
 //!
+//! Logins also have a budget of failures per client address across accounts
+//! (`rate_limits.login_failures_per_client`, against password spraying): a login takes a
+//! place among its client's failures before its password is verified and gives it back when
+//! the password matched ([`crate::limits::failures`]), so a client over it is refused before
+//! any Argon2 work is spent.
+//!
 //! Over the recipient's budget, `register` answers 429: it already tells whether an address
 //! is taken (409), so the refusal gives nothing away. `password-reset` and
 //! `resend-verification` promise 202 "whether or not the email exists", so they keep that
@@ -19,6 +25,7 @@ use http::StatusCode;
 use super::routes::Route;
 use super::{normalize_email, object, status_only, AuthLimits, AuthService, Call};
 use crate::error::{GatewayError, RedisCheck};
+use crate::limits::failures::Place;
 use crate::limits::gate::{GateCheck, Limit, RateOutcome};
 
 /// The per-client budget a route counts against: the bucket's name and its limit.
@@ -120,6 +127,51 @@ impl AuthService {
         }
     }
 
+    /// Takes the caller's place among its client's failed logins, before a password is
+    /// verified. `Err` is the 429 over `rate_limits.login_failures_per_client` (or the 503 of
+    /// `on_redis_error: deny`); `Ok(None)` when Redis failed and the mode allows.
+    pub(super) async fn take_failure_place(
+        &self,
+        call: &Call,
+    ) -> Result<Option<Place>, GatewayError> {
+        let taken = self
+            .failures
+            .take(
+                &call.limit_key,
+                self.settings.limits.login_failures,
+                self.clock.unix_millis(),
+            )
+            .await;
+        match taken {
+            Ok((outcome, place)) => {
+                if !outcome.allowed {
+                    self.metrics.login_failure_limit_refusal();
+                }
+                GatewayError::over_limit(Some(outcome))?;
+                Ok(place)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "failed-login limit check failed");
+                GatewayError::on_redis_outage(
+                    RedisCheck::RateLimit,
+                    self.settings.limits.on_redis_error,
+                )?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Gives back a login's place among its client's failures: its password matched. A
+    /// place Redis did not take back stays a failure until it leaves the window.
+    pub(super) async fn give_back_failure_place(&self, place: Option<Place>) {
+        let Some(place) = place else {
+            return;
+        };
+        if let Err(error) = self.failures.give_back(&place).await {
+            tracing::warn!(%error, "could not give back a failed-login place");
+        }
+    }
+
     /// Counts one request in `bucket`; `None` when Redis failed and `on_redis_error` allows.
     async fn count(&self, bucket: &str, limit: Limit) -> Result<Option<RateOutcome>, GatewayError> {
         let check = GateCheck {
@@ -169,6 +221,7 @@ mod tests {
             password_reset: limit(3),
             default: limit(4),
             per_recipient: limit(5),
+            login_failures: limit(6),
             ipv6_prefix: 64,
             on_redis_error: crate::config::FailMode::Allow,
         }

@@ -59,6 +59,8 @@ pub struct AuthSettings {
     pub reset_ttl: Duration,
     pub max_failures: i32,
     pub lock_for: Duration,
+    /// `lockout.key`: per account, or per account and client address.
+    pub lockout_key: crate::config::LockoutKey,
     /// Cookie mode: sign-in answers also set the session cookies of contract 7.
     pub cookie_mode: bool,
     /// `/auth` bodies are small JSON documents; anything larger is refused early.
@@ -79,6 +81,8 @@ pub struct AuthLimits {
     pub password_reset: Limit,
     pub default: Limit,
     pub per_recipient: Limit,
+    /// `rate_limits.login_failures_per_client`: failed logins per client, across accounts.
+    pub login_failures: Limit,
     /// How IPv6 clients are counted: [`crate::limits::client_key`].
     pub ipv6_prefix: u8,
     pub on_redis_error: FailMode,
@@ -97,6 +101,8 @@ pub struct AuthService {
     pub(crate) settings: AuthSettings,
     pub(crate) mail_waker: Arc<Notify>,
     pub(crate) gate: Gate,
+    /// Failed logins per client address, across accounts (`limits.rs`).
+    pub(crate) failures: crate::limits::failures::FailureLog,
     /// The sign-in pages' settings and form-token key.
     pages: pages::Pages,
     /// Kept up to date by [`AuthService::follow_revocations`] while the gateway serves.
@@ -570,6 +576,8 @@ pub struct AuthParts {
     pub revocations: Revocations,
     pub feed: crate::limits::feed::RevocationFeed,
     pub gate: Gate,
+    /// Failed logins per client address, across accounts.
+    pub failures: crate::limits::failures::FailureLog,
     pub keys: Arc<TokenKeys>,
     pub access: Arc<AccessVerifier>,
     pub hasher: PasswordHasher,
@@ -595,6 +603,7 @@ impl AuthService {
             settings: parts.settings,
             mail_waker: parts.mail_waker,
             gate: parts.gate,
+            failures: parts.failures,
             pages,
             feed: parts.feed,
             policy: parts.policy,

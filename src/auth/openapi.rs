@@ -99,9 +99,16 @@ fn schemas() -> Value {
     let mut login = tokens.clone();
     login["user"] = json!({ "$ref": "#/components/schemas/User" });
     let mut admin_user = user.clone();
-    admin_user["properties"]["failed_login_attempts"] = json!({ "type": "integer" });
-    admin_user["properties"]["locked_until"] =
-        json!({ "type": "string", "format": "date-time", "nullable": true });
+    admin_user["properties"]["failed_login_attempts"] = json!({
+        "type": "integer",
+        "description": "Failed logins counted against the account; with lockout.key \
+            account_and_ip, the sum over its client addresses."
+    });
+    admin_user["properties"]["locked_until"] = json!({
+        "type": "string", "format": "date-time", "nullable": true,
+        "description": "The end of the account's lock; with lockout.key account_and_ip, the \
+            latest lock in force for any of its client addresses."
+    });
     json!({
         "Error": object(json!({ "detail": string }), &["detail"]),
         "User": user,

@@ -12,10 +12,13 @@ use super::{
     AuthService, Call, Principal, Reply,
 };
 use crate::clock::{rfc3339, unix_seconds};
+use crate::config::LockoutKey;
 use crate::error::GatewayError;
 use crate::mail;
 use crate::password::Verification;
-use crate::store::{CommitVerdict, LoginFailure, RefreshOutcome, Rehash, SessionRow, Store, User};
+use crate::store::{
+    CommitVerdict, LockoutScope, LoginFailure, RefreshOutcome, Rehash, SessionRow, Store, User,
+};
 use crate::token::{hash_opaque, OpaqueToken};
 
 const INVALID_CREDENTIALS: &str = "Invalid email or password";
@@ -78,6 +81,14 @@ impl Failure {
     }
 }
 
+/// What a login from the client address `limit_key` counts its failures against.
+pub(super) fn lockout_scope(key: LockoutKey, limit_key: &str) -> LockoutScope<'_> {
+    match key {
+        LockoutKey::Account => LockoutScope::Account,
+        LockoutKey::AccountAndIp => LockoutScope::Address(limit_key),
+    }
+}
+
 /// How many times a login decides again after the account changed under it (a role change
 /// or an activation change that left the verified password valid) before giving up.
 const COMMIT_TRIES: usize = 3;
@@ -99,12 +110,15 @@ impl AuthService {
         let fields = object(call)?;
         let email = normalize_email(fields.string("email")?);
         let password = fields.string("password")?;
+        // Before anything else, so that a client over its failures costs no password check.
+        let place = self.take_failure_place(call).await?;
         let now = self.now();
         let user = self
             .store
             .user_by_email(&email)
             .await
             .map_err(store_error)?;
+        let user = self.in_lockout_scope(user, call).await?;
 
         if let Some(user) = &user {
             if self.lock_of(user, now).is_some() {
@@ -124,7 +138,11 @@ impl AuthService {
             return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
         };
         let needs_rehash = match verification {
-            Verification::Match { needs_rehash } => needs_rehash,
+            Verification::Match { needs_rehash } => {
+                // Not a failure, whatever comes of it (a lock, an unverified email).
+                self.give_back_failure_place(place).await;
+                needs_rehash
+            }
             Verification::Mismatch => {
                 return Err(self
                     .failed_login(&user, Failure::WrongPassword, call, now)
@@ -166,6 +184,33 @@ impl AuthService {
         Err(GatewayError::unauthorized(detail))
     }
 
+    /// The caller's lockout scope ([`lockout_scope`]).
+    pub(super) fn lockout_scope<'a>(&self, call: &'a Call) -> LockoutScope<'a> {
+        lockout_scope(self.settings.lockout_key, &call.limit_key)
+    }
+
+    /// `user` with the failure count and lock of the caller's scope: per address, its pair's
+    /// (read for an unknown email too, so that both cost the same statements).
+    pub(super) async fn in_lockout_scope(
+        &self,
+        user: Option<User>,
+        call: &Call,
+    ) -> Result<Option<User>, GatewayError> {
+        let LockoutScope::Address(key) = self.lockout_scope(call) else {
+            return Ok(user);
+        };
+        let id = user.as_ref().map_or(Uuid::nil(), |user| user.id);
+        let client = self.store.client().await.map_err(store_error)?;
+        let (attempts, locked_until) = Store::pair_lockout(&client, id, key)
+            .await
+            .map_err(store_error)?;
+        Ok(user.map(|mut user| {
+            user.failed_login_attempts = attempts;
+            user.locked_until = locked_until;
+            user
+        }))
+    }
+
     /// The end of `user`'s lock at `now`, unless lockout is turned off.
     pub(super) fn lock_of(&self, user: &User, now: SystemTime) -> Option<SystemTime> {
         self.lockout_on().then(|| user.locked_at(now)).flatten()
@@ -193,9 +238,10 @@ impl AuthService {
             let now = self.now();
             let mut client = self.store.client().await.map_err(store_error)?;
             let transaction = client.transaction().await.map_err(db_error)?;
-            let Some(current) = Store::lock_user(&transaction, read.id)
-                .await
-                .map_err(store_error)?
+            let Some(current) =
+                Store::lock_user_in_scope(&transaction, read.id, self.lockout_scope(call))
+                    .await
+                    .map_err(store_error)?
             else {
                 return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
             };
@@ -223,6 +269,11 @@ impl AuthService {
             let user = Store::record_login_success(&transaction, read.id, rehash, now)
                 .await
                 .map_err(store_error)?;
+            if let LockoutScope::Address(key) = self.lockout_scope(call) {
+                Store::clear_pair_failures(&transaction, read.id, key)
+                    .await
+                    .map_err(store_error)?;
+            }
             let session = Store::create_session(
                 &transaction,
                 user.id,
@@ -301,8 +352,9 @@ impl AuthService {
     /// Counts a failed login and writes its audit entry in one transaction. Every failure
     /// runs the same statements with one commit, whether or not the email exists (the
     /// update then matches no row), so the database does not tell the cases apart by time.
-    /// The attempt that locks the account also queues the email telling its owner and
-    /// audits the lockout, committed with it. An attempt that finds the account locked is
+    /// The attempt that locks the account also queues the email telling its owner (unless
+    /// another address's lock already told them: [`LoginFailure::mails_owner`]) and audits
+    /// the lockout, committed with it. An attempt that finds the account locked is
     /// audited as `login_locked` and counted in the metrics.
     pub(super) async fn record_failure(
         &self,
@@ -319,6 +371,7 @@ impl AuthService {
         let failure = Store::record_login_failure(
             &transaction,
             user_id.unwrap_or(Uuid::nil()),
+            self.lockout_scope(call),
             self.settings.max_failures,
             self.settings.lock_for,
             now,
@@ -352,25 +405,32 @@ impl AuthService {
         self.audit_in(&transaction, event, user_id, call, detail)
             .await?;
         let newly_locked = failure.filter(|failure| failure.newly_locked);
+        let mailed = newly_locked.is_some_and(|failure| failure.mails_owner());
         if let (Some(failure), Some(user)) = (newly_locked, user) {
             let minutes = minutes_until(failure.locked_until.unwrap_or(now), now);
-            mail::enqueue(
-                &transaction,
-                &mail::account_locked_mail(&user.email, minutes),
-            )
-            .await
-            .map_err(db_error)?;
+            if mailed {
+                mail::enqueue(
+                    &transaction,
+                    &mail::account_locked_mail(
+                        &user.email,
+                        minutes,
+                        matches!(self.lockout_scope(call), LockoutScope::Address(_)),
+                    ),
+                )
+                .await
+                .map_err(db_error)?;
+            }
             self.audit_in(
                 &transaction,
                 "account_locked",
                 Some(user.id),
                 call,
-                serde_json::json!({ "minutes": minutes }),
+                serde_json::json!({ "minutes": minutes, "mailed": mailed }),
             )
             .await?;
         }
         transaction.commit().await.map_err(db_error)?;
-        if newly_locked.is_some() {
+        if mailed {
             self.mail_waker.notify_one();
         }
         if lock_hit.is_some() {
@@ -656,4 +716,34 @@ pub(super) fn locked_detail(until: SystemTime, now: SystemTime) -> String {
     let minutes = minutes_until(until, now);
     let unit = if minutes == 1 { "minute" } else { "minutes" };
     format!("Account locked. Try again in {minutes} {unit}.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (`lockout.key`, the caller's rate-limit key, what failures count against)
+    #[test]
+    fn lockout_scopes() {
+        let cases: &[(LockoutKey, &str, LockoutScope<'_>)] = &[
+            (LockoutKey::Account, "203.0.113.9", LockoutScope::Account),
+            (
+                LockoutKey::AccountAndIp,
+                "203.0.113.9",
+                LockoutScope::Address("203.0.113.9"),
+            ),
+            (
+                LockoutKey::AccountAndIp,
+                "2001:db8::/64",
+                LockoutScope::Address("2001:db8::/64"),
+            ),
+        ];
+        for &(key, limit_key, expected) in cases {
+            assert_eq!(
+                lockout_scope(key, limit_key),
+                expected,
+                "{key:?} {limit_key}"
+            );
+        }
+    }
 }

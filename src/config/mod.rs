@@ -36,9 +36,10 @@ use serde::Deserialize;
 pub use env::{ENV_PREFIX, RESERVED_ENV_VARS};
 pub use schema::{
     parse_ip_net, Argon2Config, CookieConfig, CorsConfig, DatabaseConfig, FailMode, HeadersConfig,
-    KeyAlgorithm, LockoutConfig, LogFormat, PagesConfig, PasswordConfig, PasswordPreset,
-    PolicyConfig, RateLimit, RateLimitsConfig, RedisConfig, Secret, ServerConfig, SigningKeyConfig,
-    SmtpConfig, SmtpSecurity, TelemetryConfig, TlsConfig, TokensConfig, UpstreamConfig,
+    KeyAlgorithm, LockoutConfig, LockoutKey, LogFormat, PagesConfig, PasswordConfig,
+    PasswordPreset, PolicyConfig, RateLimit, RateLimitsConfig, RedisConfig, Secret, ServerConfig,
+    SigningKeyConfig, SmtpConfig, SmtpSecurity, TelemetryConfig, TlsConfig, TokensConfig,
+    UpstreamConfig,
 };
 pub use units::{duration, size};
 pub use validate::{normalize_origin, CorsPolicy, ValidationError};

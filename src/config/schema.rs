@@ -471,6 +471,8 @@ pub struct LockoutConfig {
     pub max_failures: u32,
     #[serde(deserialize_with = "duration::deserialize")]
     pub duration: Duration,
+    /// What the failures are counted against and the lock applies to.
+    pub key: LockoutKey,
 }
 
 impl Default for LockoutConfig {
@@ -478,8 +480,22 @@ impl Default for LockoutConfig {
         LockoutConfig {
             max_failures: 5,
             duration: Duration::from_secs(30 * 60),
+            key: LockoutKey::Account,
         }
     }
+}
+
+/// `lockout.key`: what failed logins are counted against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockoutKey {
+    /// The account: failures from every address add up and the lock holds for all of them.
+    /// Stops guessing spread over many addresses; anyone can lock the owner out.
+    Account,
+    /// The account as used from one client address (the address rate limits count by):
+    /// each pair has its own count and lock. No one elsewhere can lock the owner out; a
+    /// guesser with many addresses gets `max_failures` guesses from each.
+    AccountAndIp,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -583,6 +599,9 @@ pub struct RateLimitsConfig {
     /// counts per recipient address, whatever the client's, so that no one mail-bombs an
     /// inbox from many addresses.
     pub per_recipient: RateLimit,
+    /// Failed logins from one client address across all accounts (password spraying): over
+    /// it, the client's logins are refused with 429 before any password is verified.
+    pub login_failures_per_client: RateLimit,
     /// IPv6 clients are counted per network of this many leading bits (1..=128); a /64 is
     /// usually one subscriber.
     pub ipv6_prefix: u8,
@@ -600,6 +619,7 @@ impl Default for RateLimitsConfig {
             password_reset: RateLimit::new(3, Duration::from_secs(3600)),
             default: RateLimit::new(1000, Duration::from_secs(3600)),
             per_recipient: RateLimit::new(3, Duration::from_secs(3600)),
+            login_failures_per_client: RateLimit::new(50, Duration::from_secs(3600)),
             ipv6_prefix: 64,
             on_redis_error: FailMode::Allow,
             revocation_on_redis_error: FailMode::Deny,

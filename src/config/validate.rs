@@ -29,6 +29,9 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ValidationErro
 
 /// Checks a URL's authority: present, a host, a valid port, no userinfo.
 /// Returns the parsed URI for the caller's scheme and path rules.
+/// `rate_limits.login_failures_per_client` is an exact log: this many entries a client at most.
+const MAX_LOGIN_FAILURES_PER_CLIENT: u32 = 1000;
+
 fn parse_url(text: &str) -> Result<Uri, String> {
     if text.contains('#') {
         return Err(format!("{text:?} must not have a fragment"));
@@ -565,6 +568,7 @@ impl Config {
             ("password_reset", &r.password_reset),
             ("default", &r.default),
             ("per_recipient", &r.per_recipient),
+            ("login_failures_per_client", &r.login_failures_per_client),
         ] {
             if limit.requests == 0 {
                 return Err(invalid(
@@ -573,6 +577,13 @@ impl Config {
                 ));
             }
             require_positive(&format!("rate_limits.{name}.per"), limit.per)?;
+        }
+        // Kept as an exact log of failure times, read whole by each login.
+        if r.login_failures_per_client.requests > MAX_LOGIN_FAILURES_PER_CLIENT {
+            return Err(invalid(
+                "rate_limits.login_failures_per_client.requests",
+                format!("must be at most {MAX_LOGIN_FAILURES_PER_CLIENT}"),
+            ));
         }
         if !(1..=128).contains(&r.ipv6_prefix) {
             return Err(invalid(
@@ -783,6 +794,26 @@ mod tests {
             Err(e) => panic!("max_failures 0 needs no duration: {e}"),
         };
         assert_eq!(config.lockout.max_failures, 0);
+    }
+
+    /// (`lockout.key` as written, what it means, or None when refused).
+    #[test]
+    fn lockout_keys() {
+        let cases: &[(&str, Option<LockoutKey>)] = &[
+            ("", Some(LockoutKey::Account)),
+            ("  key: account\n", Some(LockoutKey::Account)),
+            ("  key: account_and_ip\n", Some(LockoutKey::AccountAndIp)),
+            ("  key: ip\n", None),
+            ("  key: Account\n", None),
+        ];
+        for (line, expected) in cases {
+            let parsed = parse(&format!("lockout:\n  max_failures: 5\n{line}"));
+            assert_eq!(
+                parsed.ok().map(|config| config.lockout.key),
+                *expected,
+                "{line:?}"
+            );
+        }
     }
 
     /// (seed node, the message it is refused with, or None when accepted).
@@ -1154,6 +1185,14 @@ mod tests {
         assert_eq!(
             invalid_key(|c| c.rate_limits.per_recipient.requests = 0),
             "rate_limits.per_recipient.requests"
+        );
+        assert_eq!(
+            invalid_key(|c| c.rate_limits.login_failures_per_client.requests = 0),
+            "rate_limits.login_failures_per_client.requests"
+        );
+        assert_eq!(
+            invalid_key(|c| c.rate_limits.login_failures_per_client.requests = 1001),
+            "rate_limits.login_failures_per_client.requests"
         );
         assert_eq!(
             invalid_key(|c| c.rate_limits.ipv6_prefix = 0),

@@ -26,6 +26,7 @@
 //!   channels: one tag, so one slot and one master ([`revocation_key`] says why).
 
 pub mod durability;
+pub mod failures;
 pub mod feed;
 pub mod gate;
 pub mod revocation;

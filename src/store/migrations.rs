@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_revocation_record",
         include_str!("../../migrations/0003_revocation_record.sql"),
     ),
+    (
+        4,
+        "0004_login_failures",
+        include_str!("../../migrations/0004_login_failures.sql"),
+    ),
 ];
 
 /// Any fixed number works; it only has to be the same for every instance.

@@ -15,7 +15,9 @@ mod users;
 pub use audit::AuditEntry;
 pub use email_tokens::TokenPurpose;
 pub use sessions::{RefreshOutcome, SessionRow};
-pub use users::{CommitVerdict, LoginFailure, NewUser, Rehash, User, UserPatch};
+pub use users::{
+    lockout_summary, CommitVerdict, LockoutScope, LoginFailure, NewUser, Rehash, User, UserPatch,
+};
 
 use std::time::Duration;
 

@@ -5,6 +5,11 @@
 //! [`User::commit_verdict`]: the lock and the `security_version` are judged as they are at
 //! commit, not as they were read, so neither a lock set nor a change made in between is
 //! missed.
+//!
+//! The failure count and lock are kept per account (the `users` columns) or, with
+//! `lockout.key: account_and_ip`, per account and client address (`login_failures`): a
+//! [`LockoutScope`] says which. Either way they are written only under the user's row lock, so
+//! the same serialisation makes both exact.
 
 use std::time::{Duration, SystemTime};
 
@@ -129,13 +134,51 @@ pub struct Rehash<'a> {
     pub verified_hash: &'a str,
 }
 
-/// What one failed login did to the account.
+/// What a login's failures are counted against and its lock is looked up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockoutScope<'a> {
+    /// The account as a whole: the `users` columns.
+    Account,
+    /// The account as used from one client address (its rate-limit key): a `login_failures`
+    /// row.
+    Address(&'a str),
+}
+
+/// What one failed login did to the account (or to the account's pair with the address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginFailure {
     pub attempts: i32,
     pub locked_until: Option<SystemTime>,
-    /// This very attempt locked the account.
+    /// This very attempt locked the account (or the pair).
     pub newly_locked: bool,
+    /// Another of the account's pairs was locked at the time: the owner has already been told.
+    /// Always false for [`LockoutScope::Account`].
+    pub other_lock_held: bool,
+}
+
+impl LoginFailure {
+    /// Whether the owner is emailed about this failure: when it locks the account, and per
+    /// address only when no other address's lock holds, so that a guesser with many
+    /// addresses cannot flood the owner's inbox (each lock is audited all the same).
+    pub fn mails_owner(&self) -> bool {
+        self.newly_locked && !self.other_lock_held
+    }
+}
+
+/// An account's failures and lock as the admin API shows them: in per-address mode, the sum
+/// of its pairs' counts and the latest lock that holds for any of its addresses.
+pub fn lockout_summary(
+    pairs: &[(i32, Option<SystemTime>)],
+    now: SystemTime,
+) -> (i32, Option<SystemTime>) {
+    let attempts = pairs
+        .iter()
+        .fold(0i32, |sum, (attempts, _)| sum.saturating_add(*attempts));
+    let locked_until = pairs
+        .iter()
+        .filter_map(|(_, until)| until.filter(|until| *until > now))
+        .max();
+    (attempts, locked_until)
 }
 
 #[derive(Debug, Default, Clone)]
@@ -219,13 +262,21 @@ impl Store {
     /// counted; `None` when there is no such user. A lockout that has expired starts the
     /// count again; while the account is locked the count still grows but the lockout is not
     /// extended. `max_failures` 0 turns lockout off: the count grows, nothing locks.
+    ///
+    /// With [`LockoutScope::Address`] the same is done to the pair's row, with the user's row
+    /// locked first (as a login's decision and an unlock lock it), in the caller's
+    /// transaction.
     pub async fn record_login_failure(
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
+        scope: LockoutScope<'_>,
         max_failures: i32,
         lock_for: Duration,
         now: SystemTime,
     ) -> Result<Option<LoginFailure>, StoreError> {
+        if let LockoutScope::Address(key) = scope {
+            return record_pair_failure(client, id, key, max_failures, lock_for, now).await;
+        }
         let lock_end = now + lock_for;
         let row = client
             .query_opt(
@@ -250,7 +301,40 @@ impl Store {
             attempts: row.get(0),
             locked_until: row.get(1),
             newly_locked: row.get(2),
+            other_lock_held: false,
         }))
+    }
+
+    /// The failure count and lock end of `id`'s pair with the client address `key`, without
+    /// locking anything: (0, None) when it has none (or there is no such user).
+    pub async fn pair_lockout(
+        client: &impl deadpool_postgres::GenericClient,
+        id: Uuid,
+        key: &str,
+    ) -> Result<(i32, Option<SystemTime>), StoreError> {
+        let row = client
+            .query_opt(
+                "SELECT failed_login_attempts, locked_until FROM login_failures
+                 WHERE user_id = $1 AND client_key = $2",
+                &[&id, &key],
+            )
+            .await?;
+        Ok(row.map_or((0, None), |row| (row.get(0), row.get(1))))
+    }
+
+    /// Every pair's failure count and lock end of `id`.
+    pub async fn pair_lockouts(
+        &self,
+        id: Uuid,
+    ) -> Result<Vec<(i32, Option<SystemTime>)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT failed_login_attempts, locked_until FROM login_failures WHERE user_id = $1",
+                &[&id],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
     /// Reads the user with the row locked until the caller's transaction ends: every
@@ -266,6 +350,41 @@ impl Store {
             )
             .await?;
         Ok(row.as_ref().map(User::from_row))
+    }
+
+    /// [`Store::lock_user`], with the failure count and lock of `scope` in the user's
+    /// `failed_login_attempts` and `locked_until`. The pair's row is read by a statement of
+    /// its own after the lock is granted: a join would read it in the snapshot taken before
+    /// waiting, and miss a lock set by the failure it waited for.
+    pub async fn lock_user_in_scope(
+        client: &impl deadpool_postgres::GenericClient,
+        id: Uuid,
+        scope: LockoutScope<'_>,
+    ) -> Result<Option<User>, StoreError> {
+        let Some(mut user) = Store::lock_user(client, id).await? else {
+            return Ok(None);
+        };
+        if let LockoutScope::Address(key) = scope {
+            (user.failed_login_attempts, user.locked_until) =
+                Store::pair_lockout(client, id, key).await?;
+        }
+        Ok(Some(user))
+    }
+
+    /// Forgets the failures of `id`'s pair with `key` (a success from that address), in the
+    /// caller's transaction, which holds the user's row lock.
+    pub async fn clear_pair_failures(
+        client: &impl deadpool_postgres::GenericClient,
+        id: Uuid,
+        key: &str,
+    ) -> Result<(), StoreError> {
+        client
+            .execute(
+                "DELETE FROM login_failures WHERE user_id = $1 AND client_key = $2",
+                &[&id, &key],
+            )
+            .await?;
+        Ok(())
     }
 
     /// A successful login, in the caller's transaction after [`User::commit_verdict`] said
@@ -345,6 +464,10 @@ impl Store {
                 &[&id, &password_hash, &now],
             )
             .await?;
+        // After the update, which holds the user's row lock: no failure slips in between.
+        client
+            .execute("DELETE FROM login_failures WHERE user_id = $1", &[&id])
+            .await?;
         Ok(User::from_row(&row))
     }
 
@@ -402,15 +525,24 @@ impl Store {
         Ok(row.as_ref().map(User::from_row))
     }
 
-    /// Clears a lockout; false when there is no such user.
+    /// Clears a lockout: the account's and every one of its address pairs', whichever
+    /// `lockout.key` is in use (so a change of key leaves nothing locked behind an unlock).
+    /// False when there is no such user.
     pub async fn unlock_user(&self, id: Uuid, now: SystemTime) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let updated = client
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        // The user's row first, as every failure takes it: a failure commits wholly before
+        // the unlock or wholly after it.
+        let updated = transaction
             .execute(
                 "UPDATE users SET failed_login_attempts = 0, locked_until = NULL, updated_at = $2 WHERE id = $1",
                 &[&id, &now],
             )
             .await?;
+        transaction
+            .execute("DELETE FROM login_failures WHERE user_id = $1", &[&id])
+            .await?;
+        transaction.commit().await?;
         Ok(updated == 1)
     }
 
@@ -449,6 +581,52 @@ impl Store {
     }
 }
 
+/// [`Store::record_login_failure`] for one (account, address) pair: the same arithmetic in
+/// one upsert, after the user's row is locked. No row is written for a user that does not
+/// exist (the insert selects nothing), so an unknown email runs the same statements.
+async fn record_pair_failure(
+    client: &impl deadpool_postgres::GenericClient,
+    id: Uuid,
+    key: &str,
+    max_failures: i32,
+    lock_for: Duration,
+    now: SystemTime,
+) -> Result<Option<LoginFailure>, StoreError> {
+    let lock_end = now + lock_for;
+    client
+        .execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&id])
+        .await?;
+    let row = client
+        .query_opt(
+            "INSERT INTO login_failures AS f
+                (user_id, client_key, failed_login_attempts, locked_until, updated_at)
+             SELECT id, $5::text, 1,
+                 CASE WHEN $3::int4 > 0 AND 1 >= $3::int4 THEN $4::timestamptz END, $2::timestamptz
+             FROM users WHERE id = $1
+             ON CONFLICT (user_id, client_key) DO UPDATE SET
+                failed_login_attempts = CASE
+                    WHEN f.locked_until IS NOT NULL AND f.locked_until <= $2 THEN 1
+                    ELSE f.failed_login_attempts + 1 END,
+                locked_until = CASE
+                    WHEN f.locked_until IS NOT NULL AND f.locked_until > $2 THEN f.locked_until
+                    WHEN $3 > 0 AND (CASE WHEN f.locked_until IS NOT NULL AND f.locked_until <= $2 THEN 1
+                               ELSE f.failed_login_attempts + 1 END) >= $3 THEN $4
+                    ELSE NULL END,
+                updated_at = $2
+             RETURNING failed_login_attempts, locked_until, locked_until IS NOT DISTINCT FROM $4,
+                EXISTS (SELECT 1 FROM login_failures o WHERE o.user_id = $1
+                        AND o.client_key <> $5 AND o.locked_until > $2)",
+            &[&id, &now, &max_failures, &lock_end, &key],
+        )
+        .await?;
+    Ok(row.map(|row| LoginFailure {
+        attempts: row.get(0),
+        locked_until: row.get(1),
+        newly_locked: row.get(2),
+        other_lock_held: row.get(3),
+    }))
+}
+
 /// `%`, `_` and `\` in a search are literal characters, not patterns.
 fn escape_like(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -479,6 +657,71 @@ mod tests {
             last_login: None,
             created_at: SystemTime::UNIX_EPOCH,
             security_version: 7,
+        }
+    }
+
+    /// (case, newly locked, another address's lock held, the owner is mailed)
+    #[test]
+    fn the_owner_is_mailed_once_per_lockout() {
+        let cases: &[(&str, bool, bool, bool)] = &[
+            ("not locked", false, false, false),
+            ("locks the account", true, false, true),
+            ("locks a pair, no other lock holds", true, false, true),
+            ("locks a pair while another holds", true, true, false),
+            ("counted while another pair is locked", false, true, false),
+        ];
+        for &(case, newly_locked, other_lock_held, mailed) in cases {
+            let failure = LoginFailure {
+                attempts: 5,
+                locked_until: None,
+                newly_locked,
+                other_lock_held,
+            };
+            assert_eq!(failure.mails_owner(), mailed, "{case}");
+        }
+    }
+
+    /// (case, the pairs' counts and lock ends in seconds from now, the admin's view)
+    #[test]
+    fn lockout_summaries() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |seconds: i64| match u64::try_from(seconds) {
+            Ok(ahead) => now + Duration::from_secs(ahead),
+            Err(_) => now - Duration::from_secs(seconds.unsigned_abs()),
+        };
+        type Pair = (i32, Option<i64>);
+        type Case = (&'static str, &'static [Pair], Pair);
+        let cases: &[Case] = &[
+            ("no pair", &[], (0, None)),
+            ("one pair counting", &[(3, None)], (3, None)),
+            ("counts add up", &[(3, None), (2, None)], (5, None)),
+            (
+                "one pair locked",
+                &[(5, Some(600)), (1, None)],
+                (6, Some(600)),
+            ),
+            (
+                "the latest lock",
+                &[(5, Some(600)), (7, Some(1200))],
+                (12, Some(1200)),
+            ),
+            ("an expired lock is not shown", &[(5, Some(-60))], (5, None)),
+            (
+                "a lock ending now has ended",
+                &[(5, Some(0)), (5, Some(30))],
+                (10, Some(30)),
+            ),
+        ];
+        for (case, pairs, (attempts, until)) in cases {
+            let pairs: Vec<_> = pairs
+                .iter()
+                .map(|(count, until)| (*count, until.map(at)))
+                .collect();
+            assert_eq!(
+                lockout_summary(&pairs, now),
+                (*attempts, until.map(at)),
+                "{case}"
+            );
         }
     }
 

@@ -246,6 +246,7 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct AuthMetrics {
     login_locked_refusals: AtomicU64,
+    login_failure_limit_refusals: AtomicU64,
     refresh_reuses: AtomicU64,
     refresh_graces: AtomicU64,
 }
@@ -255,6 +256,12 @@ impl AuthMetrics {
     /// failure that set the lock).
     pub fn login_locked_refusal(&self) {
         self.login_locked_refusals.fetch_add(1, Relaxed);
+    }
+
+    /// A login was refused (429) before its password was verified: its client address was
+    /// over `rate_limits.login_failures_per_client`.
+    pub fn login_failure_limit_refusal(&self) {
+        self.login_failure_limit_refusals.fetch_add(1, Relaxed);
     }
 
     /// An already-rotated refresh token was presented: its whole session was ended.
@@ -290,6 +297,14 @@ impl AuthMetrics {
             "counter",
             "Login or password-change attempts refused because the account was locked.",
             self.login_locked_refusals.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "portcullis_login_failure_limit_refusals_total",
+            "counter",
+            "Logins refused before any password check: the client address was over \
+             rate_limits.login_failures_per_client.",
+            self.login_failure_limit_refusals.load(Relaxed),
         );
         out
     }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use portcullis::password::{HashParams, PasswordHasher};
-use portcullis::store::{Store, UserPatch};
+use portcullis::store::{LockoutScope, Store, UserPatch};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::harness::identity::{sql, PASSWORD};
-use crate::harness::{run_resources, TestGateway, TestResponse};
+use crate::harness::{full, run_resources, TestGateway, TestResponse};
 
 const WRONG: &str = "Wrong-Password-1";
 const INVALID: &str = "Invalid email or password";
@@ -210,6 +210,7 @@ async fn a_login_that_started_before_the_lock_is_refused_after_it() {
         Store::record_login_failure(
             &blocker.transaction,
             user_id,
+            LockoutScope::Account,
             5,
             Duration::from_secs(30 * 60),
             now,
@@ -439,4 +440,379 @@ async fn a_login_in_flight_over_a_role_change_carries_the_new_role() {
     let me = gateway.call("GET", "/auth/me", None, Some(&access)).await;
     assert_eq!(me.status, 200, "{me:?}");
     assert_eq!(me.json()["role"], "manager");
+}
+
+/// A gateway behind a trusted proxy on the loopback (so requests name their client in
+/// `X-Forwarded-For`) that locks per account and client address.
+async fn per_address_gateway() -> TestGateway {
+    TestGateway::start_with(|config| {
+        config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        config.lockout.key = portcullis::config::LockoutKey::AccountAndIp;
+    })
+    .await
+}
+
+/// A login as sent by `client` through the trusted proxy.
+async fn login_from(
+    gateway: &TestGateway,
+    client: &str,
+    email: &str,
+    password: &str,
+) -> TestResponse {
+    let mut connection = gateway.h1().await;
+    let request = connection
+        .request("POST", "/auth/login")
+        .header("x-forwarded-for", client)
+        .header("content-type", "application/json")
+        .body(full(
+            json!({ "email": email, "password": password }).to_string(),
+        ))
+        .unwrap();
+    connection.send_read(request).await
+}
+
+async fn lock_mails_to(recipient: &str) -> i64 {
+    sql(&format!(
+        "SELECT count(*) FROM mail_outbox WHERE recipient = '{recipient}' AND subject ILIKE '%locked%'"
+    ))
+    .await[0]
+        .get(0)
+}
+
+async fn admin_view(gateway: &TestGateway, admin: &str, user_id: &str) -> serde_json::Value {
+    let response = gateway
+        .call(
+            "GET",
+            &format!("/auth/admin/users/{user_id}"),
+            None,
+            Some(admin),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{response:?}");
+    response.json()
+}
+
+const GUESSER: &str = "198.51.100.7";
+const SECOND_GUESSER: &str = "198.51.100.99";
+const OWNER: &str = "203.0.113.20";
+
+/// `lockout.key: account_and_ip`: the guesser's address locks after `max_failures`, even
+/// for the right password, while the owner's address logs in; the owner's success clears
+/// nothing of the guesser's lock. A second address locking while the first lock holds is
+/// audited but mails the owner no second time. The admin view sums the addresses' counts
+/// and shows the lock in force; the account-wide columns are not used.
+#[tokio::test]
+async fn per_address_a_guesser_locks_only_their_own_address() {
+    let gateway = per_address_gateway().await;
+    let (_, admin) = gateway.account_with_role("pair-admin", "admin").await;
+    let account = gateway.signup("pair-victim").await;
+    for attempt in 1..=4 {
+        let response = login_from(&gateway, GUESSER, &account.email, WRONG).await;
+        assert_eq!(response.detail(), INVALID, "attempt {attempt}");
+    }
+    let locking = login_from(&gateway, GUESSER, &account.email, WRONG).await;
+    assert_eq!(locking.status, 401, "{locking:?}");
+    assert_eq!(locking.detail(), NEWLY_LOCKED);
+    let refused = login_from(&gateway, GUESSER, &account.email, PASSWORD).await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert!(refused.detail().contains("locked"), "{refused:?}");
+
+    let owner = login_from(&gateway, OWNER, &account.email, PASSWORD).await;
+    assert_eq!(owner.status, 200, "{owner:?}");
+    let still = login_from(&gateway, GUESSER, &account.email, PASSWORD).await;
+    assert!(still.detail().contains("locked"), "{still:?}");
+    assert_eq!(lock_mails_to(&account.email).await, 1);
+    let body: String = sql(&format!(
+        "SELECT body FROM mail_outbox WHERE recipient = '{}' AND subject ILIKE '%locked%'",
+        account.email
+    ))
+    .await[0]
+        .get(0);
+    assert!(body.contains("still sign in from elsewhere"), "{body}");
+
+    for _ in 0..5 {
+        login_from(&gateway, SECOND_GUESSER, &account.email, WRONG).await;
+    }
+    let second = login_from(&gateway, SECOND_GUESSER, &account.email, PASSWORD).await;
+    assert!(second.detail().contains("locked"), "{second:?}");
+    assert_eq!(audit_count(&account.id, "account_locked").await, 2);
+    assert_eq!(
+        lock_mails_to(&account.email).await,
+        1,
+        "one mail per lockout"
+    );
+
+    // The guesser: 5 wrong and 2 refused while locked; the second: 5 and 1; the owner's
+    // success left nothing behind.
+    let view = admin_view(&gateway, &admin.access, &account.id).await;
+    assert_eq!(view["failed_login_attempts"], 13, "{view}");
+    assert!(view["locked_until"].is_string(), "{view}");
+    let row = &sql(&format!(
+        "SELECT failed_login_attempts, locked_until IS NULL FROM users WHERE id = '{}'",
+        account.id
+    ))
+    .await[0];
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, bool>(1)), (0, true));
+}
+
+/// Unlocking an account in per-address mode clears every address's count and lock.
+#[tokio::test]
+async fn per_address_an_unlock_clears_every_address() {
+    let gateway = per_address_gateway().await;
+    let (_, admin) = gateway
+        .account_with_role("pair-unlock-admin", "admin")
+        .await;
+    let account = gateway.signup("pair-unlock").await;
+    for client in [GUESSER, SECOND_GUESSER] {
+        for _ in 0..5 {
+            login_from(&gateway, client, &account.email, WRONG).await;
+        }
+        let refused = login_from(&gateway, client, &account.email, PASSWORD).await;
+        assert!(refused.detail().contains("locked"), "{client}: {refused:?}");
+    }
+    // A count below the limit from a third address is cleared too.
+    login_from(&gateway, OWNER, &account.email, WRONG).await;
+
+    let unlocked = gateway
+        .call(
+            "POST",
+            &format!("/auth/admin/users/{}/unlock", account.id),
+            None,
+            Some(&admin.access),
+        )
+        .await;
+    assert_eq!(unlocked.status, 204, "{unlocked:?}");
+    let view = admin_view(&gateway, &admin.access, &account.id).await;
+    assert_eq!(view["failed_login_attempts"], 0, "{view}");
+    assert!(view["locked_until"].is_null(), "{view}");
+    let pairs: i64 = sql(&format!(
+        "SELECT count(*) FROM login_failures WHERE user_id = '{}'",
+        account.id
+    ))
+    .await[0]
+        .get(0);
+    assert_eq!(pairs, 0);
+    for client in [GUESSER, SECOND_GUESSER] {
+        let response = login_from(&gateway, client, &account.email, PASSWORD).await;
+        assert_eq!(response.status, 200, "{client}: {response:?}");
+    }
+}
+
+/// The per-address lock is as absolute as the account's: a login from the address that
+/// verified the right password before its lock was set, and decides after it, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_a_login_that_started_before_the_lock_is_refused_after_it() {
+    let gateway = Arc::new(per_address_gateway().await);
+    let account = gateway.signup("pair-before-lock").await;
+    let user_id = Uuid::parse_str(&account.id).unwrap();
+
+    let blocker = Blocker::begin().await;
+    blocker.lock_user(&account.id).await;
+    let right = {
+        let gateway = gateway.clone();
+        let email = account.email.clone();
+        tokio::spawn(async move { login_from(&gateway, GUESSER, &email, PASSWORD).await })
+    };
+    blocker.until_waiting(1).await;
+    let now = SystemTime::now();
+    for _ in 0..5 {
+        Store::record_login_failure(
+            &blocker.transaction,
+            user_id,
+            LockoutScope::Address(GUESSER),
+            5,
+            Duration::from_secs(30 * 60),
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    blocker.commit().await;
+
+    let right = right.await.unwrap();
+    assert_eq!(right.status, 401, "the login beat the lock: {right:?}");
+    assert!(right.detail().contains("locked"), "{right:?}");
+    assert_eq!(live_sessions(&account.id).await, 0);
+    let owner = login_from(&gateway, OWNER, &account.email, PASSWORD).await;
+    assert_eq!(owner.status, 200, "{owner:?}");
+}
+
+/// Per address, concurrent failures are each counted and the pair locks exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_concurrent_failures_are_counted_exactly() {
+    let gateway = Arc::new(
+        TestGateway::start_with(|config| {
+            config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+            config.lockout.key = portcullis::config::LockoutKey::AccountAndIp;
+            config.database.max_connections = 32;
+        })
+        .await,
+    );
+    let account = gateway.signup("pair-concurrent").await;
+    let guesses: Vec<_> = (0..20)
+        .map(|_| {
+            let gateway = gateway.clone();
+            let email = account.email.clone();
+            tokio::spawn(async move { login_from(&gateway, GUESSER, &email, WRONG).await })
+        })
+        .collect();
+    let mut newly_locked = 0;
+    for guess in guesses {
+        let response = guess.await.unwrap();
+        assert_eq!(response.status, 401, "{response:?}");
+        newly_locked += usize::from(response.detail() == NEWLY_LOCKED);
+    }
+    assert_eq!(newly_locked, 1);
+    let count: i32 = sql(&format!(
+        "SELECT failed_login_attempts FROM login_failures WHERE user_id = '{}'",
+        account.id
+    ))
+    .await[0]
+        .get(0);
+    assert_eq!(count, 20);
+    assert_eq!(audit_count(&account.id, "account_locked").await, 1);
+    assert_eq!(lock_mails_to(&account.email).await, 1);
+}
+
+const SPRAYER: &str = "198.51.100.50";
+
+/// `rate_limits.login_failures_per_client`: one address guessing across accounts is refused
+/// with 429 and `Retry-After` once its failures fill the window, before any password is
+/// verified (the right one included), while another address is unaffected. A login whose
+/// password matched is not a failure.
+#[tokio::test]
+async fn password_spraying_from_one_address_is_refused_before_any_password_check() {
+    let gateway = TestGateway::start_with(|config| {
+        config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        config.rate_limits.login_failures_per_client =
+            portcullis::config::RateLimit::new(3, Duration::from_secs(3600));
+    })
+    .await;
+    let accounts = [
+        gateway.signup("spray-1").await,
+        gateway.signup("spray-2").await,
+        gateway.signup("spray-3").await,
+    ];
+    // A success from the address takes nothing from its budget.
+    let first = login_from(&gateway, SPRAYER, &accounts[0].email, PASSWORD).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    for target in [&accounts[0].email, &accounts[1].email] {
+        let response = login_from(&gateway, SPRAYER, target, WRONG).await;
+        assert_eq!(response.detail(), INVALID, "{target}");
+    }
+    let unknown = login_from(&gateway, SPRAYER, "nobody-spray@example.com", WRONG).await;
+    assert_eq!(unknown.detail(), INVALID);
+
+    let verified = gateway
+        .metric("portcullis_password_verifications_total")
+        .await;
+    for (email, password) in [(&accounts[2].email, PASSWORD), (&accounts[1].email, WRONG)] {
+        let refused = login_from(&gateway, SPRAYER, email, password).await;
+        assert_eq!(refused.status, 429, "{refused:?}");
+        assert!(!refused.detail().is_empty(), "{refused:?}");
+        let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=3600).contains(&retry), "{retry}");
+    }
+    assert_eq!(
+        gateway
+            .metric("portcullis_password_verifications_total")
+            .await,
+        verified,
+        "a refused attempt verified a password"
+    );
+    assert_eq!(
+        gateway
+            .metric("portcullis_login_failure_limit_refusals_total")
+            .await,
+        2
+    );
+    // The refused attempt on the third account never reached it.
+    assert_eq!(audit_count(&accounts[2].id, "login_failure").await, 0);
+
+    let elsewhere = login_from(&gateway, OWNER, &accounts[2].email, PASSWORD).await;
+    assert_eq!(elsewhere.status, 200, "{elsewhere:?}");
+}
+
+/// The failed-login limit is exact under concurrency: of ten guesses sent at once from one
+/// address with room for three, exactly three verify a password and the rest get 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_spraying_verifies_no_more_than_the_limit() {
+    let gateway = Arc::new(
+        TestGateway::start_with(|config| {
+            config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+            config.rate_limits.login_failures_per_client =
+                portcullis::config::RateLimit::new(3, Duration::from_secs(3600));
+        })
+        .await,
+    );
+    let account = gateway.signup("spray-concurrent").await;
+    let verified = gateway
+        .metric("portcullis_password_verifications_total")
+        .await;
+    let guesses: Vec<_> = (0..10)
+        .map(|_| {
+            let gateway = gateway.clone();
+            let email = account.email.clone();
+            tokio::spawn(async move { login_from(&gateway, SPRAYER, &email, WRONG).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for guess in guesses {
+        statuses.push(guess.await.unwrap().status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [401, 401, 401, 429, 429, 429, 429, 429, 429, 429]);
+    assert_eq!(
+        gateway
+            .metric("portcullis_password_verifications_total")
+            .await
+            - verified,
+        3
+    );
+}
+
+/// Per address, a wrong `current_password` counts against the caller's address: it locks
+/// password changes and logins from there, not from elsewhere, and the change that then
+/// goes through from elsewhere clears every address's lock.
+#[tokio::test]
+async fn per_address_a_wrong_current_password_counts_against_the_address() {
+    let gateway = per_address_gateway().await;
+    let account = gateway.signup("pair-change").await;
+    let tokens = gateway.tokens(&account).await;
+    let change = |client: &'static str, current: &'static str| {
+        let access = tokens.access.clone();
+        let gateway = &gateway;
+        async move {
+            let mut connection = gateway.h1().await;
+            let body = json!({ "current_password": current, "new_password": "Brand-New-Pass-9" });
+            let request = connection
+                .request("POST", "/auth/password-change")
+                .header("x-forwarded-for", client)
+                .header("authorization", format!("Bearer {access}"))
+                .header("content-type", "application/json")
+                .body(full(body.to_string()))
+                .unwrap();
+            connection.send_read(request).await
+        }
+    };
+    for _ in 0..4 {
+        assert_eq!(change(GUESSER, WRONG).await.status, 422);
+    }
+    let fifth = change(GUESSER, WRONG).await;
+    assert_eq!(
+        (fifth.status.as_u16(), fifth.detail()),
+        (403, NEWLY_LOCKED.to_string())
+    );
+    let right = change(GUESSER, PASSWORD).await;
+    assert_eq!(right.status, 403, "{right:?}");
+    let login = login_from(&gateway, GUESSER, &account.email, PASSWORD).await;
+    assert!(login.detail().contains("locked"), "{login:?}");
+
+    let elsewhere = change(OWNER, PASSWORD).await;
+    assert_eq!(elsewhere.status, 204, "{elsewhere:?}");
+    let after = login_from(&gateway, GUESSER, &account.email, "Brand-New-Pass-9").await;
+    assert_eq!(
+        after.status, 200,
+        "a new password clears every address: {after:?}"
+    );
 }

@@ -35,7 +35,7 @@ const MAX_BATCH: usize = 512;
 /// past its newest entry. Sent with `EVAL` and its source rather than `EVALSHA`: a Redis that
 /// restarted empty would answer `NOSCRIPT` in the middle of a pipeline whose counters had
 /// already counted, and the source is a few hundred bytes.
-const LOG_SCRIPT: &str = "\
+pub(crate) const LOG_SCRIPT: &str = "\
 local now = tonumber(ARGV[1])
 local length = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - length)

@@ -78,6 +78,7 @@
 //! queue, the flush task and the pipelines.
 
 mod batch;
+pub(crate) use batch::LOG_SCRIPT;
 mod plan;
 
 use std::sync::atomic::{AtomicU64, Ordering};
