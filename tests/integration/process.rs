@@ -758,3 +758,85 @@ async fn a_gigabyte_upload_streams_in_constant_memory() {
         "memory grew by {growth_mib:.1} MiB during a 1 GiB upload"
     );
 }
+
+#[test]
+fn policy_test_runs_the_cases_and_check_runs_them_too() {
+    let run = |command: &str, file: &Path| {
+        let output = Command::new(BINARY)
+            .args(["policy", command])
+            .arg(file)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+        )
+    };
+    let shipped = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.yaml"));
+    let (code, stdout) = run("test", shipped);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("tests passed"), "{stdout}");
+
+    let dir = temp_dir("policy-test");
+    let file = dir.join("policy.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nroles: [user, admin]\nrules:\n  - name: admin\n    paths: [\"/admin/**\"]\n    allow: { role: admin }\n  - name: rest\n    paths: [\"/**\"]\n    allow: public\ntests:\n  - { method: GET, path: /admin/x, role: admin, expect: allow, rule: admin }\n  - { method: GET, path: /admin/x, role: user, expect: allow }\n  - { method: GET, path: /x, expect: 401, rule: admin }\n",
+    )
+    .unwrap();
+    let name = file.display().to_string();
+    for command in ["test", "check"] {
+        let (code, stdout) = run(command, &file);
+        assert_eq!(code, Some(1), "{command}: {stdout}");
+        let failures: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            failures,
+            [
+                format!("{name}:12:5: test failed: GET /admin/x as user with role user: expected allow, got 403 from rule `admin` (Requires admin role)"),
+                format!("{name}:13:5: test failed: GET /x as anonymous: expected 401 from rule `admin`, got allow from rule `rest`"),
+            ],
+            "{command}"
+        );
+    }
+}
+
+#[test]
+fn policy_explain_takes_the_host_and_prints_the_policy_hash() {
+    let dir = temp_dir("policy-explain-host");
+    let file = dir.join("policy.yaml");
+    let text = "version: 1\nroles: [user]\nrules:\n  - name: intranet\n    paths: [\"/**\"]\n    hosts: [intranet.example.com]\n    allow: public\n  - name: shadow\n    paths: [\"/**\"]\n    allow: deny\n    mode: report\n";
+    std::fs::write(&file, text).unwrap();
+    let explain = |host: Option<&str>| {
+        let mut command = Command::new(BINARY);
+        command.args(["policy", "explain"]).arg(&file).args([
+            "--method",
+            "GET",
+            "--path",
+            "/page",
+            "--anonymous",
+        ]);
+        if let Some(host) = host {
+            command.args(["--host", host]);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let on_host = explain(Some("Intranet.example.com:8443"));
+    assert!(
+        on_host.contains("matches: rule #1 \"intranet\"") && on_host.contains("decision: allow"),
+        "{on_host}"
+    );
+    assert!(
+        on_host.contains("shadow: rule #2 \"shadow\" (mode: report) would decide: 401"),
+        "{on_host}"
+    );
+    let elsewhere = explain(None);
+    assert!(
+        elsewhere.contains("no rule matches") && elsewhere.contains("decision: 401"),
+        "{elsewhere}"
+    );
+    // The hash is the one the gateway shows in /metrics (`portcullis_policy_info{hash}`).
+    let hash = portcullis::live_policy::content_hash(text);
+    assert!(on_host.contains(&format!("policy: {hash}\n")), "{on_host}");
+}
