@@ -211,7 +211,9 @@ impl Policy {
     /// Parses and compiles. `upstreams`: the upstream names the gateway has (a rule naming
     /// another is an error); None skips that check (for `policy check` without a gateway
     /// config). Ok carries warnings (e.g. shadowed rules); Err carries every error found (at
-    /// least one), warnings may be included. Diagnostics come sorted by position.
+    /// least one), warnings may be included. Diagnostics come sorted by position. The
+    /// file's `tests:` are read and checked here but run by [`Policy::run_tests`], once the
+    /// caller has set how the gateway matches (`set_case_sensitive`).
     pub fn parse(
         text: &str,
         upstreams: Option<&[String]>,
