@@ -35,7 +35,7 @@ enum Command {
         #[arg(long, default_value = "config/gateway.yaml")]
         config: PathBuf,
     },
-    /// Validate or explain a policy file.
+    /// Validate, test or explain a policy file.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
@@ -55,8 +55,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Exit 0 when FILE is a valid policy, 1 with `file:line:col: message` lines when not.
+    /// Exit 0 when FILE is a valid policy and its `tests:` pass, 1 with
+    /// `file:line:col: message` lines when not.
     Check { file: PathBuf },
+    /// Run the `tests:` cases of FILE: exit 0 when all pass, 1 with a
+    /// `file:line:col: message` line for each failing case.
+    Test { file: PathBuf },
     /// Print which rule matches a request and the decision.
     Explain {
         file: PathBuf,
@@ -64,6 +68,9 @@ enum PolicyCommand {
         method: String,
         #[arg(long)]
         path: String,
+        /// The request's Host, for rules with `hosts:`.
+        #[arg(long)]
+        host: Option<String>,
         #[arg(long)]
         role: Option<String>,
         #[arg(long)]
@@ -101,22 +108,29 @@ pub fn main() -> ExitCode {
             command: PolicyCommand::Check { file },
         } => policy_check(&file),
         Command::Policy {
+            command: PolicyCommand::Test { file },
+        } => policy_test(&file),
+        Command::Policy {
             command:
                 PolicyCommand::Explain {
                     file,
                     method,
                     path,
+                    host,
                     role,
                     user_id,
                     anonymous,
                 },
         } => policy_explain(
             &file,
-            &method,
-            &path,
-            role.as_deref(),
-            user_id.as_deref(),
-            anonymous,
+            &Asked {
+                method: &method,
+                path: &path,
+                host: host.as_deref(),
+                role: role.as_deref(),
+                user_id: user_id.as_deref(),
+                anonymous,
+            },
         ),
         Command::User {
             command:
@@ -136,7 +150,8 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Reads and compiles a policy file, printing every diagnostic as `file:line:col: message`.
-fn read_policy(file: &std::path::Path) -> Result<crate::policy::Policy, ExitCode> {
+/// Also returns the file's hash, as the gateway shows it.
+fn read_policy(file: &std::path::Path) -> Result<(crate::policy::Policy, String), ExitCode> {
     let name = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|error| fail(format!("{name}: {error}")))?;
     match crate::policy::Policy::parse(&text, None) {
@@ -144,7 +159,7 @@ fn read_policy(file: &std::path::Path) -> Result<crate::policy::Policy, ExitCode
             for warning in warnings {
                 println!("{}", warning.render(&name));
             }
-            Ok(policy)
+            Ok((policy, crate::live_policy::content_hash(&text)))
         }
         Err(diagnostics) => {
             for diagnostic in diagnostics {
@@ -155,30 +170,74 @@ fn read_policy(file: &std::path::Path) -> Result<crate::policy::Policy, ExitCode
     }
 }
 
-fn policy_check(file: &std::path::Path) -> ExitCode {
-    match read_policy(file) {
-        Ok(policy) => {
-            println!("{}: valid ({} rules)", file.display(), policy.rule_count());
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
+/// Runs the policy's `tests:` as the gateway judges requests (its path normalisation, with
+/// the default settings), printing each failure as `file:line:col: message`. Returns how
+/// many failed.
+fn run_policy_tests(file: &std::path::Path, policy: &crate::policy::Policy) -> usize {
+    let name = file.display().to_string();
+    let failures = policy.run_tests(|path| crate::proxy::path::normalize_path(path, false));
+    for failure in &failures {
+        println!("{}", failure.render(&name));
     }
+    failures.len()
 }
 
-fn policy_explain(
-    file: &std::path::Path,
-    method: &str,
-    path: &str,
-    role: Option<&str>,
-    user_id: Option<&str>,
-    anonymous: bool,
-) -> ExitCode {
-    use crate::policy::{Decision, Identity, Request};
-
+fn policy_check(file: &std::path::Path) -> ExitCode {
     let policy = match read_policy(file) {
-        Ok(policy) => policy,
+        Ok((policy, _)) => policy,
         Err(code) => return code,
     };
+    let failed = run_policy_tests(file, &policy);
+    if failed > 0 {
+        eprintln!(
+            "portcullis: {failed} of {} tests failed",
+            policy.test_count()
+        );
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{}: valid ({} rules, {} tests pass)",
+        file.display(),
+        policy.rule_count(),
+        policy.test_count()
+    );
+    ExitCode::SUCCESS
+}
+
+fn policy_test(file: &std::path::Path) -> ExitCode {
+    let policy = match read_policy(file) {
+        Ok((policy, _)) => policy,
+        Err(code) => return code,
+    };
+    let failed = run_policy_tests(file, &policy);
+    let total = policy.test_count();
+    if failed > 0 {
+        eprintln!("portcullis: {failed} of {total} tests failed");
+        return ExitCode::FAILURE;
+    }
+    println!("{}: {total} tests passed", file.display());
+    ExitCode::SUCCESS
+}
+
+/// The request `policy explain` is asked about.
+struct Asked<'a> {
+    method: &'a str,
+    path: &'a str,
+    host: Option<&'a str>,
+    role: Option<&'a str>,
+    user_id: Option<&'a str>,
+    anonymous: bool,
+}
+
+fn policy_explain(file: &std::path::Path, asked: &Asked<'_>) -> ExitCode {
+    use crate::policy::{Decision, Identity, Request};
+
+    let (policy, hash) = match read_policy(file) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let (method, path) = (asked.method, asked.path);
+    println!("policy: {hash}");
     // The gateway judges the normalised path; explain the same one.
     let normalised = match crate::proxy::path::normalize_path(path, false) {
         Ok(normalised) => normalised,
@@ -189,35 +248,44 @@ fn policy_explain(
         }
     };
     let method = method.to_ascii_uppercase();
-    let identity = match (anonymous, role) {
+    let identity = match (asked.anonymous, asked.role) {
         (false, Some(role)) => Some(Identity {
-            sub: user_id.unwrap_or("user"),
+            sub: asked.user_id.unwrap_or("user"),
             role,
         }),
         _ => None,
     };
     let request = Request {
         method: &method,
-        host: None,
+        host: asked.host,
         path: &normalised,
     };
     let caller = match &identity {
         Some(identity) => format!("user {} with role {}", identity.sub, identity.role),
         None => "anonymous".to_string(),
     };
-    println!("request: {method} {normalised} as {caller}");
+    let host = asked
+        .host
+        .map_or_else(String::new, |host| format!(" on host {host}"));
+    println!("request: {method} {normalised}{host} as {caller}");
     let rule_line = |rule: Option<usize>| match rule {
         Some(index) => format!("rule #{} \"{}\"", index + 1, policy.rule_name(index)),
         None => "no rule matches".to_string(),
     };
-    match policy.evaluate(&request, identity.as_ref()) {
+    let said = |decision: &Decision| match decision {
+        Decision::Allow { .. } => "allow".to_string(),
+        Decision::Unauthenticated { .. } => "401 (Not authenticated)".to_string(),
+        Decision::Forbidden { detail, .. } => format!("403 ({detail})"),
+    };
+    let decision = policy.evaluate(&request, identity.as_ref());
+    println!("matches: {}", rule_line(decision.rule()));
+    println!("decision: {}", said(&decision));
+    match &decision {
         Decision::Allow {
-            rule,
             rate_limit,
             upstream,
+            ..
         } => {
-            println!("matches: {}", rule_line(Some(rule)));
-            println!("decision: allow");
             if let Some(limit) = rate_limit {
                 println!(
                     "rate limit: {} per {:?} by {:?}",
@@ -230,18 +298,21 @@ fn policy_explain(
             rule,
             on_unauthenticated,
         } => {
-            println!("matches: {}", rule_line(rule));
-            println!("decision: 401 (Not authenticated)");
             // Said only when the rule sets it: the default (a browser navigation is sent to
             // sign in) holds everywhere else and would only be noise.
             if rule.is_some_and(|index| policy.rule_on_unauthenticated(index).is_some()) {
                 println!("on_unauthenticated: {}", on_unauthenticated.as_str());
             }
         }
-        Decision::Forbidden { rule, detail } => {
-            println!("matches: {}", rule_line(rule));
-            println!("decision: 403 ({detail})");
-        }
+        Decision::Forbidden { .. } => {}
+    }
+    // Shadow rules never decide; say what each that matches would have.
+    for (rule, would) in policy.shadow_decisions(&request, identity.as_ref()) {
+        println!(
+            "shadow: {} (mode: report) would decide: {}",
+            rule_line(Some(rule)),
+            said(&would)
+        );
     }
     ExitCode::SUCCESS
 }

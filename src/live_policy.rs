@@ -1,6 +1,9 @@
 //! Where the policy comes from: the file named in `gateway.yaml`, loaded at start, and
 //! reloaded when it changes on disk (checked every quarter second) or on `SIGHUP`.
 //!
+//! A policy whose own `tests:` fail is refused like any other invalid edit (and cannot start
+//! the gateway): each failing case is a `file:line:col: message` diagnostic.
+//!
 //! A reload swaps an `Arc`: requests already deciding keep the policy they started with,
 //! the next one sees the new policy, and nothing is dropped. An edit that fails validation
 //! is refused whole, every diagnostic is logged as `file:line:col: message`, the failure is
@@ -25,12 +28,22 @@ pub struct LoadedPolicy {
 pub struct PolicySource {
     path: PathBuf,
     upstreams: Vec<String>,
-    case_sensitive: bool,
+    matching: Matching,
     current: RwLock<Arc<LoadedPolicy>>,
     /// The file's modification time and length when last read, to notice edits cheaply.
     seen: Mutex<Option<(SystemTime, u64)>>,
     reloads: AtomicU64,
     failures: AtomicU64,
+}
+
+/// The gateway settings that change what a policy decides, so that its `tests:` are run
+/// as the gateway will judge requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Matching {
+    /// `policy.case_sensitive`.
+    pub case_sensitive: bool,
+    /// `server.allow_path_parameters`: whether a `;` in a path is let through normalisation.
+    pub allow_path_parameters: bool,
 }
 
 /// How often the file is checked for changes.
@@ -41,17 +54,17 @@ impl PolicySource {
     pub fn load(
         path: &Path,
         upstreams: Vec<String>,
-        case_sensitive: bool,
+        matching: Matching,
     ) -> Result<PolicySource, String> {
         let seen = fingerprint(path);
         let text = std::fs::read_to_string(path)
             .map_err(|error| format!("{}: {error}", path.display()))?;
-        let loaded = compile(path, &text, &upstreams, case_sensitive)
+        let loaded = compile(path, &text, &upstreams, matching)
             .map_err(|diagnostics| render_all(path, &diagnostics))?;
         Ok(PolicySource {
             path: path.to_path_buf(),
             upstreams,
-            case_sensitive,
+            matching,
             current: RwLock::new(Arc::new(loaded)),
             seen: Mutex::new(seen),
             reloads: AtomicU64::new(0),
@@ -89,7 +102,7 @@ impl PolicySource {
         if content_hash(&text) == self.current().hash {
             return false;
         }
-        match compile(&self.path, &text, &self.upstreams, self.case_sensitive) {
+        match compile(&self.path, &text, &self.upstreams, self.matching) {
             Ok(loaded) => {
                 tracing::info!(path = %self.path.display(), hash = %loaded.hash, rules = loaded.policy.rule_count(), "policy reloaded");
                 *self
@@ -157,10 +170,17 @@ fn compile(
     path: &Path,
     text: &str,
     upstreams: &[String],
-    case_sensitive: bool,
+    matching: Matching,
 ) -> Result<LoadedPolicy, Vec<Diagnostic>> {
-    let (mut policy, warnings) = Policy::parse(text, Some(upstreams))?;
-    policy.set_case_sensitive(case_sensitive);
+    let (mut policy, mut warnings) = Policy::parse(text, Some(upstreams))?;
+    policy.set_case_sensitive(matching.case_sensitive);
+    let failures = policy
+        .run_tests(|path| crate::proxy::path::normalize_path(path, matching.allow_path_parameters));
+    if !failures.is_empty() {
+        warnings.extend(failures);
+        warnings.sort_by_key(|d| (d.line, d.column));
+        return Err(warnings);
+    }
     for warning in &warnings {
         tracing::warn!(diagnostic = %warning.render(&path.display().to_string()), "policy warning");
     }
@@ -180,7 +200,9 @@ fn render_all(path: &Path, diagnostics: &[Diagnostic]) -> String {
         .join("\n")
 }
 
-fn content_hash(text: &str) -> String {
+/// What identifies a policy file in `/metrics` (`portcullis_policy_info{hash}`), the access
+/// log and `policy explain`: SHA-256 of its bytes, hex, first 16 characters.
+pub fn content_hash(text: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     digest.as_ref()[..8]
         .iter()

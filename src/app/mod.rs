@@ -101,7 +101,10 @@ impl App {
             PolicySource::load(
                 &config.policy.path,
                 upstream_names,
-                config.policy.case_sensitive,
+                crate::live_policy::Matching {
+                    case_sensitive: config.policy.case_sensitive,
+                    allow_path_parameters: config.server.allow_path_parameters,
+                },
             )
             .map_err(AppError::Policy)?,
         );

@@ -49,6 +49,16 @@ pub(crate) struct Rule {
     pub upstream: Option<String>,
     /// As written; `None` means the default.
     pub on_unauthenticated: Option<OnUnauthenticated>,
+    /// `mode: report`.
+    pub shadow: bool,
+}
+
+/// A shadow rule (`mode: report`) and its own patterns: it is asked about every request on
+/// its own, whatever the enforced rules decided, so it gets tries of its own.
+#[derive(Debug)]
+pub(crate) struct Shadow {
+    pub trie: Trie,
+    pub folded_trie: Trie,
 }
 
 impl Rule {
@@ -84,14 +94,30 @@ pub(crate) fn compile(doc: Doc, diagnostics: &mut Vec<Diagnostic>) -> Policy {
         grants.push(inherited.clone());
     }
 
+    // Rule indexes stay the file's order, shadow rules included, so that `rule #N` and the
+    // names in logs point at the file; only enforced rules go into the tries that decide.
     let patterns = || {
         doc.rules
             .iter()
             .enumerate()
+            .filter(|(_, rule)| !rule.shadow)
             .flat_map(|(index, rule)| rule.patterns.iter().map(move |p| (index, p)))
     };
     let trie = Trie::build(patterns(), false);
     let folded_trie = Trie::build(patterns(), true);
+    let shadows = doc
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, rule)| rule.shadow)
+        .map(|(index, rule)| {
+            let own = || rule.patterns.iter().map(move |p| (index, p));
+            Shadow {
+                trie: Trie::build(own(), false),
+                folded_trie: Trie::build(own(), true),
+            }
+        })
+        .collect();
     warn_shadowed(&doc.rules, &trie, diagnostics);
     warn_duplicate_names(&doc.rules, diagnostics);
     // The highest role holds every grant there is.
@@ -123,6 +149,7 @@ pub(crate) fn compile(doc: Doc, diagnostics: &mut Vec<Diagnostic>) -> Policy {
             rate_limit: spec.rate_limit,
             upstream: spec.upstream,
             on_unauthenticated: spec.on_unauthenticated,
+            shadow: spec.shadow,
         })
         .collect();
     Policy {
@@ -134,6 +161,8 @@ pub(crate) fn compile(doc: Doc, diagnostics: &mut Vec<Diagnostic>) -> Policy {
         trie,
         folded_trie,
         case_sensitive: false,
+        shadows,
+        tests: doc.tests,
     }
 }
 
@@ -150,8 +179,10 @@ fn warn(diagnostics: &mut Vec<Diagnostic>, pos: Pos, message: String) {
 /// patterns is covered by one of the earlier rule's, and the earlier rule's methods and hosts
 /// include its own. Conservative: silence unless certain. The trie finds the covering rules,
 /// so this stays cheap for large policies.
+/// A shadow rule (`mode: report`) is asked about every request whatever comes before it,
+/// so it is never reported, and it never hides a later rule.
 fn warn_shadowed(rules: &[RuleSpec], trie: &Trie, diagnostics: &mut Vec<Diagnostic>) {
-    for (index, rule) in rules.iter().enumerate() {
+    for (index, rule) in rules.iter().enumerate().filter(|(_, rule)| !rule.shadow) {
         let mut candidates: Option<Vec<usize>> = None;
         for pattern in &rule.patterns {
             let covering = trie.subsumers(pattern, index);

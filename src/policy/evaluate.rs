@@ -1,7 +1,7 @@
 //! One decision: find the first rule that fits the request (one walk down the trie), then
 //! hold the caller to that rule's `allow`.
 
-use super::matcher::Terminal;
+use super::matcher::{Terminal, Trie};
 use super::model::{method_bit, Access};
 use super::{Decision, Identity, OnUnauthenticated, Policy, Request};
 
@@ -13,16 +13,66 @@ impl Policy {
         visits: &mut usize,
     ) -> Decision {
         // The gateway hands over normalised paths; anything else matches no rule.
-        let Some(body) = request.path.strip_prefix('/') else {
+        let Some(body) = path_body(request.path) else {
             return no_rule(identity);
         };
-        // A trailing slash never changes the decision: `/admin/` is judged as `/admin`.
-        let body = body.strip_suffix('/').unwrap_or(body);
-        let segments: Vec<&str> = if body.is_empty() {
-            Vec::new()
-        } else {
-            body.split('/').collect()
+        let segments = split(body);
+        match self.find(
+            &self.trie,
+            &self.folded_trie,
+            request,
+            body,
+            &segments,
+            visits,
+        ) {
+            Some(terminal) => self.apply(terminal, &segments, identity),
+            None => no_rule(identity),
+        }
+    }
+
+    /// What each shadow rule (`mode: report`) that matches the request would decide, in
+    /// file order: (rule index, decision). The enforced decision is not changed by any of
+    /// them; nothing is asked when the policy has no shadow rule.
+    pub fn shadow_decisions(
+        &self,
+        request: &Request<'_>,
+        identity: Option<&Identity<'_>>,
+    ) -> Vec<(usize, Decision)> {
+        if self.shadows.is_empty() {
+            return Vec::new();
+        }
+        let Some(body) = path_body(request.path) else {
+            return Vec::new();
         };
+        let segments = split(body);
+        let mut visits = 0;
+        self.shadows
+            .iter()
+            .filter_map(|shadow| {
+                let terminal = self.find(
+                    &shadow.trie,
+                    &shadow.folded_trie,
+                    request,
+                    body,
+                    &segments,
+                    &mut visits,
+                )?;
+                Some((terminal.rule, self.apply(terminal, &segments, identity)))
+            })
+            .collect()
+    }
+
+    /// The first rule in `trie` (or `folded_trie`, when matching ignores case) that fits
+    /// the request: path, method and host.
+    fn find<'t>(
+        &self,
+        trie: &'t Trie,
+        folded_trie: &'t Trie,
+        request: &Request<'_>,
+        body: &str,
+        segments: &[&str],
+        visits: &mut usize,
+    ) -> Option<&'t Terminal> {
         let method = method_bit(request.method);
         let host = request.host.map(host_part);
         let accept = |rule: usize| {
@@ -31,26 +81,17 @@ impl Policy {
                 .is_some_and(|r| r.accepts(method, host))
         };
         // Captures keep the path's own spelling; only the walk down the trie folds case.
-        let found = if self.case_sensitive || !body.bytes().any(|b| b.is_ascii_uppercase()) {
+        if self.case_sensitive || !body.bytes().any(|b| b.is_ascii_uppercase()) {
             let trie = if self.case_sensitive {
-                &self.trie
+                trie
             } else {
-                &self.folded_trie
+                folded_trie
             };
-            trie.find(&segments, accept, visits)
+            trie.find(segments, accept, visits)
         } else {
             let lower = body.to_ascii_lowercase();
-            let folded: Vec<&str> = if lower.is_empty() {
-                Vec::new()
-            } else {
-                lower.split('/').collect()
-            };
-            self.folded_trie.find(&folded, accept, visits)
-        };
-        let Some(terminal) = found else {
-            return no_rule(identity);
-        };
-        self.apply(terminal, &segments, identity)
+            folded_trie.find(&split(&lower), accept, visits)
+        }
     }
 
     fn apply(
@@ -112,6 +153,21 @@ impl Policy {
                 }
             }
         }
+    }
+}
+
+/// The path without its leading `/` and a trailing one: a trailing slash never changes the
+/// decision (`/admin/` is judged as `/admin`). None for a path not starting with `/`.
+fn path_body(path: &str) -> Option<&str> {
+    let body = path.strip_prefix('/')?;
+    Some(body.strip_suffix('/').unwrap_or(body))
+}
+
+fn split(body: &str) -> Vec<&str> {
+    if body.is_empty() {
+        Vec::new()
+    } else {
+        body.split('/').collect()
     }
 }
 

@@ -6,8 +6,11 @@
 //!   reported at its node, as many as one pass can find.
 //! - `matcher`: path patterns and the one segment trie all rules compile into.
 //! - `compile`: roles, inherited permissions, the trie, and the shadowed-rule warnings.
-//! - `evaluate`: a request and an identity into a [`Decision`].
+//! - `evaluate`: a request and an identity into a [`Decision`], and what the shadow rules
+//!   (`mode: report`) would have decided.
+//! - `cases`: the file's own `tests:`, run through the same evaluation.
 
+mod cases;
 mod compile;
 mod evaluate;
 mod matcher;
@@ -124,6 +127,45 @@ pub enum Decision {
     Forbidden { rule: Option<usize>, detail: String },
 }
 
+/// A decision as the access log, the metrics and `tests:` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    /// 401 (or, for a browser navigation, the redirect to sign in).
+    Unauthenticated,
+    /// 403.
+    Forbidden,
+}
+
+impl Outcome {
+    /// `allow`, `401` or `403`: the words of `tests:` and of the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Unauthenticated => "401",
+            Outcome::Forbidden => "403",
+        }
+    }
+}
+
+impl Decision {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Decision::Allow { .. } => Outcome::Allow,
+            Decision::Unauthenticated { .. } => Outcome::Unauthenticated,
+            Decision::Forbidden { .. } => Outcome::Forbidden,
+        }
+    }
+
+    /// The index of the rule that decided; None when no rule matched.
+    pub fn rule(&self) -> Option<usize> {
+        match self {
+            Decision::Allow { rule, .. } => Some(*rule),
+            Decision::Unauthenticated { rule, .. } | Decision::Forbidden { rule, .. } => *rule,
+        }
+    }
+}
+
 /// A checked, compiled policy. Immutable once built, so one can be shared by every worker.
 pub struct Policy {
     /// Lowest first; a role's rank is its index.
@@ -140,6 +182,11 @@ pub struct Policy {
     /// `/ADMIN/x` under rules written for `/admin/**`.
     folded_trie: matcher::Trie,
     case_sensitive: bool,
+    /// The rules with `mode: report`, in file order; not in the tries above, so a policy
+    /// without any pays nothing for them.
+    shadows: Vec<compile::Shadow>,
+    /// The file's `tests:`.
+    tests: Vec<model::TestCase>,
 }
 
 impl fmt::Debug for Policy {
@@ -149,6 +196,8 @@ impl fmt::Debug for Policy {
             .field("rules", &self.rules.len())
             .field("trie_nodes", &self.trie.node_count())
             .field("default_rate_limit", &self.default_rate_limit)
+            .field("shadow_rules", &self.shadows.len())
+            .field("tests", &self.tests.len())
             .finish()
     }
 }
@@ -162,7 +211,9 @@ impl Policy {
     /// Parses and compiles. `upstreams`: the upstream names the gateway has (a rule naming
     /// another is an error); None skips that check (for `policy check` without a gateway
     /// config). Ok carries warnings (e.g. shadowed rules); Err carries every error found (at
-    /// least one), warnings may be included. Diagnostics come sorted by position.
+    /// least one), warnings may be included. Diagnostics come sorted by position. The
+    /// file's `tests:` are read and checked here but run by [`Policy::run_tests`], once the
+    /// caller has set how the gateway matches (`set_case_sensitive`).
     pub fn parse(
         text: &str,
         upstreams: Option<&[String]>,
@@ -217,6 +268,16 @@ impl Policy {
     /// The rule's `name`; "" for an index past the last rule.
     pub fn rule_name(&self, index: usize) -> &str {
         self.rules.get(index).map_or("", |rule| rule.name.as_str())
+    }
+
+    /// Whether any rule has `mode: report`.
+    pub fn has_shadow_rules(&self) -> bool {
+        !self.shadows.is_empty()
+    }
+
+    /// Whether the rule has `mode: report` (false for an index past the last rule).
+    pub fn is_shadow_rule(&self, index: usize) -> bool {
+        self.rules.get(index).is_some_and(|rule| rule.shadow)
     }
 
     /// The rule's `on_unauthenticated` when it sets one (for `policy explain`).

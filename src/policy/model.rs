@@ -8,7 +8,7 @@ use crate::config::units::{self, DurationError, DurationSyntax};
 
 use super::matcher::Pattern;
 use super::yaml::{shorten, Node};
-use super::{Diagnostic, OnUnauthenticated, RateKey, RateLimit, Severity};
+use super::{Diagnostic, OnUnauthenticated, Outcome, RateKey, RateLimit, Severity};
 
 /// Where a node starts, kept for messages produced after reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,7 @@ pub(crate) struct Doc {
     pub permissions: Vec<Vec<String>>,
     pub rate_limit: Option<RateLimit>,
     pub rules: Vec<RuleSpec>,
+    pub tests: Vec<TestCase>,
 }
 
 #[derive(Debug)]
@@ -80,10 +81,34 @@ pub(crate) struct RuleSpec {
     pub rate_limit: Option<RateLimit>,
     pub upstream: Option<String>,
     pub on_unauthenticated: Option<OnUnauthenticated>,
+    /// `mode: report`: a shadow rule, which never decides (see `Policy::shadow_decisions`).
+    pub shadow: bool,
 }
 
-const TOP_KEYS: [&str; 5] = ["version", "roles", "permissions", "rate_limit", "rules"];
-const RULE_KEYS: [&str; 8] = [
+/// One `tests:` case: a request, who makes it, and what the policy must answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TestCase {
+    pub pos: Pos,
+    pub method: String,
+    /// As written: the runner normalises it as the gateway would.
+    pub path: String,
+    pub host: Option<String>,
+    /// (user id, role); None = anonymous.
+    pub caller: Option<(String, String)>,
+    pub expect: Outcome,
+    /// The name of the enforced rule that must decide.
+    pub rule: Option<String>,
+}
+
+const TOP_KEYS: [&str; 6] = [
+    "version",
+    "roles",
+    "permissions",
+    "rate_limit",
+    "rules",
+    "tests",
+];
+const RULE_KEYS: [&str; 9] = [
     "name",
     "paths",
     "methods",
@@ -92,6 +117,17 @@ const RULE_KEYS: [&str; 8] = [
     "rate_limit",
     "upstream",
     "on_unauthenticated",
+    "mode",
+];
+const CASE_KEYS: [&str; 8] = [
+    "method",
+    "path",
+    "host",
+    "role",
+    "user_id",
+    "anonymous",
+    "expect",
+    "rule",
 ];
 const ALLOW_KEYS: [&str; 4] = ["role", "permission", "owner", "or_role"];
 const RATE_KEYS: [&str; 3] = ["requests", "per", "key"];
@@ -185,7 +221,7 @@ impl Reader<'_> {
             );
             return None;
         };
-        let [version, roles, permissions, rate_limit, rules] =
+        let [version, roles, permissions, rate_limit, rules, tests] =
             self.fields(entries, TOP_KEYS, "the policy");
         match version {
             None => self.error(root, "missing `version: 1`"),
@@ -217,6 +253,10 @@ impl Reader<'_> {
             }
             Some(node) => self.rules(node),
         };
+        let tests = match tests {
+            None => Vec::new(),
+            Some(node) => self.tests(node, &rules),
+        };
         let rate_limit = match rate_limit {
             None => None,
             Some(parsed) => Some(parsed?),
@@ -226,6 +266,7 @@ impl Reader<'_> {
             permissions,
             rate_limit,
             rules,
+            tests,
         })
     }
 
@@ -452,7 +493,7 @@ impl Reader<'_> {
             );
             return None;
         };
-        let [name, paths, methods, hosts, allow, rate_limit, upstream, on_unauthenticated] =
+        let [name, paths, methods, hosts, allow, rate_limit, upstream, on_unauthenticated, mode] =
             self.fields(entries, RULE_KEYS, "a rule");
         let name = match name {
             None => {
@@ -496,6 +537,23 @@ impl Reader<'_> {
         let upstream = upstream.map(|value| self.upstream(value));
         let on_unauthenticated =
             on_unauthenticated.map(|value| self.on_unauthenticated(value, access.as_ref()));
+        let shadow = match mode {
+            None => Some(false),
+            Some(value) => match value.as_str() {
+                Some("enforce") => Some(false),
+                Some("report") => Some(true),
+                _ => {
+                    self.error(
+                        value,
+                        format!(
+                            "`mode` must be `enforce` (the default) or `report` (a shadow rule that never decides), not {}",
+                            value.describe()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         if !patterns_ok {
             return None;
         }
@@ -525,6 +583,227 @@ impl Reader<'_> {
                 None => None,
                 Some(parsed) => Some(parsed?),
             },
+            shadow: shadow?,
+        })
+    }
+
+    fn tests(&mut self, node: &Node, rules: &[RuleSpec]) -> Vec<TestCase> {
+        let Some(items) = node.as_seq() else {
+            self.error(
+                node,
+                format!("`tests` must be a list of cases, not {}", node.describe()),
+            );
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|item| self.test_case(item, rules))
+            .collect()
+    }
+
+    /// One case. Every key is checked like a rule's; a case naming a rule checks that an
+    /// enforced rule of that name exists, so a typo is not a test that can never pass.
+    fn test_case(&mut self, node: &Node, rules: &[RuleSpec]) -> Option<TestCase> {
+        let Some(entries) = node.as_map() else {
+            self.error(
+                node,
+                format!(
+                    "each test must be a mapping with `method`, `path` and `expect`, not {}",
+                    node.describe()
+                ),
+            );
+            return None;
+        };
+        let [method, path, host, role, user_id, anonymous, expect, rule] =
+            self.fields(entries, CASE_KEYS, "a test");
+        let method = match method {
+            None => {
+                self.error(node, "a test needs `method`");
+                None
+            }
+            Some(value) => match value.as_str() {
+                Some(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase()) => {
+                    Some(text.to_string())
+                }
+                Some(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    self.error(
+                        value,
+                        format!(
+                            "methods are upper-case: write `{}`",
+                            text.to_ascii_uppercase()
+                        ),
+                    );
+                    None
+                }
+                _ => {
+                    self.error(
+                        value,
+                        format!(
+                            "`method` must be a method such as `GET`, not {}",
+                            value.describe()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let path = match path {
+            None => {
+                self.error(node, "a test needs `path`");
+                None
+            }
+            Some(value) => match value.as_str() {
+                Some(text) if text.starts_with('/') && !text.contains(['?', '#']) => {
+                    Some(text.to_string())
+                }
+                _ => {
+                    self.error(
+                        value,
+                        format!(
+                            "`path` must be a request path starting with `/`, without a query, not {}",
+                            value.describe()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let host = match host {
+            None => Some(None),
+            Some(value) => match value.as_str() {
+                Some(text) if !text.is_empty() => Some(Some(text.to_string())),
+                _ => {
+                    self.error(
+                        value,
+                        format!("`host` must be a host name, not {}", value.describe()),
+                    );
+                    None
+                }
+            },
+        };
+        let anonymous = match anonymous {
+            None => Some(false),
+            Some(value) => match value.as_text() {
+                Some("true") if value_is_bool(value) => Some(true),
+                Some("false") if value_is_bool(value) => Some(false),
+                _ => {
+                    self.error(
+                        value,
+                        format!(
+                            "`anonymous` must be `true` or `false`, not {}",
+                            value.describe()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let role = match role {
+            None => Some(None),
+            Some(value) => match value.as_str() {
+                Some(name) if !name.is_empty() => {
+                    let known = self
+                        .roles
+                        .as_ref()
+                        .is_none_or(|roles| roles.iter().any(|r| r == name));
+                    if !known {
+                        self.warn(
+                            value,
+                            format!(
+                                "role `{}` is not in `roles`: the case is a signed-in caller with no role's rights",
+                                shorten(name)
+                            ),
+                        );
+                    }
+                    Some(Some(name.to_string()))
+                }
+                _ => {
+                    self.error(
+                        value,
+                        format!("`role` must be a role name, not {}", value.describe()),
+                    );
+                    None
+                }
+            },
+        };
+        let user_id = match user_id {
+            None => Some(None),
+            Some(value) => match value.as_text() {
+                Some(text) if !text.is_empty() => Some(Some(text.to_string())),
+                _ => {
+                    self.error(
+                        value,
+                        format!("`user_id` must be a user id, not {}", value.describe()),
+                    );
+                    None
+                }
+            },
+        };
+        let caller = match (anonymous?, role?, user_id?) {
+            (true, None, None) | (false, None, None) => None,
+            (false, Some(role), user_id) => {
+                // As `policy explain`: a caller without a user id is called `user`.
+                Some((user_id.unwrap_or_else(|| "user".to_string()), role))
+            }
+            (false, None, Some(_)) => {
+                self.error(node, "a test with `user_id` needs the caller's `role`");
+                return None;
+            }
+            (true, _, _) => {
+                self.error(node, "an `anonymous: true` test has no `role` or `user_id`");
+                return None;
+            }
+        };
+        let expect = match expect {
+            None => {
+                self.error(node, "a test needs `expect` (`allow`, `401` or `403`)");
+                None
+            }
+            Some(value) => match value.as_text() {
+                Some("allow") => Some(Outcome::Allow),
+                Some("401") => Some(Outcome::Unauthenticated),
+                Some("403") => Some(Outcome::Forbidden),
+                _ => {
+                    self.error(
+                        value,
+                        format!(
+                            "`expect` must be `allow`, `401` or `403`, not {}",
+                            value.describe()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let rule = match rule {
+            None => Some(None),
+            Some(value) => {
+                let name = value.as_text().unwrap_or_default();
+                let named: Vec<&RuleSpec> = rules.iter().filter(|r| r.name == name).collect();
+                if named.iter().any(|r| !r.shadow) {
+                    Some(Some(name.to_string()))
+                } else {
+                    let message = if named.is_empty() {
+                        format!("no rule is named {}", value.describe())
+                    } else {
+                        format!(
+                            "rule {} has `mode: report` and never decides; a test judges enforced rules only",
+                            value.describe()
+                        )
+                    };
+                    self.error(value, message);
+                    None
+                }
+            }
+        };
+        Some(TestCase {
+            pos: Pos::of(node),
+            method: method?,
+            path: path?,
+            host: host?,
+            caller,
+            expect: expect?,
+            rule: rule?,
         })
     }
 
@@ -830,6 +1109,16 @@ impl Reader<'_> {
         }
         Some(name.to_string())
     }
+}
+
+fn value_is_bool(node: &Node) -> bool {
+    matches!(
+        node.value,
+        super::yaml::Value::Scalar {
+            kind: super::yaml::Kind::Bool,
+            ..
+        }
+    )
 }
 
 /// What is wrong with a `hosts` entry, if anything. The request's host is compared without

@@ -892,3 +892,294 @@ fn case_sensitive_matching() {
         Decision::Unauthenticated { rule: Some(4), .. }
     ));
 }
+
+/// `mode` and `tests:` are checked like every other key: each mistake at its place.
+#[test]
+fn invalid_modes_and_test_cases() {
+    const RULE: &str = "  - {name: r, paths: [/], allow: public}\n";
+    const SHADOW: &str = "  - {name: s, paths: [/x], allow: deny, mode: report}\n";
+    // The rules take lines 6 and 7, `tests:` line 8, the case line 9.
+    let case = |case: &str| one_rule(&format!("{RULE}{SHADOW}tests:\n  - {case}\n"));
+    #[rustfmt::skip]
+    let table: Vec<(String, usize, usize, &str)> = vec![
+        (one_rule("  - name: r\n    paths: [/]\n    allow: public\n    mode: shadow\n"), 9, 11, "`mode` must be `enforce` (the default) or `report`"),
+        (one_rule("  - name: r\n    paths: [/]\n    allow: public\n    mode: Report\n"), 9, 11, "`mode` must be `enforce` (the default) or `report` (a shadow rule that never decides), not `Report`"),
+        (one_rule(&format!("{RULE}tests: {{}}\n")), 7, 8, "`tests` must be a list of cases, not a mapping"),
+        (case("just text"), 9, 5, "each test must be a mapping with `method`, `path` and `expect`"),
+        (case("{method: GET, path: /, expect: allow, when: 1}"), 9, 43, "unknown key `when` in a test; expected one of: method, path, host, role, user_id, anonymous, expect, rule"),
+        (case("{method: GET, path: /, expect: allow, method: POST}"), 9, 43, "duplicate key `method` in a test"),
+        (case("{path: /, expect: allow}"), 9, 5, "a test needs `method`"),
+        (case("{method: GET, expect: allow}"), 9, 5, "a test needs `path`"),
+        (case("{method: GET, path: /}"), 9, 5, "a test needs `expect` (`allow`, `401` or `403`)"),
+        (case("{method: get, path: /, expect: allow}"), 9, 14, "methods are upper-case: write `GET`"),
+        (case("{method: [GET], path: /, expect: allow}"), 9, 14, "`method` must be a method such as `GET`, not a list"),
+        (case("{method: GET, path: x, expect: allow}"), 9, 25, "`path` must be a request path starting with `/`, without a query, not `x`"),
+        (case("{method: GET, path: /a?b=1, expect: allow}"), 9, 25, "`path` must be a request path starting with `/`, without a query"),
+        (case("{method: GET, path: /, expect: 404}"), 9, 36, "`expect` must be `allow`, `401` or `403`, not `404`"),
+        (case("{method: GET, path: /, expect: allowed}"), 9, 36, "`expect` must be `allow`, `401` or `403`, not `allowed`"),
+        (case("{method: GET, path: /, expect: allow, rule: nope}"), 9, 49, "no rule is named `nope`"),
+        (case("{method: GET, path: /x, expect: 401, rule: s}"), 9, 48, "rule `s` has `mode: report` and never decides; a test judges enforced rules only"),
+        (case("{method: GET, path: /, anonymous: true, role: user, expect: allow}"), 9, 5, "an `anonymous: true` test has no `role` or `user_id`"),
+        (case("{method: GET, path: /, user_id: u1, expect: allow}"), 9, 5, "a test with `user_id` needs the caller's `role`"),
+        (case("{method: GET, path: /, anonymous: yes, expect: allow}"), 9, 39, "`anonymous` must be `true` or `false`, not `yes`"),
+        (case("{method: GET, path: /, host: [a], expect: allow}"), 9, 34, "`host` must be a host name, not a list"),
+        (case("{method: GET, path: /, role: {}, expect: allow}"), 9, 34, "`role` must be a role name, not a mapping"),
+    ];
+    let mut failures = Vec::new();
+    for (index, (text, line, column, needle)) in table.iter().enumerate() {
+        let diagnostics = match Policy::parse(text, None) {
+            Ok(_) => {
+                failures.push(format!("case {index} ({needle}): accepted\n{text}"));
+                continue;
+            }
+            Err(diagnostics) => diagnostics,
+        };
+        let hit = diagnostics
+            .iter()
+            .find(|d| d.severity == Severity::Error && d.message.contains(needle));
+        match hit {
+            Some(d) if (d.line, d.column) == (*line, *column) => {}
+            _ => failures.push(format!(
+                "case {index}: want {line}:{column} {needle:?}\n  got {:#?}\n{text}",
+                diagnostics
+                    .iter()
+                    .map(|d| d.render("policy.yaml"))
+                    .collect::<Vec<_>>()
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // A role the policy does not know is a warning: a token may carry one.
+    let (_, warnings) = Policy::parse(
+        &case("{method: GET, path: /, role: ghost, expect: allow}"),
+        None,
+    )
+    .expect("valid");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!((warnings[0].line, warnings[0].column), (9, 34));
+    assert!(warnings[0]
+        .message
+        .contains("role `ghost` is not in `roles`"));
+}
+
+/// Rules 0 intranet (hosts), 1 admin, 2 profile (owner), 3 admin next (a shadow rule),
+/// 4 public (GET only).
+const CASES_POLICY: &str = r#"version: 1
+roles: [user, admin]
+rules:
+  - name: intranet
+    paths: ["/internal/**"]
+    hosts: [intranet.example.com]
+    allow: authenticated
+  - name: admin
+    paths: ["/admin/**"]
+    allow: { role: admin }
+  - name: profile
+    paths: ["/u/{id}"]
+    allow: { owner: id }
+  - name: admin next
+    paths: ["/admin/reports/**"]
+    allow: { role: user }
+    mode: report
+  - name: public
+    paths: ["/**"]
+    methods: [GET]
+    allow: public
+"#;
+
+/// Each case of a `tests:` list and what running it says: None when it passes, else the
+/// message reported at the case.
+#[test]
+fn test_cases_run_through_normalisation_and_evaluation() {
+    #[rustfmt::skip]
+    let table: &[(&str, Option<&str>)] = &[
+        ("{method: GET, path: /internal/a, host: intranet.example.com, role: user, expect: allow, rule: intranet}", None),
+        ("{method: GET, path: /internal/a, host: \"INTRANET.example.com:8443\", expect: 401, rule: intranet}", None),
+        // Without the host the intranet rule is skipped.
+        ("{method: GET, path: /internal/a, role: user, expect: allow, rule: public}", None),
+        // The path is normalised as the gateway does: dot segments, letter case.
+        ("{method: GET, path: /static/../admin/x, role: user, expect: 403, rule: admin}", None),
+        ("{method: GET, path: /ADMIN/x, role: admin, expect: allow, rule: admin}", None),
+        ("{method: GET, path: /admin//x/, anonymous: true, expect: 401, rule: admin}", None),
+        // A shadow rule never decides.
+        ("{method: GET, path: /admin/reports/q1, role: user, expect: 403, rule: admin}", None),
+        ("{method: GET, path: /u/7, role: user, user_id: 7, expect: allow, rule: profile}", None),
+        ("{method: GET, path: /u/7, role: user, expect: 403}", None),
+        // Failures: the outcome, the deciding rule, a path the gateway refuses, the host.
+        ("{method: GET, path: /admin/x, role: user, expect: allow}",
+         Some("test failed: GET /admin/x as user with role user: expected allow, got 403 from rule `admin` (Requires admin role)")),
+        ("{method: POST, path: /x, expect: 401, rule: public}",
+         Some("test failed: POST /x as anonymous: expected 401 from rule `public`, got 401 (no rule matches)")),
+        ("{method: GET, path: /x, anonymous: true, expect: allow, rule: admin}",
+         Some("test failed: GET /x as anonymous: expected allow from rule `admin`, got allow from rule `public`")),
+        ("{method: GET, path: /a%2Fb, expect: allow}",
+         Some("test failed: GET /a%2Fb as anonymous: expected allow, got 400 before any rule (Invalid request path: encoded slash)")),
+        ("{method: GET, path: /internal/a, host: intranet.example.com, expect: allow}",
+         Some("test failed: GET /internal/a on intranet.example.com as anonymous: expected allow, got 401 from rule `intranet`")),
+        ("{method: DELETE, path: /u/7, role: user, user_id: \"7\", expect: 403}",
+         Some("test failed: DELETE /u/7 as 7 with role user: expected 403, got allow from rule `profile`")),
+    ];
+    let mut text = format!("{CASES_POLICY}tests:\n");
+    for (case, _) in table {
+        text.push_str(&format!("  - {case}\n"));
+    }
+    let first = CASES_POLICY.lines().count() + 2;
+    let (policy, warnings) = Policy::parse(&text, None).expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(policy.test_count(), table.len());
+    let normalize = |path: &str| crate::proxy::path::normalize_path(path, false);
+    let got: Vec<(usize, usize, String)> = policy
+        .run_tests(normalize)
+        .into_iter()
+        .map(|d| {
+            assert_eq!(d.severity, Severity::Error);
+            (d.line, d.column, d.message)
+        })
+        .collect();
+    let want: Vec<(usize, usize, String)> = table
+        .iter()
+        .enumerate()
+        .filter_map(|(index, (_, failure))| Some((first + index, 5, (*failure)?.to_string())))
+        .collect();
+    assert_eq!(got, want);
+
+    // Cases judge as the gateway is configured: with exact matching, /ADMIN is not /admin.
+    let (mut exact, _) = Policy::parse(&text, None).expect("valid");
+    exact.set_case_sensitive(true);
+    let failed_lines: Vec<usize> = exact.run_tests(normalize).iter().map(|d| d.line).collect();
+    assert!(failed_lines.contains(&(first + 4)), "{failed_lines:?}");
+    assert_eq!(failed_lines.len(), want.len() + 1);
+
+    // A policy without tests has nothing to run.
+    assert!(policy_without_tests().run_tests(normalize).is_empty());
+}
+
+fn policy_without_tests() -> Policy {
+    Policy::parse(CASES_POLICY, None).expect("valid").0
+}
+
+/// The shipped policy pins every rule with a case, and every case passes.
+#[test]
+fn the_shipped_policy_tests_every_rule() {
+    let shipped = include_str!("../../config/policy.yaml");
+    let (policy, _) = Policy::parse(shipped, None).expect("config/policy.yaml parses");
+    let failures = policy.run_tests(|path| crate::proxy::path::normalize_path(path, false));
+    assert!(failures.is_empty(), "{failures:?}");
+    for index in 0..policy.rule_count() {
+        let name = policy.rule_name(index);
+        assert!(
+            shipped.contains(&format!("rule: {name} }}")),
+            "no case names rule `{name}`"
+        );
+    }
+}
+
+/// Rules 0 admin, 1 reports for users (report), 2 lock down writes (report), 3 own page
+/// (report), 4 public.
+const SHADOW_POLICY: &str = r#"version: 1
+roles: [user, admin]
+rules:
+  - name: admin
+    paths: ["/admin/**"]
+    allow: { role: admin }
+  - name: reports for users
+    paths: ["/admin/reports/**"]
+    allow: { role: user }
+    mode: report
+  - name: lock down writes
+    paths: ["/**"]
+    methods: [POST, PUT, PATCH, DELETE]
+    allow: deny
+    mode: report
+  - name: own page
+    paths: ["/u/{id}"]
+    allow: { owner: id }
+    mode: report
+  - name: public
+    paths: ["/**"]
+    allow: public
+    mode: enforce
+"#;
+
+/// Method, path, caller, the enforced (rule, outcome), and each matching shadow rule's.
+type ShadowCase = (
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    (Option<usize>, Outcome),
+    &'static [(usize, Outcome)],
+);
+
+/// What the enforced rules decide, and what each matching shadow rule would have.
+#[test]
+fn shadow_rules_never_decide_but_say_what_they_would() {
+    use Outcome::{Allow as A, Forbidden as F, Unauthenticated as U};
+    #[rustfmt::skip]
+    let table: &[ShadowCase] = &[
+        ("GET",  "/admin/reports/q1", Some(("u", "user")),  (Some(0), F), &[(1, A)]),
+        ("GET",  "/admin/reports/q1", None,                 (Some(0), U), &[(1, U)]),
+        ("GET",  "/ADMIN/Reports/q1", Some(("u", "user")),  (Some(0), F), &[(1, A)]),
+        ("POST", "/admin/reports/q1", Some(("a", "admin")), (Some(0), A), &[(1, A), (2, F)]),
+        ("POST", "/x",                None,                 (Some(4), A), &[(2, U)]),
+        ("HEAD", "/x",                None,                 (Some(4), A), &[]),
+        ("GET",  "/u/7",              Some(("7", "user")),  (Some(4), A), &[(3, A)]),
+        ("GET",  "/u/7",              Some(("8", "user")),  (Some(4), A), &[(3, F)]),
+        ("GET",  "/u/7/more",         Some(("8", "user")),  (Some(4), A), &[]),
+        ("GET",  "/elsewhere",        None,                 (Some(4), A), &[]),
+    ];
+    let (policy, warnings) = Policy::parse(SHADOW_POLICY, None).expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(policy.has_shadow_rules());
+    assert_eq!(policy.rule_count(), 5);
+    assert_eq!(policy.rule_name(2), "lock down writes");
+    let shadows: Vec<bool> = (0..6).map(|index| policy.is_shadow_rule(index)).collect();
+    assert_eq!(shadows, [false, true, true, true, false, false]);
+    for &(method, path, who, (rule, outcome), want) in table {
+        let identity = who.map(|(sub, role)| Identity { sub, role });
+        let request = Request {
+            method,
+            host: None,
+            path,
+        };
+        let decision = policy.evaluate(&request, identity.as_ref());
+        assert_eq!(
+            (decision.rule(), decision.outcome()),
+            (rule, outcome),
+            "{method} {path} {who:?}"
+        );
+        let got: Vec<(usize, Outcome)> = policy
+            .shadow_decisions(&request, identity.as_ref())
+            .iter()
+            .map(|(rule, would)| (*rule, would.outcome()))
+            .collect();
+        assert_eq!(got, want, "{method} {path} {who:?}");
+    }
+    // Without shadow rules nothing is asked.
+    let plain = self::policy("contract");
+    assert!(!plain.has_shadow_rules());
+    let request = Request {
+        method: "POST",
+        host: None,
+        path: "/admin/x",
+    };
+    assert!(plain.shadow_decisions(&request, None).is_empty());
+}
+
+#[test]
+fn a_shadow_rule_is_never_reported_as_unreachable_nor_hides_a_later_rule() {
+    let text = "version: 1\nroles: [user]\nrules:\n  - {name: all, paths: [\"/**\"], allow: public, mode: report}\n  - {name: a, paths: [/a], allow: deny}\n  - {name: b, paths: [/a], allow: public, mode: report}\n";
+    let (policy, warnings) = Policy::parse(text, None).expect("valid");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let request = Request {
+        method: "GET",
+        host: None,
+        path: "/a",
+    };
+    assert_eq!(policy.evaluate(&request, None).rule(), Some(1));
+    let shadows: Vec<usize> = policy
+        .shadow_decisions(&request, None)
+        .iter()
+        .map(|(rule, _)| *rule)
+        .collect();
+    assert_eq!(shadows, [0, 2]);
+}

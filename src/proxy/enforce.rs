@@ -19,6 +19,12 @@
 //! access cookie has expired has its session renewed from the refresh cookie first
 //! ([`wants_renewal`] says when; the renewal itself is behind [`SessionRenewal`]).
 //!
+//! Shadow rules (`mode: report`) never change a decision: once the enforced rules have
+//! decided, each shadow rule that matches the request is asked what it would have decided,
+//! for the caller as the token says, and that is counted
+//! (`portcullis_policy_shadow_decisions_total{rule,outcome}`) and logged beside the actual
+//! outcome. A policy without shadow rules skips this entirely.
+//!
 //! A request that stays open (a WebSocket tunnel) is admitted once but must not outlive its
 //! token: [`TokenWatch`] repeats the revocation check at `server.websocket_recheck_interval`
 //! and watches the token's expiry, answering the same way `decide` would.
@@ -40,7 +46,7 @@ use crate::config::FailMode;
 use crate::error::{GatewayError, RedisCheck};
 use crate::limits::client_key;
 use crate::limits::gate::{Gate, GateCheck, GateOutcome, Limit, RateOutcome};
-use crate::live_policy::PolicySource;
+use crate::live_policy::{LoadedPolicy, PolicySource};
 use crate::policy::{Decision, Identity, OnUnauthenticated, RateKey, RateLimit, Request};
 use crate::telemetry::metrics::Metrics;
 use crate::token::AccessClaims;
@@ -276,6 +282,29 @@ pub struct Asked<'a> {
 pub struct Decided {
     pub outcome: Result<Verdict, GatewayError>,
     pub set_cookies: Vec<HeaderValue>,
+    /// What the policy said, for the access log; None when the request was answered before
+    /// the policy was asked (the session store was down during a renewal).
+    pub explained: Option<Explained>,
+}
+
+/// Which policy judged a request and which of its rules decided.
+#[derive(Clone)]
+pub struct Explained {
+    pub policy: Arc<LoadedPolicy>,
+    /// None when no rule matched.
+    pub rule: Option<usize>,
+}
+
+impl Explained {
+    /// The deciding rule's name; None when no rule matched.
+    pub fn rule_name(&self) -> Option<&str> {
+        self.rule.map(|index| self.policy.policy.rule_name(index))
+    }
+
+    /// The hash `/metrics` shows for the policy (`portcullis_policy_info{hash}`).
+    pub fn policy_hash(&self) -> &str {
+        &self.policy.hash
+    }
 }
 
 /// The settings enforcement takes from the configuration.
@@ -368,20 +397,29 @@ impl Enforcer {
                     return Decided {
                         outcome: Err(GatewayError::Unavailable("Session store unavailable")),
                         set_cookies,
+                        explained: None,
                     }
                 }
                 Some(Renewal::Refusal(refusal)) => {
                     return Decided {
                         outcome: Err(refusal),
                         set_cookies,
+                        explained: None,
                     }
                 }
             }
         }
-        let outcome = self.judge(asked, verified, source, token, metrics).await;
+        let mut explained = Explained {
+            policy: self.policy.current(),
+            rule: None,
+        };
+        let outcome = self
+            .judge(asked, verified, source, token, metrics, &mut explained)
+            .await;
         Decided {
             outcome,
             set_cookies,
+            explained: Some(explained),
         }
     }
 
@@ -415,6 +453,7 @@ impl Enforcer {
     }
 
     /// The policy, Redis and [`verdict`] for the request's caller, once it is known.
+    /// `explained` holds the policy in force, which this judges by, and gets the rule.
     async fn judge(
         &self,
         asked: &Asked<'_>,
@@ -422,7 +461,9 @@ impl Enforcer {
         source: Option<TokenSource>,
         token: TokenKind,
         metrics: &Metrics,
+        explained: &mut Explained,
     ) -> Result<Verdict, GatewayError> {
+        let loaded = explained.policy.clone();
         let (method, host, path, target, headers, client_ip) = (
             asked.method,
             asked.host,
@@ -432,7 +473,6 @@ impl Enforcer {
             asked.client_ip,
         );
         let claims = verified.as_ref().map(|verified| &verified.claims);
-        let loaded = self.policy.current();
         let request = Request {
             method: method.as_str(),
             host,
@@ -443,6 +483,12 @@ impl Enforcer {
             role: &claims.role,
         });
         let decision = loaded.policy.evaluate(&request, identity.as_ref());
+        // The rule depends on the request alone, not on who asks: a caller judged again
+        // anonymously below (a revoked token) is decided by the same rule.
+        explained.rule = decision.rule();
+        if loaded.policy.has_shadow_rules() {
+            report_shadows(&loaded, &request, identity.as_ref(), &decision, metrics);
+        }
         let now_ms = self.access.clock().unix_millis();
         let mut counted = false;
         let gate = match &decision {
@@ -519,6 +565,33 @@ impl Enforcer {
                 GateResult::Unavailable
             }
         }
+    }
+}
+
+/// Counts and logs what each shadow rule that matches the request would have decided,
+/// beside what the enforced rules did decide.
+fn report_shadows(
+    loaded: &LoadedPolicy,
+    request: &Request<'_>,
+    identity: Option<&Identity<'_>>,
+    decision: &Decision,
+    metrics: &Metrics,
+) {
+    let policy = &loaded.policy;
+    let actual_rule = decision.rule().map(|index| policy.rule_name(index));
+    for (rule, would) in policy.shadow_decisions(request, identity) {
+        let name = policy.rule_name(rule);
+        let outcome = would.outcome();
+        metrics.shadow_decision(name, outcome);
+        tracing::info!(
+            rule = name,
+            outcome = outcome.as_str(),
+            actual_outcome = decision.outcome().as_str(),
+            actual_rule,
+            path = request.path,
+            policy_hash = %loaded.hash,
+            "shadow rule decision"
+        );
     }
 }
 

@@ -42,7 +42,7 @@ use crate::proxy::response_body::GatewayBody;
 use crate::telemetry::metrics::Metrics;
 use checks::{AllowedMethods, ServedHosts};
 use cors::{Cors, Preflight};
-use enforce::{Asked, Enforcer, Verdict};
+use enforce::{Asked, Enforcer, Explained, Verdict};
 use forward::{BodyLimits, Upstream};
 use headers::{NoReferrer, RequestIds, SecurityHeaders, StripList, X_REQUEST_ID};
 use websocket::WebSockets;
@@ -80,6 +80,33 @@ pub trait OwnRoutes: Send + Sync {
         path: String,
         client_ip: std::net::IpAddr,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<GatewayBody>> + Send + '_>>;
+}
+
+/// What the access log line says of a request the policy judged (contract 5: every decision
+/// is explainable): which policy and rule, the outcome, the path as judged, and for a
+/// refusal why. Never the query string or a token.
+#[derive(Default)]
+struct Judged {
+    explained: Option<Explained>,
+    /// Normalised, without the query.
+    path: Option<String>,
+    /// `allow`, or the status the gateway refused with (`401`, `403`, `429`, `302` for a
+    /// browser sent to sign in, ...).
+    outcome: Option<std::borrow::Cow<'static, str>>,
+    /// The refusal's client-facing detail.
+    reason: Option<String>,
+}
+
+impl Judged {
+    fn admitted<T>(&mut self, admitted: &Result<T, GatewayError>) {
+        match admitted {
+            Ok(_) => self.outcome = Some("allow".into()),
+            Err(refusal) => {
+                self.outcome = Some(refusal.status().as_u16().to_string().into());
+                self.reason = Some(refusal.to_string());
+            }
+        }
+    }
 }
 
 /// Everything a request needs, built once from the configuration and shared by all
@@ -207,13 +234,14 @@ impl Gateway {
         // (what follows may be a tunnel's bytes), so a connection that did not switch must
         // not carry another request.
         let may_switch = conn.refused.is_none() && framing::asks_to_switch(&request);
+        let mut judged = Judged::default();
         let (mut response, cors_answered) =
             match self.cors.preflight(request.method(), request.headers()) {
                 Preflight::NotPreflight => {
                     // Boxed: the routing future is several kilobytes, and held inline it would
                     // make this future (and the connection's, which holds it) as large, and
                     // futures are moved (copied) into place on every request.
-                    let routed = Box::pin(self.route(request, conn, &request_id));
+                    let routed = Box::pin(self.route(request, conn, &request_id, &mut judged));
                     let response = match routed.instrument(span.clone()).await {
                         Ok(response) => response,
                         Err(error) => error.into_response(),
@@ -250,10 +278,16 @@ impl Gateway {
         let status = response.status().as_u16();
         self.metrics.record_request(status, latency);
         if self.access_log {
+            let explained = judged.explained.as_ref();
             span.in_scope(|| {
                 tracing::info!(
                     status,
                     latency_ms = latency.as_secs_f64() * 1000.0,
+                    rule = explained.and_then(Explained::rule_name),
+                    outcome = judged.outcome.as_deref(),
+                    normalized_path = judged.path.as_deref(),
+                    policy_hash = explained.map(Explained::policy_hash),
+                    reason = judged.reason.as_deref(),
                     "request finished"
                 )
             });
@@ -266,6 +300,7 @@ impl Gateway {
         request: Request<Incoming>,
         conn: ConnectionInfo,
         request_id: &HeaderValue,
+        judged: &mut Judged,
     ) -> Result<Response<GatewayBody>, GatewayError> {
         if let Some(refusal) = conn.refused {
             return Err(refusal.into());
@@ -327,14 +362,23 @@ impl Gateway {
                 &self.metrics,
             )
             .await;
-        let forwarded = match decided.outcome {
+        let admitted = match decided.outcome {
             Ok(verdict) => match cross_site {
                 Some(refusal) if verdict.token_source == Some(TokenSource::Cookie) => Err(refusal),
-                _ => {
-                    self.forward(request, verdict, conn, request_id, host, &target)
-                        .await
-                }
+                _ => Ok(verdict),
             },
+            Err(refusal) => Err(refusal),
+        };
+        if self.access_log {
+            judged.explained = decided.explained;
+            judged.path = Some(path.to_string());
+            judged.admitted(&admitted);
+        }
+        let forwarded = match admitted {
+            Ok(verdict) => {
+                self.forward(request, verdict, conn, request_id, host, &target)
+                    .await
+            }
             Err(refusal) => Err(refusal),
         };
         if decided.set_cookies.is_empty() {

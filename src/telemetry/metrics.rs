@@ -8,9 +8,13 @@
 //! may see a request half-recorded (counted by class, not yet in the
 //! histogram) without harm.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::RwLock;
 use std::time::Duration;
+
+use crate::policy::Outcome;
 
 /// Upper bounds of the finite latency buckets, in nanoseconds (the bucket
 /// test is `latency <= bound`, as Prometheus' `le` means).
@@ -35,6 +39,15 @@ const BUCKET_LABELS: [&str; 14] = [
     "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5",
     "10", "+Inf",
 ];
+
+/// The outcomes a shadow rule's decision is counted by, in `shadow_slot` order.
+const SHADOW_OUTCOMES: [Outcome; 3] =
+    [Outcome::Allow, Outcome::Unauthenticated, Outcome::Forbidden];
+
+/// Distinct rule names the shadow counter keeps apart. Names come from the policy file, so
+/// the series are what operators write; the cap only matters over many reloads that rename
+/// shadow rules, and past it the rest are counted under `rule="(other)"`.
+const MAX_SHADOW_RULES: usize = 256;
 
 const CLASS_LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
@@ -82,6 +95,9 @@ pub struct Metrics {
     connections_rejected: AtomicU64,
     tls_handshake_failures: AtomicU64,
     redis_errors: AtomicU64,
+    /// By shadow rule name: its would-be decisions, by `SHADOW_OUTCOMES`. Kept across policy
+    /// reloads, as counters should be. Touched only when the policy has shadow rules.
+    shadow_decisions: RwLock<HashMap<Box<str>, [AtomicU64; 3]>>,
 }
 
 impl Metrics {
@@ -132,6 +148,35 @@ impl Metrics {
     /// A Redis command for a request failed (rate limit or revocation check).
     pub fn redis_error(&self) {
         self.redis_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Counts what the shadow rule `rule` (`mode: report`) would have decided.
+    pub fn shadow_decision(&self, rule: &str, outcome: Outcome) {
+        let slot = match outcome {
+            Outcome::Allow => 0,
+            Outcome::Unauthenticated => 1,
+            Outcome::Forbidden => 2,
+        };
+        {
+            let counts = self
+                .shadow_decisions
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(count) = counts.get(rule) {
+                count[slot].fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        let mut counts = self
+            .shadow_decisions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let name = if counts.len() < MAX_SHADOW_RULES || counts.contains_key(rule) {
+            rule
+        } else {
+            "(other)"
+        };
+        counts.entry(name.into()).or_default()[slot].fetch_add(1, Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4, every metric
@@ -236,6 +281,32 @@ impl Metrics {
             self.redis_errors.load(Relaxed),
         );
 
+        family(
+            &mut out,
+            "portcullis_policy_shadow_decisions_total",
+            "counter",
+            "What shadow rules (mode: report) would have decided, by rule name and outcome.",
+        );
+        {
+            let counts = self
+                .shadow_decisions
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut rules: Vec<_> = counts.iter().collect();
+            rules.sort_by(|a, b| a.0.cmp(b.0));
+            for (rule, count) in rules {
+                for (outcome, count) in SHADOW_OUTCOMES.iter().zip(count) {
+                    let _ = writeln!(
+                        out,
+                        "portcullis_policy_shadow_decisions_total{{rule=\"{}\",outcome=\"{}\"}} {}",
+                        label_value(rule),
+                        outcome.as_str(),
+                        count.load(Relaxed)
+                    );
+                }
+            }
+        }
+
         out.push_str(extra);
         out
     }
@@ -308,6 +379,20 @@ impl AuthMetrics {
         );
         out
     }
+}
+
+/// A label value as the exposition format wants it: `\\`, `"` and newlines escaped.
+fn label_value(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -590,6 +675,47 @@ mod tests {
         assert_eq!(
             series["portcullis_http_request_duration_seconds_count"],
             4000.0
+        );
+    }
+
+    #[test]
+    fn shadow_decisions_are_counted_by_rule_and_outcome() {
+        let metrics = Metrics::new();
+        metrics.shadow_decision("reports for users", Outcome::Allow);
+        metrics.shadow_decision("reports for users", Outcome::Allow);
+        metrics.shadow_decision("a \"quoted\" \\ name", Outcome::Forbidden);
+        let text = metrics.render("");
+        let series = parse(&text);
+        let value = |labels: &str| {
+            series
+                .get(&format!(
+                    "portcullis_policy_shadow_decisions_total{{{labels}}}"
+                ))
+                .copied()
+        };
+        assert_eq!(
+            value("rule=\"reports for users\",outcome=\"allow\""),
+            Some(2.0)
+        );
+        assert_eq!(
+            value("rule=\"reports for users\",outcome=\"403\""),
+            Some(0.0)
+        );
+        assert_eq!(
+            value("rule=\"a \\\"quoted\\\" \\\\ name\",outcome=\"403\""),
+            Some(1.0),
+            "{text}"
+        );
+        // Past the cap, further names share one series.
+        for index in 0..MAX_SHADOW_RULES + 5 {
+            metrics.shadow_decision(&format!("rule {index}"), Outcome::Unauthenticated);
+        }
+        let text = metrics.render("");
+        assert!(
+            text.contains(
+                "portcullis_policy_shadow_decisions_total{rule=\"(other)\",outcome=\"401\"} 7"
+            ),
+            "{text}"
         );
     }
 }

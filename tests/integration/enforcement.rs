@@ -657,3 +657,58 @@ async fn a_token_already_seen_on_forwarded_requests_still_expires() {
         Some("Bearer error=\"invalid_token\"")
     );
 }
+
+/// A shadow rule (`mode: report`) never changes an answer; what it would have decided is
+/// counted by rule and outcome in the ops `/metrics`.
+#[tokio::test]
+async fn shadow_rules_are_counted_but_never_decide() {
+    const SHADOWED: &str = r#"
+version: 1
+roles: [user, admin]
+rules:
+  - name: admin area
+    paths: ["/admin/**"]
+    allow: { role: admin }
+  - name: reports for users
+    paths: ["/admin/reports/**"]
+    allow: { role: user }
+    mode: report
+  - name: close the rest
+    paths: ["/**"]
+    allow: { role: admin }
+    mode: report
+  - name: signed-in users
+    paths: ["/**"]
+    allow: authenticated
+"#;
+    let (gateway, _) = TestGateway::with_policy(SHADOWED, |_| {}).await;
+    let (_, user) = gateway.account_with_role("shadow-user", "user").await;
+    let token = Some(user.access.as_str());
+    // Enforced: the admin area refuses the user, the rest lets them in, whatever the
+    // shadow rules would say.
+    assert_eq!(
+        status(&gateway, "GET", "/admin/reports/q1", token)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        status(&gateway, "GET", "/admin/reports/q2", token)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(status(&gateway, "GET", "/page", token).await.status, 200);
+    assert_eq!(status(&gateway, "GET", "/page", None).await.status, 401);
+    let metric = |rule: &str, outcome: &str| {
+        format!("portcullis_policy_shadow_decisions_total{{rule=\"{rule}\",outcome=\"{outcome}\"}}")
+    };
+    assert_eq!(
+        gateway.metric(&metric("reports for users", "allow")).await,
+        2
+    );
+    assert_eq!(gateway.metric(&metric("reports for users", "403")).await, 0);
+    assert_eq!(gateway.metric(&metric("close the rest", "403")).await, 3);
+    assert_eq!(gateway.metric(&metric("close the rest", "401")).await, 1);
+    assert_eq!(gateway.metric(&metric("close the rest", "allow")).await, 0);
+}

@@ -151,3 +151,48 @@ async fn twenty_reloads_under_load_drop_no_request() {
         "requests ran throughout"
     );
 }
+
+#[tokio::test]
+async fn an_edit_whose_own_tests_fail_is_refused_and_the_old_policy_stays() {
+    let (gateway, path) = TestGateway::with_policy(CLOSED_ADMIN, |_| {}).await;
+    // Valid YAML and rules, but its case expects the admin area to stay closed.
+    let opened = format!("{OPEN}tests:\n  - {{ method: GET, path: /admin/x, expect: 401 }}\n");
+    replace(&path, &opened);
+    let mut counted = false;
+    for _ in 0..150 {
+        if gateway
+            .metric("portcullis_policy_reload_failures_total")
+            .await
+            == 1
+        {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(counted, "the refused edit is counted");
+    assert_eq!(
+        gateway.get("/admin/x").await.status,
+        401,
+        "the old policy is still in force"
+    );
+    assert_eq!(gateway.metric("portcullis_policy_reloads_total").await, 0);
+
+    // The same edit with a case that holds is put in force.
+    replace(
+        &path,
+        &format!(
+            "{OPEN}tests:\n  - {{ method: GET, path: /admin/x, expect: allow, rule: open }}\n"
+        ),
+    );
+    let mut in_force = false;
+    for _ in 0..150 {
+        if gateway.get("/admin/x").await.status == 200 {
+            in_force = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(in_force, "a passing edit is put in force");
+    assert_eq!(gateway.metric("portcullis_policy_reloads_total").await, 1);
+}

@@ -758,3 +758,164 @@ async fn a_gigabyte_upload_streams_in_constant_memory() {
         "memory grew by {growth_mib:.1} MiB during a 1 GiB upload"
     );
 }
+
+#[test]
+fn policy_test_runs_the_cases_and_check_runs_them_too() {
+    let run = |command: &str, file: &Path| {
+        let output = Command::new(BINARY)
+            .args(["policy", command])
+            .arg(file)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+        )
+    };
+    let shipped = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/policy.yaml"));
+    let (code, stdout) = run("test", shipped);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("tests passed"), "{stdout}");
+
+    let dir = temp_dir("policy-test");
+    let file = dir.join("policy.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nroles: [user, admin]\nrules:\n  - name: admin\n    paths: [\"/admin/**\"]\n    allow: { role: admin }\n  - name: rest\n    paths: [\"/**\"]\n    allow: public\ntests:\n  - { method: GET, path: /admin/x, role: admin, expect: allow, rule: admin }\n  - { method: GET, path: /admin/x, role: user, expect: allow }\n  - { method: GET, path: /x, expect: 401, rule: admin }\n",
+    )
+    .unwrap();
+    let name = file.display().to_string();
+    for command in ["test", "check"] {
+        let (code, stdout) = run(command, &file);
+        assert_eq!(code, Some(1), "{command}: {stdout}");
+        let failures: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            failures,
+            [
+                format!("{name}:12:5: test failed: GET /admin/x as user with role user: expected allow, got 403 from rule `admin` (Requires admin role)"),
+                format!("{name}:13:5: test failed: GET /x as anonymous: expected 401 from rule `admin`, got allow from rule `rest`"),
+            ],
+            "{command}"
+        );
+    }
+}
+
+#[test]
+fn policy_explain_takes_the_host_and_prints_the_policy_hash() {
+    let dir = temp_dir("policy-explain-host");
+    let file = dir.join("policy.yaml");
+    let text = "version: 1\nroles: [user]\nrules:\n  - name: intranet\n    paths: [\"/**\"]\n    hosts: [intranet.example.com]\n    allow: public\n  - name: shadow\n    paths: [\"/**\"]\n    allow: deny\n    mode: report\n";
+    std::fs::write(&file, text).unwrap();
+    let explain = |host: Option<&str>| {
+        let mut command = Command::new(BINARY);
+        command.args(["policy", "explain"]).arg(&file).args([
+            "--method",
+            "GET",
+            "--path",
+            "/page",
+            "--anonymous",
+        ]);
+        if let Some(host) = host {
+            command.args(["--host", host]);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let on_host = explain(Some("Intranet.example.com:8443"));
+    assert!(
+        on_host.contains("matches: rule #1 \"intranet\"") && on_host.contains("decision: allow"),
+        "{on_host}"
+    );
+    assert!(
+        on_host.contains("shadow: rule #2 \"shadow\" (mode: report) would decide: 401"),
+        "{on_host}"
+    );
+    let elsewhere = explain(None);
+    assert!(
+        elsewhere.contains("no rule matches") && elsewhere.contains("decision: 401"),
+        "{elsewhere}"
+    );
+    // The hash is the one the gateway shows in /metrics (`portcullis_policy_info{hash}`).
+    let hash = portcullis::live_policy::content_hash(text);
+    assert!(on_host.contains(&format!("policy: {hash}\n")), "{on_host}");
+}
+
+/// Every decision is explainable (contract 5): the access log line of a request judged by
+/// the policy names the rule, the outcome, the normalised path and the policy's hash, and
+/// for a refusal the reason; a shadow rule's would-be decision is logged beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_explains_each_decision() {
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("explained-log");
+    let policy = dir.join("policy.yaml");
+    let text = "version: 1\nroles: [user]\nrules:\n  - name: closed\n    paths: [\"/closed/**\"]\n    allow: deny\n  - name: stricter app\n    paths: [\"/app/**\"]\n    allow: authenticated\n    mode: report\n  - name: open\n    paths: [\"/**\"]\n    allow: public\n";
+    std::fs::write(&policy, text).unwrap();
+    let yaml = base_config_yaml(&upstream.url())
+        .replace(
+            &crate::harness::run_resources()
+                .open_policy
+                .display()
+                .to_string(),
+            &policy.display().to_string(),
+        )
+        .replace("  access_log: false", "  access_log: true");
+    let gateway = GatewayProcess::spawn(&yaml);
+    let mut client = Client::connect(gateway.https, Protocol::Http1).await;
+    assert_eq!(
+        client.get("/app//./page?token=query-secret-1").await.status,
+        200
+    );
+    assert_eq!(
+        client.get("/closed/x?token=query-secret-2").await.status,
+        401
+    );
+
+    let finished = |log: &str| -> Vec<serde_json::Value> {
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["message"] == "request finished")
+            .collect()
+    };
+    let mut lines = Vec::new();
+    for _ in 0..200 {
+        lines = finished(&gateway.log.lock().unwrap());
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = gateway.log.lock().unwrap().clone();
+    assert_eq!(lines.len(), 2, "{log}");
+    let hash = portcullis::live_policy::content_hash(text);
+
+    let forwarded = &lines[0];
+    assert_eq!(forwarded["status"], 200, "{forwarded}");
+    assert_eq!(forwarded["rule"], "open", "{forwarded}");
+    assert_eq!(forwarded["outcome"], "allow", "{forwarded}");
+    assert_eq!(forwarded["normalized_path"], "/app/page", "{forwarded}");
+    assert_eq!(forwarded["policy_hash"], hash.as_str(), "{forwarded}");
+    assert!(forwarded.get("reason").is_none(), "{forwarded}");
+
+    let refused = &lines[1];
+    assert_eq!(refused["status"], 401, "{refused}");
+    assert_eq!(refused["rule"], "closed", "{refused}");
+    assert_eq!(refused["outcome"], "401", "{refused}");
+    assert_eq!(refused["normalized_path"], "/closed/x", "{refused}");
+    assert_eq!(refused["policy_hash"], hash.as_str(), "{refused}");
+    assert_eq!(refused["reason"], "Not authenticated", "{refused}");
+
+    let shadow = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["message"] == "shadow rule decision")
+        .unwrap_or_else(|| panic!("no shadow rule decision logged:\n{log}"));
+    assert_eq!(shadow["rule"], "stricter app", "{shadow}");
+    assert_eq!(shadow["outcome"], "401", "{shadow}");
+    assert_eq!(shadow["actual_outcome"], "allow", "{shadow}");
+    assert_eq!(shadow["actual_rule"], "open", "{shadow}");
+    assert!(
+        !log.contains("query-secret"),
+        "a query string reached the log:\n{log}"
+    );
+}
