@@ -15,7 +15,7 @@ const MASTERS: [&str; 3] = ["redis-1", "redis-2", "redis-3"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_on_a_redis_cluster() {
-    let stack = Stack::new("cluster", &["tests/e2e/compose.cluster.yml"]);
+    let stack = Stack::new("cluster", &["tests/e2e/compose.cluster.yml"]).shared_secret();
     crate::flows::prepare(&stack);
     let started = Instant::now();
     stack.up(GATEWAYS, &[]);

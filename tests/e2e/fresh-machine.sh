@@ -2,8 +2,9 @@
 # Runs the README's test command as a new user would: on a fresh clone of this checkout's
 # HEAD, in a fresh container of the local Debian base image (tests/e2e/images.sh), which
 # has nothing but Debian's minimal system and the stack's server packages. The host's Rust
-# toolchain is lent read-only; everything else (a C compiler, Chromium, the database
-# cluster, crates) the run installs or makes itself. The container has no Docker, so the
+# toolchain is lent read-only, and its CA certificates (a machine whose traffic passes a
+# TLS-inspecting proxy trusts the proxy's CA there); everything else (a C compiler,
+# Chromium, the database cluster, crates) the run installs or makes itself. The container has no Docker, so the
 # e2e tests must fail, saying why; everything else must pass.
 #
 #   tests/e2e/fresh-machine.sh [cargo test arguments]
@@ -24,6 +25,7 @@ docker run --rm \
     -v "$clone:/work" \
     -v "$rustup_home:/opt/rustup:ro" \
     -v "$cargo_bin:/opt/cargo-bin:ro" \
+    -v "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}:/etc/ssl/certs/ca-certificates.crt:ro" \
     -e RUSTUP_HOME=/opt/rustup -e RUSTUP_TOOLCHAIN="$toolchain" \
     -e PATH=/opt/cargo-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     -w /work/portcullis "$base" \

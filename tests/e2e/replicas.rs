@@ -53,7 +53,7 @@ async fn logout(gateway: SocketAddr, bearer: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_behind_a_balancer_under_faults() {
-    let stack = Stack::new("fleet", &["tests/e2e/compose.replicas.yml"]);
+    let stack = Stack::new("fleet", &["tests/e2e/compose.replicas.yml"]).shared_secret();
     crate::flows::prepare(&stack);
     let started = Instant::now();
     stack.up(REPLICAS, &[]);

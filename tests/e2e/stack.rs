@@ -135,10 +135,6 @@ impl Stack {
             ("GATEWAY_HTTP_PORT".to_string(), "0".to_string()),
             ("GATEWAY_OPS_PORT".to_string(), "0".to_string()),
             ("MAILPIT_UI_PORT".to_string(), "0".to_string()),
-            (
-                "PORTCULLIS_HS256_SECRET".to_string(),
-                format!("e2e-secret-{project}-0123456789abcdef0123456789"),
-            ),
         ];
         Stack {
             project,
@@ -148,6 +144,15 @@ impl Stack {
             down_on_drop: std::env::var_os("PORTCULLIS_E2E_KEEP").is_none(),
             _alone: alone,
         }
+    }
+
+    /// Sets PORTCULLIS_HS256_SECRET, as several gateways need (they must sign and check with
+    /// one key). Without it, as the README's command runs, each start makes up its own.
+    pub fn shared_secret(mut self) -> Stack {
+        let secret = format!("e2e-secret-{}-0123456789abcdef0123456789", self.project);
+        self.env
+            .push(("PORTCULLIS_HS256_SECRET".to_string(), secret));
+        self
     }
 
     /// Edits the config copy's gateway.compose.yaml: each `(from, to)` must be found.

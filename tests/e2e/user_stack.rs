@@ -11,6 +11,7 @@ use crate::stack::{write, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_users_stack_end_to_end() {
+    // As the README runs it: no PORTCULLIS_HS256_SECRET, so a secret made up at start.
     let stack = Stack::new("user", &[]);
     flows::prepare(&stack);
     let started = Instant::now();
