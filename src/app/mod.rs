@@ -204,7 +204,7 @@ impl App {
                     password_reset: (&limits.password_reset).into(),
                     default: (&limits.default).into(),
                     per_recipient: (&limits.per_recipient).into(),
-                    login_failures: (&limits.login_failures_per_client).into(),
+                    login_failures: limits.login_failures_per_client.as_ref().map(Into::into),
                     ipv6_prefix: limits.ipv6_prefix,
                     on_redis_error: limits.on_redis_error,
                 },

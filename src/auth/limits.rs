@@ -134,13 +134,12 @@ impl AuthService {
         &self,
         call: &Call,
     ) -> Result<Option<Place>, GatewayError> {
+        let Some(limit) = self.settings.limits.login_failures else {
+            return Ok(None);
+        };
         let taken = self
             .failures
-            .take(
-                &call.limit_key,
-                self.settings.limits.login_failures,
-                self.clock.unix_millis(),
-            )
+            .take(&call.limit_key, limit, self.clock.unix_millis())
             .await;
         match taken {
             Ok((outcome, place)) => {
@@ -221,7 +220,7 @@ mod tests {
             password_reset: limit(3),
             default: limit(4),
             per_recipient: limit(5),
-            login_failures: limit(6),
+            login_failures: Some(limit(6)),
             ipv6_prefix: 64,
             on_redis_error: crate::config::FailMode::Allow,
         }

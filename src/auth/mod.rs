@@ -82,7 +82,7 @@ pub struct AuthLimits {
     pub default: Limit,
     pub per_recipient: Limit,
     /// `rate_limits.login_failures_per_client`: failed logins per client, across accounts.
-    pub login_failures: Limit,
+    pub login_failures: Option<Limit>,
     /// How IPv6 clients are counted: [`crate::limits::client_key`].
     pub ipv6_prefix: u8,
     pub on_redis_error: FailMode,

@@ -600,8 +600,10 @@ pub struct RateLimitsConfig {
     /// inbox from many addresses.
     pub per_recipient: RateLimit,
     /// Failed logins from one client address across all accounts (password spraying): over
-    /// it, the client's logins are refused with 429 before any password is verified.
-    pub login_failures_per_client: RateLimit,
+    /// it, the client's logins are refused with 429 before any password is verified. Off
+    /// (`None`) unless set: the contract promises no such limit, and `login` already bounds
+    /// each client's attempts.
+    pub login_failures_per_client: Option<RateLimit>,
     /// IPv6 clients are counted per network of this many leading bits (1..=128); a /64 is
     /// usually one subscriber.
     pub ipv6_prefix: u8,
@@ -619,7 +621,7 @@ impl Default for RateLimitsConfig {
             password_reset: RateLimit::new(3, Duration::from_secs(3600)),
             default: RateLimit::new(1000, Duration::from_secs(3600)),
             per_recipient: RateLimit::new(3, Duration::from_secs(3600)),
-            login_failures_per_client: RateLimit::new(50, Duration::from_secs(3600)),
+            login_failures_per_client: None,
             ipv6_prefix: 64,
             on_redis_error: FailMode::Allow,
             revocation_on_redis_error: FailMode::Deny,

@@ -568,8 +568,13 @@ impl Config {
             ("password_reset", &r.password_reset),
             ("default", &r.default),
             ("per_recipient", &r.per_recipient),
-            ("login_failures_per_client", &r.login_failures_per_client),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            r.login_failures_per_client
+                .as_ref()
+                .map(|limit| ("login_failures_per_client", limit)),
+        ) {
             if limit.requests == 0 {
                 return Err(invalid(
                     format!("rate_limits.{name}.requests"),
@@ -579,7 +584,10 @@ impl Config {
             require_positive(&format!("rate_limits.{name}.per"), limit.per)?;
         }
         // Kept as an exact log of failure times, read whole by each login.
-        if r.login_failures_per_client.requests > MAX_LOGIN_FAILURES_PER_CLIENT {
+        if r.login_failures_per_client
+            .as_ref()
+            .is_some_and(|limit| limit.requests > MAX_LOGIN_FAILURES_PER_CLIENT)
+        {
             return Err(invalid(
                 "rate_limits.login_failures_per_client.requests",
                 format!("must be at most {MAX_LOGIN_FAILURES_PER_CLIENT}"),
@@ -1187,11 +1195,13 @@ mod tests {
             "rate_limits.per_recipient.requests"
         );
         assert_eq!(
-            invalid_key(|c| c.rate_limits.login_failures_per_client.requests = 0),
+            invalid_key(|c| c.rate_limits.login_failures_per_client =
+                Some(RateLimit::new(0, Duration::from_secs(60)))),
             "rate_limits.login_failures_per_client.requests"
         );
         assert_eq!(
-            invalid_key(|c| c.rate_limits.login_failures_per_client.requests = 1001),
+            invalid_key(|c| c.rate_limits.login_failures_per_client =
+                Some(RateLimit::new(1001, Duration::from_secs(60)))),
             "rate_limits.login_failures_per_client.requests"
         );
         assert_eq!(

@@ -684,8 +684,10 @@ const SPRAYER: &str = "198.51.100.50";
 async fn password_spraying_from_one_address_is_refused_before_any_password_check() {
     let gateway = TestGateway::start_with(|config| {
         config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
-        config.rate_limits.login_failures_per_client =
-            portcullis::config::RateLimit::new(3, Duration::from_secs(3600));
+        config.rate_limits.login_failures_per_client = Some(portcullis::config::RateLimit::new(
+            3,
+            Duration::from_secs(3600),
+        ));
     })
     .await;
     let accounts = [
@@ -740,8 +742,9 @@ async fn concurrent_spraying_verifies_no_more_than_the_limit() {
     let gateway = Arc::new(
         TestGateway::start_with(|config| {
             config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
-            config.rate_limits.login_failures_per_client =
-                portcullis::config::RateLimit::new(3, Duration::from_secs(3600));
+            config.rate_limits.login_failures_per_client = Some(
+                portcullis::config::RateLimit::new(3, Duration::from_secs(3600)),
+            );
         })
         .await,
     );

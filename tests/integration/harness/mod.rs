@@ -241,7 +241,6 @@ rate_limits:
   password_reset: {{ requests: 1000000, per: 1m }}
   default: {{ requests: 1000000, per: 1m }}
   per_recipient: {{ requests: 1000000, per: 1m }}
-  login_failures_per_client: {{ requests: 1000, per: 1s }}
 policy:
   path: {policy}
 password:
