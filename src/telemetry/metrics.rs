@@ -165,6 +165,45 @@ impl UpstreamErrorKind {
     }
 }
 
+/// A latency histogram over the `BUCKET_LABELS` buckets (1 ms to 10 s), recorded with two
+/// relaxed adds and made cumulative when rendered.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last is the +Inf overflow.
+    /// Cumulative sums and the total count are computed when rendering, which
+    /// keeps recording to one add here.
+    buckets: [AtomicU64; 14],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BUCKET_BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// The family `name` (in seconds): `_bucket`, `_sum` and `_count`.
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        family(out, name, "histogram", help);
+        // Load each bucket once so +Inf and _count come from the same reads
+        // and always agree, even while latencies are being recorded.
+        let mut cumulative = 0u64;
+        for (label, count) in BUCKET_LABELS.iter().zip(&self.buckets) {
+            cumulative += count.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{label}\"}} {cumulative}");
+        }
+        let sum = self.sum_micros.load(Relaxed);
+        // Integer arithmetic keeps the sum exact: seconds, then six digits of
+        // microseconds.
+        let _ = writeln!(out, "{name}_sum {}.{:06}", sum / 1_000_000, sum % 1_000_000);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
 /// All of the gateway's own metrics. Share it through an `Arc`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -174,8 +213,7 @@ pub struct Metrics {
     /// Per-bucket (not cumulative) counts; the last is the +Inf overflow.
     /// Cumulative sums and the total count are computed when rendering, which
     /// keeps recording to one add here.
-    latency_buckets: [AtomicU64; 14],
-    latency_sum_micros: AtomicU64,
+    latency: Histogram,
     upstream_errors: [AtomicU64; 3],
     /// Signed so that an unmatched `connection_closed` shows up as a negative
     /// gauge rather than wrapping to 2^64.
@@ -205,12 +243,7 @@ impl Metrics {
         };
         self.requests_by_class[class].fetch_add(1, Relaxed);
 
-        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = BUCKET_BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
-        self.latency_buckets[bucket].fetch_add(1, Relaxed);
-
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency_sum_micros.fetch_add(micros, Relaxed);
+        self.latency.record(latency);
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
@@ -338,34 +371,10 @@ impl Metrics {
             );
         }
 
-        family(
+        self.latency.render(
             &mut out,
             "portcullis_http_request_duration_seconds",
-            "histogram",
             "Time from request received to response headers sent.",
-        );
-        // Load each bucket once so +Inf and _count come from the same reads
-        // and always agree, even while requests are being recorded.
-        let mut cumulative = 0u64;
-        for (label, count) in BUCKET_LABELS.iter().zip(&self.latency_buckets) {
-            cumulative += count.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "portcullis_http_request_duration_seconds_bucket{{le=\"{label}\"}} {cumulative}"
-            );
-        }
-        let sum = self.latency_sum_micros.load(Relaxed);
-        // Integer arithmetic keeps the sum exact: seconds, then six digits of
-        // microseconds.
-        let _ = writeln!(
-            out,
-            "portcullis_http_request_duration_seconds_sum {}.{:06}",
-            sum / 1_000_000,
-            sum % 1_000_000
-        );
-        let _ = writeln!(
-            out,
-            "portcullis_http_request_duration_seconds_count {cumulative}"
         );
 
         family(
@@ -857,6 +866,27 @@ mod tests {
         for (key, value) in cases {
             assert_eq!(series[key], value, "{key}");
         }
+    }
+
+    #[test]
+    fn a_histogram_renders_under_its_own_name() {
+        let histogram = Histogram::default();
+        histogram.record(Duration::from_micros(500));
+        histogram.record(Duration::from_millis(30));
+        let mut out = String::new();
+        histogram.render(&mut out, "portcullis_redis_duration_seconds", "Redis.");
+        let series = parse(&out);
+        let bucket =
+            |le: &str| series[&format!("portcullis_redis_duration_seconds_bucket{{le=\"{le}\"}}")];
+        assert_eq!(bucket("0.001"), 1.0);
+        assert_eq!(bucket("0.025"), 1.0);
+        assert_eq!(bucket("0.05"), 2.0);
+        assert_eq!(bucket("+Inf"), 2.0);
+        assert_eq!(series["portcullis_redis_duration_seconds_count"], 2.0);
+        assert!(
+            out.contains("\nportcullis_redis_duration_seconds_sum 0.030500\n"),
+            "{out}"
+        );
     }
 
     #[test]

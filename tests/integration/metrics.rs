@@ -8,6 +8,7 @@ use crate::harness::TestGateway;
 const POLICY: &str = r#"
 version: 1
 roles: [user, admin]
+rate_limit: { requests: 1000, per: 1h, key: ip }
 rules:
   - name: public pages
     paths: ["/public/**"]
@@ -68,6 +69,13 @@ async fn requests_are_counted_by_rule_and_code_and_refusals_by_reason() {
     assert_eq!(gateway.metric(&refusals("role")).await, 1);
     assert_eq!(gateway.metric(&refusals("method")).await, 1);
     assert_eq!(gateway.metric(&refusals("permission")).await, 0);
+    // The rate limit asked Redis, and how long it took is in the histogram.
+    assert!(
+        gateway
+            .metric("portcullis_redis_duration_seconds_count")
+            .await
+            > 0
+    );
 }
 
 #[tokio::test]
