@@ -406,8 +406,11 @@ pub fn cross_site_refusal(
     if matches!(fetch_site, Some(b"same-origin" | b"none")) || origins.allows(headers) {
         return None;
     }
-    Some(GatewayError::Forbidden("Cross-site request refused".into()))
+    Some(GatewayError::Forbidden(CROSS_SITE_REFUSED.into()))
 }
+
+/// The detail of a cross-site refusal.
+pub const CROSS_SITE_REFUSED: &str = "Cross-site request refused";
 
 static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::unix_seconds;
 use crate::policy::{Diagnostic, Policy, Severity};
+use crate::telemetry::exposition::{family, label_value, single};
 
 /// A compiled policy and what identifies it.
 pub struct LoadedPolicy {
@@ -144,25 +145,40 @@ impl PolicySource {
     /// Prometheus lines for the policy in force and its reloads.
     pub fn render_metrics(&self) -> String {
         let current = self.current();
-        format!(
-            "# HELP portcullis_policy_info The policy in force, by content hash.\n\
-             # TYPE portcullis_policy_info gauge\n\
-             portcullis_policy_info{{hash=\"{hash}\",rules=\"{rules}\"}} 1\n\
-             # HELP portcullis_policy_loaded_timestamp_seconds When the policy in force was loaded.\n\
-             # TYPE portcullis_policy_loaded_timestamp_seconds gauge\n\
-             portcullis_policy_loaded_timestamp_seconds {loaded}\n\
-             # HELP portcullis_policy_reloads_total Policy edits put in force.\n\
-             # TYPE portcullis_policy_reloads_total counter\n\
-             portcullis_policy_reloads_total {reloads}\n\
-             # HELP portcullis_policy_reload_failures_total Policy edits refused (the old policy stayed).\n\
-             # TYPE portcullis_policy_reload_failures_total counter\n\
-             portcullis_policy_reload_failures_total {failures}\n",
-            hash = current.hash,
-            rules = current.policy.rule_count(),
-            loaded = unix_seconds(current.loaded_at),
-            reloads = self.reloads.load(Ordering::Relaxed),
-            failures = self.failures.load(Ordering::Relaxed),
-        )
+        let mut out = String::with_capacity(1024);
+        family(
+            &mut out,
+            "portcullis_policy_info",
+            "gauge",
+            "The policy in force, by content hash.",
+        );
+        out.push_str(&format!(
+            "portcullis_policy_info{{hash=\"{}\",rules=\"{}\"}} 1\n",
+            label_value(&current.hash),
+            current.policy.rule_count()
+        ));
+        single(
+            &mut out,
+            "portcullis_policy_loaded_timestamp_seconds",
+            "gauge",
+            "When the policy in force was loaded.",
+            unix_seconds(current.loaded_at),
+        );
+        single(
+            &mut out,
+            "portcullis_policy_reloads_total",
+            "counter",
+            "Policy edits put in force.",
+            self.reloads.load(Ordering::Relaxed),
+        );
+        single(
+            &mut out,
+            "portcullis_policy_reload_failures_total",
+            "counter",
+            "Policy edits refused (the old policy stayed).",
+            self.failures.load(Ordering::Relaxed),
+        );
+        out
     }
 }
 

@@ -45,6 +45,30 @@ pub async fn enqueue(
     Ok(())
 }
 
+/// Mail an operator waits on: how much is still to be sent, and how long the oldest of it
+/// has waited (0 when none is pending). Unsendable mail, pushed a century out
+/// (`MARK_UNSENDABLE`), is left out: it will never leave, and counting it would hold an age
+/// alert on for good. Reads the partial index of pending rows.
+const BACKLOG: &str = "SELECT count(*), \
+         COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 \
+     FROM mail_outbox WHERE sent_at IS NULL AND next_attempt_at < now() + interval '1 year'";
+
+/// The outbox backlog (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backlog {
+    pub pending: i64,
+    pub oldest_age_seconds: f64,
+}
+
+/// Reads the outbox backlog with `client`.
+pub async fn backlog(client: &impl GenericClient) -> Result<Backlog, tokio_postgres::Error> {
+    let row = client.query_one(BACKLOG, &[]).await?;
+    Ok(Backlog {
+        pending: row.try_get(0)?,
+        oldest_age_seconds: row.try_get(1)?,
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Message texts. Links are built only from the configured public URL: a Host header is
 // attacker-controlled, and a reset link pointing at the attacker's host would leak the token.

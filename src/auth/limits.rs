@@ -193,13 +193,16 @@ impl AuthService {
 
     /// `/metrics` lines of the per-recipient limits.
     pub(super) fn render_mail_metrics(&self) -> String {
-        format!(
-            "# HELP portcullis_mail_suppressed_total Requests of password-reset and \
-             resend-verification answered 202 without mail: over the recipient's limit.\n\
-             # TYPE portcullis_mail_suppressed_total counter\n\
-             portcullis_mail_suppressed_total {}\n",
-            self.mail_suppressed.load(Ordering::Relaxed)
-        )
+        let mut out = String::new();
+        crate::telemetry::exposition::single(
+            &mut out,
+            "portcullis_mail_suppressed_total",
+            "counter",
+            "Requests of password-reset and resend-verification answered 202 without mail: \
+             over the recipient's limit.",
+            self.mail_suppressed.load(Ordering::Relaxed),
+        );
+        out
     }
 }
 

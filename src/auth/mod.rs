@@ -630,15 +630,16 @@ impl AuthService {
 
     /// The identity routes' counters, in the Prometheus text format.
     pub fn render_metrics(&self) -> String {
-        format!(
-            "{}{}# HELP portcullis_password_verifications_total Argon2 verifications run, \
-             the dummy's for unknown emails included.\n\
-             # TYPE portcullis_password_verifications_total counter\n\
-             portcullis_password_verifications_total {}\n",
-            self.metrics.render(),
-            self.render_mail_metrics(),
-            self.hasher.verifications()
-        )
+        let mut out = self.metrics.render();
+        out.push_str(&self.render_mail_metrics());
+        crate::telemetry::exposition::single(
+            &mut out,
+            "portcullis_password_verifications_total",
+            "counter",
+            "Argon2 verifications run, the dummy's for unknown emails included.",
+            self.hasher.verifications(),
+        );
+        out
     }
 
     /// Whether Postgres and Redis answer now.

@@ -19,6 +19,7 @@ use crate::password::Verification;
 use crate::store::{
     CommitVerdict, LockoutScope, LoginFailure, RefreshOutcome, Rehash, SessionRow, Store, User,
 };
+use crate::telemetry::metrics::LoginOutcome;
 use crate::token::{hash_opaque, OpaqueToken};
 
 const INVALID_CREDENTIALS: &str = "Invalid email or password";
@@ -36,6 +37,28 @@ pub(super) struct Rotation {
     pub now: SystemTime,
 }
 pub(super) const NEWLY_LOCKED: &str = "Too many failed attempts. Account locked.";
+const DEACTIVATED: &str = "Account has been deactivated";
+const UNVERIFIED: &str = "Please verify your email first";
+/// How every answer for a locked account opens ([`locked_detail`]).
+const LOCKED_PREFIX: &str = "Account locked.";
+
+/// How a login ended, by what it was answered: the answers are this module's own fixed
+/// texts, so this reads them rather than threading an outcome through every return.
+fn login_outcome<T>(signed_in: &Result<T, GatewayError>) -> LoginOutcome {
+    match signed_in {
+        Ok(_) => LoginOutcome::Success,
+        Err(GatewayError::TooManyRequests { .. }) => LoginOutcome::RateLimited,
+        Err(GatewayError::Unauthorized { detail, .. }) => match detail.as_ref() {
+            INVALID_CREDENTIALS => LoginOutcome::Invalid,
+            NEWLY_LOCKED => LoginOutcome::Locked,
+            DEACTIVATED => LoginOutcome::Deactivated,
+            UNVERIFIED => LoginOutcome::Unverified,
+            detail if detail.starts_with(LOCKED_PREFIX) => LoginOutcome::Locked,
+            _ => LoginOutcome::Error,
+        },
+        Err(_) => LoginOutcome::Error,
+    }
+}
 
 /// What a counted failure is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +130,12 @@ impl AuthService {
     /// The login itself, for the API and the sign-in form alike: the token body of a new
     /// session (with the user object), or the refusal.
     pub(super) async fn sign_in(&self, call: &Call) -> Result<serde_json::Value, GatewayError> {
+        let signed_in = self.try_sign_in(call).await;
+        self.metrics.login(login_outcome(&signed_in));
+        signed_in
+    }
+
+    async fn try_sign_in(&self, call: &Call) -> Result<serde_json::Value, GatewayError> {
         let fields = object(call)?;
         let email = normalize_email(fields.string("email")?);
         let password = fields.string("password")?;
@@ -168,9 +197,9 @@ impl AuthService {
     /// Refuses a deactivated or unverified account (after its password matched).
     async fn refuse_unusable(&self, user: &User, call: &Call) -> Result<(), GatewayError> {
         let (reason, detail) = if !user.is_active {
-            ("deactivated", "Account has been deactivated")
+            ("deactivated", DEACTIVATED)
         } else if !user.is_verified {
-            ("unverified", "Please verify your email first")
+            ("unverified", UNVERIFIED)
         } else {
             return Ok(());
         };
@@ -430,6 +459,9 @@ impl AuthService {
             .await?;
         }
         transaction.commit().await.map_err(db_error)?;
+        if newly_locked.is_some() && user.is_some() {
+            self.metrics.lockout();
+        }
         if mailed {
             self.mail_waker.notify_one();
         }
@@ -715,12 +747,55 @@ fn locked(until: SystemTime, now: SystemTime) -> GatewayError {
 pub(super) fn locked_detail(until: SystemTime, now: SystemTime) -> String {
     let minutes = minutes_until(until, now);
     let unit = if minutes == 1 { "minute" } else { "minutes" };
-    format!("Account locked. Try again in {minutes} {unit}.")
+    format!("{LOCKED_PREFIX} Try again in {minutes} {unit}.")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logins_are_counted_by_answer() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let later = now + Duration::from_secs(600);
+        let cases: Vec<(Result<(), GatewayError>, LoginOutcome)> = vec![
+            (Ok(()), LoginOutcome::Success),
+            (
+                Err(GatewayError::unauthorized(INVALID_CREDENTIALS)),
+                LoginOutcome::Invalid,
+            ),
+            (
+                Err(GatewayError::unauthorized(NEWLY_LOCKED)),
+                LoginOutcome::Locked,
+            ),
+            (Err(locked(later, now)), LoginOutcome::Locked),
+            (
+                Err(GatewayError::unauthorized(DEACTIVATED)),
+                LoginOutcome::Deactivated,
+            ),
+            (
+                Err(GatewayError::unauthorized(UNVERIFIED)),
+                LoginOutcome::Unverified,
+            ),
+            (
+                Err(GatewayError::TooManyRequests {
+                    retry_after_secs: 5,
+                }),
+                LoginOutcome::RateLimited,
+            ),
+            (
+                Err(GatewayError::bad_request("email is required")),
+                LoginOutcome::Error,
+            ),
+            (
+                Err(GatewayError::Unavailable("Database unavailable")),
+                LoginOutcome::Error,
+            ),
+        ];
+        for (answer, expected) in cases {
+            assert_eq!(login_outcome(&answer), expected, "{answer:?}");
+        }
+    }
 
     /// (`lockout.key`, the caller's rate-limit key, what failures count against)
     #[test]

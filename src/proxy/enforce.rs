@@ -109,6 +109,9 @@ pub enum Step {
     Refuse(GatewayError),
 }
 
+/// The detail of a refusal for a revoked token.
+pub const REVOKED: &str = "Token has been revoked";
+
 /// The whole enforcement decision, without I/O. `decision` is the policy's answer for the
 /// caller as the token says (anonymous when there is none); `gate` is Redis' answer to the
 /// check made for it (`NotAsked` unless `decision` allows); `anonymous` is the policy's
@@ -169,7 +172,7 @@ pub fn verdict(
                 rate: None,
             },
             refused if signs_in(&refused) => Step::SignIn,
-            _ => Step::Refuse(GatewayError::invalid_token("Token has been revoked")),
+            _ => Step::Refuse(GatewayError::invalid_token(REVOKED)),
         },
         GateResult::Answered(outcome) => match GatewayError::over_limit(outcome.rate) {
             Ok(()) => Step::Forward {

@@ -17,6 +17,7 @@ pub mod headers;
 pub mod navigation;
 pub mod path;
 pub mod pool;
+pub mod refusal;
 pub mod renewal;
 pub mod respond;
 pub mod response_body;
@@ -39,7 +40,7 @@ use crate::access::{self, CookieOrigins, TokenSource};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::proxy::response_body::GatewayBody;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, RefusalReason};
 use checks::{AllowedMethods, ServedHosts};
 use cors::{Cors, Preflight};
 use enforce::{Asked, Enforcer, Explained, Verdict};
@@ -95,6 +96,8 @@ struct Judged {
     outcome: Option<std::borrow::Cow<'static, str>>,
     /// The refusal's client-facing detail.
     reason: Option<String>,
+    /// Why the gateway refused the request itself, for `portcullis_refusals_total`.
+    refused: Option<RefusalReason>,
 }
 
 impl Judged {
@@ -104,6 +107,7 @@ impl Judged {
             Err(refusal) => {
                 self.outcome = Some(refusal.status().as_u16().to_string().into());
                 self.reason = Some(refusal.to_string());
+                self.refused = refusal::reason(refusal);
             }
         }
     }
@@ -244,11 +248,21 @@ impl Gateway {
                     let routed = Box::pin(self.route(request, conn, &request_id, &mut judged));
                     let response = match routed.instrument(span.clone()).await {
                         Ok(response) => response,
-                        Err(error) => error.into_response(),
+                        Err(error) => {
+                            // Refused before the policy judged it (method, host, path, ...):
+                            // after, `Judged::admitted` has said whether it was refused.
+                            if judged.outcome.is_none() {
+                                judged.refused = refusal::reason(&error);
+                            }
+                            error.into_response()
+                        }
                     };
                     (response, false)
                 }
-                Preflight::Refused => (GatewayError::CorsRefused.into_response(), true),
+                Preflight::Refused => {
+                    judged.refused = Some(RefusalReason::Cors);
+                    (GatewayError::CorsRefused.into_response(), true)
+                }
                 Preflight::Allowed(headers) => {
                     let mut response = Response::new(GatewayBody::empty());
                     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -277,6 +291,12 @@ impl Gateway {
         let latency = started.elapsed();
         let status = response.status().as_u16();
         self.metrics.record_request(status, latency);
+        if let Some(explained) = &judged.explained {
+            self.metrics.rule_request(explained.rule_name(), status);
+        }
+        if let Some(reason) = judged.refused {
+            self.metrics.refusal(reason);
+        }
         if self.access_log {
             let explained = judged.explained.as_ref();
             span.in_scope(|| {
@@ -369,10 +389,12 @@ impl Gateway {
             },
             Err(refusal) => Err(refusal),
         };
+        // Always judged: the metrics count by rule and refusal reason; the path is for the
+        // access log alone.
+        judged.explained = decided.explained;
+        judged.admitted(&admitted);
         if self.access_log {
-            judged.explained = decided.explained;
             judged.path = Some(path.to_string());
-            judged.admitted(&admitted);
         }
         let forwarded = match admitted {
             Ok(verdict) => {

@@ -8,13 +8,14 @@
 //! may see a request half-recorded (counted by class, not yet in the
 //! histogram) without harm.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::RwLock;
 use std::time::Duration;
 
 use crate::policy::Outcome;
+use crate::telemetry::exposition::{capped, family, label_value, single};
 
 /// Upper bounds of the finite latency buckets, in nanoseconds (the bucket
 /// test is `latency <= bound`, as Prometheus' `le` means).
@@ -51,6 +52,94 @@ const MAX_SHADOW_RULES: usize = 256;
 
 const CLASS_LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
+/// Distinct rule names `portcullis_http_requests_by_rule_total` keeps apart; past it, as
+/// for shadow rules, the rest are counted under `rule="(other)"`.
+const MAX_RULES: usize = 256;
+
+/// The `rule` label of a request no rule matched.
+pub const NO_RULE: &str = "(none)";
+
+/// Why the gateway refused a request itself: a fixed set, so `portcullis_refusals_total`
+/// has one series per variant and never a free-text label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    // The discriminants index `Metrics::refusals`.
+    /// No token where the rule asks for one (a 401, or a browser sent to sign in).
+    NoToken = 0,
+    /// A token that failed verification (bad signature, expired, malformed).
+    BadToken = 1,
+    Revoked = 2,
+    /// Signed in without the role the rule asks for.
+    Role = 3,
+    Permission = 4,
+    /// Not the owner of the resource (`access: owner`).
+    Owner = 5,
+    /// A rule with `access: deny`.
+    Denied = 6,
+    /// Signed in, and no rule matched.
+    NoRule = 7,
+    RateLimit = 8,
+    /// An unsafe request from another site carrying the session cookie.
+    CrossSite = 9,
+    /// A host this gateway does not serve (421).
+    Host = 10,
+    /// A method the gateway does not pass (405).
+    Method = 11,
+    /// A path normalisation refused (400).
+    Path = 12,
+    /// Any other malformed request: sensitive headers, `_method`, headers or body too large.
+    Malformed = 13,
+    /// Redis could not be asked and the fail mode is closed (503).
+    Unavailable = 14,
+    /// A CORS preflight from an origin not allowed.
+    Cors = 15,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 16] = [
+        RefusalReason::NoToken,
+        RefusalReason::BadToken,
+        RefusalReason::Revoked,
+        RefusalReason::Role,
+        RefusalReason::Permission,
+        RefusalReason::Owner,
+        RefusalReason::Denied,
+        RefusalReason::NoRule,
+        RefusalReason::RateLimit,
+        RefusalReason::CrossSite,
+        RefusalReason::Host,
+        RefusalReason::Method,
+        RefusalReason::Path,
+        RefusalReason::Malformed,
+        RefusalReason::Unavailable,
+        RefusalReason::Cors,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalReason::NoToken => "no_token",
+            RefusalReason::BadToken => "bad_token",
+            RefusalReason::Revoked => "revoked",
+            RefusalReason::Role => "role",
+            RefusalReason::Permission => "permission",
+            RefusalReason::Owner => "owner",
+            RefusalReason::Denied => "denied",
+            RefusalReason::NoRule => "no_rule",
+            RefusalReason::RateLimit => "rate_limit",
+            RefusalReason::CrossSite => "cross_site",
+            RefusalReason::Host => "host",
+            RefusalReason::Method => "method",
+            RefusalReason::Path => "path",
+            RefusalReason::Malformed => "malformed",
+            RefusalReason::Unavailable => "unavailable",
+            RefusalReason::Cors => "cors",
+        }
+    }
+}
+
+/// A rule's counts by status code.
+type CodeCounts = RwLock<BTreeMap<u16, AtomicU64>>;
+
 /// Why a request could not be served by the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
@@ -76,6 +165,45 @@ impl UpstreamErrorKind {
     }
 }
 
+/// A latency histogram over the `BUCKET_LABELS` buckets (1 ms to 10 s), recorded with two
+/// relaxed adds and made cumulative when rendered.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last is the +Inf overflow.
+    /// Cumulative sums and the total count are computed when rendering, which
+    /// keeps recording to one add here.
+    buckets: [AtomicU64; 14],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BUCKET_BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// The family `name` (in seconds): `_bucket`, `_sum` and `_count`.
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        family(out, name, "histogram", help);
+        // Load each bucket once so +Inf and _count come from the same reads
+        // and always agree, even while latencies are being recorded.
+        let mut cumulative = 0u64;
+        for (label, count) in BUCKET_LABELS.iter().zip(&self.buckets) {
+            cumulative += count.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{label}\"}} {cumulative}");
+        }
+        let sum = self.sum_micros.load(Relaxed);
+        // Integer arithmetic keeps the sum exact: seconds, then six digits of
+        // microseconds.
+        let _ = writeln!(out, "{name}_sum {}.{:06}", sum / 1_000_000, sum % 1_000_000);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
 /// All of the gateway's own metrics. Share it through an `Arc`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -85,8 +213,7 @@ pub struct Metrics {
     /// Per-bucket (not cumulative) counts; the last is the +Inf overflow.
     /// Cumulative sums and the total count are computed when rendering, which
     /// keeps recording to one add here.
-    latency_buckets: [AtomicU64; 14],
-    latency_sum_micros: AtomicU64,
+    latency: Histogram,
     upstream_errors: [AtomicU64; 3],
     /// Signed so that an unmatched `connection_closed` shows up as a negative
     /// gauge rather than wrapping to 2^64.
@@ -98,6 +225,9 @@ pub struct Metrics {
     /// By shadow rule name: its would-be decisions, by `SHADOW_OUTCOMES`. Kept across policy
     /// reloads, as counters should be. Touched only when the policy has shadow rules.
     shadow_decisions: RwLock<HashMap<Box<str>, [AtomicU64; 3]>>,
+    /// Policy-judged requests by deciding rule name (or `NO_RULE`), then status code.
+    rule_requests: RwLock<HashMap<Box<str>, CodeCounts>>,
+    refusals: [AtomicU64; 16],
 }
 
 impl Metrics {
@@ -113,12 +243,7 @@ impl Metrics {
         };
         self.requests_by_class[class].fetch_add(1, Relaxed);
 
-        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = BUCKET_BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
-        self.latency_buckets[bucket].fetch_add(1, Relaxed);
-
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.latency_sum_micros.fetch_add(micros, Relaxed);
+        self.latency.record(latency);
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
@@ -171,12 +296,58 @@ impl Metrics {
             .shadow_decisions
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let name = if counts.len() < MAX_SHADOW_RULES || counts.contains_key(rule) {
-            rule
-        } else {
-            "(other)"
-        };
+        let name = capped(
+            rule,
+            counts.contains_key(rule),
+            counts.len(),
+            MAX_SHADOW_RULES,
+        );
         counts.entry(name.into()).or_default()[slot].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request the policy judged, by the rule that decided it (`None`: no rule
+    /// matched) and the status it was answered with.
+    pub fn rule_request(&self, rule: Option<&str>, status: u16) {
+        let rule = rule.unwrap_or(NO_RULE);
+        let count = |codes: &CodeCounts| {
+            {
+                let codes = codes
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(count) = codes.get(&status) {
+                    count.fetch_add(1, Relaxed);
+                    return;
+                }
+            }
+            // Status codes are three digits (hyper's StatusCode is 100..=999): at most 900.
+            codes
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry(status)
+                .or_default()
+                .fetch_add(1, Relaxed);
+        };
+        {
+            let rules = self
+                .rule_requests
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(codes) = rules.get(rule) {
+                count(codes);
+                return;
+            }
+        }
+        let mut rules = self
+            .rule_requests
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let name = capped(rule, rules.contains_key(rule), rules.len(), MAX_RULES);
+        count(rules.entry(name.into()).or_default());
+    }
+
+    /// Counts a request the gateway refused itself, by why.
+    pub fn refusal(&self, reason: RefusalReason) {
+        self.refusals[reason as usize].fetch_add(1, Relaxed);
     }
 
     /// Prometheus text exposition format 0.0.4, every metric
@@ -200,34 +371,10 @@ impl Metrics {
             );
         }
 
-        family(
+        self.latency.render(
             &mut out,
             "portcullis_http_request_duration_seconds",
-            "histogram",
             "Time from request received to response headers sent.",
-        );
-        // Load each bucket once so +Inf and _count come from the same reads
-        // and always agree, even while requests are being recorded.
-        let mut cumulative = 0u64;
-        for (label, count) in BUCKET_LABELS.iter().zip(&self.latency_buckets) {
-            cumulative += count.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "portcullis_http_request_duration_seconds_bucket{{le=\"{label}\"}} {cumulative}"
-            );
-        }
-        let sum = self.latency_sum_micros.load(Relaxed);
-        // Integer arithmetic keeps the sum exact: seconds, then six digits of
-        // microseconds.
-        let _ = writeln!(
-            out,
-            "portcullis_http_request_duration_seconds_sum {}.{:06}",
-            sum / 1_000_000,
-            sum % 1_000_000
-        );
-        let _ = writeln!(
-            out,
-            "portcullis_http_request_duration_seconds_count {cumulative}"
         );
 
         family(
@@ -307,8 +454,93 @@ impl Metrics {
             }
         }
 
+        family(
+            &mut out,
+            "portcullis_http_requests_by_rule_total",
+            "counter",
+            "Requests the policy judged, by deciding rule name ((none): no rule matched) and \
+             status code.",
+        );
+        {
+            let rules = self
+                .rule_requests
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut names: Vec<_> = rules.iter().collect();
+            names.sort_by(|a, b| a.0.cmp(b.0));
+            for (rule, codes) in names {
+                let rule = label_value(rule);
+                let codes = codes
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                for (code, count) in codes.iter() {
+                    let _ = writeln!(
+                        out,
+                        "portcullis_http_requests_by_rule_total{{rule=\"{rule}\",code=\"{code}\"}} {}",
+                        count.load(Relaxed)
+                    );
+                }
+            }
+        }
+
+        family(
+            &mut out,
+            "portcullis_refusals_total",
+            "counter",
+            "Requests the gateway refused itself, by reason.",
+        );
+        for reason in RefusalReason::ALL {
+            let _ = writeln!(
+                out,
+                "portcullis_refusals_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.refusals[reason as usize].load(Relaxed)
+            );
+        }
+
         out.push_str(extra);
         out
+    }
+}
+
+/// How a login ended, for `portcullis_logins_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginOutcome {
+    // The discriminants index `AuthMetrics::logins`.
+    Success = 0,
+    /// Unknown email or wrong password, not (yet) locked.
+    Invalid = 1,
+    /// Refused as locked, the attempt that set the lock included.
+    Locked = 2,
+    Unverified = 3,
+    Deactivated = 4,
+    /// Over the login rate limit or the client's failed-login limit.
+    RateLimited = 5,
+    /// Anything else: a malformed body, Postgres or Redis down.
+    Error = 6,
+}
+
+impl LoginOutcome {
+    pub const ALL: [LoginOutcome; 7] = [
+        LoginOutcome::Success,
+        LoginOutcome::Invalid,
+        LoginOutcome::Locked,
+        LoginOutcome::Unverified,
+        LoginOutcome::Deactivated,
+        LoginOutcome::RateLimited,
+        LoginOutcome::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LoginOutcome::Success => "success",
+            LoginOutcome::Invalid => "invalid",
+            LoginOutcome::Locked => "locked",
+            LoginOutcome::Unverified => "unverified",
+            LoginOutcome::Deactivated => "deactivated",
+            LoginOutcome::RateLimited => "rate_limited",
+            LoginOutcome::Error => "error",
+        }
     }
 }
 
@@ -316,6 +548,8 @@ impl Metrics {
 /// gateway's.
 #[derive(Debug, Default)]
 pub struct AuthMetrics {
+    logins: [AtomicU64; 7],
+    lockouts: AtomicU64,
     login_locked_refusals: AtomicU64,
     login_failure_limit_refusals: AtomicU64,
     refresh_reuses: AtomicU64,
@@ -335,6 +569,16 @@ impl AuthMetrics {
         self.login_failure_limit_refusals.fetch_add(1, Relaxed);
     }
 
+    /// A login ended as `outcome`.
+    pub fn login(&self, outcome: LoginOutcome) {
+        self.logins[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// An account (or, locking per address, an account and address pair) became locked.
+    pub fn lockout(&self) {
+        self.lockouts.fetch_add(1, Relaxed);
+    }
+
     /// An already-rotated refresh token was presented: its whole session was ended.
     pub fn refresh_reuse(&self) {
         self.refresh_reuses.fetch_add(1, Relaxed);
@@ -348,6 +592,27 @@ impl AuthMetrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
+        family(
+            &mut out,
+            "portcullis_logins_total",
+            "counter",
+            "Logins (API and sign-in form), by outcome.",
+        );
+        for outcome in LoginOutcome::ALL {
+            let _ = writeln!(
+                out,
+                "portcullis_logins_total{{outcome=\"{}\"}} {}",
+                outcome.label(),
+                self.logins[outcome as usize].load(Relaxed)
+            );
+        }
+        single(
+            &mut out,
+            "portcullis_lockouts_total",
+            "counter",
+            "Times an account, or an account and address pair, became locked.",
+            self.lockouts.load(Relaxed),
+        );
         single(
             &mut out,
             "portcullis_refresh_reuse_detected_total",
@@ -379,30 +644,6 @@ impl AuthMetrics {
         );
         out
     }
-}
-
-/// A label value as the exposition format wants it: `\\`, `"` and newlines escaped.
-fn label_value(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\\' => escaped.push_str("\\\\"),
-            '"' => escaped.push_str("\\\""),
-            '\n' => escaped.push_str("\\n"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    family(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
 }
 
 #[cfg(test)]
@@ -628,12 +869,109 @@ mod tests {
     }
 
     #[test]
+    fn a_histogram_renders_under_its_own_name() {
+        let histogram = Histogram::default();
+        histogram.record(Duration::from_micros(500));
+        histogram.record(Duration::from_millis(30));
+        let mut out = String::new();
+        histogram.render(&mut out, "portcullis_redis_duration_seconds", "Redis.");
+        let series = parse(&out);
+        let bucket =
+            |le: &str| series[&format!("portcullis_redis_duration_seconds_bucket{{le=\"{le}\"}}")];
+        assert_eq!(bucket("0.001"), 1.0);
+        assert_eq!(bucket("0.025"), 1.0);
+        assert_eq!(bucket("0.05"), 2.0);
+        assert_eq!(bucket("+Inf"), 2.0);
+        assert_eq!(series["portcullis_redis_duration_seconds_count"], 2.0);
+        assert!(
+            out.contains("\nportcullis_redis_duration_seconds_sum 0.030500\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn requests_are_counted_by_rule_and_code() {
+        let metrics = Metrics::new();
+        metrics.rule_request(Some("api"), 200);
+        metrics.rule_request(Some("api"), 200);
+        metrics.rule_request(Some("api"), 403);
+        metrics.rule_request(None, 401);
+        let series = parse(&metrics.render(""));
+        let value = |rule: &str, code: &str| {
+            series
+                .get(&format!(
+                    "portcullis_http_requests_by_rule_total{{rule=\"{rule}\",code=\"{code}\"}}"
+                ))
+                .copied()
+        };
+        assert_eq!(value("api", "200"), Some(2.0));
+        assert_eq!(value("api", "403"), Some(1.0));
+        assert_eq!(value("(none)", "401"), Some(1.0));
+        assert_eq!(value("api", "401"), None);
+
+        // Past the cap, further names share one series; known names keep theirs.
+        for index in 0..MAX_RULES + 5 {
+            metrics.rule_request(Some(&format!("rule {index}")), 200);
+        }
+        metrics.rule_request(Some("api"), 200);
+        let series = parse(&metrics.render(""));
+        let value = |rule: &str| {
+            series
+                .get(&format!(
+                    "portcullis_http_requests_by_rule_total{{rule=\"{rule}\",code=\"200\"}}"
+                ))
+                .copied()
+        };
+        assert_eq!(value("api"), Some(3.0));
+        // 2 names were known, so 254 new ones fit and 7 overflow.
+        assert_eq!(value("(other)"), Some(7.0));
+    }
+
+    #[test]
+    fn refusals_are_counted_by_reason() {
+        let metrics = Metrics::new();
+        metrics.refusal(RefusalReason::NoToken);
+        metrics.refusal(RefusalReason::Role);
+        metrics.refusal(RefusalReason::Role);
+        let series = parse(&metrics.render(""));
+        for reason in RefusalReason::ALL {
+            let expected = match reason {
+                RefusalReason::NoToken => 1.0,
+                RefusalReason::Role => 2.0,
+                _ => 0.0,
+            };
+            let key = format!("portcullis_refusals_total{{reason=\"{}\"}}", reason.label());
+            assert_eq!(series[&key], expected, "{key}");
+        }
+    }
+
+    #[test]
     fn auth_metrics_count_lock_refusals() {
         let metrics = AuthMetrics::default();
         metrics.login_locked_refusal();
         metrics.login_locked_refusal();
         let parsed = parse(&metrics.render());
         assert_eq!(parsed["portcullis_login_locked_refusals_total"], 2.0);
+    }
+
+    #[test]
+    fn auth_metrics_count_logins_and_lockouts() {
+        let metrics = AuthMetrics::default();
+        metrics.login(LoginOutcome::Success);
+        metrics.login(LoginOutcome::Invalid);
+        metrics.login(LoginOutcome::Invalid);
+        metrics.lockout();
+        let parsed = parse(&metrics.render());
+        for outcome in LoginOutcome::ALL {
+            let expected = match outcome {
+                LoginOutcome::Success => 1.0,
+                LoginOutcome::Invalid => 2.0,
+                _ => 0.0,
+            };
+            let key = format!("portcullis_logins_total{{outcome=\"{}\"}}", outcome.label());
+            assert_eq!(parsed[&key], expected, "{key}");
+        }
+        assert_eq!(parsed["portcullis_lockouts_total"], 1.0);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Invariant: nothing here or anywhere else logs request headers, so an `Authorization`
 //! header, a cookie or a password in a body can never reach the log.
 
+pub mod exposition;
 pub mod metrics;
+pub mod process;
 
 use tracing_subscriber::EnvFilter;
 

@@ -21,6 +21,7 @@ mod hardening;
 mod identity_setup;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod pages;
 mod policy_reload;
 mod process;

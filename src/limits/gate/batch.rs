@@ -161,12 +161,14 @@ impl Gate {
         self.inner
             .checks_sent
             .fetch_add(checks.len() as u64, Ordering::Relaxed);
+        let sent = std::time::Instant::now();
         let answered = futures_util::future::join_all(parts.iter().map(|part| {
             let mut connection = connection.clone();
             let pipe = pipeline(&plan, part);
             async move { pipe.query_async(&mut connection).await }
         }))
         .await;
+        self.inner.redis_duration.record(sent.elapsed());
         let read = parts.iter().zip(answered).try_fold(
             Replies::for_plan(&plan),
             |mut read, (part, values)| -> Result<_, GateError> {
@@ -217,12 +219,14 @@ impl Gate {
         self.inner
             .round_trips
             .fetch_add(parts.len() as u64, Ordering::Relaxed);
+        let sent = std::time::Instant::now();
         let answered = futures_util::future::join_all(parts.iter().map(|part| {
             let mut connection = connection.clone();
             let pipe = give_back_pipeline(part);
             async move { pipe.query_async::<()>(&mut connection).await }
         }))
         .await;
+        self.inner.redis_duration.record(sent.elapsed());
         // If Redis fails here the count stays too high until the window slides past it, which
         // errs on the side of refusing.
         for (part, answer) in parts.iter().zip(answered) {

@@ -91,6 +91,8 @@ use super::feed::RevocationFeed;
 use super::revocation;
 use super::window;
 use super::Redis;
+use crate::telemetry::exposition::single;
+use crate::telemetry::metrics::Histogram;
 
 /// How long a token check waits for the revocation state while it is being rebuilt (or
 /// first confirmed at start) before asking Redis anyway.
@@ -173,6 +175,8 @@ struct Inner {
     /// fill.
     round_trips: AtomicU64,
     checks_sent: AtomicU64,
+    /// How long each batch of pipelines (one per part) took to answer, give-backs included.
+    redis_duration: Histogram,
     /// Limits below this are sliding logs: [`window::EXACT_BELOW`], except in the tests of
     /// the counters' mechanics.
     exact_below: u32,
@@ -209,6 +213,7 @@ impl Gate {
                 queues,
                 round_trips: AtomicU64::new(0),
                 checks_sent: AtomicU64::new(0),
+                redis_duration: Histogram::default(),
                 exact_below,
                 log_nonce: uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
                 log_sequence: AtomicU64::new(0),
@@ -290,25 +295,47 @@ impl Gate {
             .feed
             .as_ref()
             .map_or(0, |feed| feed.durability().rebuilds());
-        format!(
-            "# HELP portcullis_redis_round_trips_total Redis round trips of the rate-limit and \
-             revocation checks, give-backs of refused requests included.\n\
-             # TYPE portcullis_redis_round_trips_total counter\n\
-             portcullis_redis_round_trips_total {round_trips}\n\
-             # HELP portcullis_redis_checks_total Rate-limit and revocation checks sent to Redis; \
-             over round trips, how many share one.\n\
-             # TYPE portcullis_redis_checks_total counter\n\
-             portcullis_redis_checks_total {checks}\n\
-             # HELP portcullis_revocation_copy_trusted 1 while this instance checks tokens against \
-             its pushed copy of the revocation list; 0 while it reads Redis for each.\n\
-             # TYPE portcullis_revocation_copy_trusted gauge\n\
-             portcullis_revocation_copy_trusted {trusted}\n\
-             # HELP portcullis_revocation_rebuilds_total Times this instance rebuilt the \
-             revocation state in Redis from Postgres, having found Redis without its revocation \
-             epoch (at first start, or after Redis lost its data).\n\
-             # TYPE portcullis_revocation_rebuilds_total counter\n\
-             portcullis_revocation_rebuilds_total {rebuilds}\n"
-        )
+        let mut out = String::with_capacity(1024);
+        single(
+            &mut out,
+            "portcullis_redis_round_trips_total",
+            "counter",
+            "Redis round trips of the rate-limit and revocation checks, give-backs of refused \
+             requests included.",
+            round_trips,
+        );
+        single(
+            &mut out,
+            "portcullis_redis_checks_total",
+            "counter",
+            "Rate-limit and revocation checks sent to Redis; over round trips, how many share \
+             one.",
+            checks,
+        );
+        single(
+            &mut out,
+            "portcullis_revocation_copy_trusted",
+            "gauge",
+            "1 while this instance checks tokens against its pushed copy of the revocation \
+             list; 0 while it reads Redis for each.",
+            trusted,
+        );
+        single(
+            &mut out,
+            "portcullis_revocation_rebuilds_total",
+            "counter",
+            "Times this instance rebuilt the revocation state in Redis from Postgres, having \
+             found Redis without its revocation epoch (at first start, or after Redis lost its \
+             data).",
+            rebuilds,
+        );
+        self.inner.redis_duration.render(
+            &mut out,
+            "portcullis_redis_duration_seconds",
+            "Time Redis took to answer the rate-limit and revocation checks' pipelines (the \
+             parts of one batch sent together), give-backs included.",
+        );
+        out
     }
 
     fn keyed(&self, check: &GateCheck<'_>) -> Keyed {
