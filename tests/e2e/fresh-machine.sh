@@ -5,7 +5,8 @@
 # toolchain is lent read-only, and its CA certificates (a machine whose traffic passes a
 # TLS-inspecting proxy trusts the proxy's CA there); everything else (a C compiler,
 # Chromium, the database cluster, crates) the run installs or makes itself. The container has no Docker, so the
-# e2e tests must fail, saying why; everything else must pass.
+# e2e tests must fail, saying why; everything else must pass (hence `--no-fail-fast`, the
+# default arguments, so the test binaries after the e2e one still run).
 #
 #   tests/e2e/fresh-machine.sh [cargo test arguments]
 set -euo pipefail
@@ -15,6 +16,7 @@ base=$(docker images --format '{{.Repository}}:{{.Tag}}' portcullis-local/base |
 rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
 cargo_bin=$(dirname "$(command -v cargo)")
 toolchain=$(rustup show active-toolchain | cut -d' ' -f1)
+[ $# -gt 0 ] || set -- --no-fail-fast
 
 clone=$(mktemp -d /tmp/portcullis-fresh.XXXXXX)
 trap 'rm -rf "$clone"' EXIT
