@@ -4,9 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use crate::flows::{hello, login, signed_up};
+use crate::flows::{hello, login, logout, signed_up};
 use crate::https::{must, plain_get};
 use crate::stack::Stack;
 
@@ -84,15 +82,7 @@ async fn gateways_on_a_redis_cluster() {
     // A logout through one gateway is refused on the very next request through the other.
     let tokens = login(gateway(0), &email).await;
     assert_eq!(hello(gateway(1), &tokens.bearer()).await, Ok(200));
-    let reply = must(
-        gateway(0),
-        "POST",
-        "/auth/logout",
-        &[("authorization", &tokens.bearer())],
-        Some(&json!({})),
-    )
-    .await;
-    assert_eq!(reply.status, 204);
+    logout(gateway(0), &tokens.bearer()).await;
     assert_eq!(hello(gateway(1), &tokens.bearer()).await, Ok(401));
     assert_eq!(hello(gateway(0), &tokens.bearer()).await, Ok(401));
 
@@ -133,15 +123,7 @@ async fn gateways_on_a_redis_cluster() {
     // Still one cluster: a logout after the restart reaches every gateway at once.
     let after = login(gateway(1), &email).await;
     assert_eq!(hello(gateway(0), &after.bearer()).await, Ok(200));
-    let reply = must(
-        gateway(1),
-        "POST",
-        "/auth/logout",
-        &[("authorization", &after.bearer())],
-        Some(&json!({})),
-    )
-    .await;
-    assert_eq!(reply.status, 204);
+    logout(gateway(1), &after.bearer()).await;
     assert_eq!(hello(gateway(0), &after.bearer()).await, Ok(401));
     eprintln!(
         "e2e: cluster master {revocation_master} (revocations) restarted: every gateway serves \

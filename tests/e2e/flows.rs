@@ -170,6 +170,21 @@ pub async fn login(gateway: SocketAddr, email: &str) -> Tokens {
     }
 }
 
+/// Logs out the session of `bearer` through `gateway` (204 required): how long it took.
+pub async fn logout(gateway: SocketAddr, bearer: &str) -> Duration {
+    let start = Instant::now();
+    let reply = must(
+        gateway,
+        "POST",
+        "/auth/logout",
+        &[("authorization", bearer)],
+        Some(&json!({})),
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    start.elapsed()
+}
+
 /// GET /hello with a bearer token: the status.
 pub async fn hello(gateway: SocketAddr, bearer: &str) -> Result<u16, String> {
     crate::https::call(gateway, "GET", "/hello", &[("authorization", bearer)], None)

@@ -5,10 +5,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use crate::flows::{hello, login, signed_up, until};
-use crate::https::{must, plain_get};
+use crate::flows::{hello, login, logout, signed_up, until};
+use crate::https::plain_get;
 use crate::load::Load;
 use crate::stack::Stack;
 
@@ -35,20 +33,6 @@ impl Fleet {
             .await
             .unwrap_or((0, "unreachable".to_string()))
     }
-}
-
-async fn logout(gateway: SocketAddr, bearer: &str) -> Duration {
-    let start = Instant::now();
-    let reply = must(
-        gateway,
-        "POST",
-        "/auth/logout",
-        &[("authorization", bearer)],
-        Some(&json!({})),
-    )
-    .await;
-    assert_eq!(reply.status, 204, "{}", reply.body);
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,15 +76,7 @@ async fn the_users_stack_end_to_end() {
     assert_ne!(refresh, tokens.refresh);
     let bearer = format!("Bearer {access}");
     assert_eq!(hello(gateway, &bearer).await, Ok(200));
-    let logout = must(
-        gateway,
-        "POST",
-        "/auth/logout",
-        &[("authorization", &bearer)],
-        Some(&json!({})),
-    )
-    .await;
-    assert_eq!(logout.status, 204, "{}", logout.body);
+    flows::logout(gateway, &bearer).await;
     assert_eq!(hello(gateway, &bearer).await, Ok(401));
     let after_logout = must(
         gateway,
