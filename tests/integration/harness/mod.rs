@@ -54,6 +54,23 @@ pub fn temp_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// The Python that has tests/python-requirements.txt installed: tests/run builds it in
+/// `target/test-python` and names it in `PORTCULLIS_TEST_PYTHON`. A test that needs it fails
+/// with this message rather than pass without the program it was meant to run.
+pub fn test_python() -> PathBuf {
+    let path = std::env::var_os("PORTCULLIS_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-python/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "no test Python at {} (tests/run installs tests/python-requirements.txt there)",
+        path.display()
+    );
+    path
+}
+
 /// This test run's own database (created and migrated once per test binary) and Redis key
 /// prefix, so that runs never see each other's data.
 pub struct RunResources {
