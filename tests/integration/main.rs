@@ -22,6 +22,7 @@ mod identity_setup;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod openapi;
 mod pages;
 mod policy_reload;
 mod process;
