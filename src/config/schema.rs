@@ -442,6 +442,9 @@ pub struct TokensConfig {
     pub signing_keys: Vec<SigningKeyConfig>,
     pub active_kid: Option<String>,
     pub cookie: CookieConfig,
+    /// The `realm` of `WWW-Authenticate` on the gateway's 401s and scope 403s; `None` is
+    /// the host of `server.public_url` ([`Config::realm`](super::Config::realm)).
+    pub realm: Option<String>,
 }
 
 impl Default for TokensConfig {
@@ -459,6 +462,7 @@ impl Default for TokensConfig {
             signing_keys: Vec::new(),
             active_kid: None,
             cookie: CookieConfig::default(),
+            realm: None,
         }
     }
 }

@@ -495,6 +495,21 @@ impl Config {
                 ));
             }
         }
+        // Written into a quoted string of `WWW-Authenticate` (RFC 9110 §11.2): no quote,
+        // backslash or control character can end it early or forge another parameter.
+        if let Some(realm) = &t.realm {
+            if realm.is_empty()
+                || realm.len() > 200
+                || realm
+                    .chars()
+                    .any(|c| c == '"' || c == '\\' || !(' '..='~').contains(&c))
+            {
+                return Err(invalid(
+                    "tokens.realm",
+                    "must be 1 to 200 printable ASCII characters without \" or \\",
+                ));
+            }
+        }
         if let Some(active) = &t.active_kid {
             if !t.signing_keys.iter().any(|k| &k.kid == active) {
                 return Err(invalid(
@@ -1082,6 +1097,22 @@ mod tests {
             "tokens:\n  signing_keys:\n    - { kid: a, algorithm: RS256, private_key_path: /k }\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_realm_is_configurable_and_defaults_to_the_public_host() {
+        assert_eq!(parse("").unwrap().realm(), "localhost");
+        let config = parse("server:\n  public_url: https://Gateway.example:8443/\n").unwrap();
+        assert_eq!(config.realm(), "gateway.example");
+        let config = parse("tokens:\n  realm: Example API\n").unwrap();
+        assert_eq!(config.realm(), "Example API");
+        for bad in ["\"\"", "'a\"b'", "'a\\b'", "\"a\\tb\"", "\"é\""] {
+            assert_eq!(
+                err(parse(&format!("tokens:\n  realm: {bad}\n"))).to_string(),
+                "test.yaml: tokens.realm: must be 1 to 200 printable ASCII characters without \" or \\",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,7 @@ use cors::{Cors, Preflight};
 use enforce::{Asked, Enforcer, Explained, Verdict};
 use forward::{BodyLimits, Upstream};
 use headers::{NoReferrer, RequestIds, SecurityHeaders, StripList, X_REQUEST_ID};
+use respond::Challenges;
 use websocket::WebSockets;
 
 /// What the gateway knows about the connection a request arrived on.
@@ -126,6 +127,8 @@ pub struct Gateway {
     /// The pages that may act on the session cookies: the CSRF check of contract 7.
     cookie_origins: Arc<CookieOrigins>,
     strip_list: StripList,
+    /// `WWW-Authenticate` in the configured realm.
+    challenges: Challenges,
     request_ids: RequestIds,
     trusted_proxies: Vec<IpNet>,
     methods: AllowedMethods,
@@ -189,6 +192,7 @@ impl Gateway {
             cookie_origins,
             cors,
             strip_list: StripList::new(&h.strip_request),
+            challenges: Challenges::new(&config.realm()),
             request_ids: RequestIds::new(process_seed()),
             trusted_proxies: config.server.trusted_proxies.clone(),
             methods: AllowedMethods::new(&config.server.extra_methods),
@@ -277,6 +281,7 @@ impl Gateway {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         let no_referrer = response.extensions().get::<NoReferrer>().is_some();
+        self.challenges.apply(&mut response);
         let headers = response.headers_mut();
         self.security_headers.apply(headers);
         if no_referrer {

@@ -13,6 +13,7 @@ mod auth_tokens;
 mod browser;
 mod browser_enforcement;
 mod browser_flows;
+mod challenges;
 mod corpus;
 mod dependencies;
 mod enforcement;

@@ -203,7 +203,7 @@ async fn a_logout_on_one_process_is_refused_on_the_next_request_to_another() {
     assert_eq!(refused.status, 401, "{refused:?}");
     assert_eq!(
         refused.header("www-authenticate"),
-        Some("Bearer error=\"invalid_token\"")
+        Some("Bearer realm=\"gateway.test\", error=\"invalid_token\"")
     );
 }
 
