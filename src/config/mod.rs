@@ -36,7 +36,7 @@ use serde::Deserialize;
 pub use env::{ENV_PREFIX, RESERVED_ENV_VARS};
 pub use schema::{
     parse_ip_net, Argon2Config, CookieConfig, CorsConfig, DatabaseConfig, FailMode, HeadersConfig,
-    KeyAlgorithm, LockoutConfig, LockoutKey, LogFormat, PagesConfig,
+    IdentityConfig, KeyAlgorithm, LockoutConfig, LockoutKey, LogFormat, PagesConfig,
     PasswordConfig, PasswordPreset, PolicyConfig, RateLimit, RateLimitsConfig, RedisConfig, Secret,
     ServerConfig, SigningKeyConfig, SmtpConfig, SmtpSecurity, TelemetryConfig, TlsConfig,
     TokensConfig, UpstreamConfig,
@@ -138,6 +138,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub smtp: SmtpConfig,
     pub tokens: TokensConfig,
+    pub identity: IdentityConfig,
     pub lockout: LockoutConfig,
     pub password: PasswordConfig,
     pub rate_limits: RateLimitsConfig,
@@ -160,6 +161,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             smtp: SmtpConfig::default(),
             tokens: TokensConfig::default(),
+            identity: IdentityConfig::default(),
             lockout: LockoutConfig::default(),
             password: PasswordConfig::default(),
             rate_limits: RateLimitsConfig::default(),

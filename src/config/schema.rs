@@ -467,6 +467,27 @@ impl Default for TokensConfig {
     }
 }
 
+/// What upstreams are told about the caller besides the `X-Auth-*` headers (contract 8).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// `X-Auth-Assertion` on every forwarded request of a signed-in caller: a JWT signed with
+    /// the active asymmetric key. Off by default; needs a key in `tokens.signing_keys`.
+    pub assertion: bool,
+    /// How long an assertion is valid; at most a minute.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub assertion_ttl: Duration,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            assertion: false,
+            assertion_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LockoutConfig {

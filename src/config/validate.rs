@@ -135,6 +135,7 @@ impl Config {
         self.validate_stores()?;
         self.validate_smtp()?;
         self.validate_tokens()?;
+        self.validate_identity()?;
         self.validate_accounts()?;
         self.validate_rate_limits()?;
         if self.policy.path.as_os_str().is_empty() {
@@ -517,6 +518,28 @@ impl Config {
                     format!("{active:?} does not name a key in tokens.signing_keys"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_identity(&self) -> Result<(), ValidationError> {
+        let identity = &self.identity;
+        // Upstreams hold on to nothing longer than this: a leaked assertion is good for a
+        // minute at most (contract 8).
+        if identity.assertion_ttl.is_zero() || identity.assertion_ttl > Duration::from_secs(60) {
+            return Err(invalid(
+                "identity.assertion_ttl",
+                "must be more than 0s and at most 1m",
+            ));
+        }
+        // Only a public key lets an upstream verify without being able to sign: with an
+        // HS256 secret alone, every upstream that verifies could forge any identity.
+        if identity.assertion && self.tokens.signing_keys.is_empty() {
+            return Err(invalid(
+                "identity.assertion",
+                "needs an asymmetric signing key (EdDSA or ES256) in tokens.signing_keys; \
+                 an HS256 secret cannot sign assertions upstreams verify",
+            ));
         }
         Ok(())
     }
@@ -1097,6 +1120,31 @@ mod tests {
             "tokens:\n  signing_keys:\n    - { kid: a, algorithm: RS256, private_key_path: /k }\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn identity_assertions_need_an_asymmetric_key_and_a_short_lifetime() {
+        assert!(!parse("").unwrap().identity.assertion);
+        let text = err(parse(
+            "tokens:\n  hs256_secret: 0123456789abcdef0123456789abcdef\nidentity:\n  assertion: true\n",
+        ))
+        .to_string();
+        assert!(
+            text.starts_with("test.yaml: identity.assertion: needs an asymmetric signing key"),
+            "{text}"
+        );
+        let keyed = "tokens:\n  signing_keys:\n    - { kid: a, algorithm: EdDSA, private_key_path: /k/a.pem }\nidentity:\n  assertion: true\n";
+        let config = parse(keyed).unwrap();
+        assert!(config.identity.assertion);
+        assert_eq!(config.identity.assertion_ttl, Duration::from_secs(60));
+        for ttl in ["0s", "61s"] {
+            assert_eq!(
+                err(parse(&format!("{keyed}  assertion_ttl: {ttl}\n"))).to_string(),
+                "test.yaml: identity.assertion_ttl: must be more than 0s and at most 1m"
+            );
+        }
+        let config = parse(&format!("{keyed}  assertion_ttl: 20s\n")).unwrap();
+        assert_eq!(config.identity.assertion_ttl, Duration::from_secs(20));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod enforce;
 pub mod forward;
 pub mod framing;
 pub mod headers;
+pub mod identity;
 pub mod navigation;
 pub mod path;
 pub mod pool;
@@ -46,6 +47,7 @@ use cors::{Cors, Preflight};
 use enforce::{Asked, Enforcer, Explained, Verdict};
 use forward::{BodyLimits, Upstream};
 use headers::{NoReferrer, RequestIds, SecurityHeaders, StripList, X_REQUEST_ID};
+use identity::Identify;
 use respond::Challenges;
 use websocket::WebSockets;
 
@@ -65,6 +67,8 @@ pub enum BuildError {
     SecurityHeaders(String),
     #[error("cors: {0}")]
     Cors(String),
+    #[error("identity.assertion: needs an asymmetric signing key in tokens.signing_keys")]
+    AssertionKey,
 }
 
 /// The gateway's own routes (`/auth`), answered in place of forwarding once a request has
@@ -129,6 +133,8 @@ pub struct Gateway {
     strip_list: StripList,
     /// `WWW-Authenticate` in the configured realm.
     challenges: Challenges,
+    /// The caller's identity headers and, when on, the signed assertion.
+    identify: Identify,
     request_ids: RequestIds,
     trusted_proxies: Vec<IpNet>,
     methods: AllowedMethods,
@@ -183,6 +189,18 @@ impl Gateway {
             .map(|upstream| (upstream.name.clone(), Upstream::new(upstream, workers)))
             .collect();
         let cookie_origins = enforcer.access().cookie_origins().clone();
+        let identify = if config.identity.assertion {
+            let access = enforcer.access();
+            Identify::with_assertions(
+                access.keys().clone(),
+                access.shared_clock().clone(),
+                config.identity.assertion_ttl,
+                workers,
+            )
+            .ok_or(BuildError::AssertionKey)?
+        } else {
+            Identify::headers_only()
+        };
         Ok(Gateway {
             upstreams,
             own_routes,
@@ -193,6 +211,7 @@ impl Gateway {
             cors,
             strip_list: StripList::new(&h.strip_request),
             challenges: Challenges::new(&config.realm()),
+            identify,
             request_ids: RequestIds::new(process_seed()),
             trusted_proxies: config.server.trusted_proxies.clone(),
             methods: AllowedMethods::new(&config.server.extra_methods),
@@ -447,12 +466,11 @@ impl Gateway {
         let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
         headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let Some(verified) = &verdict.identity {
-            verified.identity.set(headers);
-        }
+        let (upstream_name, upstream) = self.upstream(verdict.upstream.as_deref());
+        self.identify
+            .set(headers, verdict.identity.as_deref(), upstream_name)?;
 
-        let mut response = self
-            .upstream(verdict.upstream.as_deref())
+        let mut response = upstream
             .forward(
                 request,
                 target,
@@ -474,9 +492,10 @@ impl Gateway {
     /// The upstream a rule names, or the first. Names are checked against the configuration
     /// when the policy is compiled, so an unknown one cannot reach here; the first is the
     /// safe answer if it somehow did.
-    fn upstream(&self, name: Option<&str>) -> &Upstream {
+    fn upstream(&self, name: Option<&str>) -> (&str, &Upstream) {
         let named = name.and_then(|name| self.upstreams.iter().find(|(known, _)| known == name));
-        &named.unwrap_or(&self.upstreams[0]).1
+        let (name, upstream) = named.unwrap_or(&self.upstreams[0]);
+        (name, upstream)
     }
 
     pub fn enforcer(&self) -> &Enforcer {

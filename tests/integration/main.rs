@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod assertion;
 mod auth_accounts;
 mod auth_admin;
 mod auth_fuzz;
