@@ -28,6 +28,18 @@ pub fn document() -> Value {
     for method in FORWARD_AUTH_METHODS {
         forward.insert(method.to_string(), forward_auth(method));
     }
+    // Whatever the route table says forward-auth answers, when it lists it, is here too.
+    for spec in ROUTES.iter().filter(|spec| spec.path == FORWARD_AUTH_PATH) {
+        for operation in forward.values_mut() {
+            if let Some(responses) = operation["responses"].as_object_mut() {
+                for (status, description) in spec.answers() {
+                    responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| answer(status, description));
+                }
+            }
+        }
+    }
     paths.insert(FORWARD_AUTH_PATH.to_string(), Value::Object(forward));
     json!({
         "openapi": "3.0.3",

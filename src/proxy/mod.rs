@@ -32,7 +32,7 @@ use http::header::{
     HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, HOST, ORIGIN, REFERRER_POLICY,
     SET_COOKIE,
 };
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use tracing::Instrument;
@@ -441,6 +441,16 @@ impl Gateway {
         Ok(response)
     }
 
+    /// Sets the verdict's caller's identity on a request headed upstream: the identity
+    /// headers of contract 6.1 and, with `identity.assertion`, the signed assertion for the
+    /// verdict's upstream (`proxy::identity`). The one place they are set, so that whatever
+    /// carries the identity (a forwarded request, a forward-auth `200`) carries the assertion.
+    fn set_identity(&self, headers: &mut HeaderMap, verdict: &Verdict) -> Result<(), GatewayError> {
+        let (upstream, _) = self.upstream(verdict.upstream.as_deref());
+        self.identify
+            .set(headers, verdict.identity.as_deref(), upstream)
+    }
+
     /// Forwards an allowed request as its verdict says.
     async fn forward(
         &self,
@@ -466,11 +476,11 @@ impl Gateway {
         let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
         headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        let (upstream_name, upstream) = self.upstream(verdict.upstream.as_deref());
-        self.identify
-            .set(headers, verdict.identity.as_deref(), upstream_name)?;
+        self.set_identity(headers, &verdict)?;
 
-        let mut response = upstream
+        let mut response = self
+            .upstream(verdict.upstream.as_deref())
+            .1
             .forward(
                 request,
                 target,
