@@ -17,6 +17,7 @@ mod corpus;
 mod dependencies;
 mod enforcement;
 mod forwarding;
+mod frameworks;
 mod hardening;
 mod identity_setup;
 mod lifecycle;

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod frameworks;
 pub mod identity;
 pub mod outage;
 pub mod pki;
