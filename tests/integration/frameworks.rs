@@ -731,6 +731,9 @@ fn corpus() -> Vec<Probe> {
         ("PUT", "/users/@OTHER@%2fsettings"),
         ("GET", "/health/../admin/users"),
         ("GET", "/health%2f..%2fadmin/users"),
+        ("GET", "/health#/../admin/users"),
+        ("GET", "/admin#/../health"),
+        ("DELETE", "/projects/p1#"),
     ] {
         add("path", &format!("{method} {path}"), h1(method, path, ""));
     }
@@ -762,6 +765,9 @@ fn corpus() -> Vec<Probe> {
         "/static/%C0%AFadmin/users",
         "/ａdmin/users",
         "/adm\u{131}n/users",
+        "/admin/u%C5%BFers",
+        "/admin/u\u{17f}ers",
+        "/%E2%84%AAadmin/users",
     ] {
         add("unicode", &format!("GET {path}"), h1("GET", path, ""));
         add("unicode", &format!("DELETE {path}"), h1("DELETE", path, ""));
@@ -808,6 +814,16 @@ fn corpus() -> Vec<Probe> {
             "/admin/users",
             "X-Forwarded-Host: evil.example\r\nX-Forwarded-Prefix: /admin\r\n",
         ),
+    );
+    add(
+        "host",
+        "HTTP/1.0 without Host",
+        h1_raw("GET /admin/users HTTP/1.0\r\n@AUTH@\r\n"),
+    );
+    add(
+        "host",
+        "tab in the request line",
+        h1_raw("GET\t/admin/users HTTP/1.1\r\nHost: @HOST@\r\n@AUTH@Connection: close\r\n\r\n"),
     );
     add(
         "host",
