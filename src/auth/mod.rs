@@ -552,6 +552,10 @@ pub(crate) fn redis_error(error: RedisError) -> GatewayError {
 }
 
 pub(crate) fn password_error(error: PasswordError) -> GatewayError {
+    if let PasswordError::Busy = error {
+        tracing::warn!("password hashing queue full: refused");
+        return GatewayError::Unavailable("Too many sign-ins in progress; try again shortly");
+    }
     tracing::error!(%error, "password hashing failed");
     GatewayError::Internal
 }
