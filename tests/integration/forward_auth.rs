@@ -631,6 +631,13 @@ async fn forward_auth_answers_with_the_identity_and_the_refusals_of_a_forwarded_
         0,
         "forward-auth forwards nothing"
     );
+    // Counted as the request it judged: under the deciding rule.
+    assert_eq!(
+        gateway
+            .metric("portcullis_http_requests_by_rule_total{rule=\"signed-in users\",code=\"200\"}")
+            .await,
+        1
+    );
 
     // Envoy's form: the original path behind the prefix, the original method.
     let envoy = ask(
@@ -661,6 +668,7 @@ async fn forward_auth_answers_with_the_identity_and_the_refusals_of_a_forwarded_
         let direct = client
             .send_read(request.body(crate::harness::empty()).unwrap())
             .await;
+        assert_ne!(refused.status, 200, "{uri}");
         assert_eq!(refused.status, direct.status, "{uri}");
         assert_eq!(refused.detail(), direct.detail(), "{uri}");
         assert_eq!(
@@ -732,6 +740,13 @@ async fn forward_auth_answers_with_the_identity_and_the_refusals_of_a_forwarded_
     )
     .await;
     assert_eq!(elsewhere.status, 421, "{elsewhere:?}");
+    assert!(
+        gateway
+            .metric("portcullis_refusals_total{reason=\"path\"}")
+            .await
+            >= 2,
+        "the refused paths count as a forwarded request's would"
+    );
 }
 
 #[tokio::test]
