@@ -112,6 +112,17 @@ pub fn original_request(
     })
 }
 
+/// Whether the original request is a WebSocket handshake, for the origin check of a
+/// cookie-authenticated one (contract 6.12). A proxy may have dropped the hop-by-hop
+/// `Upgrade` and `Connection` from what it sends, so `Sec-WebSocket-Key` says so too.
+pub fn asks_websocket(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::SEC_WEBSOCKET_KEY)
+        || headers
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .any(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
 /// The one value of the header `name` (lower case, `-` between words), counting every
 /// spelling that folds to it as a proxy or framework may (`X_Original_URI`, `x.original.uri`):
 /// `None` when absent, a 400 when there is more than one.
@@ -297,6 +308,21 @@ mod tests {
                 }
                 (got, _) => panic!("{what}: {got:?}, expected {expected:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_websocket_handshake_shows_by_its_key_or_its_upgrade() {
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[("upgrade", "websocket"), ("connection", "upgrade")], true),
+            (&[("upgrade", "WebSocket")], true),
+            (&[("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")], true),
+            (&[("upgrade", "h2c")], false),
+            (&[("connection", "upgrade")], false),
+            (&[], false),
+        ];
+        for (headers, expected) in cases {
+            assert_eq!(asks_websocket(&head(headers)), *expected, "{headers:?}");
         }
     }
 

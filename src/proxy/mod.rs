@@ -541,8 +541,20 @@ impl Gateway {
             .await;
         debug_assert!(set_cookies.is_empty(), "forward-auth renews no session");
         let verdict = admitted?;
-        if verdict.revocation_unchecked {
-            let refusal = GatewayError::Unavailable("Revocation service unavailable");
+        let refusal = if verdict.revocation_unchecked {
+            Some(GatewayError::Unavailable("Revocation service unavailable"))
+        } else if verdict.token_source == Some(TokenSource::Cookie)
+            && forward_auth::asks_websocket(request.headers())
+            && !self.cookie_origins.allows(request.headers())
+        {
+            // The origin check `WebSockets::admit` makes on a forwarded upgrade.
+            Some(GatewayError::Forbidden(
+                websocket::CROSS_ORIGIN_REFUSED.into(),
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
             judged.admitted::<()>(&Err(refusal.clone()));
             return Err(refusal);
         }

@@ -639,6 +639,29 @@ async fn forward_auth_answers_with_the_identity_and_the_refusals_of_a_forwarded_
         1
     );
 
+    // A WebSocket handshake the session cookie authenticates must come from an allowed
+    // page, as a forwarded one must (contract 6.12).
+    let cookie = format!("__Host-portcullis-access={}", callers.user.access);
+    for (origin, expected) in [
+        ("https://evil.example", 403),
+        ("https://gateway.test:8443", 200),
+    ] {
+        let handshake = ask(
+            &gateway,
+            "/auth/forward",
+            &[
+                ("x-original-method", "GET"),
+                ("x-original-uri", "/app/socket"),
+                ("cookie", &cookie),
+                ("origin", origin),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+            ],
+        )
+        .await;
+        assert_eq!(handshake.status, expected, "{origin}: {handshake:?}");
+    }
+
     // Envoy's form: the original path behind the prefix, the original method.
     let envoy = ask(
         &gateway,
