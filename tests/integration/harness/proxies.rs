@@ -159,8 +159,15 @@ impl Proxy {
                     logs(&dir)
                 ));
             }
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return Ok(Proxy { addr, child, dir });
+            if let Ok(stream) = std::net::TcpStream::connect(addr) {
+                // Something listens; make sure it is this proxy and not a process that took
+                // the port in between (which this proxy would then have failed to bind).
+                if answers_as(stream, kind) {
+                    return Ok(Proxy { addr, child, dir });
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("port {port} answered as someone else"));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -203,6 +210,21 @@ fn program(name: &str) -> PathBuf {
         .find(|candidate| candidate.exists());
     on_path
         .unwrap_or_else(|| panic!("{name} is not installed (tests/run installs Debian's package)"))
+}
+
+/// Whether what listens on `stream` is `kind`: its `Server` header says so, on the `404`
+/// both configurations answer for `/auth/forward`.
+fn answers_as(mut stream: std::net::TcpStream, kind: Kind) -> bool {
+    use std::io::{Read, Write};
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = "GET /auth/forward HTTP/1.1\r\nHost: probe.test\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    answer.starts_with("http/1.1 404") && answer.contains(&format!("server: {}", kind.name()))
 }
 
 /// A loopback port nothing listens on at this moment.
