@@ -563,6 +563,29 @@ async fn nginx_and_caddy_pass_exactly_what_the_gateway_itself_forwards() {
                 }
             }
         }
+        // The sign-in page the redirect leads to is the gateway's, on the proxy's origin;
+        // forward-auth itself is not reachable from outside.
+        for (target, wanted) in [("/auth/login?rd=/app/x", 200), ("/auth/forward", 404)] {
+            let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+            let answer = exchange(
+                &mut stream,
+                &format!(
+                    "GET {target} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\
+                     X-Original-Method: GET\r\nX-Original-URI: /public/page\r\n\r\n"
+                ),
+            )
+            .await;
+            if answer.status != wanted {
+                failures.push(format!(
+                    "{}, {target}: {} (expected {wanted})",
+                    kind.name(),
+                    answer.status
+                ));
+            }
+            if wanted == 200 && !answer.raw.contains("<form") {
+                failures.push(format!("{}, {target}: not the sign-in page", kind.name()));
+            }
+        }
         if !failures.is_empty() {
             failures.push(format!(
                 "{name} logs:\n{}",
