@@ -1,6 +1,9 @@
 //! Argon2id password hashing in PHC form and the password rules. Hashing is CPU-bound: it runs
-//! on blocking threads behind a semaphore sized to the cores, so a burst of logins neither
-//! starves request forwarding nor grows memory without bound.
+//! on a few threads of its own (`HashingPool`), one hash per thread, at a lower scheduling
+//! priority than the threads that forward requests, with a bounded number of callers allowed
+//! to wait; so a burst of logins neither takes the cores forwarding needs, nor grows memory or
+//! latency without bound (a caller beyond the queue is refused at once with
+//! `PasswordError::Busy`).
 //!
 //! # The common-password list
 //! `common-passwords.txt` beside this file is derived from the `passwords` frequency list of
@@ -11,12 +14,14 @@
 //! the first, the first 20,000 kept. One password a line, no header, so every line is an entry.
 
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use ring::rand::{SecureRandom as _, SystemRandom};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
 /// Lower-case entries; a password is looked up by its lower-cased form.
 static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
@@ -220,6 +225,34 @@ pub enum PasswordError {
     Hash(String),
     #[error("password hashing task failed")]
     Task,
+    /// Every hashing thread is busy and the queue is full: refused at once rather than
+    /// keeping the caller (and its connection) waiting behind a flood.
+    #[error("too many password hashes waiting")]
+    Busy,
+}
+
+/// How the hashing threads share the machine with forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashingPool {
+    /// Hashes computed at once, each on a thread of its own (at least one).
+    pub threads: usize,
+    /// Callers that may wait for a thread; the next one gets `PasswordError::Busy`.
+    pub max_queued: usize,
+    /// The hashing threads' nice value (0-19; Linux). Above forwarding's 0, the scheduler runs
+    /// a forwarded request's work first whenever both want a core, so a login flood costs
+    /// forwarded requests little latency; hashing still gets every core nothing else wants.
+    pub nice: i32,
+}
+
+impl HashingPool {
+    /// `threads` at once, unbounded waiting, normal priority: for the CLI and tests.
+    pub fn plain(threads: usize) -> HashingPool {
+        HashingPool {
+            threads,
+            max_queued: usize::MAX,
+            nice: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,8 +261,8 @@ pub enum Verification {
     Mismatch,
 }
 
-/// Hashes and verifies on blocking threads, at most `max_concurrent` at a time (callers pass the
-/// number of cores). Clone is cheap (Arc inside).
+/// Hashes and verifies on the threads of a `HashingPool`. Clone is cheap (Arc inside); the
+/// threads end when the last clone is dropped.
 #[derive(Clone)]
 pub struct PasswordHasher {
     inner: Arc<Inner>,
@@ -238,8 +271,15 @@ pub struct PasswordHasher {
 struct Inner {
     argon2: Argon2<'static>,
     params: HashParams,
-    /// Bounds both CPU (one hash per core) and memory (each hash holds `memory_kib`).
+    /// Bounds both CPU (one hash per thread) and memory (each hash holds `memory_kib`). A
+    /// permit is held from before a job is sent until it has run, so the channel below never
+    /// holds more jobs than there are threads.
     permits: Arc<Semaphore>,
+    /// Callers waiting for a permit, and how many may.
+    waiting: AtomicUsize,
+    max_queued: usize,
+    /// The hashing threads' work.
+    jobs: mpsc::Sender<Job>,
     /// Verified in place of a missing user's hash, so "no such user" costs a full verification.
     dummy_hash: String,
     rng: SystemRandom,
@@ -252,6 +292,14 @@ impl PasswordHasher {
     /// Validates the parameters and precomputes the dummy hash, which costs one hash with these
     /// parameters on the calling thread: call it at start-up, not per request.
     pub fn new(params: HashParams, max_concurrent: usize) -> Result<PasswordHasher, PasswordError> {
+        Self::with_pool(params, HashingPool::plain(max_concurrent))
+    }
+
+    /// As `new`, with the threads' priority and the queue's bound given.
+    pub fn with_pool(
+        params: HashParams,
+        pool: HashingPool,
+    ) -> Result<PasswordHasher, PasswordError> {
         // Checked here because argon2's own check computes `8 * p` and would overflow (a panic
         // in debug builds) for a p beyond its maximum.
         if params.parallelism > Params::MAX_P_COST {
@@ -272,12 +320,16 @@ impl PasswordHasher {
         let rng = SystemRandom::new();
         let dummy_hash = hash_with(&argon2, &rng, b"portcullis-dummy-password")?;
         // Zero permits would make every call wait forever, and tokio panics above MAX_PERMITS.
-        let permits = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        let threads = pool.threads.clamp(1, Semaphore::MAX_PERMITS.min(1024));
+        let jobs = start_threads(threads, pool.nice)?;
         Ok(PasswordHasher {
             inner: Arc::new(Inner {
                 argon2,
                 params,
-                permits: Arc::new(Semaphore::new(permits)),
+                permits: Arc::new(Semaphore::new(threads)),
+                waiting: AtomicUsize::new(0),
+                max_queued: pool.max_queued,
+                jobs,
                 dummy_hash,
                 verifications: std::sync::atomic::AtomicU64::new(0),
                 rng,
@@ -320,26 +372,108 @@ impl PasswordHasher {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Runs `work` on a blocking thread while holding a permit. The permit is taken before the
-    /// task is spawned, so waiting callers queue here and not in tokio's blocking pool, and it
-    /// moves into the closure so it is released only when the work has finished, even if the
-    /// caller's future is dropped meanwhile.
+    /// Runs `work` on a hashing thread while holding a permit. The permit is taken before the
+    /// job is sent, so waiting callers queue here (at most `max_queued` of them), and it moves
+    /// into the job so it is released only when the work has finished, even if the caller's
+    /// future is dropped meanwhile.
     async fn run_blocking<T, F>(&self, work: F) -> Result<T, PasswordError>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> T + Send + 'static,
     {
-        let permit = Arc::clone(&self.inner.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_closed| PasswordError::Task)?;
+        let permit = match Arc::clone(&self.inner.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(PasswordError::Task),
+            Err(TryAcquireError::NoPermits) => {
+                let _place = QueuePlace::take(&self.inner).ok_or(PasswordError::Busy)?;
+                Arc::clone(&self.inner.permits)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_closed| PasswordError::Task)?
+            }
+        };
+        let (done, result) = oneshot::channel();
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work(&inner)
-        })
-        .await
-        .map_err(|_join_error| PasswordError::Task)
+        self.inner
+            .jobs
+            .send(Box::new(move || {
+                let result = work(&inner);
+                // Given back before the caller hears, so a caller that goes on to hash again
+                // finds its own permit free.
+                drop(permit);
+                let _ = done.send(result);
+            }))
+            .map_err(|_stopped| PasswordError::Task)?;
+        result.await.map_err(|_panicked| PasswordError::Task)
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A caller's place in the queue for a permit, given back when dropped (also when the caller
+/// gives up waiting).
+struct QueuePlace<'a>(&'a AtomicUsize);
+
+impl<'a> QueuePlace<'a> {
+    fn take(inner: &'a Inner) -> Option<QueuePlace<'a>> {
+        let ahead = inner.waiting.fetch_add(1, Ordering::AcqRel);
+        let place = QueuePlace(&inner.waiting);
+        (ahead < inner.max_queued).then_some(place)
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Starts the hashing threads; they run jobs until the returned sender is dropped.
+fn start_threads(threads: usize, nice: i32) -> Result<mpsc::Sender<Job>, PasswordError> {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let queue = Arc::new(Mutex::new(queue));
+    for index in 0..threads {
+        let queue = Arc::clone(&queue);
+        std::thread::Builder::new()
+            .name(format!("portcullis-hash-{index}"))
+            .spawn(move || {
+                lower_priority(nice);
+                loop {
+                    // The lock is held only while waiting for the next job, not while it runs.
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_poisoned) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    // A panicking job drops its result sender (its caller gets `Task`); the
+                    // thread lives on, so the pool never shrinks.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .map_err(|error| {
+                PasswordError::Hash(format!("cannot start a hashing thread: {error}"))
+            })?;
+    }
+    Ok(jobs)
+}
+
+/// Gives the calling thread (Linux: nice is per thread) the nice value `nice`.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority with the caller's own thread id only changes its scheduling.
+        let tid = unsafe { libc::gettid() };
+        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+        if result != 0 {
+            tracing::warn!(
+                nice,
+                error = %std::io::Error::last_os_error(),
+                "could not lower the hashing threads' priority"
+            );
+        }
     }
 }
 
@@ -928,6 +1062,74 @@ mod tests {
                 needs_rehash: false
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_caller_beyond_the_queue_is_refused_at_once_and_the_queue_drains() {
+        let hasher = PasswordHasher::with_pool(
+            FAST,
+            HashingPool {
+                threads: 1,
+                max_queued: 1,
+                nice: 0,
+            },
+        )
+        .unwrap();
+        let held = Arc::clone(&hasher.inner.permits)
+            .acquire_owned()
+            .await
+            .unwrap();
+        // The first caller to find no thread free waits in the one place...
+        let queued = tokio::spawn({
+            let hasher = hasher.clone();
+            async move { hasher.hash("Correct-Horse-7").await }
+        });
+        while hasher.inner.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // ...the next is refused without waiting.
+        assert!(matches!(
+            hasher.verify("Correct-Horse-7", None).await,
+            Err(PasswordError::Busy)
+        ));
+        drop(held);
+        let hash = queued.await.unwrap().unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert_eq!(hasher.inner.waiting.load(Ordering::Acquire), 0);
+        // With the thread free again, a caller is served.
+        assert!(hasher.verify("Correct-Horse-7", Some(&hash)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn hashing_threads_run_at_the_configured_nice_value() {
+        let hasher = PasswordHasher::with_pool(
+            FAST,
+            HashingPool {
+                threads: 1,
+                max_queued: 4,
+                nice: 7,
+            },
+        )
+        .unwrap();
+        let nice = hasher
+            .run_blocking(|_inner| {
+                // SAFETY: reads the calling thread's own priority.
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(nice, 7);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_its_caller_and_the_thread_lives_on() {
+        let hasher = PasswordHasher::with_pool(FAST, HashingPool::plain(1)).unwrap();
+        let failed = hasher
+            .run_blocking(|_inner| -> u32 { panic!("a job that panics") })
+            .await;
+        assert!(matches!(failed, Err(PasswordError::Task)));
+        let hash = hasher.hash("Correct-Horse-7").await.unwrap();
+        assert!(hash.starts_with("$argon2id$"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::limits::revocation::Revocations;
 use crate::limits::{Redis, RedisError, Target as RedisTarget};
 use crate::live_policy::PolicySource;
 use crate::mail::{MailError, OutboxWorker};
-use crate::password::{PasswordError, PasswordHasher};
+use crate::password::{HashingPool, PasswordError, PasswordHasher};
 use crate::proxy::enforce::{Enforcer, EnforcerSettings, FailModes};
 use crate::proxy::{BuildError, Gateway};
 use crate::store::{Store, StoreError};
@@ -330,5 +330,18 @@ fn password_hasher(config: &Config) -> Result<PasswordHasher, PasswordError> {
         0 => cores.saturating_sub(1).max(1),
         configured => configured,
     };
-    PasswordHasher::new((&config.password.argon2).into(), hashing_threads)
+    // 64 waiting per thread is a few seconds of hashing at the shipped parameters: a burst of
+    // sign-ins waits, a flood beyond it is refused at once instead of timing out.
+    let max_queued = match config.password.max_queued_hashes {
+        0 => hashing_threads.saturating_mul(64),
+        configured => configured,
+    };
+    PasswordHasher::with_pool(
+        (&config.password.argon2).into(),
+        HashingPool {
+            threads: hashing_threads,
+            max_queued,
+            nice: config.password.hashing_nice,
+        },
+    )
 }

@@ -289,6 +289,8 @@ impl AuthService {
             Route::AdminAudit => self.admin_audit(call).await,
             Route::OpenApi => Ok(json(StatusCode::OK, &openapi::document())),
             Route::Jwks => Ok(json(StatusCode::OK, &self.keys.jwks())),
+            // The gateway answers forward-auth before it dispatches to these routes.
+            Route::Forward => Err(GatewayError::NotFound),
             Route::LoginPage
             | Route::RegisterPage
             | Route::VerifyEmailPage
@@ -554,6 +556,10 @@ pub(crate) fn redis_error(error: RedisError) -> GatewayError {
 }
 
 pub(crate) fn password_error(error: PasswordError) -> GatewayError {
+    if let PasswordError::Busy = error {
+        tracing::warn!("password hashing queue full: refused");
+        return GatewayError::Unavailable("Too many sign-ins in progress; try again shortly");
+    }
     tracing::error!(%error, "password hashing failed");
     GatewayError::Internal
 }

@@ -561,6 +561,12 @@ pub struct PasswordConfig {
     pub argon2: Argon2Config,
     /// Password hashes computed at once; 0 means one fewer than the cores (at least one).
     pub max_concurrent_hashes: usize,
+    /// Sign-ins (and other hashing requests) that may wait for a hashing thread; the next one
+    /// is answered 503 at once. 0 means 64 per hashing thread.
+    pub max_queued_hashes: usize,
+    /// The hashing threads' nice value (0-19): above the forwarding threads' 0, so that a
+    /// login flood leaves forwarded requests their cores.
+    pub hashing_nice: i32,
 }
 
 impl Default for PasswordConfig {
@@ -577,6 +583,8 @@ impl Default for PasswordConfig {
             min_strength: crate::password::DEFAULT_MIN_STRENGTH,
             argon2: Argon2Config::default(),
             max_concurrent_hashes: 0,
+            max_queued_hashes: 0,
+            hashing_nice: 10,
         }
     }
 }

@@ -595,6 +595,10 @@ impl Config {
                 ),
             ));
         }
+        if !(0..=19).contains(&p.hashing_nice) {
+            // Negative values would need privileges and would put hashing ahead of forwarding.
+            return Err(invalid("password.hashing_nice", "must be between 0 and 19"));
+        }
         Ok(())
     }
 
@@ -1321,6 +1325,14 @@ mod tests {
         assert_eq!(
             invalid_key(|c| c.password.max_bytes = 4),
             "password.max_bytes"
+        );
+        assert_eq!(
+            invalid_key(|c| c.password.hashing_nice = -5),
+            "password.hashing_nice"
+        );
+        assert_eq!(
+            invalid_key(|c| c.password.hashing_nice = 20),
+            "password.hashing_nice"
         );
         // Port 0 (ephemeral, as tests use) never collides.
         let mut config = defaults();

@@ -42,6 +42,9 @@ pub struct Upgrade {
     pub watch: Option<TokenWatch>,
 }
 
+/// The refusal of a cookie-authenticated upgrade from a page of another origin.
+pub const CROSS_ORIGIN_REFUSED: &str = "Cross-origin WebSocket not allowed";
+
 /// The upgrade checks, built once from the configuration.
 pub struct WebSockets {
     /// Shared with the CSRF check of other cookie-authenticated requests.
@@ -71,9 +74,7 @@ impl WebSockets {
         if verdict.token_source == Some(TokenSource::Cookie)
             && !self.cookie_origins.allows(request.headers())
         {
-            return Err(GatewayError::Forbidden(
-                "Cross-origin WebSocket not allowed".into(),
-            ));
+            return Err(GatewayError::Forbidden(CROSS_ORIGIN_REFUSED.into()));
         }
         let watch = verdict
             .identity

@@ -365,3 +365,49 @@ rules:
     // Each upstream's assertion is refused by the other.
     assert!(verify(&gateway, &to_reports, "app").await.is_err());
 }
+
+#[tokio::test]
+async fn a_forward_auth_200_carries_the_assertion_a_forwarded_request_would() {
+    let dir = temp_dir("assertion-keys");
+    let key = signing_key(&dir, "ed-fwd", "EdDSA");
+    let gateway = TestGateway::start_with(move |config: &mut Config| {
+        config.tokens.hs256_secret = None;
+        config.tokens.active_kid = Some(key.kid.clone());
+        config.tokens.signing_keys = vec![key];
+        config.identity.assertion = true;
+        config.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let (account, tokens) = gateway.account_with_role("assertion-fwd", "user").await;
+    let mut client = gateway.h1().await;
+    let ask = |client: &Client, bearer: Option<&str>| {
+        let mut request = client
+            .request("GET", "/auth/forward")
+            .header("x-original-method", "GET")
+            .header("x-original-uri", "/app/x")
+            .header("x-auth-assertion", "forged");
+        if let Some(bearer) = bearer {
+            request = request.header("authorization", format!("Bearer {bearer}"));
+        }
+        request.body(crate::harness::empty()).unwrap()
+    };
+    let request = ask(&client, Some(&tokens.access));
+    let allowed = client.send_read(request).await;
+    assert_eq!(allowed.status, 200, "{allowed:?}");
+    let assertion = allowed.header("x-auth-assertion").unwrap().to_string();
+    assert_ne!(assertion, "forged");
+    let claims = verify(&gateway, &assertion, "app").await.unwrap();
+    assert_eq!(claims["sub"], account.id.as_str());
+    assert_eq!(claims["role"], "user");
+    // The same caller's forwarded request on this connection gets the very same assertion.
+    assert_eq!(
+        assertion_for(&gateway, &mut client, &tokens, "/app/x").await,
+        assertion
+    );
+    // An anonymous caller's 200 carries none, and never the one the client sent.
+    let request = ask(&client, None);
+    let anonymous = client.send_read(request).await;
+    assert_eq!(anonymous.status, 200, "{anonymous:?}");
+    assert_eq!(anonymous.header("x-auth-assertion"), None);
+    assert_eq!(anonymous.header("x-auth-user-id"), None);
+}

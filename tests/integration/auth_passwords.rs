@@ -287,3 +287,65 @@ async fn reset_and_resend_answer_before_they_write() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A sign-in flood meets a bounded queue: with one hashing thread and one place to wait, the
+/// logins beyond those two are answered 503 at once instead of queueing behind the flood.
+#[tokio::test]
+async fn sign_ins_beyond_the_hashing_queue_are_refused_with_503_at_once() {
+    let gateway = TestGateway::start_with(|config| {
+        config.password.max_concurrent_hashes = 1;
+        config.password.max_queued_hashes = 1;
+        // Costly enough that the first hash is still running when the last request arrives.
+        config.password.argon2.memory_kib = 65_536;
+        config.password.argon2.iterations = 4;
+    })
+    .await;
+    // Connected (TLS done) before any request is sent, so that all arrive together.
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        clients.push(gateway.h1().await);
+    }
+    let logins = clients.iter_mut().map(|client| {
+        let request = client
+            .request("POST", "/auth/login")
+            .header("content-type", "application/json")
+            .body(crate::harness::full(
+                json!({ "email": unique_email("flood"), "password": PASSWORD }).to_string(),
+            ))
+            .unwrap();
+        client.send_read(request)
+    });
+    let answers = futures_util::future::join_all(logins).await;
+    let statuses: Vec<u16> = answers
+        .iter()
+        .map(|answer| answer.status.as_u16())
+        .collect();
+    assert!(
+        statuses.iter().all(|status| [401, 503].contains(status)),
+        "{statuses:?}"
+    );
+    // The first login had the thread and the second the place in the queue.
+    assert!(
+        statuses.iter().filter(|&&status| status == 401).count() >= 2,
+        "{statuses:?}"
+    );
+    let busy = answers
+        .iter()
+        .find(|answer| answer.status == 503)
+        .unwrap_or_else(|| panic!("no login was refused: {statuses:?}"));
+    assert_eq!(
+        busy.detail(),
+        "Too many sign-ins in progress; try again shortly"
+    );
+    // Once the flood has passed, sign-in works again.
+    assert_eq!(
+        gateway
+            .post(
+                "/auth/login",
+                json!({ "email": unique_email("after"), "password": PASSWORD })
+            )
+            .await
+            .status,
+        401
+    );
+}

@@ -4,9 +4,11 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod frameworks;
 pub mod identity;
 pub mod outage;
 pub mod pki;
+pub mod proxies;
 pub mod smtp;
 pub mod upstream;
 
