@@ -215,6 +215,16 @@ impl AccessVerifier {
         &self.clock
     }
 
+    /// The clock, to share with what must tell the same time (identity assertions).
+    pub fn shared_clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
+    /// The keys tokens are verified with; the active one signs identity assertions.
+    pub fn keys(&self) -> &Arc<TokenKeys> {
+        &self.keys
+    }
+
     /// The origins a cookie-authenticated request may come from.
     pub fn cookie_origins(&self) -> &Arc<CookieOrigins> {
         &self.cookie_origins
@@ -454,8 +464,10 @@ impl IdentityHeaders {
         }
     }
 
-    /// Sets them, after every client-sent `X-Auth-*` is gone.
-    pub fn set(&self, headers: &mut HeaderMap) {
+    /// Sets them, after every client-sent `X-Auth-*` is gone. Called by
+    /// `proxy::identity::Identify::set` alone, which adds the signed assertion when it is on:
+    /// whatever carries the identity carries the assertion too.
+    pub(crate) fn insert_into(&self, headers: &mut HeaderMap) {
         for (name, value) in IDENTITY_NAMES.iter().zip(&self.values) {
             if let Some(value) = value {
                 headers.insert((*name).clone(), value.clone());
@@ -853,7 +865,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(&X_AUTH_ROLE, HeaderValue::from_static("spoofed"));
         headers.append(&X_AUTH_ROLE, HeaderValue::from_static("spoofed-too"));
-        identity.set(&mut headers);
+        identity.insert_into(&mut headers);
         let one = |name: &HeaderName| {
             let values: Vec<_> = headers.get_all(name).iter().collect();
             assert_eq!(values.len(), 1, "{name}");
@@ -873,7 +885,7 @@ mod tests {
         for email in ["ada@example.com\r\nX-Evil: 1", "ada\0@example.com"] {
             let identity = IdentityHeaders::new(&claims(email));
             let mut headers = HeaderMap::new();
-            identity.set(&mut headers);
+            identity.insert_into(&mut headers);
             assert!(headers.get(&X_AUTH_EMAIL).is_none(), "{email:?}");
             assert_eq!(headers.get(&X_AUTH_ROLE).expect("set"), "admin");
         }

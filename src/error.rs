@@ -33,6 +33,10 @@ pub enum GatewayError {
     SignIn { location: String },
     #[error("{0}")]
     Forbidden(Cow<'static, str>),
+    /// A 403 that more privileges would have avoided: a role or permission rule refused the
+    /// caller. `WWW-Authenticate` reports it as `insufficient_scope` (RFC 6750 §3.1).
+    #[error("{0}")]
+    InsufficientScope(Cow<'static, str>),
     #[error("Not found")]
     NotFound,
     #[error("{0}")]
@@ -99,7 +103,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) | GatewayError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::SignIn { .. } => StatusCode::FOUND,
-            GatewayError::Forbidden(_) | GatewayError::CorsRefused => StatusCode::FORBIDDEN,
+            GatewayError::Forbidden(_)
+            | GatewayError::InsufficientScope(_)
+            | GatewayError::CorsRefused => StatusCode::FORBIDDEN,
             GatewayError::NotFound | GatewayError::NotFoundDetail(_) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Conflict(_) => StatusCode::CONFLICT,

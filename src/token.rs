@@ -106,6 +106,22 @@ fn check_times(
     Ok(())
 }
 
+/// The claims of a signed identity assertion (contract 8): who the caller is, for which
+/// upstream (`aud`), and for how long (`exp`, a minute at most). Built by
+/// `proxy::assertion` from a verified access token; no `jti` or `type`, so it can never pass
+/// for an access token.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AssertionClaims<'a> {
+    pub iss: &'a str,
+    pub aud: &'a str,
+    pub sub: &'a str,
+    pub email: &'a str,
+    pub role: &'a str,
+    pub sid: &'a str,
+    pub iat: u64,
+    pub exp: u64,
+}
+
 /// Mirror of the config enum; the integrator maps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyAlgorithm {
@@ -161,6 +177,8 @@ pub enum TokenError {
     BadKey { kid: String, reason: String },
     #[error("cannot read key file {path}: {reason}")]
     ReadKey { path: String, reason: String },
+    #[error("identity assertions need an asymmetric signing key")]
+    NoAsymmetricKey,
 
     // Verification: every one of these means "invalid token" to the client; they are kept
     // apart for logs and tests.
@@ -374,6 +392,25 @@ impl TokenKeys {
         let token = jsonwebtoken::encode(&header, &claims, &self.signer.key)
             .map_err(|e| TokenError::Signing(e.to_string()))?;
         Ok((token, claims))
+    }
+
+    /// Whether new tokens are signed with an asymmetric key, which upstreams can verify with
+    /// the JWKS alone (what an identity assertion needs).
+    pub fn signs_asymmetrically(&self) -> bool {
+        self.signer.kid.is_some()
+    }
+
+    /// Signs an identity assertion (contract 8) with the active asymmetric key, its `kid` in
+    /// the header. An HS256 signer refuses: an upstream verifying it would hold the secret
+    /// that mints access tokens.
+    pub fn sign_assertion(&self, claims: &AssertionClaims<'_>) -> Result<String, TokenError> {
+        if !self.signs_asymmetrically() {
+            return Err(TokenError::NoAsymmetricKey);
+        }
+        let mut header = Header::new(self.signer.algorithm);
+        header.kid = self.signer.kid.clone();
+        jsonwebtoken::encode(&header, claims, &self.signer.key)
+            .map_err(|e| TokenError::Signing(e.to_string()))
     }
 
     /// Verifies an access token at `now` (unix seconds). Every error means "invalid token" to
@@ -954,6 +991,61 @@ mod tests {
         assert!(uuid::Uuid::parse_str(&claims.jti).is_ok());
         assert_eq!(header_of(&token), json!({"alg": "HS256", "typ": "JWT"}));
         assert_eq!(keys.verify_access(&token, NOW), Ok(claims));
+    }
+
+    #[test]
+    fn assertions_are_signed_by_the_active_asymmetric_key_only() {
+        let claims = AssertionClaims {
+            iss: ISSUER,
+            aud: "app",
+            sub: SUB,
+            email: "ada@example.test",
+            role: "user",
+            sid: "session-1",
+            iat: NOW,
+            exp: NOW + 60,
+        };
+        assert!(!hs_keys().signs_asymmetrically());
+        assert_eq!(
+            hs_keys().sign_assertion(&claims),
+            Err(TokenError::NoAsymmetricKey)
+        );
+        for key in [TestKey::ed("ed-1"), TestKey::es("es-1")] {
+            let old = TestKey::ed("old");
+            let keys = keys_with(&[&old, &key], Some(key.kid));
+            assert!(keys.signs_asymmetrically());
+            let assertion = keys.sign_assertion(&claims).unwrap();
+            let header = header_of(&assertion);
+            assert_eq!(header["kid"], key.kid);
+            // Verified here by the public key alone, as an upstream would.
+            let decoding = match key.algorithm {
+                KeyAlgorithm::EdDsa => DecodingKey::from_ed_der(&key.public_key()),
+                KeyAlgorithm::Es256 => {
+                    let point = key.public_key();
+                    DecodingKey::from_ec_components(
+                        &URL_SAFE_NO_PAD.encode(&point[1..33]),
+                        &URL_SAFE_NO_PAD.encode(&point[33..65]),
+                    )
+                    .unwrap()
+                }
+            };
+            let mut validation = Validation::new(key.algorithm.jwt_algorithm());
+            validation.set_audience(&["app"]);
+            validation.set_issuer(&[ISSUER]);
+            validation.validate_exp = false;
+            let decoded = jsonwebtoken::decode::<Value>(&assertion, &decoding, &validation)
+                .unwrap()
+                .claims;
+            assert_eq!(
+                decoded,
+                json!({
+                    "iss": ISSUER, "aud": "app", "sub": SUB, "email": "ada@example.test",
+                    "role": "user", "sid": "session-1", "iat": NOW, "exp": NOW + 60,
+                })
+            );
+            // It is no access token: the gateway itself refuses it as a bearer token.
+            assert!(keys.verify_access(&assertion, NOW).is_err());
+        }
     }
 
     #[test]

@@ -13,9 +13,9 @@ use crate::config::LockoutKey;
 use crate::error::GatewayError;
 use crate::store::{lockout_summary, Store, UserPatch};
 
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 200;
-const MAX_AUDIT: i64 = 500;
+pub(super) const DEFAULT_PAGE: i64 = 50;
+pub(super) const MAX_PAGE: i64 = 200;
+pub(super) const MAX_AUDIT: i64 = 500;
 
 impl AuthService {
     pub(super) async fn admin_users(&self, call: &Call) -> Reply {

@@ -252,7 +252,9 @@ impl AuthService {
             Access::Admin => {
                 let principal = self.access.authenticate(&method, &call.headers).await?;
                 if !self.role_at_least(&principal.claims.role, "admin") {
-                    return Err(GatewayError::Forbidden("Requires admin role".into()));
+                    return Err(GatewayError::InsufficientScope(
+                        "Requires admin role".into(),
+                    ));
                 }
                 Some(principal)
             }

@@ -1,5 +1,6 @@
-//! The `/auth` route table: one list of method, path, access and description that both
-//! dispatch and the OpenAPI document are built from, so the two cannot drift apart.
+//! The `/auth` route table: one list of method, path, access, parameters, description and
+//! the statuses each route answers, that both dispatch and the OpenAPI document are built
+//! from, so the two cannot drift apart.
 
 use http::Method;
 
@@ -63,6 +64,93 @@ pub struct RouteSpec {
     pub success: u16,
     /// The success response's schema name, if it has a body.
     pub response: Option<&'static str>,
+    /// Query parameters it reads.
+    pub params: &'static [Param],
+    /// What it answers besides its success, what every route answers ([`COMMON_ANSWERS`])
+    /// and what its access answers (401, 403): [`RouteSpec::answers`] is the whole list.
+    pub own_answers: &'static [(u16, &'static str)],
+}
+
+/// A query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub kind: ParamKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    Text,
+    Uuid,
+    /// A whole number in `min..=max` (no upper bound when `max` is `None`), `default` when
+    /// absent; anything else is 422.
+    Integer {
+        min: i64,
+        max: Option<i64>,
+        default: i64,
+    },
+}
+
+/// What every `/auth` route can answer whatever it is, from the checks every request
+/// passes (contract 3, 6.8, 6.11) and the per-client rate limit every route counts.
+pub const COMMON_ANSWERS: &[(u16, &str)] = &[
+    (
+        400,
+        "Malformed request: invalid path, Host or body (malformed JSON, bytes the route cannot read)",
+    ),
+    (408, "The request body stayed silent too long"),
+    (
+        413,
+        "Declared body larger than server.max_auth_body_bytes",
+    ),
+    (421, "Host not served by this gateway"),
+    (429, "Rate limit exceeded; Retry-After says when to try again"),
+    (431, "Request headers too large"),
+    (
+        503,
+        "A dependency the route needs (Postgres, Redis) is down",
+    ),
+];
+
+impl RouteSpec {
+    const fn with_params(mut self, params: &'static [Param]) -> RouteSpec {
+        self.params = params;
+        self
+    }
+
+    const fn answering(mut self, answers: &'static [(u16, &'static str)]) -> RouteSpec {
+        self.own_answers = answers;
+        self
+    }
+
+    /// Every status the route can answer and what it means, success first, each once.
+    pub fn answers(&self) -> Vec<(u16, &'static str)> {
+        let mut answers: Vec<(u16, &'static str)> = vec![(self.success, "Success")];
+        let access: &[(u16, &str)] = match self.access {
+            Access::Public => &[],
+            Access::Bearer => &[(
+                401,
+                "Missing, invalid, expired or revoked token (WWW-Authenticate says which)",
+            )],
+            Access::Admin => &[
+                (
+                    401,
+                    "Missing, invalid, expired or revoked token (WWW-Authenticate says which)",
+                ),
+                (
+                    403,
+                    "Requires admin role (WWW-Authenticate: error=\"insufficient_scope\")",
+                ),
+            ],
+        };
+        for &(status, description) in self.own_answers.iter().chain(access).chain(COMMON_ANSWERS) {
+            if !answers.iter().any(|(known, _)| *known == status) {
+                answers.push((status, description));
+            }
+        }
+        answers
+    }
 }
 
 // One line per route reads as the table it is; a struct literal each would hide it.
@@ -86,8 +174,42 @@ const fn spec(
         request,
         success,
         response,
+        params: &[],
+        own_answers: &[],
     }
 }
+
+const fn integer(
+    name: &'static str,
+    description: &'static str,
+    min: i64,
+    max: Option<i64>,
+    default: i64,
+) -> Param {
+    Param {
+        name,
+        description,
+        kind: ParamKind::Integer { min, max, default },
+    }
+}
+
+const fn text(name: &'static str, description: &'static str) -> Param {
+    Param {
+        name,
+        description,
+        kind: ParamKind::Text,
+    }
+}
+
+// What several routes answer, each with the words of the route's own refusal.
+const INVALID: (u16, &str) = (422, "Validation failure; detail says what");
+const FORM_PAGE: (u16, &str) = (
+    200,
+    "A page (text/html), for a form body (application/x-www-form-urlencoded)",
+);
+const FORM_REFUSED: (u16, &str) = (403, "A form body without a valid form token");
+const FORM_REDIRECT: (u16, &str) = (303, "A form body: signed in or out, to the next page");
+const EMAILED_TOKEN: (u16, &str) = (400, "Invalid or expired token, or a malformed request");
 
 use Access::{Admin, Bearer, Public};
 
@@ -101,7 +223,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Some("RegisterRequest"),
         201,
         Some("User"),
-    ),
+    ).answering(&[(409, "Email already registered"), INVALID, FORM_PAGE, FORM_REFUSED]),
     spec(
         "POST",
         "/auth/verify-email",
@@ -111,7 +233,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Some("TokenRequest"),
         200,
         Some("User"),
-    ),
+    ).answering(&[EMAILED_TOKEN, INVALID, FORM_REFUSED]),
     spec(
         "POST",
         "/auth/resend-verification",
@@ -121,7 +243,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Some("EmailRequest"),
         202,
         None,
-    ),
+    ).answering(&[INVALID]),
     spec(
         "POST",
         "/auth/login",
@@ -131,7 +253,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Some("LoginRequest"),
         200,
         Some("LoginResponse"),
-    ),
+    ).answering(&[(401, "Invalid email or password; account locked, unverified or deactivated"), INVALID, FORM_REDIRECT, FORM_REFUSED]),
     spec(
         "POST",
         "/auth/refresh",
@@ -141,7 +263,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Some("RefreshRequest"),
         200,
         Some("TokenResponse"),
-    ),
+    ).answering(&[(401, "Invalid, expired or reused refresh token"), INVALID]),
     spec(
         "POST",
         "/auth/logout",
@@ -151,7 +273,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Some("LogoutRequest"),
         204,
         None,
-    ),
+    ).answering(&[INVALID, FORM_REDIRECT, FORM_REFUSED]),
     spec(
         "POST",
         "/auth/password-reset",
@@ -161,7 +283,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Some("EmailRequest"),
         202,
         None,
-    ),
+    ).answering(&[INVALID]),
     spec(
         "POST",
         "/auth/password-reset/confirm",
@@ -171,7 +293,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Some("ResetConfirmRequest"),
         204,
         None,
-    ),
+    ).answering(&[EMAILED_TOKEN, INVALID]),
     spec(
         "POST",
         "/auth/password-change",
@@ -181,7 +303,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Some("PasswordChangeRequest"),
         204,
         None,
-    ),
+    ).answering(&[(403, "Account locked"), INVALID]),
     spec(
         "GET",
         "/auth/me",
@@ -211,7 +333,7 @@ pub const ROUTES: &[RouteSpec] = &[
         None,
         204,
         None,
-    ),
+    ).answering(&[(404, "Session not found (or another user's)")]),
     spec(
         "GET",
         "/auth/admin/users",
@@ -221,7 +343,7 @@ pub const ROUTES: &[RouteSpec] = &[
         None,
         200,
         Some("UserPage"),
-    ),
+    ).with_params(&[integer("limit", "Users per page", 1, Some(super::admin::MAX_PAGE), super::admin::DEFAULT_PAGE), integer("offset", "Users to skip", 0, None, 0), text("q", "Only users whose email or name contains this")]).answering(&[INVALID]),
     spec(
         "GET",
         "/auth/admin/users/{id}",
@@ -231,7 +353,7 @@ pub const ROUTES: &[RouteSpec] = &[
         None,
         200,
         Some("AdminUser"),
-    ),
+    ).answering(&[(404, "User not found")]),
     spec(
         "PATCH",
         "/auth/admin/users/{id}",
@@ -241,7 +363,7 @@ pub const ROUTES: &[RouteSpec] = &[
         Some("UserPatchRequest"),
         200,
         Some("User"),
-    ),
+    ).answering(&[(403, "Requires admin role (WWW-Authenticate: error=\"insufficient_scope\"), or grants a role above the caller's own"), (404, "User not found"), (409, "Would leave no active admin"), INVALID]),
     spec(
         "POST",
         "/auth/admin/users/{id}/unlock",
@@ -251,7 +373,7 @@ pub const ROUTES: &[RouteSpec] = &[
         None,
         204,
         None,
-    ),
+    ).answering(&[(404, "User not found")]),
     spec(
         "GET",
         "/auth/admin/audit",
@@ -261,7 +383,7 @@ pub const ROUTES: &[RouteSpec] = &[
         None,
         200,
         Some("AuditList"),
-    ),
+    ).with_params(&[Param { name: "user_id", description: "Only this user's entries", kind: ParamKind::Uuid }, integer("limit", "Entries to return, newest first", 1, Some(super::admin::MAX_AUDIT), super::admin::DEFAULT_PAGE)]).answering(&[INVALID]),
     spec(
         "GET",
         "/auth/openapi.json",
@@ -299,13 +421,18 @@ pub const ROUTES: &[RouteSpec] = &[
         "/auth/login",
         Route::LoginPage,
         "Sign-in page (query: rd, where to go after)",
-    ),
+    )
+    .with_params(&[text(
+        "rd",
+        "Where to go once signed in: a path on the gateway's own origin, else /",
+    )]),
     page("/auth/register", Route::RegisterPage, "Registration page"),
     page(
         "/auth/verify-email",
         Route::VerifyEmailPage,
         "The verification mail's link (query: token): a button that confirms",
-    ),
+    )
+    .with_params(&[text("token", "The token from the verification mail")]),
     page(
         "/auth/forgot-password",
         Route::ForgotPasswordPage,
@@ -315,17 +442,29 @@ pub const ROUTES: &[RouteSpec] = &[
         "/auth/forgot-password",
         Route::ForgotPassword,
         "Form of the forgot-password page; as password-reset",
-    ),
+    )
+    .answering(&[
+        (202, "A JSON body: as POST /auth/password-reset"),
+        INVALID,
+        FORM_REFUSED,
+    ]),
     page(
         "/auth/reset-password",
         Route::ResetPasswordPage,
         "The reset mail's link (query: token): new-password form",
-    ),
+    )
+    .with_params(&[text("token", "The token from the reset mail")]),
     form(
         "/auth/reset-password",
         Route::ResetPassword,
         "Form of the reset-password page; as password-reset/confirm",
-    ),
+    )
+    .answering(&[
+        (204, "A JSON body: as POST /auth/password-reset/confirm"),
+        EMAILED_TOKEN,
+        INVALID,
+        FORM_REFUSED,
+    ]),
     page(
         "/auth/logout",
         Route::LogoutPage,

@@ -36,10 +36,10 @@ use serde::Deserialize;
 pub use env::{ENV_PREFIX, RESERVED_ENV_VARS};
 pub use schema::{
     parse_ip_net, Argon2Config, CookieConfig, CorsConfig, DatabaseConfig, FailMode, HeadersConfig,
-    KeyAlgorithm, LockoutConfig, LockoutKey, LogFormat, PagesConfig, PasswordConfig,
-    PasswordPreset, PolicyConfig, RateLimit, RateLimitsConfig, RedisConfig, Secret, ServerConfig,
-    SigningKeyConfig, SmtpConfig, SmtpSecurity, TelemetryConfig, TlsConfig, TokensConfig,
-    UpstreamConfig,
+    IdentityConfig, KeyAlgorithm, LockoutConfig, LockoutKey, LogFormat, PagesConfig,
+    PasswordConfig, PasswordPreset, PolicyConfig, RateLimit, RateLimitsConfig, RedisConfig, Secret,
+    ServerConfig, SigningKeyConfig, SmtpConfig, SmtpSecurity, TelemetryConfig, TlsConfig,
+    TokensConfig, UpstreamConfig,
 };
 pub use units::{duration, size};
 pub use validate::{normalize_origin, CorsPolicy, ValidationError};
@@ -138,6 +138,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub smtp: SmtpConfig,
     pub tokens: TokensConfig,
+    pub identity: IdentityConfig,
     pub lockout: LockoutConfig,
     pub password: PasswordConfig,
     pub rate_limits: RateLimitsConfig,
@@ -160,6 +161,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             smtp: SmtpConfig::default(),
             tokens: TokensConfig::default(),
+            identity: IdentityConfig::default(),
             lockout: LockoutConfig::default(),
             password: PasswordConfig::default(),
             rate_limits: RateLimitsConfig::default(),
@@ -171,6 +173,21 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The realm the gateway's `WWW-Authenticate` names: `tokens.realm`, else the host of
+    /// `server.public_url`, else `portcullis`.
+    pub fn realm(&self) -> String {
+        if let Some(realm) = &self.tokens.realm {
+            return realm.clone();
+        }
+        self.server
+            .public_url
+            .parse::<Uri>()
+            .ok()
+            .and_then(|uri| uri.host().map(str::to_ascii_lowercase))
+            .filter(|host| !host.is_empty())
+            .unwrap_or_else(|| "portcullis".to_owned())
+    }
+
     /// Reads the file and the process environment (its `PORTCULLIS_*`
     /// variables), the only I/O.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -442,6 +442,9 @@ pub struct TokensConfig {
     pub signing_keys: Vec<SigningKeyConfig>,
     pub active_kid: Option<String>,
     pub cookie: CookieConfig,
+    /// The `realm` of `WWW-Authenticate` on the gateway's 401s and scope 403s; `None` is
+    /// the host of `server.public_url` ([`Config::realm`](super::Config::realm)).
+    pub realm: Option<String>,
 }
 
 impl Default for TokensConfig {
@@ -459,6 +462,28 @@ impl Default for TokensConfig {
             signing_keys: Vec::new(),
             active_kid: None,
             cookie: CookieConfig::default(),
+            realm: None,
+        }
+    }
+}
+
+/// What upstreams are told about the caller besides the `X-Auth-*` headers (contract 8).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// `X-Auth-Assertion` on every forwarded request of a signed-in caller: a JWT signed with
+    /// the active asymmetric key. Off by default; needs a key in `tokens.signing_keys`.
+    pub assertion: bool,
+    /// How long an assertion is valid; at most a minute.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub assertion_ttl: Duration,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            assertion: false,
+            assertion_ttl: Duration::from_secs(60),
         }
     }
 }

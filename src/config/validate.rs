@@ -135,6 +135,7 @@ impl Config {
         self.validate_stores()?;
         self.validate_smtp()?;
         self.validate_tokens()?;
+        self.validate_identity()?;
         self.validate_accounts()?;
         self.validate_rate_limits()?;
         if self.policy.path.as_os_str().is_empty() {
@@ -495,6 +496,21 @@ impl Config {
                 ));
             }
         }
+        // Written into a quoted string of `WWW-Authenticate` (RFC 9110 §11.2): no quote,
+        // backslash or control character can end it early or forge another parameter.
+        if let Some(realm) = &t.realm {
+            if realm.is_empty()
+                || realm.len() > 200
+                || realm
+                    .chars()
+                    .any(|c| c == '"' || c == '\\' || !(' '..='~').contains(&c))
+            {
+                return Err(invalid(
+                    "tokens.realm",
+                    "must be 1 to 200 printable ASCII characters without \" or \\",
+                ));
+            }
+        }
         if let Some(active) = &t.active_kid {
             if !t.signing_keys.iter().any(|k| &k.kid == active) {
                 return Err(invalid(
@@ -502,6 +518,28 @@ impl Config {
                     format!("{active:?} does not name a key in tokens.signing_keys"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_identity(&self) -> Result<(), ValidationError> {
+        let identity = &self.identity;
+        // Upstreams hold on to nothing longer than this: a leaked assertion is good for a
+        // minute at most (contract 8).
+        if identity.assertion_ttl.is_zero() || identity.assertion_ttl > Duration::from_secs(60) {
+            return Err(invalid(
+                "identity.assertion_ttl",
+                "must be more than 0s and at most 1m",
+            ));
+        }
+        // Only a public key lets an upstream verify without being able to sign: with an
+        // HS256 secret alone, every upstream that verifies could forge any identity.
+        if identity.assertion && self.tokens.signing_keys.is_empty() {
+            return Err(invalid(
+                "identity.assertion",
+                "needs an asymmetric signing key (EdDSA or ES256) in tokens.signing_keys; \
+                 an HS256 secret cannot sign assertions upstreams verify",
+            ));
         }
         Ok(())
     }
@@ -1086,6 +1124,47 @@ mod tests {
             "tokens:\n  signing_keys:\n    - { kid: a, algorithm: RS256, private_key_path: /k }\n"
         )
         .is_err());
+    }
+
+    #[test]
+    fn identity_assertions_need_an_asymmetric_key_and_a_short_lifetime() {
+        assert!(!parse("").unwrap().identity.assertion);
+        let text = err(parse(
+            "tokens:\n  hs256_secret: 0123456789abcdef0123456789abcdef\nidentity:\n  assertion: true\n",
+        ))
+        .to_string();
+        assert!(
+            text.starts_with("test.yaml: identity.assertion: needs an asymmetric signing key"),
+            "{text}"
+        );
+        let keyed = "tokens:\n  signing_keys:\n    - { kid: a, algorithm: EdDSA, private_key_path: /k/a.pem }\nidentity:\n  assertion: true\n";
+        let config = parse(keyed).unwrap();
+        assert!(config.identity.assertion);
+        assert_eq!(config.identity.assertion_ttl, Duration::from_secs(60));
+        for ttl in ["0s", "61s"] {
+            assert_eq!(
+                err(parse(&format!("{keyed}  assertion_ttl: {ttl}\n"))).to_string(),
+                "test.yaml: identity.assertion_ttl: must be more than 0s and at most 1m"
+            );
+        }
+        let config = parse(&format!("{keyed}  assertion_ttl: 20s\n")).unwrap();
+        assert_eq!(config.identity.assertion_ttl, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn the_realm_is_configurable_and_defaults_to_the_public_host() {
+        assert_eq!(parse("").unwrap().realm(), "localhost");
+        let config = parse("server:\n  public_url: https://Gateway.example:8443/\n").unwrap();
+        assert_eq!(config.realm(), "gateway.example");
+        let config = parse("tokens:\n  realm: Example API\n").unwrap();
+        assert_eq!(config.realm(), "Example API");
+        for bad in ["\"\"", "'a\"b'", "'a\\b'", "\"a\\tb\"", "\"é\""] {
+            assert_eq!(
+                err(parse(&format!("tokens:\n  realm: {bad}\n"))).to_string(),
+                "test.yaml: tokens.realm: must be 1 to 200 printable ASCII characters without \" or \\",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -109,9 +109,10 @@ impl Policy {
             rate_limit: rule.rate_limit.or(self.default_rate_limit),
             upstream: rule.upstream.clone(),
         };
-        let forbidden = |detail: String| Decision::Forbidden {
+        let forbidden = |detail: String, insufficient_scope: bool| Decision::Forbidden {
             rule: Some(index),
             detail,
+            insufficient_scope,
         };
         let Some(caller) = identity else {
             return match rule.access {
@@ -125,12 +126,12 @@ impl Policy {
         let rank = self.ranks.get(caller.role).copied();
         match &rule.access {
             Access::Public | Access::Authenticated => allow(),
-            Access::Deny => forbidden("Access denied".to_string()),
+            Access::Deny => forbidden("Access denied".to_string(), false),
             Access::Role { rank: needed, name } => {
                 if rank.is_some_and(|have| have >= *needed) {
                     allow()
                 } else {
-                    forbidden(format!("Requires {name} role"))
+                    forbidden(format!("Requires {name} role"), true)
                 }
             }
             Access::Permission(wanted) => {
@@ -140,7 +141,7 @@ impl Policy {
                 if granted {
                     allow()
                 } else {
-                    forbidden(format!("Missing permission: {wanted}"))
+                    forbidden(format!("Missing permission: {wanted}"), true)
                 }
             }
             Access::Owner { param, or_role } => {
@@ -149,7 +150,7 @@ impl Policy {
                 if owner || senior {
                     allow()
                 } else {
-                    forbidden("Not the owner".to_string())
+                    forbidden("Not the owner".to_string(), false)
                 }
             }
         }
@@ -180,6 +181,7 @@ fn no_rule(identity: Option<&Identity<'_>>) -> Decision {
         Some(_) => Decision::Forbidden {
             rule: None,
             detail: "No rule allows this request".to_string(),
+            insufficient_scope: false,
         },
     }
 }

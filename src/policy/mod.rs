@@ -123,8 +123,14 @@ pub enum Decision {
         rule: Option<usize>,
         on_unauthenticated: OnUnauthenticated,
     },
-    /// 403 with the client-facing detail.
-    Forbidden { rule: Option<usize>, detail: String },
+    /// 403 with the client-facing detail. `insufficient_scope` when a role or permission
+    /// rule refused: a caller with more privileges would pass (what RFC 6750 §3.1 calls
+    /// `insufficient_scope`), unlike an owner rule, `deny` or no rule at all.
+    Forbidden {
+        rule: Option<usize>,
+        detail: String,
+        insufficient_scope: bool,
+    },
 }
 
 /// A decision as the access log, the metrics and `tests:` name it.

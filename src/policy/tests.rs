@@ -322,6 +322,9 @@ fn expected(policy: &Policy, want: Want) -> Decision {
         Forbidden(rule, detail) => Decision::Forbidden {
             rule,
             detail: detail.to_string(),
+            // Role and permission rules: more privileges would pass.
+            insufficient_scope: detail.starts_with("Requires ")
+                || detail.starts_with("Missing permission: "),
         },
     }
 }

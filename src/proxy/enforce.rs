@@ -155,8 +155,16 @@ pub fn verdict(
         Decision::Unauthenticated { .. } => {
             return Step::Refuse(GatewayError::unauthorized("Not authenticated"));
         }
-        Decision::Forbidden { detail, .. } => {
-            return Step::Refuse(GatewayError::Forbidden(detail.into()));
+        Decision::Forbidden {
+            detail,
+            insufficient_scope,
+            ..
+        } => {
+            return Step::Refuse(if insufficient_scope {
+                GatewayError::InsufficientScope(detail.into())
+            } else {
+                GatewayError::Forbidden(detail.into())
+            });
         }
     };
     let as_caller = token == TokenKind::Valid;
@@ -736,6 +744,7 @@ mod tests {
             (Rule::OtherRole, true) => Decision::Forbidden {
                 rule: Some(0),
                 detail: "Requires role admin".into(),
+                insufficient_scope: true,
             },
             (Rule::SignedInDeny, true) => allow(None),
             (Rule::SignedInDeny, false) => Decision::Unauthenticated {
@@ -824,7 +833,7 @@ mod tests {
             ("signed in", Valid, SignedIn, answered(false, None), [DENY, DENY], forward(true, None)),
             ("signed in, within limit", Valid, SignedInLimited, answered(false, Some(rate(true))), [DENY, DENY], forward(true, Some(rate(true)))),
             ("signed in, over limit", Valid, SignedInLimited, answered(false, Some(rate(false))), [DENY, DENY], too_many()),
-            ("signed in, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], Step::Refuse(E::Forbidden("Requires role admin".into()))),
+            ("signed in, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], Step::Refuse(E::InsufficientScope("Requires role admin".into()))),
             ("signed in, public", Valid, Public, answered(false, None), [DENY, DENY], forward(true, None)),
             // Revoked: on as nobody where anyone may go, refused elsewhere.
             ("revoked, signed-in rule", Valid, SignedIn, answered(true, None), [ALLOW, ALLOW], revoked()),
@@ -843,7 +852,7 @@ mod tests {
             ("Redis down, limited public, rate deny", Valid, PublicLimited, GateResult::Unavailable, [DENY, ALLOW], rate_down()),
             ("Redis down, limited public, revocation deny", Valid, PublicLimited, GateResult::Unavailable, [ALLOW, DENY], forward(false, None)),
             ("Redis down, limited public, both allow", Valid, PublicLimited, GateResult::Unavailable, [ALLOW, ALLOW], forward(true, None)),
-            ("Redis down, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], Step::Refuse(E::Forbidden("Requires role admin".into()))),
+            ("Redis down, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], Step::Refuse(E::InsufficientScope("Requires role admin".into()))),
         ];
         run(cases, false);
     }
@@ -885,7 +894,7 @@ mod tests {
         let bad_token = || Step::Refuse(E::invalid_token("Invalid or expired token"));
         let revoked = || Step::Refuse(E::invalid_token("Token has been revoked"));
         let revocation_down = || Step::Refuse(E::Unavailable("Revocation service unavailable"));
-        let forbidden = || Step::Refuse(E::Forbidden("Requires role admin".into()));
+        let forbidden = || Step::Refuse(E::InsufficientScope("Requires role admin".into()));
         let too_many = || {
             Step::Refuse(E::TooManyRequests {
                 retry_after_secs: 3,

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod forward_auth;
 pub mod framing;
 pub mod headers;
+pub mod identity;
 pub mod navigation;
 pub mod path;
 pub mod pool;
@@ -47,6 +48,8 @@ use cors::{Cors, Preflight};
 use enforce::{Asked, Enforcer, Explained, Verdict};
 use forward::{BodyLimits, Upstream};
 use headers::{NoReferrer, RequestIds, SecurityHeaders, StripList, X_REQUEST_ID};
+use identity::Identify;
+use respond::Challenges;
 use websocket::WebSockets;
 
 /// What the gateway knows about the connection a request arrived on.
@@ -65,6 +68,8 @@ pub enum BuildError {
     SecurityHeaders(String),
     #[error("cors: {0}")]
     Cors(String),
+    #[error("identity.assertion: needs an asymmetric signing key in tokens.signing_keys")]
+    AssertionKey,
 }
 
 /// The gateway's own routes (`/auth`), answered in place of forwarding once a request has
@@ -141,6 +146,10 @@ pub struct Gateway {
     /// The pages that may act on the session cookies: the CSRF check of contract 7.
     cookie_origins: Arc<CookieOrigins>,
     strip_list: StripList,
+    /// `WWW-Authenticate` in the configured realm.
+    challenges: Challenges,
+    /// The caller's identity headers and, when on, the signed assertion.
+    identify: Identify,
     request_ids: RequestIds,
     trusted_proxies: Vec<IpNet>,
     methods: AllowedMethods,
@@ -195,6 +204,18 @@ impl Gateway {
             .map(|upstream| (upstream.name.clone(), Upstream::new(upstream, workers)))
             .collect();
         let cookie_origins = enforcer.access().cookie_origins().clone();
+        let identify = if config.identity.assertion {
+            let access = enforcer.access();
+            Identify::with_assertions(
+                access.keys().clone(),
+                access.shared_clock().clone(),
+                config.identity.assertion_ttl,
+                workers,
+            )
+            .ok_or(BuildError::AssertionKey)?
+        } else {
+            Identify::headers_only()
+        };
         Ok(Gateway {
             upstreams,
             own_routes,
@@ -204,6 +225,8 @@ impl Gateway {
             cookie_origins,
             cors,
             strip_list: StripList::new(&h.strip_request),
+            challenges: Challenges::new(&config.realm()),
+            identify,
             request_ids: RequestIds::new(process_seed()),
             trusted_proxies: config.server.trusted_proxies.clone(),
             methods: AllowedMethods::new(&config.server.extra_methods),
@@ -292,6 +315,7 @@ impl Gateway {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         let no_referrer = response.extensions().get::<NoReferrer>().is_some();
+        self.challenges.apply(&mut response);
         let headers = response.headers_mut();
         self.security_headers.apply(headers);
         if no_referrer {
@@ -560,7 +584,7 @@ impl Gateway {
         }
         let mut response = Response::new(GatewayBody::empty());
         let headers = response.headers_mut();
-        self.set_identity(headers, &verdict);
+        self.set_identity(headers, &verdict)?;
         if let Some(rate) = &verdict.rate {
             headers::set_rate_headers(headers, rate);
         }
@@ -569,13 +593,14 @@ impl Gateway {
         Ok(response)
     }
 
-    /// Sets the identity headers of contract 6.1 for the verdict's caller, if any: on a
-    /// forwarded request, and on a forward-auth `200`, which the proxy copies onto the
-    /// request it forwards. The one place they are built.
-    fn set_identity(&self, headers: &mut HeaderMap, verdict: &Verdict) {
-        if let Some(verified) = &verdict.identity {
-            verified.identity.set(headers);
-        }
+    /// Sets the verdict's caller's identity on a request headed upstream: the identity
+    /// headers of contract 6.1 and, with `identity.assertion`, the signed assertion for the
+    /// verdict's upstream (`proxy::identity`). The one place they are set, so that whatever
+    /// carries the identity (a forwarded request, a forward-auth `200`) carries the assertion.
+    fn set_identity(&self, headers: &mut HeaderMap, verdict: &Verdict) -> Result<(), GatewayError> {
+        let (upstream, _) = self.upstream(verdict.upstream.as_deref());
+        self.identify
+            .set(headers, verdict.identity.as_deref(), upstream)
     }
 
     /// Forwards an allowed request as its verdict says.
@@ -603,10 +628,11 @@ impl Gateway {
         let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
         headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        self.set_identity(headers, &verdict);
+        self.set_identity(headers, &verdict)?;
 
         let mut response = self
             .upstream(verdict.upstream.as_deref())
+            .1
             .forward(
                 request,
                 target,
@@ -628,9 +654,10 @@ impl Gateway {
     /// The upstream a rule names, or the first. Names are checked against the configuration
     /// when the policy is compiled, so an unknown one cannot reach here; the first is the
     /// safe answer if it somehow did.
-    fn upstream(&self, name: Option<&str>) -> &Upstream {
+    fn upstream(&self, name: Option<&str>) -> (&str, &Upstream) {
         let named = name.and_then(|name| self.upstreams.iter().find(|(known, _)| known == name));
-        &named.unwrap_or(&self.upstreams[0]).1
+        let (name, upstream) = named.unwrap_or(&self.upstreams[0]);
+        (name, upstream)
     }
 
     pub fn enforcer(&self) -> &Enforcer {

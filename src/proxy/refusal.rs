@@ -21,7 +21,9 @@ pub fn reason(refusal: &GatewayError) -> Option<RefusalReason> {
         | GatewayError::SignIn { .. } => R::NoToken,
         GatewayError::Unauthorized { detail, .. } if detail == REVOKED => R::Revoked,
         GatewayError::Unauthorized { .. } => R::BadToken,
-        GatewayError::Forbidden(detail) => forbidden(detail),
+        GatewayError::Forbidden(detail) | GatewayError::InsufficientScope(detail) => {
+            forbidden(detail)
+        }
         GatewayError::TooManyRequests { .. } => R::RateLimit,
         GatewayError::MisdirectedRequest => R::Host,
         GatewayError::MethodNotAllowed => R::Method,
@@ -66,8 +68,8 @@ mod tests {
             (GatewayError::SignIn { location: "/auth/login".into() }, Some(R::NoToken)),
             (GatewayError::invalid_token("Invalid or expired token"), Some(R::BadToken)),
             (GatewayError::invalid_token(REVOKED), Some(R::Revoked)),
-            (GatewayError::Forbidden("Requires admin role".into()), Some(R::Role)),
-            (GatewayError::Forbidden("Missing permission: reports:read".into()), Some(R::Permission)),
+            (GatewayError::InsufficientScope("Requires admin role".into()), Some(R::Role)),
+            (GatewayError::InsufficientScope("Missing permission: reports:read".into()), Some(R::Permission)),
             (GatewayError::Forbidden("Not the owner".into()), Some(R::Owner)),
             (GatewayError::Forbidden("Access denied".into()), Some(R::Denied)),
             (GatewayError::Forbidden("No rule allows this request".into()), Some(R::NoRule)),

@@ -1,5 +1,11 @@
 //! The gateway's own answers as responses: a [`GatewayError`] with its status, JSON detail and
-//! the headers its kind needs (`WWW-Authenticate`, `Retry-After`, `Connection: close`).
+//! the headers its kind needs (`Retry-After`, `Connection: close`, and the [`Challenge`] that
+//! becomes `WWW-Authenticate`).
+//!
+//! `WWW-Authenticate` names the configured realm, which an error does not know: a refusal
+//! carries its [`Challenge`] as a response extension, and the gateway, which answers every
+//! request, writes the header from it with [`Challenges`] as the response leaves. An
+//! upstream's own responses never carry the extension, so their headers are left alone.
 
 use http::header::{
     HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
@@ -12,15 +18,19 @@ use crate::error::GatewayError;
 impl GatewayError {
     pub fn into_response(self) -> Response<GatewayBody> {
         let mut response = json_error(self.status(), &self.to_string());
-        if let GatewayError::Unauthorized {
-            invalid_token: true,
-            ..
-        } = self
-        {
-            response.headers_mut().insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+        match self {
+            GatewayError::Unauthorized {
+                invalid_token: true,
+                ..
+            } => {
+                response.extensions_mut().insert(Challenge::InvalidToken);
+            }
+            GatewayError::InsufficientScope(_) => {
+                response
+                    .extensions_mut()
+                    .insert(Challenge::InsufficientScope);
+            }
+            _ => {}
         }
         if let GatewayError::SignIn { location } = &self {
             let location = HeaderValue::from_str(location)
@@ -55,11 +65,67 @@ pub fn json_error(status: StatusCode, detail: &str) -> Response<GatewayBody> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if status == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response.extensions_mut().insert(Challenge::Bearer);
     }
     response
+}
+
+/// What a refusal's `WWW-Authenticate` says (RFC 6750 §3): every 401 asks for a bearer
+/// token, with `error="invalid_token"` when the one sent was refused; a 403 that more
+/// privileges would have avoided (a role or permission rule) says `insufficient_scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    Bearer,
+    InvalidToken,
+    InsufficientScope,
+}
+
+/// The `WWW-Authenticate` values for one realm, made once when the gateway is built.
+#[derive(Debug, Clone)]
+pub struct Challenges {
+    bearer: HeaderValue,
+    invalid_token: HeaderValue,
+    insufficient_scope: HeaderValue,
+}
+
+impl Challenges {
+    /// `realm` is validated configuration (no `"`, `\` or control characters); one that
+    /// still cannot be a header value is left out rather than breaking every refusal.
+    pub fn new(realm: &str) -> Challenges {
+        let value = |error: Option<&str>| {
+            let mut text = format!("Bearer realm=\"{realm}\"");
+            if let Some(error) = error {
+                text.push_str(&format!(", error=\"{error}\""));
+            }
+            HeaderValue::try_from(text).unwrap_or_else(|_| match error {
+                None => HeaderValue::from_static("Bearer"),
+                Some("invalid_token") => HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                Some(_) => HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+            })
+        };
+        Challenges {
+            bearer: value(None),
+            invalid_token: value(Some("invalid_token")),
+            insufficient_scope: value(Some("insufficient_scope")),
+        }
+    }
+
+    pub fn value(&self, challenge: Challenge) -> &HeaderValue {
+        match challenge {
+            Challenge::Bearer => &self.bearer,
+            Challenge::InvalidToken => &self.invalid_token,
+            Challenge::InsufficientScope => &self.insufficient_scope,
+        }
+    }
+
+    /// Writes the header of the challenge `response` carries, if it carries one.
+    pub fn apply<B>(&self, response: &mut Response<B>) {
+        if let Some(challenge) = response.extensions().get::<Challenge>().copied() {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, self.value(challenge).clone());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -107,14 +173,54 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_token_is_reported_in_www_authenticate() {
-        let response = GatewayError::invalid_token("Invalid or expired token").into_response();
+    fn refusals_carry_their_challenge_and_the_realm_is_written_once_they_leave() {
+        let challenges = Challenges::new("gateway.example");
+        let cases: Vec<(GatewayError, Option<&str>)> = vec![
+            (
+                GatewayError::invalid_token("Invalid or expired token"),
+                Some("Bearer realm=\"gateway.example\", error=\"invalid_token\""),
+            ),
+            (
+                GatewayError::unauthorized("Not authenticated"),
+                Some("Bearer realm=\"gateway.example\""),
+            ),
+            (
+                GatewayError::InsufficientScope("Missing permission: write:project".into()),
+                Some("Bearer realm=\"gateway.example\", error=\"insufficient_scope\""),
+            ),
+            (GatewayError::Forbidden("Not the owner".into()), None),
+            (
+                GatewayError::TooManyRequests {
+                    retry_after_secs: 1,
+                },
+                None,
+            ),
+        ];
+        for (error, expected) in cases {
+            let status = error.status();
+            let mut response = error.into_response();
+            assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
+            challenges.apply(&mut response);
+            let got = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .map(|value| value.to_str().unwrap());
+            assert_eq!(got, expected, "{status}");
+        }
+        // A 401 made by hand is a bearer challenge too.
+        let mut response = json_error(StatusCode::UNAUTHORIZED, "Invalid email or password");
+        challenges.apply(&mut response);
         assert_eq!(
             response.headers()[WWW_AUTHENTICATE],
-            "Bearer error=\"invalid_token\""
+            "Bearer realm=\"gateway.example\""
         );
-        let response = GatewayError::unauthorized("Not authenticated").into_response();
-        assert_eq!(response.headers()[WWW_AUTHENTICATE], "Bearer");
+        // An upstream's response carries no challenge: its own header stays as it was.
+        let mut upstream = Response::new(());
+        upstream
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+        challenges.apply(&mut upstream);
+        assert_eq!(upstream.headers()[WWW_AUTHENTICATE], "Basic");
     }
 
     #[test]

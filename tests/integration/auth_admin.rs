@@ -19,7 +19,10 @@ async fn only_admins_reach_the_admin_api() {
     }
     let anonymous = gateway.call("GET", "/auth/admin/users", None, None).await;
     assert_eq!(anonymous.status, 401);
-    assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(
+        anonymous.header("www-authenticate"),
+        Some("Bearer realm=\"gateway.test\"")
+    );
 }
 
 #[tokio::test]

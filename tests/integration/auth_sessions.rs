@@ -45,7 +45,10 @@ async fn unknown_email_and_wrong_password_are_the_same_401() {
     for response in [&wrong, &unknown] {
         assert_eq!(response.status, 401);
         assert_eq!(response.detail(), "Invalid email or password");
-        assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(
+            response.header("www-authenticate"),
+            Some("Bearer realm=\"gateway.test\"")
+        );
     }
 }
 
@@ -208,7 +211,7 @@ async fn refresh_rotates_and_a_reused_token_ends_the_session() {
     assert_eq!(me.status, 401, "the session's access tokens end at once");
     assert_eq!(
         me.header("www-authenticate"),
-        Some("Bearer error=\"invalid_token\"")
+        Some("Bearer realm=\"gateway.test\", error=\"invalid_token\"")
     );
     let audit = sql(&format!(
         "SELECT count(*) FROM audit_log WHERE user_id = '{}' AND event = 'refresh_reuse_detected'",
@@ -504,7 +507,7 @@ async fn an_access_token_expires_with_the_clock() {
     assert_eq!(expired.status, 401);
     assert_eq!(
         expired.header("www-authenticate"),
-        Some("Bearer error=\"invalid_token\"")
+        Some("Bearer realm=\"gateway.test\", error=\"invalid_token\"")
     );
 }
 

@@ -67,7 +67,7 @@ async fn forged_and_misplaced_tokens_are_refused() {
         assert_eq!(response.status, 401, "{name}");
         assert_eq!(
             response.header("www-authenticate"),
-            Some("Bearer error=\"invalid_token\""),
+            Some("Bearer realm=\"gateway.test\", error=\"invalid_token\""),
             "{name}"
         );
     }

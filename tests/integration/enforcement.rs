@@ -153,9 +153,23 @@ async fn the_contract_policy_decides_every_kind_of_rule() {
         if let Some(detail) = detail {
             assert_eq!(response.detail(), detail, "{method} {path}");
         }
-        if expected == 401 {
-            assert_eq!(response.header("www-authenticate"), Some("Bearer"));
-        }
+        // RFC 6750 §3: every 401 challenges for a bearer token in the gateway's realm (the
+        // host of public_url); a 403 of a role or permission rule says the token's scope is
+        // insufficient; the owner rule's 403 is no matter of privileges.
+        let challenge = match (expected, detail) {
+            (401, _) => Some("Bearer realm=\"gateway.test\""),
+            (403, Some(detail))
+                if detail.starts_with("Requires ") || detail.starts_with("Missing permission") =>
+            {
+                Some("Bearer realm=\"gateway.test\", error=\"insufficient_scope\"")
+            }
+            _ => None,
+        };
+        assert_eq!(
+            response.header("www-authenticate"),
+            challenge,
+            "{method} {path}"
+        );
     }
 }
 
@@ -213,7 +227,7 @@ async fn identity_headers_are_set_by_the_gateway_alone() {
     assert_eq!(refused.status, 401);
     assert_eq!(
         refused.header("www-authenticate"),
-        Some("Bearer error=\"invalid_token\"")
+        Some("Bearer realm=\"gateway.test\", error=\"invalid_token\"")
     );
 }
 
@@ -266,7 +280,7 @@ async fn logout_on_one_instance_refused_on_the_next_request_on_another(feed: boo
     assert_eq!(refused.status, 401);
     assert_eq!(
         refused.header("www-authenticate"),
-        Some("Bearer error=\"invalid_token\"")
+        Some("Bearer realm=\"gateway.test\", error=\"invalid_token\"")
     );
     // On a public rule the revoked token is just no token.
     let public = second
@@ -654,7 +668,7 @@ async fn a_token_already_seen_on_forwarded_requests_still_expires() {
     assert_eq!(expired.status, 401);
     assert_eq!(
         expired.header("www-authenticate"),
-        Some("Bearer error=\"invalid_token\"")
+        Some("Bearer realm=\"gateway.test\", error=\"invalid_token\"")
     );
 }
 

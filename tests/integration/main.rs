@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod assertion;
 mod auth_accounts;
 mod auth_admin;
 mod auth_fuzz;
@@ -13,6 +14,7 @@ mod auth_tokens;
 mod browser;
 mod browser_enforcement;
 mod browser_flows;
+mod challenges;
 mod corpus;
 mod dependencies;
 mod enforcement;
@@ -24,6 +26,7 @@ mod identity_setup;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod openapi;
 mod pages;
 mod policy_reload;
 mod process;

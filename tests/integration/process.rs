@@ -203,7 +203,7 @@ async fn a_logout_on_one_process_is_refused_on_the_next_request_to_another() {
     assert_eq!(refused.status, 401, "{refused:?}");
     assert_eq!(
         refused.header("www-authenticate"),
-        Some("Bearer error=\"invalid_token\"")
+        Some("Bearer realm=\"gateway.test\", error=\"invalid_token\"")
     );
 }
 
@@ -234,6 +234,29 @@ fn a_bad_config_exits_non_zero_with_a_one_line_reason() {
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/gateway.yaml"));
+}
+
+#[test]
+fn signed_assertions_with_only_an_hs256_secret_refuse_to_start() {
+    let dir = temp_dir("assertion-config");
+    let config = dir.join("gateway.yaml");
+    std::fs::write(
+        &config,
+        "server:\n  https_listen: 127.0.0.1:0\ntokens:\n  hs256_secret: test-secret-that-is-at-least-32-bytes-long\nidentity:\n  assertion: true\n",
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("identity.assertion: needs an asymmetric signing key"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
