@@ -57,10 +57,10 @@ pub fn temp_dir(label: &str) -> PathBuf {
 }
 
 /// The Python that has tests/python-requirements.txt installed: tests/run builds it in
-/// `target/test-python` and names it in `PORTCULLIS_TEST_PYTHON`. A test that needs it fails
+/// `target/test-python` and names it in `TESTS_PYTHON`. A test that needs it fails
 /// with this message rather than pass without the program it was meant to run.
 pub fn test_python() -> PathBuf {
-    let path = std::env::var_os("PORTCULLIS_TEST_PYTHON")
+    let path = std::env::var_os("TESTS_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-python/bin/python")
