@@ -3,7 +3,7 @@
 
 use super::matcher::{Terminal, Trie};
 use super::model::{method_bit, Access};
-use super::{Decision, Identity, OnUnauthenticated, Policy, Request};
+use super::{Decision, Denial, Identity, OnUnauthenticated, Policy, Request};
 
 impl Policy {
     pub(super) fn decide(
@@ -109,8 +109,9 @@ impl Policy {
             rate_limit: rule.rate_limit.or(self.default_rate_limit),
             upstream: rule.upstream.clone(),
         };
-        let forbidden = |detail: String| Decision::Forbidden {
+        let forbidden = |denial: Denial, detail: String| Decision::Forbidden {
             rule: Some(index),
+            denial,
             detail,
         };
         let Some(caller) = identity else {
@@ -125,12 +126,12 @@ impl Policy {
         let rank = self.ranks.get(caller.role).copied();
         match &rule.access {
             Access::Public | Access::Authenticated => allow(),
-            Access::Deny => forbidden("Access denied".to_string()),
+            Access::Deny => forbidden(Denial::Deny, "Access denied".to_string()),
             Access::Role { rank: needed, name } => {
                 if rank.is_some_and(|have| have >= *needed) {
                     allow()
                 } else {
-                    forbidden(format!("Requires {name} role"))
+                    forbidden(Denial::Role, format!("Requires {name} role"))
                 }
             }
             Access::Permission(wanted) => {
@@ -140,7 +141,7 @@ impl Policy {
                 if granted {
                     allow()
                 } else {
-                    forbidden(format!("Missing permission: {wanted}"))
+                    forbidden(Denial::Permission, format!("Missing permission: {wanted}"))
                 }
             }
             Access::Owner { param, or_role } => {
@@ -149,7 +150,7 @@ impl Policy {
                 if owner || senior {
                     allow()
                 } else {
-                    forbidden("Not the owner".to_string())
+                    forbidden(Denial::Owner, "Not the owner".to_string())
                 }
             }
         }
@@ -179,6 +180,7 @@ fn no_rule(identity: Option<&Identity<'_>>) -> Decision {
         },
         Some(_) => Decision::Forbidden {
             rule: None,
+            denial: Denial::NoRule,
             detail: "No rule allows this request".to_string(),
         },
     }

@@ -123,8 +123,28 @@ pub enum Decision {
         rule: Option<usize>,
         on_unauthenticated: OnUnauthenticated,
     },
-    /// 403 with the client-facing detail.
-    Forbidden { rule: Option<usize>, detail: String },
+    /// 403 with the client-facing detail, and why, for the metrics and the log.
+    Forbidden {
+        rule: Option<usize>,
+        denial: Denial,
+        detail: String,
+    },
+}
+
+/// Why a signed-in caller is forbidden: which check of the rule refused, or that no rule
+/// matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// The rule's `allow: { role: ... }`, and the caller's role ranks lower.
+    Role,
+    /// The rule's `allow: { permission: ... }`, and the caller's role is not granted it.
+    Permission,
+    /// The rule's `allow: { owner: ... }`, and the caller is neither the owner nor senior.
+    Owner,
+    /// The rule says `allow: deny`.
+    Deny,
+    /// No rule matched the request.
+    NoRule,
 }
 
 /// A decision as the access log, the metrics and `tests:` name it.

@@ -46,6 +46,7 @@ use cors::{Cors, Preflight};
 use enforce::{Asked, Enforcer, Explained, Verdict};
 use forward::{BodyLimits, Upstream};
 use headers::{NoReferrer, RequestIds, SecurityHeaders, StripList, X_REQUEST_ID};
+use refusal::Refusal;
 use websocket::WebSockets;
 
 /// What the gateway knows about the connection a request arrived on.
@@ -96,20 +97,27 @@ struct Judged {
     outcome: Option<std::borrow::Cow<'static, str>>,
     /// The refusal's client-facing detail.
     reason: Option<String>,
-    /// Why the gateway refused the request itself, for `portcullis_refusals_total`.
+    /// Why the gateway refused the request itself: `portcullis_refusals_total{reason}` and
+    /// the log line's `refusal`. Set where the refusal is decided.
     refused: Option<RefusalReason>,
 }
 
 impl Judged {
-    fn admitted<T>(&mut self, admitted: &Result<T, GatewayError>) {
+    fn admitted<T>(&mut self, admitted: &Result<T, Refusal>) {
         match admitted {
             Ok(_) => self.outcome = Some("allow".into()),
             Err(refusal) => {
-                self.outcome = Some(refusal.status().as_u16().to_string().into());
-                self.reason = Some(refusal.to_string());
-                self.refused = refusal::reason(refusal);
+                self.outcome = Some(refusal.error.status().as_u16().to_string().into());
+                self.reason = Some(refusal.error.to_string());
+                self.refused = Some(refusal.reason);
             }
         }
+    }
+
+    /// Refuses the request before the policy judged it: records why, returns the answer.
+    fn refuse(&mut self, reason: RefusalReason, error: GatewayError) -> GatewayError {
+        self.refused = Some(reason);
+        error
     }
 }
 
@@ -248,14 +256,8 @@ impl Gateway {
                     let routed = Box::pin(self.route(request, conn, &request_id, &mut judged));
                     let response = match routed.instrument(span.clone()).await {
                         Ok(response) => response,
-                        Err(error) => {
-                            // Refused before the policy judged it (method, host, path, ...):
-                            // after, `Judged::admitted` has said whether it was refused.
-                            if judged.outcome.is_none() {
-                                judged.refused = refusal::reason(&error);
-                            }
-                            error.into_response()
-                        }
+                        // A refusal has said why where it was made (`Judged`).
+                        Err(error) => error.into_response(),
                     };
                     (response, false)
                 }
@@ -308,6 +310,7 @@ impl Gateway {
                     normalized_path = judged.path.as_deref(),
                     policy_hash = explained.map(Explained::policy_hash),
                     reason = judged.reason.as_deref(),
+                    refusal = judged.refused.map(RefusalReason::label),
                     "request finished"
                 )
             });
@@ -322,27 +325,30 @@ impl Gateway {
         request_id: &HeaderValue,
         judged: &mut Judged,
     ) -> Result<Response<GatewayBody>, GatewayError> {
+        use RefusalReason as R;
         if let Some(refusal) = conn.refused {
-            return Err(refusal.into());
+            return Err(judged.refuse(R::Malformed, refusal.into()));
         }
         if !self.methods.allows(request.method()) {
-            return Err(GatewayError::MethodNotAllowed);
+            return Err(judged.refuse(R::Method, GatewayError::MethodNotAllowed));
         }
-        let host = effective_host(&request)?;
+        let host = effective_host(&request).map_err(|error| judged.refuse(R::Malformed, error))?;
         if !self.hosts.serves(host.to_str().unwrap_or_default()) {
-            return Err(GatewayError::MisdirectedRequest);
+            return Err(judged.refuse(R::Host, GatewayError::MisdirectedRequest));
         }
         if header_bytes(&request) > self.max_header_bytes {
-            return Err(GatewayError::HeadersTooLarge);
+            return Err(judged.refuse(R::Malformed, GatewayError::HeadersTooLarge));
         }
-        checks::check_sensitive_headers(request.headers())?;
+        checks::check_sensitive_headers(request.headers())
+            .map_err(|error| judged.refuse(R::Malformed, error))?;
         let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let target = path::normalize_target(target, self.allow_path_parameters)
-            .map_err(|error| GatewayError::InvalidPath(error.message()))?;
+            .map_err(|error| judged.refuse(R::Path, GatewayError::InvalidPath(error.message())))?;
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         if !self.allow_method_parameter && checks::has_method_override_parameter(query) {
-            return Err(GatewayError::bad_request(
-                "The _method query parameter is not allowed",
+            return Err(judged.refuse(
+                R::Malformed,
+                GatewayError::bad_request("The _method query parameter is not allowed"),
             ));
         }
         let client_ip =
@@ -351,7 +357,7 @@ impl Gateway {
             // Refused before a byte of the body is read, so that a client declaring a huge
             // body gets its answer at once instead of waiting on a read.
             if declared_length(&request).is_some_and(|length| length > self.max_auth_body_bytes) {
-                return Err(GatewayError::PayloadTooLarge);
+                return Err(judged.refuse(R::Malformed, GatewayError::PayloadTooLarge));
             }
             return Ok(self
                 .own_routes
@@ -359,7 +365,7 @@ impl Gateway {
                 .await);
         }
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
-            return Err(GatewayError::PayloadTooLarge);
+            return Err(judged.refuse(R::Malformed, GatewayError::PayloadTooLarge));
         }
         // What a page of another site made the browser send carries the cookie too: an
         // unsafe request the cookie authenticates must come from an allowed page. Decided
@@ -384,7 +390,9 @@ impl Gateway {
             .await;
         let admitted = match decided.outcome {
             Ok(verdict) => match cross_site {
-                Some(refusal) if verdict.token_source == Some(TokenSource::Cookie) => Err(refusal),
+                Some(refusal) if verdict.token_source == Some(TokenSource::Cookie) => {
+                    Err(Refusal::new(R::CrossSite, refusal))
+                }
                 _ => Ok(verdict),
             },
             Err(refusal) => Err(refusal),
@@ -401,7 +409,7 @@ impl Gateway {
                 self.forward(request, verdict, conn, request_id, host, &target)
                     .await
             }
-            Err(refusal) => Err(refusal),
+            Err(refusal) => Err(refusal.error),
         };
         if decided.set_cookies.is_empty() {
             return forwarded;
