@@ -484,8 +484,8 @@ impl OutboxWorker {
 
     async fn send_batch(&self) -> Result<Batch, MailError> {
         let mut client = self.store.pool().get().await?;
+        let tx = self.store.begin(&mut client).await?;
         let claim_timer = self.store.timer(PostgresOperation::OutboxClaim);
-        let tx = client.transaction().await?;
         let claimed_at: SystemTime = tx.query_one("SELECT now()", &[]).await?.get(0);
         let claim = tx.prepare_cached(CLAIM_DUE).await?;
         let rows = tx.query(&claim, &[&self.settings.batch_size]).await?;

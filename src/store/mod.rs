@@ -100,7 +100,7 @@ pub enum PostgresOperation {
     ResetTokenOwner = 31,
     /// A connection from the pool (made anew when none is idle).
     Acquire = 32,
-    /// `BEGIN` of a transaction a route runs several operations in.
+    /// `BEGIN` of a transaction several operations run in (a route's, the mail worker's batch).
     Begin = 33,
     /// `COMMIT` of such a transaction.
     Commit = 34,
