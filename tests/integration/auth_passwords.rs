@@ -316,7 +316,10 @@ async fn sign_ins_beyond_the_hashing_queue_are_refused_with_503_at_once() {
         client.send_read(request)
     });
     let answers = futures_util::future::join_all(logins).await;
-    let statuses: Vec<u16> = answers.iter().map(|answer| answer.status.as_u16()).collect();
+    let statuses: Vec<u16> = answers
+        .iter()
+        .map(|answer| answer.status.as_u16())
+        .collect();
     assert!(
         statuses.iter().all(|status| [401, 503].contains(status)),
         "{statuses:?}"
