@@ -397,6 +397,15 @@ impl Gateway {
             },
             Err(refusal) => Err(refusal),
         };
+        // A WebSocket upgrade is checked once the caller is known, before the answer is
+        // judged: its refusals (a malformed handshake, a cookie from another origin) are the
+        // gateway's own, counted and logged as such.
+        let admitted = admitted.and_then(|verdict| {
+            let upgrade =
+                self.websockets
+                    .admit(&request, &verdict, &self.enforcer, &self.metrics)?;
+            Ok((verdict, upgrade))
+        });
         // Always judged: the metrics count by rule and refusal reason; the path is for the
         // access log alone.
         judged.explained = decided.explained;
@@ -405,8 +414,8 @@ impl Gateway {
             judged.path = Some(path.to_string());
         }
         let forwarded = match admitted {
-            Ok(verdict) => {
-                self.forward(request, verdict, conn, request_id, host, &target)
+            Ok(admitted) => {
+                self.forward(request, admitted, conn, request_id, host, &target)
                     .await
             }
             Err(refusal) => Err(refusal.error),
@@ -425,22 +434,20 @@ impl Gateway {
         Ok(response)
     }
 
-    /// Forwards an allowed request as its verdict says.
+    /// Forwards an allowed request as its verdict says, with the WebSocket upgrade admitted
+    /// for it, if any.
     async fn forward(
         &self,
         mut request: Request<Incoming>,
-        verdict: Verdict,
+        (verdict, upgrade): (Verdict, Option<websocket::Upgrade>),
         conn: ConnectionInfo,
         request_id: &HeaderValue,
         host: HeaderValue,
         target: &str,
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        // The upgrade is read before hop-by-hop headers go, and those go before the gateway
-        // sets its own: a client naming `X-Forwarded-For` in `Connection` must not be able
-        // to delete what the gateway adds.
-        let upgrade = self
-            .websockets
-            .admit(&request, &verdict, &self.enforcer, &self.metrics)?;
+        // The upgrade was read (in `route`) before hop-by-hop headers go, and those go before
+        // the gateway sets its own: a client naming `X-Forwarded-For` in `Connection` must
+        // not be able to delete what the gateway adds.
         let headers = request.headers_mut();
         headers::remove_hop_by_hop(headers);
         self.strip_list.strip(headers);
