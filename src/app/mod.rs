@@ -330,8 +330,10 @@ fn password_hasher(config: &Config) -> Result<PasswordHasher, PasswordError> {
         0 => cores.saturating_sub(1).max(1),
         configured => configured,
     };
+    // 64 waiting per thread is a few seconds of hashing at the shipped parameters: a burst of
+    // sign-ins waits, a flood beyond it is refused at once instead of timing out.
     let max_queued = match config.password.max_queued_hashes {
-        0 => hashing_threads.saturating_mul(16),
+        0 => hashing_threads.saturating_mul(64),
         configured => configured,
     };
     PasswordHasher::with_pool(

@@ -287,6 +287,8 @@ impl AuthService {
             Route::AdminAudit => self.admin_audit(call).await,
             Route::OpenApi => Ok(json(StatusCode::OK, &openapi::document())),
             Route::Jwks => Ok(json(StatusCode::OK, &self.keys.jwks())),
+            // The gateway answers forward-auth before it dispatches to these routes.
+            Route::Forward => Err(GatewayError::NotFound),
             Route::LoginPage
             | Route::RegisterPage
             | Route::VerifyEmailPage

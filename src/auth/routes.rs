@@ -27,6 +27,9 @@ pub enum Route {
     AdminAudit,
     OpenApi,
     Jwks,
+    /// Answered by the gateway's decision path before `/auth` dispatch (`proxy::forward_auth`);
+    /// listed here so the route table names every route.
+    Forward,
     // The sign-in pages (contract 7, `pages`). Their form POSTs go to the API routes of
     // the same path (a form body gets a page), except these two, which are forms only.
     LoginPage,
@@ -265,6 +268,16 @@ pub const ROUTES: &[RouteSpec] = &[
         Route::OpenApi,
         Public,
         "This document",
+        None,
+        200,
+        None,
+    ),
+    spec(
+        "GET",
+        crate::proxy::forward_auth::PATH,
+        Route::Forward,
+        Public,
+        "Forward-auth for a trusted proxy (any method): 200 with the identity headers when the request it names may pass, else the refusal it would get",
         None,
         200,
         None,

@@ -537,7 +537,7 @@ pub struct PasswordConfig {
     /// Password hashes computed at once; 0 means one fewer than the cores (at least one).
     pub max_concurrent_hashes: usize,
     /// Sign-ins (and other hashing requests) that may wait for a hashing thread; the next one
-    /// is answered 503 at once. 0 means 16 per hashing thread.
+    /// is answered 503 at once. 0 means 64 per hashing thread.
     pub max_queued_hashes: usize,
     /// The hashing threads' nice value (0-19): above the forwarding threads' 0, so that a
     /// login flood leaves forwarded requests their cores.

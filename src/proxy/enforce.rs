@@ -62,6 +62,11 @@ pub struct Verdict {
     /// The rule's upstream; `None` is the gateway's first.
     pub upstream: Option<String>,
     pub rate: Option<RateOutcome>,
+    /// A valid token was presented, but Redis could not say whether it is revoked and
+    /// `revocation_on_redis_error` is `deny`, so the request goes on without it (where
+    /// anyone may go). A forward-auth refuses such a verdict rather than answer `200`
+    /// without the caller's identity.
+    pub revocation_unchecked: bool,
 }
 
 /// What an outage of Redis means, per kind of check (`rate_limits.on_redis_error` and
@@ -530,6 +535,8 @@ impl Enforcer {
         };
         let anonymous = || loaded.policy.evaluate(&request, None);
         let navigation = is_navigation(method, headers);
+        // The token was dropped for want of an answer on its revocation, not for being revoked.
+        let unchecked = token == TokenKind::Valid && gate == GateResult::Unavailable;
         match verdict(
             token, decision, gate, counted, anonymous, self.fail, navigation,
         ) {
@@ -543,6 +550,7 @@ impl Enforcer {
                     token_source: source,
                     upstream,
                     rate,
+                    revocation_unchecked: false,
                 }
             } else {
                 Verdict {
@@ -550,6 +558,7 @@ impl Enforcer {
                     token_source: None,
                     upstream,
                     rate,
+                    revocation_unchecked: unchecked,
                 }
             }),
             Step::CountAnonymously {
@@ -568,6 +577,7 @@ impl Enforcer {
                     token_source: None,
                     upstream,
                     rate,
+                    revocation_unchecked: false,
                 })
             }
             Step::SignIn => Err(Refusal::new(

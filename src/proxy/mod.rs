@@ -12,6 +12,7 @@ pub mod checks;
 pub mod cors;
 pub mod enforce;
 pub mod forward;
+pub mod forward_auth;
 pub mod framing;
 pub mod headers;
 pub mod navigation;
@@ -31,7 +32,7 @@ use http::header::{
     HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, HOST, ORIGIN, REFERRER_POLICY,
     SET_COOKIE,
 };
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 use tracing::Instrument;
@@ -119,6 +120,20 @@ impl Judged {
         self.refused = Some(reason);
         error
     }
+}
+
+/// A request the policy is to judge ([`Gateway::judge`]), once its method, host and path
+/// have passed their checks.
+struct Judging<'a> {
+    method: &'a Method,
+    host: &'a HeaderValue,
+    /// Normalised path and query.
+    target: &'a str,
+    /// The caller's headers: its token, cookies, `Accept`, `Origin`.
+    headers: &'a HeaderMap,
+    client_ip: std::net::IpAddr,
+    /// Whether an expired cookie session may be renewed for it.
+    may_renew: bool,
 }
 
 /// Everything a request needs, built once from the configuration and shared by all
@@ -329,30 +344,24 @@ impl Gateway {
         if let Some(refusal) = conn.refused {
             return Err(judged.refuse(R::Malformed, refusal.into()));
         }
-        if !self.methods.allows(request.method()) {
-            return Err(judged.refuse(R::Method, GatewayError::MethodNotAllowed));
-        }
+        self.check_method(request.method(), judged)?;
         let host = effective_host(&request).map_err(|error| judged.refuse(R::Malformed, error))?;
-        if !self.hosts.serves(host.to_str().unwrap_or_default()) {
-            return Err(judged.refuse(R::Host, GatewayError::MisdirectedRequest));
-        }
+        self.check_host(&host, judged)?;
         if header_bytes(&request) > self.max_header_bytes {
             return Err(judged.refuse(R::Malformed, GatewayError::HeadersTooLarge));
         }
         checks::check_sensitive_headers(request.headers())
             .map_err(|error| judged.refuse(R::Malformed, error))?;
-        let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let target = path::normalize_target(target, self.allow_path_parameters)
-            .map_err(|error| judged.refuse(R::Path, GatewayError::InvalidPath(error.message())))?;
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        if !self.allow_method_parameter && checks::has_method_override_parameter(query) {
-            return Err(judged.refuse(
-                R::Malformed,
-                GatewayError::bad_request("The _method query parameter is not allowed"),
-            ));
-        }
+        let raw_target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let target = self.check_target(raw_target, path::normalize_target, judged)?;
+        let path = path_of(&target);
         let client_ip =
             headers::client_ip(conn.peer.ip(), request.headers(), &self.trusted_proxies);
+        if forward_auth::asks(raw_target, path) {
+            return self
+                .forward_auth(&request, conn, &host, raw_target, client_ip, judged)
+                .await;
+        }
         if self.own_routes.serves(path) {
             // Refused before a byte of the body is read, so that a client declaring a huge
             // body gets its answer at once instead of waiting on a read.
@@ -367,51 +376,29 @@ impl Gateway {
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
             return Err(judged.refuse(R::Malformed, GatewayError::PayloadTooLarge));
         }
-        // What a page of another site made the browser send carries the cookie too: an
-        // unsafe request the cookie authenticates must come from an allowed page. Decided
-        // here and applied once the caller is known (below); known before enforcement, so
-        // that no session is renewed for a request that would then be refused.
-        let cross_site =
-            access::cross_site_refusal(request.method(), request.headers(), &self.cookie_origins);
-        let decided = self
-            .enforcer
-            .decide(
-                &Asked {
+        let (admitted, set_cookies) = self
+            .judge(
+                Judging {
                     method: request.method(),
-                    host: host.to_str().ok(),
-                    path,
+                    host: &host,
                     target: &target,
                     headers: request.headers(),
                     client_ip,
-                    may_renew: cross_site.is_none(),
+                    may_renew: true,
                 },
-                &self.metrics,
+                judged,
             )
             .await;
-        let admitted = match decided.outcome {
-            Ok(verdict) => match cross_site {
-                Some(refusal) if verdict.token_source == Some(TokenSource::Cookie) => {
-                    Err(Refusal::new(R::CrossSite, refusal))
-                }
-                _ => Ok(verdict),
-            },
-            Err(refusal) => Err(refusal),
-        };
-        // A WebSocket upgrade is checked once the caller is known, before the answer is
-        // judged: its refusals (a malformed handshake, a cookie from another origin) are the
-        // gateway's own, counted and logged as such.
+        // A WebSocket upgrade is checked once the caller is known: its refusals (a malformed
+        // handshake, a cookie from another origin) are the gateway's own, judged as such.
         let admitted = admitted.and_then(|verdict| {
             let upgrade =
                 self.websockets
                     .admit(&request, &verdict, &self.enforcer, &self.metrics)?;
             Ok((verdict, upgrade))
         });
-        // Always judged: the metrics count by rule and refusal reason; the path is for the
-        // access log alone.
-        judged.explained = decided.explained;
-        judged.admitted(&admitted);
-        if self.access_log {
-            judged.path = Some(path.to_string());
+        if let Err(refusal) = &admitted {
+            judged.admitted::<()>(&Err(refusal.clone()));
         }
         let forwarded = match admitted {
             Ok(admitted) => {
@@ -420,18 +407,206 @@ impl Gateway {
             }
             Err(refusal) => Err(refusal.error),
         };
-        if decided.set_cookies.is_empty() {
+        if set_cookies.is_empty() {
             return forwarded;
         }
         // A renewed (or refused) session's cookies go on whatever the answer is.
         let mut response = forwarded.unwrap_or_else(GatewayError::into_response);
         let headers = response.headers_mut();
-        for cookie in decided.set_cookies {
+        for cookie in set_cookies {
             headers.append(SET_COOKIE, cookie);
         }
         // It carries tokens: no cache may keep it (contract 4).
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(response)
+    }
+
+    /// The method check of contract 6.5 and 6.7, for a request and for the original request
+    /// of a forward-auth.
+    fn check_method(&self, method: &Method, judged: &mut Judged) -> Result<(), GatewayError> {
+        if self.methods.allows(method) {
+            Ok(())
+        } else {
+            Err(judged.refuse(RefusalReason::Method, GatewayError::MethodNotAllowed))
+        }
+    }
+
+    /// The host check of contract 6.8 (`421`), for a request and for the original request of
+    /// a forward-auth.
+    fn check_host(&self, host: &HeaderValue, judged: &mut Judged) -> Result<(), GatewayError> {
+        if self.hosts.serves(host.to_str().unwrap_or_default()) {
+            Ok(())
+        } else {
+            Err(judged.refuse(RefusalReason::Host, GatewayError::MisdirectedRequest))
+        }
+    }
+
+    /// The path rules of contract 6.3 and 6.10 by `normalize` (`path::normalize_target` for
+    /// a request the gateway forwards, `path::canonical_target` for one it only judges), and
+    /// the `_method` parameter of 6.7: the normalised target.
+    fn check_target(
+        &self,
+        raw_target: &str,
+        normalize: fn(&str, bool) -> Result<String, path::PathError>,
+        judged: &mut Judged,
+    ) -> Result<String, GatewayError> {
+        let target = normalize(raw_target, self.allow_path_parameters).map_err(|error| {
+            judged.refuse(
+                RefusalReason::Path,
+                GatewayError::InvalidPath(error.message()),
+            )
+        })?;
+        let query = target.split_once('?').map_or("", |(_, query)| query);
+        if !self.allow_method_parameter && checks::has_method_override_parameter(query) {
+            return Err(judged.refuse(
+                RefusalReason::Malformed,
+                GatewayError::bad_request("The _method query parameter is not allowed"),
+            ));
+        }
+        Ok(target)
+    }
+
+    /// The decision on a request the policy judges, a forwarded one or the original of a
+    /// forward-auth: the caller's token (or session cookie, renewed when allowed), the
+    /// policy, revocation and rate limit (`Enforcer::decide`), then the CSRF check of a
+    /// cookie session. Notes the judgement for the metrics and the access log. Returns the
+    /// verdict and the session cookies the answer must set whatever it is.
+    async fn judge(
+        &self,
+        asked: Judging<'_>,
+        judged: &mut Judged,
+    ) -> (Result<Verdict, Refusal>, Vec<HeaderValue>) {
+        let path = path_of(asked.target);
+        // What a page of another site made the browser send carries the cookie too: an
+        // unsafe request the cookie authenticates must come from an allowed page. Decided
+        // here and applied once the caller is known (below); known before enforcement, so
+        // that no session is renewed for a request that would then be refused.
+        let cross_site =
+            access::cross_site_refusal(asked.method, asked.headers, &self.cookie_origins);
+        let decided = self
+            .enforcer
+            .decide(
+                &Asked {
+                    method: asked.method,
+                    host: asked.host.to_str().ok(),
+                    path,
+                    target: asked.target,
+                    headers: asked.headers,
+                    client_ip: asked.client_ip,
+                    may_renew: asked.may_renew && cross_site.is_none(),
+                },
+                &self.metrics,
+            )
+            .await;
+        let admitted = match decided.outcome {
+            Ok(verdict) => match cross_site {
+                Some(refusal) if verdict.token_source == Some(TokenSource::Cookie) => {
+                    Err(Refusal::new(RefusalReason::CrossSite, refusal))
+                }
+                _ => Ok(verdict),
+            },
+            Err(refusal) => Err(refusal),
+        };
+        // Always judged: the metrics count by rule and refusal reason; the path is for the
+        // access log alone.
+        judged.explained = decided.explained;
+        judged.admitted(&admitted);
+        if self.access_log {
+            judged.path = Some(path.to_string());
+        }
+        (admitted, decided.set_cookies)
+    }
+
+    /// Answers a forward-auth (contract 8): the proxy asking whether the request it holds may
+    /// pass. That request is read from what the proxy sent (`forward_auth`), believed only
+    /// from a trusted proxy, and then checked and judged exactly as if it had come to the
+    /// gateway itself: method, host, path, `_method`, then [`Gateway::judge`]. The answer is
+    /// `200` with the identity headers the upstream would have been sent, or the refusal a
+    /// forwarded request would have got.
+    ///
+    /// Two things differ, both because the gateway does not forward this request itself: a
+    /// path that normalisation would rewrite is refused (`path::canonical_target`), and a
+    /// session is never renewed here, since the rotated refresh token would exist only in
+    /// cookies on an answer the proxies do not pass on to the browser (losing them ends the
+    /// session by reuse detection). A verdict that dropped a valid token because Redis could
+    /// not say whether it was revoked is `503`: a proxy never gets a `200` without the
+    /// identity the caller presented.
+    async fn forward_auth(
+        &self,
+        request: &Request<Incoming>,
+        conn: ConnectionInfo,
+        host: &HeaderValue,
+        raw_target: &str,
+        client_ip: std::net::IpAddr,
+        judged: &mut Judged,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        use RefusalReason as R;
+        if !headers::is_trusted(conn.peer.ip(), &self.trusted_proxies) {
+            return Err(judged.refuse(
+                R::Malformed,
+                GatewayError::bad_request("Forward-auth answers only a trusted proxy"),
+            ));
+        }
+        let original =
+            forward_auth::original_request(request.method(), raw_target, request.headers(), host)
+                .map_err(|error| judged.refuse(R::Malformed, error))?;
+        self.check_method(&original.method, judged)?;
+        self.check_host(&original.host, judged)?;
+        let target = self.check_target(&original.target, path::canonical_target, judged)?;
+        let (admitted, set_cookies) = self
+            .judge(
+                Judging {
+                    method: &original.method,
+                    host: &original.host,
+                    target: &target,
+                    headers: request.headers(),
+                    client_ip,
+                    may_renew: false,
+                },
+                judged,
+            )
+            .await;
+        debug_assert!(set_cookies.is_empty(), "forward-auth renews no session");
+        let verdict = admitted.map_err(|refusal| refusal.error)?;
+        let refusal = if verdict.revocation_unchecked {
+            Some(Refusal::new(
+                R::Unavailable,
+                GatewayError::Unavailable("Revocation service unavailable"),
+            ))
+        } else if verdict.token_source == Some(TokenSource::Cookie)
+            && forward_auth::asks_websocket(request.headers())
+            && !self.cookie_origins.allows(request.headers())
+        {
+            // The origin check `WebSockets::admit` makes on a forwarded upgrade.
+            Some(Refusal::new(
+                R::CrossSite,
+                GatewayError::Forbidden(websocket::CROSS_ORIGIN_REFUSED.into()),
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            judged.admitted::<()>(&Err(refusal.clone()));
+            return Err(refusal.error);
+        }
+        let mut response = Response::new(GatewayBody::empty());
+        let headers = response.headers_mut();
+        self.set_identity(headers, &verdict);
+        if let Some(rate) = &verdict.rate {
+            headers::set_rate_headers(headers, rate);
+        }
+        // It says who the caller is: no cache may keep it.
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(response)
+    }
+
+    /// Sets the identity headers of contract 6.1 for the verdict's caller, if any: on a
+    /// forwarded request, and on a forward-auth `200`, which the proxy copies onto the
+    /// request it forwards. The one place they are built.
+    fn set_identity(&self, headers: &mut HeaderMap, verdict: &Verdict) {
+        if let Some(verified) = &verdict.identity {
+            verified.identity.set(headers);
+        }
     }
 
     /// Forwards an allowed request as its verdict says, with the WebSocket upgrade admitted
@@ -457,9 +632,7 @@ impl Gateway {
         let peer_trusted = headers::is_trusted(conn.peer.ip(), &self.trusted_proxies);
         headers::set_forwarded(headers, conn.peer.ip(), peer_trusted, "https", Some(&host));
         headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let Some(verified) = &verdict.identity {
-            verified.identity.set(headers);
-        }
+        self.set_identity(headers, &verdict);
 
         let mut response = self
             .upstream(verdict.upstream.as_deref())
@@ -521,15 +694,23 @@ fn effective_host(request: &Request<Incoming>) -> Result<HeaderValue, GatewayErr
             .map_err(|_| GatewayError::bad_request("Invalid Host header"))?,
         (None, None) => return Err(GatewayError::bad_request("Missing Host header")),
     };
-    let valid = host
-        .to_str()
-        .ok()
-        .and_then(|text| text.parse::<http::uri::Authority>().ok())
-        .is_some_and(|authority| !authority.as_str().contains('@'));
-    if !valid {
+    if !is_valid_host(&host) {
         return Err(GatewayError::bad_request("Invalid Host header"));
     }
     Ok(host)
+}
+
+/// Whether a `Host` (or `X-Forwarded-Host`) value is one authority, without userinfo.
+fn is_valid_host(host: &HeaderValue) -> bool {
+    host.to_str()
+        .ok()
+        .and_then(|text| text.parse::<http::uri::Authority>().ok())
+        .is_some_and(|authority| !authority.as_str().contains('@'))
+}
+
+/// The path of a normalised target, without its query.
+fn path_of(target: &str) -> &str {
+    target.split_once('?').map_or(target, |(path, _)| path)
 }
 
 /// Roughly the size of the request head as sent: target plus every header line.

@@ -24,6 +24,9 @@ pub enum PathError {
     PathParameter,
     ForbiddenCharacter,
     LookalikeSeparator,
+    /// Refused only where the gateway judges a path it does not forward itself
+    /// ([`canonical_target`]).
+    NotCanonical,
 }
 
 impl PathError {
@@ -43,6 +46,9 @@ impl PathError {
             PathError::ForbiddenCharacter => "Invalid request path: forbidden character",
             PathError::LookalikeSeparator => {
                 "Invalid request path: encoded character that normalises to '/', '\\' or '.'"
+            }
+            PathError::NotCanonical => {
+                "Invalid request path: dot segments, repeated slashes or escaped unreserved characters"
             }
         }
     }
@@ -121,6 +127,25 @@ pub fn normalize_target(
             Ok(target)
         }
     }
+}
+
+/// [`normalize_target`] for a target the gateway judges but does not forward itself (the
+/// original request of a forward-auth, which the proxy forwards as it holds it): the policy
+/// must judge the very path the upstream gets, so a path that normalisation would rewrite
+/// (dot segments, repeated slashes, escapes of unreserved characters) is refused rather than
+/// judged under another name. Only the case of an escape's hex digits may differ: `%c3%a9`
+/// and `%C3%A9` are read alike everywhere.
+pub fn canonical_target(
+    path_and_query: &str,
+    allow_path_parameters: bool,
+) -> Result<String, PathError> {
+    let normalized = normalize_target(path_and_query, allow_path_parameters)?;
+    // Every rewrite but the hex digits' case shortens the path, so a target of the same
+    // length differs from its normal form in those digits at most.
+    if normalized.len() != path_and_query.len() {
+        return Err(PathError::NotCanonical);
+    }
+    Ok(normalized)
 }
 
 fn is_dot_segment(segment: &[u8]) -> bool {
@@ -514,6 +539,42 @@ mod tests {
         check("normalize_target", TARGET_CASES, normalize_target);
     }
 
+    /// What forward-auth accepts of an original request's target: what normalisation would
+    /// leave as it is, and nothing it would rewrite.
+    #[test]
+    fn canonical_target_cases() {
+        let cases: &[(&str, Result<&str, PathError>)] = &[
+            ("/", Ok("/")),
+            ("/admin/users?x=1", Ok("/admin/users?x=1")),
+            ("/ADMIN/Users", Ok("/ADMIN/Users")),
+            ("/a/b/", Ok("/a/b/")),
+            ("/caf%C3%A9", Ok("/caf%C3%A9")),
+            ("/caf%c3%a9", Ok("/caf%C3%A9")),
+            ("/a?../..//%2e%2e", Ok("/a?../..//%2e%2e")),
+            ("/public/../admin", Err(NotCanonical)),
+            ("/public/%2e%2e/admin", Err(NotCanonical)),
+            ("/public/%2E%2E/admin", Err(NotCanonical)),
+            ("/./admin", Err(NotCanonical)),
+            ("//admin", Err(NotCanonical)),
+            ("/admin//x", Err(NotCanonical)),
+            ("/%61dmin", Err(NotCanonical)),
+            ("/admin/.", Err(NotCanonical)),
+            ("/admin%2fx", Err(EncodedSlash)),
+            ("/admin;x", Err(PathParameter)),
+            ("admin", Err(NotAbsolute)),
+            ("/a%zz", Err(InvalidPercentEncoding)),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                canonical_target(input, STRICT)
+                    .as_deref()
+                    .map_err(|error| *error),
+                *expected,
+                "{input}"
+            );
+        }
+    }
+
     #[test]
     fn normalizing_an_output_again_changes_nothing() {
         check_idempotent("normalize_path", PATH_CASES, normalize_path);
@@ -534,6 +595,7 @@ mod tests {
             PathParameter,
             ForbiddenCharacter,
             LookalikeSeparator,
+            NotCanonical,
         ];
         for error in all {
             assert!(

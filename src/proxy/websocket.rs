@@ -43,6 +43,9 @@ pub struct Upgrade {
     pub watch: Option<TokenWatch>,
 }
 
+/// The refusal of a cookie-authenticated upgrade from a page of another origin.
+pub const CROSS_ORIGIN_REFUSED: &str = "Cross-origin WebSocket not allowed";
+
 /// The upgrade checks, built once from the configuration.
 pub struct WebSockets {
     /// Shared with the CSRF check of other cookie-authenticated requests.
@@ -76,7 +79,7 @@ impl WebSockets {
         {
             return Err(Refusal::new(
                 RefusalReason::CrossSite,
-                GatewayError::Forbidden("Cross-origin WebSocket not allowed".into()),
+                GatewayError::Forbidden(CROSS_ORIGIN_REFUSED.into()),
             ));
         }
         let watch = verdict

@@ -16,6 +16,7 @@ mod browser_flows;
 mod corpus;
 mod dependencies;
 mod enforcement;
+mod forward_auth;
 mod forwarding;
 mod frameworks;
 mod hardening;

@@ -8,6 +8,7 @@ pub mod frameworks;
 pub mod identity;
 pub mod outage;
 pub mod pki;
+pub mod proxies;
 pub mod smtp;
 pub mod upstream;
 

@@ -10,6 +10,8 @@ use rustls::pki_types::CertificateDer;
 
 pub struct Pki {
     pub ca_der: CertificateDer<'static>,
+    /// The CA as PEM, for programs that verify the gateway with it (the proxies).
+    pub ca_pem_path: PathBuf,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     ca: Issuer<'static, KeyPair>,
@@ -32,12 +34,15 @@ impl Pki {
         let ca_cert = params.self_signed(&ca_key).unwrap();
         let ca = Issuer::new(params, ca_key);
         let (cert_pem, key_pem) = Self::leaf(&ca, "test server");
+        let ca_pem_path = dir.join("ca.crt");
+        std::fs::write(&ca_pem_path, ca_cert.pem()).unwrap();
         let cert_path = dir.join("server.crt");
         let key_path = dir.join("server.key");
         std::fs::write(&cert_path, cert_pem).unwrap();
         std::fs::write(&key_path, key_pem).unwrap();
         Pki {
             ca_der: ca_cert.der().clone(),
+            ca_pem_path,
             cert_path,
             key_path,
             ca,
