@@ -510,7 +510,10 @@ fn create_user(
             role,
             is_verified: true,
         };
-        match crate::store::Store::create_user(&client, &user, std::time::SystemTime::now()).await {
+        match store
+            .create_user(&client, &user, std::time::SystemTime::now())
+            .await
+        {
             Ok(user) => Ok(user.id),
             Err(crate::store::StoreError::Conflict) => Err("Email already registered".to_string()),
             Err(error) => Err(error.to_string()),

@@ -14,12 +14,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::GenericClient;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::{watch, Notify};
+
+use crate::store::{PostgresOperation, Store};
 
 /// One email as the outbox stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,9 +35,11 @@ pub struct Mail {
 /// the change that caused it. After the transaction commits, call `notify_one()` on the
 /// worker's [`OutboxWorker::waker`] so the mail goes out now rather than at the next poll.
 pub async fn enqueue(
+    store: &Store,
     client: &impl GenericClient,
     mail: &Mail,
 ) -> Result<(), tokio_postgres::Error> {
+    let _timer = store.timer(PostgresOperation::EnqueueMail);
     let statement = client
         .prepare_cached("INSERT INTO mail_outbox (recipient, subject, body) VALUES ($1, $2, $3)")
         .await?;
@@ -61,7 +65,11 @@ pub struct Backlog {
 }
 
 /// Reads the outbox backlog with `client`.
-pub async fn backlog(client: &impl GenericClient) -> Result<Backlog, tokio_postgres::Error> {
+pub async fn backlog(
+    store: &Store,
+    client: &impl GenericClient,
+) -> Result<Backlog, tokio_postgres::Error> {
+    let _timer = store.timer(PostgresOperation::OutboxBacklog);
     let row = client.query_one(BACKLOG, &[]).await?;
     Ok(Backlog {
         pending: row.try_get(0)?,
@@ -319,7 +327,8 @@ const MAX_ERROR_CHARS: usize = 300;
 /// Sends the outbox over SMTP. Several instances may run against one database: rows are
 /// claimed with `FOR UPDATE SKIP LOCKED`, so none is sent by two of them.
 pub struct OutboxWorker {
-    pool: Pool,
+    /// Its pool, and the timings its statements are recorded in.
+    store: Store,
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     settings: MailerSettings,
@@ -336,7 +345,7 @@ struct Batch {
 
 impl OutboxWorker {
     /// Checks the settings and builds the SMTP transport; connects to nothing yet.
-    pub fn new(pool: Pool, settings: MailerSettings) -> Result<OutboxWorker, MailError> {
+    pub fn new(store: Store, settings: MailerSettings) -> Result<OutboxWorker, MailError> {
         if settings.batch_size < 1 {
             return Err(MailError::InvalidSettings("batch_size must be at least 1"));
         }
@@ -388,7 +397,7 @@ impl OutboxWorker {
         }
 
         Ok(OutboxWorker {
-            pool,
+            store,
             transport: builder.build(),
             from,
             settings,
@@ -474,18 +483,20 @@ impl OutboxWorker {
     }
 
     async fn send_batch(&self) -> Result<Batch, MailError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
+        let mut client = self.store.pool().get().await?;
+        let tx = self.store.begin(&mut client).await?;
+        let claim_timer = self.store.timer(PostgresOperation::OutboxClaim);
         let claimed_at: SystemTime = tx.query_one("SELECT now()", &[]).await?.get(0);
         let claim = tx.prepare_cached(CLAIM_DUE).await?;
         let rows = tx.query(&claim, &[&self.settings.batch_size]).await?;
+        drop(claim_timer);
         let mut batch = Batch {
             claimed: rows.len(),
             sent: 0,
             claimed_at,
         };
         if rows.is_empty() {
-            tx.commit().await?;
+            self.store.commit(tx).await?;
             return Ok(batch);
         }
         let mark_sent = tx.prepare_cached(MARK_SENT).await?;
@@ -509,6 +520,7 @@ impl OutboxWorker {
                     self.settings.retry_max,
                     attempts,
                 );
+                let _timer = self.store.timer(PostgresOperation::OutboxMark);
                 tx.execute(&mark_failed, &[&id, error, &wait.as_secs_f64()])
                     .await?;
                 tracing::debug!(
@@ -530,6 +542,7 @@ impl OutboxWorker {
             ) {
                 Ok(message) => message,
                 Err(error) => {
+                    let _timer = self.store.timer(PostgresOperation::OutboxMark);
                     tx.execute(&mark_unsendable, &[&id, &error]).await?;
                     tracing::warn!(id, domain, %error, "mail cannot be sent; it will not be retried");
                     continue;
@@ -538,6 +551,7 @@ impl OutboxWorker {
 
             match self.transport.send(message).await {
                 Ok(_) => {
+                    let _timer = self.store.timer(PostgresOperation::OutboxMark);
                     tx.execute(&mark_sent, &[&id]).await?;
                     batch.sent += 1;
                     tracing::info!(id, domain, "mail sent");
@@ -549,8 +563,10 @@ impl OutboxWorker {
                         self.settings.retry_max,
                         attempts,
                     );
+                    let timer = self.store.timer(PostgresOperation::OutboxMark);
                     tx.execute(&mark_failed, &[&id, &text, &wait.as_secs_f64()])
                         .await?;
+                    drop(timer);
                     tracing::warn!(id, domain, attempts, retry_in = ?wait, error = %text, "mail send failed");
                     if !error.is_transient() && !error.is_permanent() {
                         relay_down = Some(text);
@@ -558,7 +574,7 @@ impl OutboxWorker {
                 }
             }
         }
-        tx.commit().await?;
+        self.store.commit(tx).await?;
         Ok(batch)
     }
 
@@ -586,7 +602,8 @@ impl OutboxWorker {
     }
 
     async fn until_next_due(&self, claimed_at: SystemTime) -> Result<Option<Duration>, MailError> {
-        let client = self.pool.get().await?;
+        let client = self.store.pool().get().await?;
+        let _timer = self.store.timer(PostgresOperation::OutboxNextDue);
         let statement = client.prepare_cached(NEXT_DUE).await?;
         let seconds: Option<f64> = client.query_one(&statement, &[&claimed_at]).await?.get(0);
         Ok(seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)))

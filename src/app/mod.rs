@@ -165,7 +165,7 @@ impl App {
             Arc::new(CookieOrigins::new(&server.public_url, &cors.origins)),
         ));
 
-        let mail_worker = OutboxWorker::new(store.pool().clone(), (&config.smtp).into())?;
+        let mail_worker = OutboxWorker::new(store.clone(), (&config.smtp).into())?;
         let limits = &config.rate_limits;
         let failures = crate::limits::failures::FailureLog::new(redis.clone());
         let auth = Arc::new(AuthService::new(AuthParts {

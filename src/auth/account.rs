@@ -11,7 +11,7 @@ use super::{
 use crate::error::GatewayError;
 
 use crate::password::check_rules;
-use crate::store::{NewUser, Store, StoreError, TokenPurpose};
+use crate::store::{NewUser, StoreError, TokenPurpose};
 use crate::token::hash_opaque;
 
 impl AuthService {
@@ -38,11 +38,13 @@ impl AuthService {
 
         let now = self.now();
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client.transaction().await.map_err(db_error)?;
+        let transaction = self.store.begin(&mut client).await.map_err(db_error)?;
         let role = self.default_role();
         // An address held by an account that never verified it, whose link has lapsed, is
         // free again: the new registration replaces it.
-        if let Some(replaced) = Store::remove_lapsed_unverified(&transaction, &email, now)
+        if let Some(replaced) = self
+            .store
+            .remove_lapsed_unverified(&transaction, &email, now)
             .await
             .map_err(store_error)?
         {
@@ -62,7 +64,7 @@ impl AuthService {
             role: &role,
             is_verified: false,
         };
-        let user = match Store::create_user(&transaction, &new_user, now).await {
+        let user = match self.store.create_user(&transaction, &new_user, now).await {
             Ok(user) => user,
             Err(StoreError::Conflict) => {
                 return Err(GatewayError::Conflict("Email already registered"))
@@ -79,7 +81,7 @@ impl AuthService {
             serde_json::json!({}),
         )
         .await?;
-        transaction.commit().await.map_err(db_error)?;
+        self.store.commit(transaction).await.map_err(db_error)?;
         self.mail_waker.notify_one();
         Ok(json(StatusCode::CREATED, &user_json(&user)))
     }
@@ -89,19 +91,23 @@ impl AuthService {
         let token = fields.string("token")?;
         let now = self.now();
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client.transaction().await.map_err(db_error)?;
-        let Some(user_id) = Store::consume_email_token(
-            &transaction,
-            TokenPurpose::VerifyEmail,
-            &hash_opaque(token),
-            now,
-        )
-        .await
-        .map_err(store_error)?
+        let transaction = self.store.begin(&mut client).await.map_err(db_error)?;
+        let Some(user_id) = self
+            .store
+            .consume_email_token(
+                &transaction,
+                TokenPurpose::VerifyEmail,
+                &hash_opaque(token),
+                now,
+            )
+            .await
+            .map_err(store_error)?
         else {
             return Err(GatewayError::bad_request("Invalid or expired token"));
         };
-        let user = Store::mark_verified(&transaction, user_id, now)
+        let user = self
+            .store
+            .mark_verified(&transaction, user_id, now)
             .await
             .map_err(store_error)?;
         self.audit_in(
@@ -112,7 +118,7 @@ impl AuthService {
             serde_json::json!({}),
         )
         .await?;
-        transaction.commit().await.map_err(db_error)?;
+        self.store.commit(transaction).await.map_err(db_error)?;
         Ok(json(StatusCode::OK, &user_json(&user)))
     }
 

@@ -11,7 +11,7 @@ use super::{
 use crate::clock::{rfc3339, unix_seconds};
 use crate::config::LockoutKey;
 use crate::error::GatewayError;
-use crate::store::{lockout_summary, Store, UserPatch};
+use crate::store::{lockout_summary, UserPatch};
 
 pub(super) const DEFAULT_PAGE: i64 = 50;
 pub(super) const MAX_PAGE: i64 = 200;
@@ -115,16 +115,19 @@ impl AuthService {
                 .is_some_and(|role| !admin_roles.contains(role));
 
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client.transaction().await.map_err(db_error)?;
+        let transaction = self.store.begin(&mut client).await.map_err(db_error)?;
         // The admins first, then the target: every patch takes its locks in that order.
         let active_admins = if may_remove_an_admin {
-            Store::lock_active_users_with_roles(&transaction, &admin_roles)
+            self.store
+                .lock_active_users_with_roles(&transaction, &admin_roles)
                 .await
                 .map_err(store_error)?
         } else {
             Vec::new()
         };
-        let Some(before) = Store::lock_user(&transaction, user_id)
+        let Some(before) = self
+            .store
+            .lock_user(&transaction, user_id)
             .await
             .map_err(store_error)?
         else {
@@ -151,7 +154,9 @@ impl AuthService {
             self.revoke_in_redis(&[], Some((user_id, unix_seconds(now))))
                 .await?;
         }
-        let Some(user) = Store::update_user(&transaction, user_id, &patch, now)
+        let Some(user) = self
+            .store
+            .update_user(&transaction, user_id, &patch, now)
             .await
             .map_err(store_error)?
         else {
@@ -164,7 +169,9 @@ impl AuthService {
             } else {
                 "role changed"
             };
-            ended = Store::revoke_sessions_of(&transaction, user_id, None, reason, now)
+            ended = self
+                .store
+                .revoke_sessions_of(&transaction, user_id, None, reason, now)
                 .await
                 .map_err(store_error)?;
         }
@@ -184,7 +191,7 @@ impl AuthService {
             )
             .await?;
         }
-        transaction.commit().await.map_err(db_error)?;
+        self.store.commit(transaction).await.map_err(db_error)?;
         self.revoke_in_redis(&ended, None).await?;
         Ok(json(StatusCode::OK, &user_json(&user)))
     }

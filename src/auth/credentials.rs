@@ -16,7 +16,7 @@ use crate::clock::unix_seconds;
 use crate::error::GatewayError;
 use crate::mail;
 use crate::password::{check_rules, Verification};
-use crate::store::{CommitVerdict, LoginFailure, Store, TokenPurpose};
+use crate::store::{CommitVerdict, LoginFailure, TokenPurpose};
 use crate::token::hash_opaque;
 
 impl AuthService {
@@ -52,18 +52,11 @@ impl AuthService {
 
         // Check the password against its owner's rules before spending the token, so a
         // rejected password leaves the link usable.
-        let owner = {
-            let client = self.store.client().await.map_err(store_error)?;
-            client
-                .query_opt(
-                    "SELECT u.email FROM email_tokens t JOIN users u ON u.id = t.user_id
-                     WHERE t.token_hash = $1 AND t.purpose = 'password_reset' AND t.used_at IS NULL AND t.expires_at > $2",
-                    &[&hash.as_slice(), &now],
-                )
-                .await
-                .map_err(db_error)?
-                .map(|row| row.get::<_, String>(0))
-        };
+        let owner = self
+            .store
+            .reset_token_owner(&hash, now)
+            .await
+            .map_err(store_error)?;
         let Some(email) = owner else {
             return Err(GatewayError::bad_request("Invalid or expired token"));
         };
@@ -76,26 +69,35 @@ impl AuthService {
             .map_err(password_error)?;
 
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client.transaction().await.map_err(db_error)?;
-        let Some(user_id) =
-            Store::consume_email_token(&transaction, TokenPurpose::PasswordReset, &hash, now)
-                .await
-                .map_err(store_error)?
+        let transaction = self.store.begin(&mut client).await.map_err(db_error)?;
+        let Some(user_id) = self
+            .store
+            .consume_email_token(&transaction, TokenPurpose::PasswordReset, &hash, now)
+            .await
+            .map_err(store_error)?
         else {
             return Err(GatewayError::bad_request("Invalid or expired token"));
         };
         // Redis first: if it is down, nothing has changed yet.
         self.revoke_in_redis(&[], Some((user_id, unix_seconds(now))))
             .await?;
-        let user = Store::set_password(&transaction, user_id, &password_hash, now)
+        let user = self
+            .store
+            .set_password(&transaction, user_id, &password_hash, now)
             .await
             .map_err(store_error)?;
-        let ended = Store::revoke_sessions_of(&transaction, user_id, None, "password reset", now)
+        let ended = self
+            .store
+            .revoke_sessions_of(&transaction, user_id, None, "password reset", now)
             .await
             .map_err(store_error)?;
-        mail::enqueue(&transaction, &mail::password_changed_mail(&user.email))
-            .await
-            .map_err(db_error)?;
+        mail::enqueue(
+            &self.store,
+            &transaction,
+            &mail::password_changed_mail(&user.email),
+        )
+        .await
+        .map_err(db_error)?;
         self.audit_in(
             &transaction,
             "password_reset_completed",
@@ -104,7 +106,7 @@ impl AuthService {
             serde_json::json!({ "sessions_ended": ended.len() }),
         )
         .await?;
-        transaction.commit().await.map_err(db_error)?;
+        self.store.commit(transaction).await.map_err(db_error)?;
         self.mail_waker.notify_one();
         self.revoke_in_redis(&ended, None).await?;
         Ok(status_only(StatusCode::NO_CONTENT))
@@ -160,11 +162,12 @@ impl AuthService {
         let now = self.now();
 
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client.transaction().await.map_err(db_error)?;
-        let Some(locked_row) =
-            Store::lock_user_in_scope(&transaction, user.id, self.lockout_scope(call))
-                .await
-                .map_err(store_error)?
+        let transaction = self.store.begin(&mut client).await.map_err(db_error)?;
+        let Some(locked_row) = self
+            .store
+            .lock_user_in_scope(&transaction, user.id, self.lockout_scope(call))
+            .await
+            .map_err(store_error)?
         else {
             return Err(GatewayError::invalid_token("Invalid or expired token"));
         };
@@ -195,21 +198,28 @@ impl AuthService {
             .filter(|id| *id != principal.session_id)
             .collect();
         self.revoke_in_redis(&others, None).await?;
-        Store::set_password(&transaction, user.id, &password_hash, now)
+        self.store
+            .set_password(&transaction, user.id, &password_hash, now)
             .await
             .map_err(store_error)?;
-        let ended = Store::revoke_sessions_of(
+        let ended = self
+            .store
+            .revoke_sessions_of(
+                &transaction,
+                user.id,
+                Some(principal.session_id),
+                "password change",
+                now,
+            )
+            .await
+            .map_err(store_error)?;
+        mail::enqueue(
+            &self.store,
             &transaction,
-            user.id,
-            Some(principal.session_id),
-            "password change",
-            now,
+            &mail::password_changed_mail(&user.email),
         )
         .await
-        .map_err(store_error)?;
-        mail::enqueue(&transaction, &mail::password_changed_mail(&user.email))
-            .await
-            .map_err(db_error)?;
+        .map_err(db_error)?;
         self.audit_in(
             &transaction,
             "password_changed",
@@ -218,7 +228,7 @@ impl AuthService {
             serde_json::json!({ "sessions_ended": ended.len() }),
         )
         .await?;
-        transaction.commit().await.map_err(db_error)?;
+        self.store.commit(transaction).await.map_err(db_error)?;
         self.mail_waker.notify_one();
         // Sessions started between the list and the commit are ended here too.
         self.revoke_in_redis(&ended, None).await?;

@@ -20,6 +20,16 @@ pub(crate) struct Call {
     pub user_agent: Option<String>,
 }
 
+impl Call {
+    /// Where the call came from, as the audit log and sessions record it.
+    pub(crate) fn origin(&self) -> crate::store::Origin<'_> {
+        crate::store::Origin {
+            ip_address: Some(&self.ip),
+            user_agent: self.user_agent.as_deref(),
+        }
+    }
+}
+
 /// The JSON object a request carried. Malformed JSON is 400; a missing or mistyped field is
 /// 422 (see [`Fields`]).
 pub(crate) fn object(call: &Call) -> Result<Fields, GatewayError> {

@@ -23,10 +23,13 @@ use std::sync::atomic::Ordering;
 use http::StatusCode;
 
 use super::routes::Route;
+use super::session::LoginRefusal;
 use super::{normalize_email, object, status_only, AuthLimits, AuthService, Call};
 use crate::error::{GatewayError, RedisCheck};
 use crate::limits::failures::Place;
 use crate::limits::gate::{GateCheck, Limit, RateOutcome};
+use crate::proxy::refusal::Refusal;
+use crate::telemetry::metrics::{LoginOutcome, RefusalReason};
 
 /// The per-client budget a route counts against: the bucket's name and its limit.
 /// `resend-verification` sends the same mail as `register`, so it has register's limit (in a
@@ -75,16 +78,29 @@ fn recipient_bucket(route_bucket: &str, email: &str) -> String {
 }
 
 impl AuthService {
-    /// The route's per-client limit. `Err` is the 429 (or the 503 of `on_redis_error: deny`).
+    /// The route's per-client limit. `Err` is the 429 (or the 503 of `on_redis_error: deny`),
+    /// with its reason for a silent refresh's refusal at the gateway.
     pub(super) async fn rate_limit(
         &self,
         route: Route,
         call: &Call,
-    ) -> Result<Option<RateOutcome>, GatewayError> {
+    ) -> Result<Option<RateOutcome>, Refusal> {
         let (name, limit) = client_limit(route, &self.settings.limits);
         let bucket = format!("{name}:ip:{}", call.limit_key);
-        let outcome = self.count(&bucket, limit).await?;
-        GatewayError::over_limit(outcome)?;
+        // A login refused here never reaches `sign_in`, and is counted as it is refused.
+        let refused_login = |outcome: LoginOutcome| {
+            if route == Route::Login {
+                self.metrics.login(outcome);
+            }
+        };
+        let outcome = self.count(&bucket, limit).await.map_err(|down| {
+            refused_login(LoginOutcome::Error);
+            Refusal::new(RefusalReason::Unavailable, down)
+        })?;
+        GatewayError::over_limit(outcome).map_err(|over| {
+            refused_login(LoginOutcome::RateLimited);
+            Refusal::new(RefusalReason::RateLimit, over)
+        })?;
         Ok(outcome)
     }
 
@@ -133,7 +149,7 @@ impl AuthService {
     pub(super) async fn take_failure_place(
         &self,
         call: &Call,
-    ) -> Result<Option<Place>, GatewayError> {
+    ) -> Result<Option<Place>, LoginRefusal> {
         let Some(limit) = self.settings.limits.login_failures else {
             return Ok(None);
         };
@@ -146,7 +162,8 @@ impl AuthService {
                 if !outcome.allowed {
                     self.metrics.login_failure_limit_refusal();
                 }
-                GatewayError::over_limit(Some(outcome))?;
+                GatewayError::over_limit(Some(outcome))
+                    .map_err(|over| LoginRefusal::new(LoginOutcome::RateLimited, over))?;
                 Ok(place)
             }
             Err(error) => {

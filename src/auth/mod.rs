@@ -370,17 +370,17 @@ impl AuthService {
         call: &Call,
         detail: Value,
     ) -> Result<(), GatewayError> {
-        Store::audit(
-            client,
-            event,
-            user_id,
-            Some(&call.ip),
-            call.user_agent.as_deref(),
-            &detail,
-            self.clock.now(),
-        )
-        .await
-        .map_err(store_error)
+        self.store
+            .audit(
+                client,
+                event,
+                user_id,
+                call.origin(),
+                &detail,
+                self.clock.now(),
+            )
+            .await
+            .map_err(store_error)
     }
 
     /// Issues a single-use email token for `user` and queues the email that carries it, in
@@ -411,10 +411,11 @@ impl AuthService {
                 )
             }
         };
-        Store::create_email_token(client, user.id, purpose, &token.hash, ttl, now)
+        self.store
+            .create_email_token(client, user.id, purpose, &token.hash, ttl, now)
             .await
             .map_err(store_error)?;
-        crate::mail::enqueue(client, &message)
+        crate::mail::enqueue(&self.store, client, &message)
             .await
             .map_err(db_error)
     }
@@ -434,7 +435,7 @@ impl AuthService {
         self.after_answer(what, move |this| async move {
             let now = this.now();
             let mut client = this.store.client().await.map_err(store_error)?;
-            let transaction = client.transaction().await.map_err(db_error)?;
+            let transaction = this.store.begin(&mut client).await.map_err(db_error)?;
             this.issue_email_token(&transaction, &user, purpose, now)
                 .await?;
             if let Some((event, call)) = audit {
@@ -447,7 +448,7 @@ impl AuthService {
                 )
                 .await?;
             }
-            transaction.commit().await.map_err(db_error)?;
+            this.store.commit(transaction).await.map_err(db_error)?;
             this.mail_waker.notify_one();
             Ok(())
         });

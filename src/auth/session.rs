@@ -17,7 +17,7 @@ use crate::error::GatewayError;
 use crate::mail;
 use crate::password::Verification;
 use crate::store::{
-    CommitVerdict, LockoutScope, LoginFailure, RefreshOutcome, Rehash, SessionRow, Store, User,
+    CommitVerdict, LockoutScope, LoginFailure, RefreshOutcome, Rehash, SessionRow, User,
 };
 use crate::telemetry::metrics::LoginOutcome;
 use crate::token::{hash_opaque, OpaqueToken};
@@ -42,21 +42,71 @@ const UNVERIFIED: &str = "Please verify your email first";
 /// How every answer for a locked account opens ([`locked_detail`]).
 const LOCKED_PREFIX: &str = "Account locked.";
 
-/// How a login ended, by what it was answered: the answers are this module's own fixed
-/// texts, so this reads them rather than threading an outcome through every return.
-fn login_outcome<T>(signed_in: &Result<T, GatewayError>) -> LoginOutcome {
-    match signed_in {
-        Ok(_) => LoginOutcome::Success,
-        Err(GatewayError::TooManyRequests { .. }) => LoginOutcome::RateLimited,
-        Err(GatewayError::Unauthorized { detail, .. }) => match detail.as_ref() {
-            INVALID_CREDENTIALS => LoginOutcome::Invalid,
-            NEWLY_LOCKED => LoginOutcome::Locked,
-            DEACTIVATED => LoginOutcome::Deactivated,
-            UNVERIFIED => LoginOutcome::Unverified,
-            detail if detail.starts_with(LOCKED_PREFIX) => LoginOutcome::Locked,
-            _ => LoginOutcome::Error,
-        },
-        Err(_) => LoginOutcome::Error,
+/// A login refused, with how it is counted (`portcullis_logins_total{outcome}`): the outcome
+/// is decided where the refusal is made, beside the answer, never read back from its text.
+#[derive(Debug)]
+pub(super) struct LoginRefusal {
+    pub outcome: LoginOutcome,
+    pub error: GatewayError,
+}
+
+impl LoginRefusal {
+    pub(super) fn new(outcome: LoginOutcome, error: GatewayError) -> LoginRefusal {
+        LoginRefusal { outcome, error }
+    }
+}
+
+/// What the login did not decide itself (a malformed body, Postgres or Redis down, a
+/// password hashing failure) is an error; every refusal it decides names its outcome.
+impl From<GatewayError> for LoginRefusal {
+    fn from(error: GatewayError) -> LoginRefusal {
+        LoginRefusal::new(LoginOutcome::Error, error)
+    }
+}
+
+impl FailureAnswer {
+    /// The answer to a counted failure, and how the login is counted.
+    fn refusal(self, now: SystemTime) -> LoginRefusal {
+        match self {
+            FailureAnswer::Invalid => LoginRefusal::new(
+                LoginOutcome::Invalid,
+                GatewayError::unauthorized(INVALID_CREDENTIALS),
+            ),
+            FailureAnswer::NewlyLocked => LoginRefusal::new(
+                LoginOutcome::Locked,
+                GatewayError::unauthorized(NEWLY_LOCKED),
+            ),
+            FailureAnswer::Locked(until) => {
+                LoginRefusal::new(LoginOutcome::Locked, locked(until, now))
+            }
+        }
+    }
+}
+
+/// Why a password-verified account cannot sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unusable {
+    Deactivated,
+    Unverified,
+}
+
+impl Unusable {
+    fn of(user: &User) -> Option<Unusable> {
+        if !user.is_active {
+            Some(Unusable::Deactivated)
+        } else if !user.is_verified {
+            Some(Unusable::Unverified)
+        } else {
+            None
+        }
+    }
+
+    /// The audit's reason, the login's outcome, the client's detail.
+    fn parts(self) -> (&'static str, LoginOutcome, &'static str) {
+        match self {
+            Unusable::Deactivated => ("deactivated", LoginOutcome::Deactivated, DEACTIVATED),
+            Unusable::Unverified => ("unverified", LoginOutcome::Unverified, UNVERIFIED),
+        }
     }
 }
 
@@ -130,12 +180,19 @@ impl AuthService {
     /// The login itself, for the API and the sign-in form alike: the token body of a new
     /// session (with the user object), or the refusal.
     pub(super) async fn sign_in(&self, call: &Call) -> Result<serde_json::Value, GatewayError> {
-        let signed_in = self.try_sign_in(call).await;
-        self.metrics.login(login_outcome(&signed_in));
-        signed_in
+        match self.try_sign_in(call).await {
+            Ok(body) => {
+                self.metrics.login(LoginOutcome::Success);
+                Ok(body)
+            }
+            Err(refusal) => {
+                self.metrics.login(refusal.outcome);
+                Err(refusal.error)
+            }
+        }
     }
 
-    async fn try_sign_in(&self, call: &Call) -> Result<serde_json::Value, GatewayError> {
+    async fn try_sign_in(&self, call: &Call) -> Result<serde_json::Value, LoginRefusal> {
         let fields = object(call)?;
         let email = normalize_email(fields.string("email")?);
         let password = fields.string("password")?;
@@ -164,7 +221,7 @@ impl AuthService {
         let Some(user) = user else {
             self.record_failure(None, &email, Failure::UnknownEmail, call, now)
                 .await?;
-            return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
+            return Err(FailureAnswer::Invalid.refusal(now));
         };
         let needs_rehash = match verification {
             Verification::Match { needs_rehash } => {
@@ -195,14 +252,11 @@ impl AuthService {
     }
 
     /// Refuses a deactivated or unverified account (after its password matched).
-    async fn refuse_unusable(&self, user: &User, call: &Call) -> Result<(), GatewayError> {
-        let (reason, detail) = if !user.is_active {
-            ("deactivated", DEACTIVATED)
-        } else if !user.is_verified {
-            ("unverified", UNVERIFIED)
-        } else {
+    async fn refuse_unusable(&self, user: &User, call: &Call) -> Result<(), LoginRefusal> {
+        let Some(unusable) = Unusable::of(user) else {
             return Ok(());
         };
+        let (reason, outcome, detail) = unusable.parts();
         self.audit(
             "login_failure",
             Some(user.id),
@@ -210,7 +264,10 @@ impl AuthService {
             serde_json::json!({ "reason": reason }),
         )
         .await?;
-        Err(GatewayError::unauthorized(detail))
+        Err(LoginRefusal::new(
+            outcome,
+            GatewayError::unauthorized(detail),
+        ))
     }
 
     /// The caller's lockout scope ([`lockout_scope`]).
@@ -230,7 +287,9 @@ impl AuthService {
         };
         let id = user.as_ref().map_or(Uuid::nil(), |user| user.id);
         let client = self.store.client().await.map_err(store_error)?;
-        let (attempts, locked_until) = Store::pair_lockout(&client, id, key)
+        let (attempts, locked_until) = self
+            .store
+            .pair_lockout(&client, id, key)
             .await
             .map_err(store_error)?;
         Ok(user.map(|mut user| {
@@ -262,27 +321,29 @@ impl AuthService {
         rehash: Option<&str>,
         refresh_hash: &[u8],
         call: &Call,
-    ) -> Result<(User, SessionRow, SystemTime), GatewayError> {
+    ) -> Result<(User, SessionRow, SystemTime), LoginRefusal> {
         for _ in 0..COMMIT_TRIES {
             let now = self.now();
             let mut client = self.store.client().await.map_err(store_error)?;
-            let transaction = client.transaction().await.map_err(db_error)?;
-            let Some(current) =
-                Store::lock_user_in_scope(&transaction, read.id, self.lockout_scope(call))
-                    .await
-                    .map_err(store_error)?
+            let transaction = self.store.begin(&mut client).await.map_err(db_error)?;
+            let Some(current) = self
+                .store
+                .lock_user_in_scope(&transaction, read.id, self.lockout_scope(call))
+                .await
+                .map_err(store_error)?
             else {
-                return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
+                // Deleted since its password was verified.
+                return Err(FailureAnswer::Invalid.refusal(now));
             };
             match current.commit_verdict(&read, self.lockout_on(), now) {
                 CommitVerdict::Proceed => {}
                 CommitVerdict::Locked(until) => {
                     drop(transaction);
                     self.refused_locked(&current, call).await?;
-                    return Err(locked(until, now));
+                    return Err(FailureAnswer::Locked(until).refusal(now));
                 }
                 CommitVerdict::PasswordChanged => {
-                    return Err(GatewayError::unauthorized(INVALID_CREDENTIALS));
+                    return Err(FailureAnswer::Invalid.refusal(now));
                 }
                 CommitVerdict::AccountChanged => {
                     drop(transaction);
@@ -295,25 +356,29 @@ impl AuthService {
                 new_hash,
                 verified_hash: &read.password_hash,
             });
-            let user = Store::record_login_success(&transaction, read.id, rehash, now)
+            let user = self
+                .store
+                .record_login_success(&transaction, read.id, rehash, now)
                 .await
                 .map_err(store_error)?;
             if let LockoutScope::Address(key) = self.lockout_scope(call) {
-                Store::clear_pair_failures(&transaction, read.id, key)
+                self.store
+                    .clear_pair_failures(&transaction, read.id, key)
                     .await
                     .map_err(store_error)?;
             }
-            let session = Store::create_session(
-                &transaction,
-                user.id,
-                refresh_hash,
-                Some(&call.ip),
-                call.user_agent.as_deref(),
-                self.settings.refresh_ttl,
-                now,
-            )
-            .await
-            .map_err(store_error)?;
+            let session = self
+                .store
+                .create_session(
+                    &transaction,
+                    user.id,
+                    refresh_hash,
+                    call.origin(),
+                    self.settings.refresh_ttl,
+                    now,
+                )
+                .await
+                .map_err(store_error)?;
             self.audit_in(
                 &transaction,
                 "login_success",
@@ -322,13 +387,11 @@ impl AuthService {
                 serde_json::json!({ "session_id": session.id.to_string() }),
             )
             .await?;
-            transaction.commit().await.map_err(db_error)?;
+            self.store.commit(transaction).await.map_err(db_error)?;
             return Ok((user, session, now));
         }
         // The account kept changing under the login: let the client try again.
-        Err(GatewayError::Unavailable(
-            "Account changed during login; try again",
-        ))
+        Err(GatewayError::Unavailable("Account changed during login; try again").into())
     }
 
     /// Audits and counts an attempt with a right password refused because the account is
@@ -362,7 +425,7 @@ impl AuthService {
         kind: Failure,
         call: &Call,
         now: SystemTime,
-    ) -> Result<GatewayError, GatewayError> {
+    ) -> Result<LoginRefusal, GatewayError> {
         let answer = match self
             .record_failure(Some(user), &user.email, kind, call, now)
             .await?
@@ -371,11 +434,7 @@ impl AuthService {
             None => FailureAnswer::Invalid,
             Some(failure) => FailureAnswer::of(&failure, now),
         };
-        Ok(match answer {
-            FailureAnswer::Invalid => GatewayError::unauthorized(INVALID_CREDENTIALS),
-            FailureAnswer::NewlyLocked => GatewayError::unauthorized(NEWLY_LOCKED),
-            FailureAnswer::Locked(until) => locked(until, now),
-        })
+        Ok(answer.refusal(now))
     }
 
     /// Counts a failed login and writes its audit entry in one transaction. Every failure
@@ -396,17 +455,19 @@ impl AuthService {
         let reason = kind.reason();
         let user_id = user.map(|user| user.id);
         let mut client = self.store.client().await.map_err(store_error)?;
-        let transaction = client.transaction().await.map_err(db_error)?;
-        let failure = Store::record_login_failure(
-            &transaction,
-            user_id.unwrap_or(Uuid::nil()),
-            self.lockout_scope(call),
-            self.settings.max_failures,
-            self.settings.lock_for,
-            now,
-        )
-        .await
-        .map_err(store_error)?;
+        let transaction = self.store.begin(&mut client).await.map_err(db_error)?;
+        let failure = self
+            .store
+            .record_login_failure(
+                &transaction,
+                user_id.unwrap_or(Uuid::nil()),
+                self.lockout_scope(call),
+                self.settings.max_failures,
+                self.settings.lock_for,
+                now,
+            )
+            .await
+            .map_err(store_error)?;
         let lock_hit = failure
             .as_ref()
             .and_then(|failure| match FailureAnswer::of(failure, now) {
@@ -439,6 +500,7 @@ impl AuthService {
             let minutes = minutes_until(failure.locked_until.unwrap_or(now), now);
             if mailed {
                 mail::enqueue(
+                    &self.store,
                     &transaction,
                     &mail::account_locked_mail(
                         &user.email,
@@ -458,7 +520,7 @@ impl AuthService {
             )
             .await?;
         }
-        transaction.commit().await.map_err(db_error)?;
+        self.store.commit(transaction).await.map_err(db_error)?;
         if newly_locked.is_some() && user.is_some() {
             self.metrics.lockout();
         }
@@ -565,10 +627,11 @@ impl AuthService {
             )
             .await?;
             let client = self.store.client().await.map_err(store_error)?;
-            let ended =
-                Store::revoke_sessions_of(&client, principal.user_id, None, "logout all", now)
-                    .await
-                    .map_err(store_error)?;
+            let ended = self
+                .store
+                .revoke_sessions_of(&client, principal.user_id, None, "logout all", now)
+                .await
+                .map_err(store_error)?;
             drop(client);
             self.revoke_in_redis(&ended, None).await?;
             self.audit(
@@ -754,46 +817,58 @@ pub(super) fn locked_detail(until: SystemTime, now: SystemTime) -> String {
 mod tests {
     use super::*;
 
+    /// Each refusal a login decides, the outcome it is counted under and the answer the
+    /// client gets: the label values are what operators alert on, and must not drift.
     #[test]
-    fn logins_are_counted_by_answer() {
+    fn login_refusals_carry_their_outcome() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let later = now + Duration::from_secs(600);
-        let cases: Vec<(Result<(), GatewayError>, LoginOutcome)> = vec![
-            (Ok(()), LoginOutcome::Success),
-            (
-                Err(GatewayError::unauthorized(INVALID_CREDENTIALS)),
-                LoginOutcome::Invalid,
-            ),
-            (
-                Err(GatewayError::unauthorized(NEWLY_LOCKED)),
-                LoginOutcome::Locked,
-            ),
-            (Err(locked(later, now)), LoginOutcome::Locked),
-            (
-                Err(GatewayError::unauthorized(DEACTIVATED)),
-                LoginOutcome::Deactivated,
-            ),
-            (
-                Err(GatewayError::unauthorized(UNVERIFIED)),
-                LoginOutcome::Unverified,
-            ),
-            (
-                Err(GatewayError::TooManyRequests {
-                    retry_after_secs: 5,
-                }),
-                LoginOutcome::RateLimited,
-            ),
-            (
-                Err(GatewayError::bad_request("email is required")),
-                LoginOutcome::Error,
-            ),
-            (
-                Err(GatewayError::Unavailable("Database unavailable")),
-                LoginOutcome::Error,
-            ),
+        #[rustfmt::skip]
+        let cases: Vec<(LoginRefusal, &str, GatewayError)> = vec![
+            (FailureAnswer::Invalid.refusal(now), "invalid", GatewayError::unauthorized(INVALID_CREDENTIALS)),
+            (FailureAnswer::NewlyLocked.refusal(now), "locked", GatewayError::unauthorized(NEWLY_LOCKED)),
+            (FailureAnswer::Locked(later).refusal(now), "locked", GatewayError::unauthorized("Account locked. Try again in 10 minutes.")),
+            (unusable(Unusable::Deactivated), "deactivated", GatewayError::unauthorized(DEACTIVATED)),
+            (unusable(Unusable::Unverified), "unverified", GatewayError::unauthorized(UNVERIFIED)),
+            (GatewayError::bad_request("email is required").into(), "error", GatewayError::bad_request("email is required")),
+            (GatewayError::Unavailable("Database unavailable").into(), "error", GatewayError::Unavailable("Database unavailable")),
         ];
-        for (answer, expected) in cases {
-            assert_eq!(login_outcome(&answer), expected, "{answer:?}");
+        for (refusal, label, answer) in cases {
+            assert_eq!(refusal.outcome.label(), label, "{refusal:?}");
+            assert_eq!(refusal.error, answer, "{refusal:?}");
+        }
+    }
+
+    fn unusable(unusable: Unusable) -> LoginRefusal {
+        let (_, outcome, detail) = unusable.parts();
+        LoginRefusal::new(outcome, GatewayError::unauthorized(detail))
+    }
+
+    #[test]
+    fn an_account_is_unusable_when_deactivated_first_then_unverified() {
+        // (active, verified, unusable)
+        let cases = [
+            (true, true, None),
+            (false, true, Some(Unusable::Deactivated)),
+            (false, false, Some(Unusable::Deactivated)),
+            (true, false, Some(Unusable::Unverified)),
+        ];
+        for (active, verified, expected) in cases {
+            let user = User {
+                id: Uuid::nil(),
+                email: "a@example.com".into(),
+                name: String::new(),
+                password_hash: String::new(),
+                role: "user".into(),
+                is_active: active,
+                is_verified: verified,
+                failed_login_attempts: 0,
+                locked_until: None,
+                last_login: None,
+                created_at: SystemTime::UNIX_EPOCH,
+                security_version: 0,
+            };
+            assert_eq!(Unusable::of(&user), expected, "{active} {verified}");
         }
     }
 

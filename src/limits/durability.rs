@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use super::{Redis, RedisError};
 use crate::clock::{unix_seconds, Clock};
-use crate::store::Store;
+use crate::store::{Origin, Store};
 
 /// What writes a rebuilt revocation state back into Redis: the revocation writer
 /// (`revocation::Revocations`), which writes and publishes each entry as it would a new
@@ -343,16 +343,16 @@ impl Durability {
         };
         let audited = async {
             let client = store.client().await?;
-            Store::audit(
-                &client,
-                "revocations_rebuilt",
-                None,
-                None,
-                None,
-                &serde_json::json!({ "sessions": rebuilt.sessions, "users": rebuilt.users }),
-                inner.clock.now(),
-            )
-            .await
+            store
+                .audit(
+                    &client,
+                    "revocations_rebuilt",
+                    None,
+                    Origin::NONE,
+                    &serde_json::json!({ "sessions": rebuilt.sessions, "users": rebuilt.users }),
+                    inner.clock.now(),
+                )
+                .await
         };
         if let Err(error) = audited.await {
             tracing::warn!(%error, "could not audit a revocation rebuild");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::gate::{Limit, RateOutcome, LOG_SCRIPT};
-use super::{window, Redis, RedisError};
+use super::{window, Redis, RedisError, RedisOperation};
 
 /// The logs of every client, in one Redis.
 pub struct FailureLog {
@@ -51,15 +51,21 @@ impl FailureLog {
             member: format!("{now_ms}:{}:{sequence}", self.nonce),
         };
         let mut connection = self.redis.connection();
-        let times: Vec<f64> = redis::cmd("EVAL")
+        let mut script = redis::cmd("EVAL");
+        script
             .arg(LOG_SCRIPT)
             .arg(1)
             .arg(&place.key)
             .arg(now_ms)
             .arg(length_ms)
             .arg(limit.requests)
-            .arg(&place.member)
-            .query_async(&mut connection)
+            .arg(&place.member);
+        let times: Vec<f64> = self
+            .redis
+            .timed(
+                RedisOperation::LoginFailuresTake,
+                script.query_async(&mut connection),
+            )
             .await?;
         let times: Vec<u64> = times.into_iter().map(|time| time as u64).collect();
         let outcome = outcome(&times, now_ms, limit);
@@ -69,10 +75,13 @@ impl FailureLog {
     /// Gives a place back: the login it was taken for did not fail.
     pub async fn give_back(&self, place: &Place) -> Result<(), RedisError> {
         let mut connection = self.redis.connection();
-        redis::cmd("ZREM")
-            .arg(&place.key)
-            .arg(&place.member)
-            .query_async::<()>(&mut connection)
+        let mut remove = redis::cmd("ZREM");
+        remove.arg(&place.key).arg(&place.member);
+        self.redis
+            .timed(
+                RedisOperation::LoginFailuresGiveBack,
+                remove.query_async::<()>(&mut connection),
+            )
             .await?;
         Ok(())
     }

@@ -50,7 +50,7 @@ use tokio::sync::Notify;
 
 use super::durability::{Durability, EpochReading, RebuildError, Restore};
 use super::subscription::Subscription;
-use super::{Connection, Redis};
+use super::{Connection, Redis, RedisOperation};
 use crate::clock::Clock;
 use crate::store::Store;
 
@@ -274,8 +274,12 @@ impl RevocationFeed {
             .add_command(inner.redis.publish(&inner.channel, message));
         self.lock_acks().insert(publication, 0);
         let mut connection = inner.redis.connection();
-        let receivers = pipe
-            .query_async::<(Option<u64>, usize)>(&mut connection)
+        let receivers = inner
+            .redis
+            .timed(
+                RedisOperation::RevocationPublish,
+                pipe.query_async::<(Option<u64>, usize)>(&mut connection),
+            )
             .await;
         let result = match receivers {
             Ok((longest_ms, receivers)) => {

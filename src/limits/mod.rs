@@ -41,6 +41,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 
+use crate::telemetry::metrics::Timings;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
     #[error("redis.url is not a valid Redis URL")]
@@ -125,6 +127,58 @@ impl redis::aio::ConnectionLike for Connection {
     }
 }
 
+/// The Redis work whose latency `portcullis_redis_duration_seconds{operation}` records: the
+/// request path's round trips (and the readiness ping). The revocation feed's background
+/// subscription, leases and acknowledgements, and the rebuild after a loss, are not
+/// timed: no request waits on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisOperation {
+    // The discriminants index `Timings`.
+    /// The gate's batched rate-limit and revocation pipelines (one per slot in a cluster,
+    /// timed together).
+    GateCheck = 0,
+    /// Giving back the places of requests a batch refused.
+    GateGiveBack = 1,
+    /// Writing revocations without a feed.
+    RevocationWrite = 2,
+    /// Writing and publishing revocations with the feed (the wait for acknowledgements not
+    /// included).
+    RevocationPublish = 3,
+    /// Taking a place in a client's failed-login log.
+    LoginFailuresTake = 4,
+    LoginFailuresGiveBack = 5,
+    /// `/readyz`.
+    Ping = 6,
+}
+
+impl crate::telemetry::metrics::Operation for RedisOperation {
+    const ALL: &'static [RedisOperation] = &[
+        RedisOperation::GateCheck,
+        RedisOperation::GateGiveBack,
+        RedisOperation::RevocationWrite,
+        RedisOperation::RevocationPublish,
+        RedisOperation::LoginFailuresTake,
+        RedisOperation::LoginFailuresGiveBack,
+        RedisOperation::Ping,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            RedisOperation::GateCheck => "gate_check",
+            RedisOperation::GateGiveBack => "gate_give_back",
+            RedisOperation::RevocationWrite => "revocation_write",
+            RedisOperation::RevocationPublish => "revocation_publish",
+            RedisOperation::LoginFailuresTake => "login_failures_take",
+            RedisOperation::LoginFailuresGiveBack => "login_failures_give_back",
+            RedisOperation::Ping => "ping",
+        }
+    }
+}
+
 /// A shared, self-healing connection and the key prefix that keeps this deployment's (or this
 /// test run's) keys apart from any other's.
 #[derive(Clone)]
@@ -141,6 +195,8 @@ struct Inner {
     shared: OnceLock<Connection>,
     prefix: String,
     timeout: Duration,
+    /// How long each kind of work took, shared by every clone.
+    timings: Timings<RedisOperation>,
 }
 
 enum Mode {
@@ -232,6 +288,7 @@ impl Redis {
                 shared,
                 prefix: prefix.to_string(),
                 timeout,
+                timings: Timings::default(),
             }),
         })
     }
@@ -307,13 +364,43 @@ impl Redis {
 
     /// Whether Redis answers: every master of a cluster.
     pub async fn ping(&self) -> bool {
-        match self.connection() {
-            Connection::Single(mut connection) => redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
-                .is_ok(),
-            Connection::Cluster(mut connection) => masters_answer(&mut connection).await.is_ok(),
-        }
+        let ping = async {
+            match self.connection() {
+                Connection::Single(mut connection) => redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .is_ok(),
+                Connection::Cluster(mut connection) => {
+                    masters_answer(&mut connection).await.is_ok()
+                }
+            }
+        };
+        self.timed(RedisOperation::Ping, ping).await
+    }
+
+    /// Runs `work` (Redis round trips of one kind) and records how long it took.
+    pub async fn timed<F: std::future::Future>(
+        &self,
+        operation: RedisOperation,
+        work: F,
+    ) -> F::Output {
+        self.inner.timings.time(operation, work).await
+    }
+
+    /// Records `latency` under `operation`, for work timed by its caller.
+    pub fn record(&self, operation: RedisOperation, latency: Duration) {
+        self.inner.timings.record(operation, latency);
+    }
+
+    /// `portcullis_redis_duration_seconds`, for `/metrics`.
+    pub fn render_timings(&self, out: &mut String) {
+        self.inner.timings.render(
+            out,
+            "portcullis_redis_duration_seconds",
+            "Time Redis took to answer, by operation: the gate's batched rate-limit and \
+             revocation pipelines, give-backs, revocation writes, the failed-login log, the \
+             readiness ping.",
+        );
     }
 }
 

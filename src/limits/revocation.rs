@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::durability::Restore;
 use super::feed::{RevocationFeed, Revoked};
-use super::{Redis, RedisError};
+use super::{Redis, RedisError, RedisOperation};
 use crate::store::Store;
 
 /// Revocations written in one pipeline at most when restoring many.
@@ -55,7 +55,12 @@ impl Revocations {
             Some(feed) => feed.publish(pipe, revoked).await?,
             None => {
                 let mut connection = self.redis.connection();
-                pipe.query_async::<()>(&mut connection).await?;
+                self.redis
+                    .timed(
+                        RedisOperation::RevocationWrite,
+                        pipe.query_async::<()>(&mut connection),
+                    )
+                    .await?;
             }
         }
         Ok(())

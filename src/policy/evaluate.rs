@@ -3,7 +3,7 @@
 
 use super::matcher::{Terminal, Trie};
 use super::model::{method_bit, Access};
-use super::{Decision, Identity, OnUnauthenticated, Policy, Request};
+use super::{Decision, Denial, Identity, OnUnauthenticated, Policy, Request};
 
 impl Policy {
     pub(super) fn decide(
@@ -109,10 +109,10 @@ impl Policy {
             rate_limit: rule.rate_limit.or(self.default_rate_limit),
             upstream: rule.upstream.clone(),
         };
-        let forbidden = |detail: String, insufficient_scope: bool| Decision::Forbidden {
+        let forbidden = |denial: Denial, detail: String| Decision::Forbidden {
             rule: Some(index),
+            denial,
             detail,
-            insufficient_scope,
         };
         let Some(caller) = identity else {
             return match rule.access {
@@ -126,12 +126,12 @@ impl Policy {
         let rank = self.ranks.get(caller.role).copied();
         match &rule.access {
             Access::Public | Access::Authenticated => allow(),
-            Access::Deny => forbidden("Access denied".to_string(), false),
+            Access::Deny => forbidden(Denial::Deny, "Access denied".to_string()),
             Access::Role { rank: needed, name } => {
                 if rank.is_some_and(|have| have >= *needed) {
                     allow()
                 } else {
-                    forbidden(format!("Requires {name} role"), true)
+                    forbidden(Denial::Role, format!("Requires {name} role"))
                 }
             }
             Access::Permission(wanted) => {
@@ -141,7 +141,7 @@ impl Policy {
                 if granted {
                     allow()
                 } else {
-                    forbidden(format!("Missing permission: {wanted}"), true)
+                    forbidden(Denial::Permission, format!("Missing permission: {wanted}"))
                 }
             }
             Access::Owner { param, or_role } => {
@@ -150,7 +150,7 @@ impl Policy {
                 if owner || senior {
                     allow()
                 } else {
-                    forbidden("Not the owner".to_string(), false)
+                    forbidden(Denial::Owner, "Not the owner".to_string())
                 }
             }
         }
@@ -180,8 +180,8 @@ fn no_rule(identity: Option<&Identity<'_>>) -> Decision {
         },
         Some(_) => Decision::Forbidden {
             rule: None,
+            denial: Denial::NoRule,
             detail: "No rule allows this request".to_string(),
-            insufficient_scope: false,
         },
     }
 }

@@ -123,14 +123,36 @@ pub enum Decision {
         rule: Option<usize>,
         on_unauthenticated: OnUnauthenticated,
     },
-    /// 403 with the client-facing detail. `insufficient_scope` when a role or permission
-    /// rule refused: a caller with more privileges would pass (what RFC 6750 §3.1 calls
-    /// `insufficient_scope`), unlike an owner rule, `deny` or no rule at all.
+    /// 403 with the client-facing detail, and why, for the metrics and the log.
     Forbidden {
         rule: Option<usize>,
+        denial: Denial,
         detail: String,
-        insufficient_scope: bool,
     },
+}
+
+/// Why a signed-in caller is forbidden: which check of the rule refused, or that no rule
+/// matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// The rule's `allow: { role: ... }`, and the caller's role ranks lower.
+    Role,
+    /// The rule's `allow: { permission: ... }`, and the caller's role is not granted it.
+    Permission,
+    /// The rule's `allow: { owner: ... }`, and the caller is neither the owner nor senior.
+    Owner,
+    /// The rule says `allow: deny`.
+    Deny,
+    /// No rule matched the request.
+    NoRule,
+}
+
+impl Denial {
+    /// A role or permission rule refused: a caller with more privileges would pass, which RFC
+    /// 6750 §3.1 calls `insufficient_scope` (unlike an owner rule, `deny` or no rule at all).
+    pub fn insufficient_scope(self) -> bool {
+        matches!(self, Denial::Role | Denial::Permission)
+    }
 }
 
 /// A decision as the access log, the metrics and `tests:` name it.

@@ -321,11 +321,27 @@ fn expected(policy: &Policy, want: Want) -> Decision {
         },
         Forbidden(rule, detail) => Decision::Forbidden {
             rule,
+            denial: denial_of(detail),
             detail: detail.to_string(),
-            // Role and permission rules: more privileges would pass.
-            insufficient_scope: detail.starts_with("Requires ")
-                || detail.starts_with("Missing permission: "),
         },
+    }
+}
+
+/// The denial the table's detail texts stand for: the table names the client's text, and
+/// the evaluator must say the same thing in both.
+fn denial_of(detail: &str) -> Denial {
+    if detail == NO_RULE {
+        Denial::NoRule
+    } else if detail == "Access denied" {
+        Denial::Deny
+    } else if detail == "Not the owner" {
+        Denial::Owner
+    } else if detail.starts_with("Requires ") {
+        Denial::Role
+    } else if detail.starts_with("Missing permission: ") {
+        Denial::Permission
+    } else {
+        panic!("the table names an unknown refusal: {detail}")
     }
 }
 

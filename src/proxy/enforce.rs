@@ -37,6 +37,7 @@ use http::header::{HeaderValue, AUTHORIZATION, USER_AGENT};
 use http::{HeaderMap, Method};
 
 use super::navigation::{is_navigation, sign_in_location};
+use super::refusal::{denial_reason, Refusal};
 use super::renewal::{Renewal, SessionRenewal};
 use crate::access::{
     cleared_session_cookies, cookie, AccessVerifier, TokenSource, TokenState, VerifiedToken,
@@ -48,7 +49,7 @@ use crate::limits::client_key;
 use crate::limits::gate::{Gate, GateCheck, GateOutcome, Limit, RateOutcome};
 use crate::live_policy::{LoadedPolicy, PolicySource};
 use crate::policy::{Decision, Identity, OnUnauthenticated, RateKey, RateLimit, Request};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, RefusalReason as R};
 use crate::token::AccessClaims;
 
 /// What the gateway forwards with, once a request is allowed.
@@ -111,7 +112,7 @@ pub enum Step {
     /// An anonymous browser navigation the rule would refuse for lack of a token: send it
     /// to sign in (contract 7) instead of the 401.
     SignIn,
-    Refuse(GatewayError),
+    Refuse(Refusal),
 }
 
 /// The detail of a refusal for a revoked token.
@@ -150,21 +151,27 @@ pub fn verdict(
     let upstream = match decision {
         Decision::Allow { upstream, .. } => upstream,
         Decision::Unauthenticated { .. } if token == TokenKind::Invalid => {
-            return Step::Refuse(GatewayError::invalid_token("Invalid or expired token"));
+            return Step::Refuse(Refusal::new(
+                R::BadToken,
+                GatewayError::invalid_token("Invalid or expired token"),
+            ));
         }
         Decision::Unauthenticated { .. } => {
-            return Step::Refuse(GatewayError::unauthorized("Not authenticated"));
+            return Step::Refuse(Refusal::new(
+                R::NoToken,
+                GatewayError::unauthorized("Not authenticated"),
+            ));
         }
-        Decision::Forbidden {
-            detail,
-            insufficient_scope,
-            ..
-        } => {
-            return Step::Refuse(if insufficient_scope {
-                GatewayError::InsufficientScope(detail.into())
-            } else {
-                GatewayError::Forbidden(detail.into())
-            });
+        Decision::Forbidden { denial, detail, .. } => {
+            let detail = detail.into();
+            return Step::Refuse(Refusal::new(
+                denial_reason(denial),
+                if denial.insufficient_scope() {
+                    GatewayError::InsufficientScope(detail)
+                } else {
+                    GatewayError::Forbidden(detail)
+                },
+            ));
         }
     };
     let as_caller = token == TokenKind::Valid;
@@ -185,7 +192,10 @@ pub fn verdict(
                 rate: None,
             },
             refused if signs_in(&refused) => Step::SignIn,
-            _ => Step::Refuse(GatewayError::invalid_token(REVOKED)),
+            _ => Step::Refuse(Refusal::new(
+                R::Revoked,
+                GatewayError::invalid_token(REVOKED),
+            )),
         },
         GateResult::Answered(outcome) => match GatewayError::over_limit(outcome.rate) {
             Ok(()) => Step::Forward {
@@ -193,7 +203,7 @@ pub fn verdict(
                 upstream,
                 rate: outcome.rate,
             },
-            Err(refusal) => Step::Refuse(refusal),
+            Err(refusal) => Step::Refuse(Refusal::new(R::RateLimit, refusal)),
         },
         // Only an allowing decision asks Redis; without an answer, nothing was counted.
         GateResult::NotAsked => Step::Forward {
@@ -206,7 +216,7 @@ pub fn verdict(
                 if let Err(refusal) =
                     GatewayError::on_redis_outage(RedisCheck::RateLimit, fail.rate)
                 {
-                    return Step::Refuse(refusal);
+                    return Step::Refuse(Refusal::new(R::Unavailable, refusal));
                 }
             }
             let revocation = GatewayError::on_redis_outage(RedisCheck::Revocation, fail.revocation);
@@ -219,7 +229,7 @@ pub fn verdict(
                         upstream,
                         rate: None,
                     },
-                    _ => Step::Refuse(refusal),
+                    _ => Step::Refuse(Refusal::new(R::Unavailable, refusal)),
                 };
             }
             Step::Forward {
@@ -251,15 +261,17 @@ pub fn wants_renewal(
 pub fn rate_verdict(
     gate: GateResult,
     on_redis_error: FailMode,
-) -> Result<Option<RateOutcome>, GatewayError> {
+) -> Result<Option<RateOutcome>, Refusal> {
     match gate {
         GateResult::Answered(outcome) => {
-            GatewayError::over_limit(outcome.rate)?;
+            GatewayError::over_limit(outcome.rate)
+                .map_err(|over| Refusal::new(R::RateLimit, over))?;
             Ok(outcome.rate)
         }
         GateResult::NotAsked => Ok(None),
         GateResult::Unavailable => {
-            GatewayError::on_redis_outage(RedisCheck::RateLimit, on_redis_error)?;
+            GatewayError::on_redis_outage(RedisCheck::RateLimit, on_redis_error)
+                .map_err(|down| Refusal::new(R::Unavailable, down))?;
             Ok(None)
         }
     }
@@ -296,7 +308,7 @@ pub struct Asked<'a> {
 /// rotation of a renewal has happened (its new refresh token exists only in these cookies),
 /// so even a refusal or an upstream failure must hand them to the browser.
 pub struct Decided {
-    pub outcome: Result<Verdict, GatewayError>,
+    pub outcome: Result<Verdict, Refusal>,
     pub set_cookies: Vec<HeaderValue>,
     /// What the policy said, for the access log; None when the request was answered before
     /// the policy was asked (the session store was down during a renewal).
@@ -411,7 +423,10 @@ impl Enforcer {
                 Some(Renewal::Refused) => set_cookies = cleared_session_cookies().to_vec(),
                 Some(Renewal::Unavailable) => {
                     return Decided {
-                        outcome: Err(GatewayError::Unavailable("Session store unavailable")),
+                        outcome: Err(Refusal::new(
+                            R::Unavailable,
+                            GatewayError::Unavailable("Session store unavailable"),
+                        )),
                         set_cookies,
                         explained: None,
                     }
@@ -478,7 +493,7 @@ impl Enforcer {
         token: TokenKind,
         metrics: &Metrics,
         explained: &mut Explained,
-    ) -> Result<Verdict, GatewayError> {
+    ) -> Result<Verdict, Refusal> {
         let loaded = explained.policy.clone();
         let (method, host, path, target, headers, client_ip) = (
             asked.method,
@@ -570,9 +585,12 @@ impl Enforcer {
                     revocation_unchecked: false,
                 })
             }
-            Step::SignIn => Err(GatewayError::SignIn {
-                location: sign_in_location(target),
-            }),
+            Step::SignIn => Err(Refusal::new(
+                R::NoToken,
+                GatewayError::SignIn {
+                    location: sign_in_location(target),
+                },
+            )),
             Step::Refuse(refusal) => Err(refusal),
         }
     }
@@ -743,8 +761,8 @@ mod tests {
             (Rule::SignedInLimited, true) => allow(Some(LIMIT)),
             (Rule::OtherRole, true) => Decision::Forbidden {
                 rule: Some(0),
+                denial: crate::policy::Denial::Role,
                 detail: "Requires role admin".into(),
-                insufficient_scope: true,
             },
             (Rule::SignedInDeny, true) => allow(None),
             (Rule::SignedInDeny, false) => Decision::Unauthenticated {
@@ -766,6 +784,10 @@ mod tests {
             reset: Duration::from_secs(30),
             retry_after: (!allowed).then_some(Duration::from_millis(2_500)),
         }
+    }
+
+    fn refuse(reason: R, error: GatewayError) -> Step {
+        Step::Refuse(Refusal::new(reason, error))
     }
 
     fn answered(revoked: bool, rate: Option<RateOutcome>) -> GateResult {
@@ -799,15 +821,23 @@ mod tests {
         use GatewayError as E;
         use Rule::*;
         use TokenKind::{Absent, Invalid, Valid};
-        let not_authenticated = || Step::Refuse(E::unauthorized("Not authenticated"));
-        let bad_token = || Step::Refuse(E::invalid_token("Invalid or expired token"));
-        let revoked = || Step::Refuse(E::invalid_token("Token has been revoked"));
-        let rate_down = || Step::Refuse(E::Unavailable("Rate limiter unavailable"));
-        let revocation_down = || Step::Refuse(E::Unavailable("Revocation service unavailable"));
+        let not_authenticated = || refuse(R::NoToken, E::unauthorized("Not authenticated"));
+        let bad_token = || refuse(R::BadToken, E::invalid_token("Invalid or expired token"));
+        let revoked = || refuse(R::Revoked, E::invalid_token("Token has been revoked"));
+        let rate_down = || refuse(R::Unavailable, E::Unavailable("Rate limiter unavailable"));
+        let revocation_down = || {
+            refuse(
+                R::Unavailable,
+                E::Unavailable("Revocation service unavailable"),
+            )
+        };
         let too_many = || {
-            Step::Refuse(E::TooManyRequests {
-                retry_after_secs: 3,
-            })
+            refuse(
+                R::RateLimit,
+                E::TooManyRequests {
+                    retry_after_secs: 3,
+                },
+            )
         };
         let count_anonymously = || Step::CountAnonymously {
             rate_limit: LIMIT,
@@ -833,7 +863,7 @@ mod tests {
             ("signed in", Valid, SignedIn, answered(false, None), [DENY, DENY], forward(true, None)),
             ("signed in, within limit", Valid, SignedInLimited, answered(false, Some(rate(true))), [DENY, DENY], forward(true, Some(rate(true)))),
             ("signed in, over limit", Valid, SignedInLimited, answered(false, Some(rate(false))), [DENY, DENY], too_many()),
-            ("signed in, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], Step::Refuse(E::InsufficientScope("Requires role admin".into()))),
+            ("signed in, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], refuse(R::Role, E::InsufficientScope("Requires role admin".into()))),
             ("signed in, public", Valid, Public, answered(false, None), [DENY, DENY], forward(true, None)),
             // Revoked: on as nobody where anyone may go, refused elsewhere.
             ("revoked, signed-in rule", Valid, SignedIn, answered(true, None), [ALLOW, ALLOW], revoked()),
@@ -852,7 +882,7 @@ mod tests {
             ("Redis down, limited public, rate deny", Valid, PublicLimited, GateResult::Unavailable, [DENY, ALLOW], rate_down()),
             ("Redis down, limited public, revocation deny", Valid, PublicLimited, GateResult::Unavailable, [ALLOW, DENY], forward(false, None)),
             ("Redis down, limited public, both allow", Valid, PublicLimited, GateResult::Unavailable, [ALLOW, ALLOW], forward(true, None)),
-            ("Redis down, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], Step::Refuse(E::InsufficientScope("Requires role admin".into()))),
+            ("Redis down, wrong role", Valid, OtherRole, GateResult::NotAsked, [DENY, DENY], refuse(R::Role, E::InsufficientScope("Requires role admin".into()))),
         ];
         run(cases, false);
     }
@@ -890,15 +920,23 @@ mod tests {
         use Rule::*;
         use TokenKind::{Absent, Invalid, Valid};
         let sign_in = || Step::SignIn;
-        let not_authenticated = || Step::Refuse(E::unauthorized("Not authenticated"));
-        let bad_token = || Step::Refuse(E::invalid_token("Invalid or expired token"));
-        let revoked = || Step::Refuse(E::invalid_token("Token has been revoked"));
-        let revocation_down = || Step::Refuse(E::Unavailable("Revocation service unavailable"));
-        let forbidden = || Step::Refuse(E::InsufficientScope("Requires role admin".into()));
+        let not_authenticated = || refuse(R::NoToken, E::unauthorized("Not authenticated"));
+        let bad_token = || refuse(R::BadToken, E::invalid_token("Invalid or expired token"));
+        let revoked = || refuse(R::Revoked, E::invalid_token("Token has been revoked"));
+        let revocation_down = || {
+            refuse(
+                R::Unavailable,
+                E::Unavailable("Revocation service unavailable"),
+            )
+        };
+        let forbidden = || refuse(R::Role, E::InsufficientScope("Requires role admin".into()));
         let too_many = || {
-            Step::Refuse(E::TooManyRequests {
-                retry_after_secs: 3,
-            })
+            refuse(
+                R::RateLimit,
+                E::TooManyRequests {
+                    retry_after_secs: 3,
+                },
+            )
         };
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
@@ -976,15 +1014,21 @@ mod tests {
                 "over",
                 answered(false, Some(rate(false))),
                 ALLOW,
-                Err(GatewayError::TooManyRequests {
-                    retry_after_secs: 3,
-                }),
+                Err(Refusal::new(
+                    R::RateLimit,
+                    GatewayError::TooManyRequests {
+                        retry_after_secs: 3,
+                    },
+                )),
             ),
             (
                 "Redis down, deny",
                 GateResult::Unavailable,
                 DENY,
-                Err(GatewayError::Unavailable("Rate limiter unavailable")),
+                Err(Refusal::new(
+                    R::Unavailable,
+                    GatewayError::Unavailable("Rate limiter unavailable"),
+                )),
             ),
             (
                 "Redis down, allow",

@@ -49,6 +49,7 @@ use enforce::{Asked, Enforcer, Explained, Verdict};
 use forward::{BodyLimits, Upstream};
 use headers::{NoReferrer, RequestIds, SecurityHeaders, StripList, X_REQUEST_ID};
 use identity::Identify;
+use refusal::Refusal;
 use respond::Challenges;
 use websocket::WebSockets;
 
@@ -102,20 +103,27 @@ struct Judged {
     outcome: Option<std::borrow::Cow<'static, str>>,
     /// The refusal's client-facing detail.
     reason: Option<String>,
-    /// Why the gateway refused the request itself, for `portcullis_refusals_total`.
+    /// Why the gateway refused the request itself: `portcullis_refusals_total{reason}` and
+    /// the log line's `refusal`. Set where the refusal is decided.
     refused: Option<RefusalReason>,
 }
 
 impl Judged {
-    fn admitted<T>(&mut self, admitted: &Result<T, GatewayError>) {
+    fn admitted<T>(&mut self, admitted: &Result<T, Refusal>) {
         match admitted {
             Ok(_) => self.outcome = Some("allow".into()),
             Err(refusal) => {
-                self.outcome = Some(refusal.status().as_u16().to_string().into());
-                self.reason = Some(refusal.to_string());
-                self.refused = refusal::reason(refusal);
+                self.outcome = Some(refusal.error.status().as_u16().to_string().into());
+                self.reason = Some(refusal.error.to_string());
+                self.refused = Some(refusal.reason);
             }
         }
+    }
+
+    /// Refuses the request before the policy judged it: records why, returns the answer.
+    fn refuse(&mut self, reason: RefusalReason, error: GatewayError) -> GatewayError {
+        self.refused = Some(reason);
+        error
     }
 }
 
@@ -286,14 +294,8 @@ impl Gateway {
                     let routed = Box::pin(self.route(request, conn, &request_id, &mut judged));
                     let response = match routed.instrument(span.clone()).await {
                         Ok(response) => response,
-                        Err(error) => {
-                            // Refused before the policy judged it (method, host, path, ...):
-                            // after, `Judged::admitted` has said whether it was refused.
-                            if judged.outcome.is_none() {
-                                judged.refused = refusal::reason(&error);
-                            }
-                            error.into_response()
-                        }
+                        // A refusal has said why where it was made (`Judged`).
+                        Err(error) => error.into_response(),
                     };
                     (response, false)
                 }
@@ -347,6 +349,7 @@ impl Gateway {
                     normalized_path = judged.path.as_deref(),
                     policy_hash = explained.map(Explained::policy_hash),
                     reason = judged.reason.as_deref(),
+                    refusal = judged.refused.map(RefusalReason::label),
                     "request finished"
                 )
             });
@@ -361,18 +364,20 @@ impl Gateway {
         request_id: &HeaderValue,
         judged: &mut Judged,
     ) -> Result<Response<GatewayBody>, GatewayError> {
+        use RefusalReason as R;
         if let Some(refusal) = conn.refused {
-            return Err(refusal.into());
+            return Err(judged.refuse(R::Malformed, refusal.into()));
         }
-        self.check_method(request.method())?;
-        let host = effective_host(&request)?;
-        self.check_host(&host)?;
+        self.check_method(request.method(), judged)?;
+        let host = effective_host(&request).map_err(|error| judged.refuse(R::Malformed, error))?;
+        self.check_host(&host, judged)?;
         if header_bytes(&request) > self.max_header_bytes {
-            return Err(GatewayError::HeadersTooLarge);
+            return Err(judged.refuse(R::Malformed, GatewayError::HeadersTooLarge));
         }
-        checks::check_sensitive_headers(request.headers())?;
+        checks::check_sensitive_headers(request.headers())
+            .map_err(|error| judged.refuse(R::Malformed, error))?;
         let raw_target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let target = self.check_target(raw_target, path::normalize_target)?;
+        let target = self.check_target(raw_target, path::normalize_target, judged)?;
         let path = path_of(&target);
         let client_ip =
             headers::client_ip(conn.peer.ip(), request.headers(), &self.trusted_proxies);
@@ -385,7 +390,7 @@ impl Gateway {
             // Refused before a byte of the body is read, so that a client declaring a huge
             // body gets its answer at once instead of waiting on a read.
             if declared_length(&request).is_some_and(|length| length > self.max_auth_body_bytes) {
-                return Err(GatewayError::PayloadTooLarge);
+                return Err(judged.refuse(R::Malformed, GatewayError::PayloadTooLarge));
             }
             return Ok(self
                 .own_routes
@@ -393,7 +398,7 @@ impl Gateway {
                 .await);
         }
         if declared_length(&request).is_some_and(|length| length > self.max_body_bytes) {
-            return Err(GatewayError::PayloadTooLarge);
+            return Err(judged.refuse(R::Malformed, GatewayError::PayloadTooLarge));
         }
         let (admitted, set_cookies) = self
             .judge(
@@ -408,12 +413,23 @@ impl Gateway {
                 judged,
             )
             .await;
+        // A WebSocket upgrade is checked once the caller is known: its refusals (a malformed
+        // handshake, a cookie from another origin) are the gateway's own, judged as such.
+        let admitted = admitted.and_then(|verdict| {
+            let upgrade =
+                self.websockets
+                    .admit(&request, &verdict, &self.enforcer, &self.metrics)?;
+            Ok((verdict, upgrade))
+        });
+        if let Err(refusal) = &admitted {
+            judged.admitted::<()>(&Err(refusal.clone()));
+        }
         let forwarded = match admitted {
-            Ok(verdict) => {
-                self.forward(request, verdict, conn, request_id, host, &target)
+            Ok(admitted) => {
+                self.forward(request, admitted, conn, request_id, host, &target)
                     .await
             }
-            Err(refusal) => Err(refusal),
+            Err(refusal) => Err(refusal.error),
         };
         if set_cookies.is_empty() {
             return forwarded;
@@ -431,21 +447,21 @@ impl Gateway {
 
     /// The method check of contract 6.5 and 6.7, for a request and for the original request
     /// of a forward-auth.
-    fn check_method(&self, method: &Method) -> Result<(), GatewayError> {
+    fn check_method(&self, method: &Method, judged: &mut Judged) -> Result<(), GatewayError> {
         if self.methods.allows(method) {
             Ok(())
         } else {
-            Err(GatewayError::MethodNotAllowed)
+            Err(judged.refuse(RefusalReason::Method, GatewayError::MethodNotAllowed))
         }
     }
 
     /// The host check of contract 6.8 (`421`), for a request and for the original request of
     /// a forward-auth.
-    fn check_host(&self, host: &HeaderValue) -> Result<(), GatewayError> {
+    fn check_host(&self, host: &HeaderValue, judged: &mut Judged) -> Result<(), GatewayError> {
         if self.hosts.serves(host.to_str().unwrap_or_default()) {
             Ok(())
         } else {
-            Err(GatewayError::MisdirectedRequest)
+            Err(judged.refuse(RefusalReason::Host, GatewayError::MisdirectedRequest))
         }
     }
 
@@ -456,13 +472,19 @@ impl Gateway {
         &self,
         raw_target: &str,
         normalize: fn(&str, bool) -> Result<String, path::PathError>,
+        judged: &mut Judged,
     ) -> Result<String, GatewayError> {
-        let target = normalize(raw_target, self.allow_path_parameters)
-            .map_err(|error| GatewayError::InvalidPath(error.message()))?;
+        let target = normalize(raw_target, self.allow_path_parameters).map_err(|error| {
+            judged.refuse(
+                RefusalReason::Path,
+                GatewayError::InvalidPath(error.message()),
+            )
+        })?;
         let query = target.split_once('?').map_or("", |(_, query)| query);
         if !self.allow_method_parameter && checks::has_method_override_parameter(query) {
-            return Err(GatewayError::bad_request(
-                "The _method query parameter is not allowed",
+            return Err(judged.refuse(
+                RefusalReason::Malformed,
+                GatewayError::bad_request("The _method query parameter is not allowed"),
             ));
         }
         Ok(target)
@@ -477,7 +499,7 @@ impl Gateway {
         &self,
         asked: Judging<'_>,
         judged: &mut Judged,
-    ) -> (Result<Verdict, GatewayError>, Vec<HeaderValue>) {
+    ) -> (Result<Verdict, Refusal>, Vec<HeaderValue>) {
         let path = path_of(asked.target);
         // What a page of another site made the browser send carries the cookie too: an
         // unsafe request the cookie authenticates must come from an allowed page. Decided
@@ -502,7 +524,9 @@ impl Gateway {
             .await;
         let admitted = match decided.outcome {
             Ok(verdict) => match cross_site {
-                Some(refusal) if verdict.token_source == Some(TokenSource::Cookie) => Err(refusal),
+                Some(refusal) if verdict.token_source == Some(TokenSource::Cookie) => {
+                    Err(Refusal::new(RefusalReason::CrossSite, refusal))
+                }
                 _ => Ok(verdict),
             },
             Err(refusal) => Err(refusal),
@@ -540,16 +564,19 @@ impl Gateway {
         client_ip: std::net::IpAddr,
         judged: &mut Judged,
     ) -> Result<Response<GatewayBody>, GatewayError> {
+        use RefusalReason as R;
         if !headers::is_trusted(conn.peer.ip(), &self.trusted_proxies) {
-            return Err(GatewayError::bad_request(
-                "Forward-auth answers only a trusted proxy",
+            return Err(judged.refuse(
+                R::Malformed,
+                GatewayError::bad_request("Forward-auth answers only a trusted proxy"),
             ));
         }
         let original =
-            forward_auth::original_request(request.method(), raw_target, request.headers(), host)?;
-        self.check_method(&original.method)?;
-        self.check_host(&original.host)?;
-        let target = self.check_target(&original.target, path::canonical_target)?;
+            forward_auth::original_request(request.method(), raw_target, request.headers(), host)
+                .map_err(|error| judged.refuse(R::Malformed, error))?;
+        self.check_method(&original.method, judged)?;
+        self.check_host(&original.host, judged)?;
+        let target = self.check_target(&original.target, path::canonical_target, judged)?;
         let (admitted, set_cookies) = self
             .judge(
                 Judging {
@@ -564,23 +591,27 @@ impl Gateway {
             )
             .await;
         debug_assert!(set_cookies.is_empty(), "forward-auth renews no session");
-        let verdict = admitted?;
+        let verdict = admitted.map_err(|refusal| refusal.error)?;
         let refusal = if verdict.revocation_unchecked {
-            Some(GatewayError::Unavailable("Revocation service unavailable"))
+            Some(Refusal::new(
+                R::Unavailable,
+                GatewayError::Unavailable("Revocation service unavailable"),
+            ))
         } else if verdict.token_source == Some(TokenSource::Cookie)
             && forward_auth::asks_websocket(request.headers())
             && !self.cookie_origins.allows(request.headers())
         {
             // The origin check `WebSockets::admit` makes on a forwarded upgrade.
-            Some(GatewayError::Forbidden(
-                websocket::CROSS_ORIGIN_REFUSED.into(),
+            Some(Refusal::new(
+                R::CrossSite,
+                GatewayError::Forbidden(websocket::CROSS_ORIGIN_REFUSED.into()),
             ))
         } else {
             None
         };
         if let Some(refusal) = refusal {
             judged.admitted::<()>(&Err(refusal.clone()));
-            return Err(refusal);
+            return Err(refusal.error);
         }
         let mut response = Response::new(GatewayBody::empty());
         let headers = response.headers_mut();
@@ -603,22 +634,20 @@ impl Gateway {
             .set(headers, verdict.identity.as_deref(), upstream)
     }
 
-    /// Forwards an allowed request as its verdict says.
+    /// Forwards an allowed request as its verdict says, with the WebSocket upgrade admitted
+    /// for it, if any.
     async fn forward(
         &self,
         mut request: Request<Incoming>,
-        verdict: Verdict,
+        (verdict, upgrade): (Verdict, Option<websocket::Upgrade>),
         conn: ConnectionInfo,
         request_id: &HeaderValue,
         host: HeaderValue,
         target: &str,
     ) -> Result<Response<GatewayBody>, GatewayError> {
-        // The upgrade is read before hop-by-hop headers go, and those go before the gateway
-        // sets its own: a client naming `X-Forwarded-For` in `Connection` must not be able
-        // to delete what the gateway adds.
-        let upgrade = self
-            .websockets
-            .admit(&request, &verdict, &self.enforcer, &self.metrics)?;
+        // The upgrade was read (in `route`) before hop-by-hop headers go, and those go before
+        // the gateway sets its own: a client naming `X-Forwarded-For` in `Connection` must
+        // not be able to delete what the gateway adds.
         let headers = request.headers_mut();
         headers::remove_hop_by_hop(headers);
         self.strip_list.strip(headers);

@@ -1,57 +1,42 @@
-//! Which fixed reason (`portcullis_refusals_total{reason}`) a refusal of the gateway's own
-//! is counted under. Pure: it reads the refusal and nothing else.
-//!
-//! The forbidden kinds (role, permission, owner, deny, no rule) are told apart by the
-//! policy's fixed detail texts (`policy::evaluate`); the integration tests check that a
-//! role refusal lands under `role`, which is what keeps the two in step.
+//! A refusal of the gateway's own and why it was made: the answer the client gets and the
+//! fixed reason (`portcullis_refusals_total{reason}`, the access log's `refusal`) it is
+//! counted under. The reason is set where the refusal is decided (the checks every request
+//! passes, `enforce::verdict`, the policy's [`Denial`]) and travels with the answer to the
+//! counter and the log line; nothing reads it back from the answer's text.
 
 use crate::error::GatewayError;
-use crate::proxy::enforce::REVOKED;
+use crate::policy::Denial;
 use crate::telemetry::metrics::RefusalReason;
 
-/// The reason `refusal` is counted under; `None` for what is not a refusal of the request
-/// (the upstream failing, an internal error).
-pub fn reason(refusal: &GatewayError) -> Option<RefusalReason> {
-    use RefusalReason as R;
-    Some(match refusal {
-        GatewayError::Unauthorized {
-            invalid_token: false,
-            ..
-        }
-        | GatewayError::SignIn { .. } => R::NoToken,
-        GatewayError::Unauthorized { detail, .. } if detail == REVOKED => R::Revoked,
-        GatewayError::Unauthorized { .. } => R::BadToken,
-        GatewayError::Forbidden(detail) | GatewayError::InsufficientScope(detail) => {
-            forbidden(detail)
-        }
-        GatewayError::TooManyRequests { .. } => R::RateLimit,
-        GatewayError::MisdirectedRequest => R::Host,
-        GatewayError::MethodNotAllowed => R::Method,
-        GatewayError::InvalidPath(_) => R::Path,
-        GatewayError::BadRequest(_)
-        | GatewayError::HeadersTooLarge
-        | GatewayError::PayloadTooLarge => R::Malformed,
-        GatewayError::Unavailable(_) => R::Unavailable,
-        GatewayError::CorsRefused => R::Cors,
-        _ => return None,
-    })
+/// The gateway's answer to a request it refused, and the reason it is counted under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub error: GatewayError,
 }
 
-fn forbidden(detail: &str) -> RefusalReason {
-    use RefusalReason as R;
-    if detail.starts_with("Requires ") {
-        R::Role
-    } else if detail.starts_with("Missing permission") {
-        R::Permission
-    } else if detail == "Not the owner" {
-        R::Owner
-    } else if detail == "No rule allows this request" {
-        R::NoRule
-    } else if detail == crate::access::CROSS_SITE_REFUSED {
-        R::CrossSite
-    } else {
-        // `access: deny`, and any forbidding this table does not know yet.
-        R::Denied
+impl Refusal {
+    pub fn new(reason: RefusalReason, error: GatewayError) -> Refusal {
+        Refusal { reason, error }
+    }
+}
+
+/// The answer alone, where the reason has been counted already or is not counted (the
+/// `/auth` routes).
+impl From<Refusal> for GatewayError {
+    fn from(refusal: Refusal) -> GatewayError {
+        refusal.error
+    }
+}
+
+/// The reason a policy's 403 is counted under.
+pub fn denial_reason(denial: Denial) -> RefusalReason {
+    match denial {
+        Denial::Role => RefusalReason::Role,
+        Denial::Permission => RefusalReason::Permission,
+        Denial::Owner => RefusalReason::Owner,
+        Denial::Deny => RefusalReason::Denied,
+        Denial::NoRule => RefusalReason::NoRule,
     }
 }
 
@@ -61,34 +46,37 @@ mod tests {
     use RefusalReason as R;
 
     #[test]
-    fn refusals_and_their_reasons() {
-        #[rustfmt::skip]
-        let cases: Vec<(GatewayError, Option<RefusalReason>)> = vec![
-            (GatewayError::unauthorized("Not authenticated"), Some(R::NoToken)),
-            (GatewayError::SignIn { location: "/auth/login".into() }, Some(R::NoToken)),
-            (GatewayError::invalid_token("Invalid or expired token"), Some(R::BadToken)),
-            (GatewayError::invalid_token(REVOKED), Some(R::Revoked)),
-            (GatewayError::InsufficientScope("Requires admin role".into()), Some(R::Role)),
-            (GatewayError::InsufficientScope("Missing permission: reports:read".into()), Some(R::Permission)),
-            (GatewayError::Forbidden("Not the owner".into()), Some(R::Owner)),
-            (GatewayError::Forbidden("Access denied".into()), Some(R::Denied)),
-            (GatewayError::Forbidden("No rule allows this request".into()), Some(R::NoRule)),
-            (GatewayError::Forbidden(crate::access::CROSS_SITE_REFUSED.into()), Some(R::CrossSite)),
-            (GatewayError::TooManyRequests { retry_after_secs: 3 }, Some(R::RateLimit)),
-            (GatewayError::MisdirectedRequest, Some(R::Host)),
-            (GatewayError::MethodNotAllowed, Some(R::Method)),
-            (GatewayError::InvalidPath("Invalid path"), Some(R::Path)),
-            (GatewayError::bad_request("Duplicate Authorization header"), Some(R::Malformed)),
-            (GatewayError::HeadersTooLarge, Some(R::Malformed)),
-            (GatewayError::PayloadTooLarge, Some(R::Malformed)),
-            (GatewayError::Unavailable("Rate limiter unavailable"), Some(R::Unavailable)),
-            (GatewayError::CorsRefused, Some(R::Cors)),
-            (GatewayError::UpstreamUnreachable, None),
-            (GatewayError::UpstreamTimeout, None),
-            (GatewayError::Internal, None),
+    fn policy_denials_and_their_reasons() {
+        let cases = [
+            (Denial::Role, R::Role, "role"),
+            (Denial::Permission, R::Permission, "permission"),
+            (Denial::Owner, R::Owner, "owner"),
+            (Denial::Deny, R::Denied, "denied"),
+            (Denial::NoRule, R::NoRule, "no_rule"),
         ];
-        for (refusal, expected) in cases {
-            assert_eq!(reason(&refusal), expected, "{refusal:?}");
+        for (denial, reason, label) in cases {
+            assert_eq!(denial_reason(denial), reason, "{denial:?}");
+            assert_eq!(reason.label(), label, "{denial:?}");
+        }
+    }
+
+    /// The label values operators alert on (`portcullis_refusals_total{reason}`): one per
+    /// reason, none renamed.
+    #[test]
+    fn every_reason_keeps_its_label() {
+        #[rustfmt::skip]
+        let labels = [
+            (R::NoToken, "no_token"), (R::BadToken, "bad_token"), (R::Revoked, "revoked"),
+            (R::Role, "role"), (R::Permission, "permission"), (R::Owner, "owner"),
+            (R::Denied, "denied"), (R::NoRule, "no_rule"), (R::RateLimit, "rate_limit"),
+            (R::CrossSite, "cross_site"), (R::Host, "host"), (R::Method, "method"),
+            (R::Path, "path"), (R::Malformed, "malformed"), (R::Unavailable, "unavailable"),
+            (R::Cors, "cors"),
+        ];
+        assert_eq!(labels.len(), RefusalReason::ALL.len());
+        for ((reason, label), listed) in labels.iter().zip(RefusalReason::ALL) {
+            assert_eq!(*reason, listed, "ALL is in label order");
+            assert_eq!(reason.label(), *label);
         }
     }
 }

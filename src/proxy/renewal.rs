@@ -39,7 +39,7 @@ pub enum Renewal {
     /// Not tried: the client is over the refresh route's rate limit (or Redis cannot count
     /// and `on_redis_error` is `deny`). The request is answered with this, cookies kept:
     /// without it, a client sending garbage refresh cookies would cost a Postgres query each.
-    Refusal(crate::error::GatewayError),
+    Refusal(super::refusal::Refusal),
 }
 
 /// A renewed session: the caller to forward the request as, and the cookies the response

@@ -18,9 +18,10 @@ use http::header::{
 use http::{HeaderMap, Request, Version};
 
 use super::enforce::{Enforcer, TokenWatch, Verdict};
+use super::refusal::Refusal;
 use crate::access::{single, CookieOrigins, TokenSource};
 use crate::error::GatewayError;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, RefusalReason};
 
 /// Appended to the client's key before hashing (RFC 6455 section 1.3).
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -65,8 +66,10 @@ impl WebSockets {
         verdict: &Verdict,
         enforcer: &Enforcer,
         metrics: &Arc<Metrics>,
-    ) -> Result<Option<Upgrade>, GatewayError> {
-        let Some(handshake) = handshake(request)? else {
+    ) -> Result<Option<Upgrade>, Refusal> {
+        let handshake =
+            handshake(request).map_err(|error| Refusal::new(RefusalReason::Malformed, error))?;
+        let Some(handshake) = handshake else {
             return Ok(None);
         };
         // Only a cookie that authenticated the caller matters: an invalid or revoked one
@@ -74,7 +77,10 @@ impl WebSockets {
         if verdict.token_source == Some(TokenSource::Cookie)
             && !self.cookie_origins.allows(request.headers())
         {
-            return Err(GatewayError::Forbidden(CROSS_ORIGIN_REFUSED.into()));
+            return Err(Refusal::new(
+                RefusalReason::CrossSite,
+                GatewayError::Forbidden(CROSS_ORIGIN_REFUSED.into()),
+            ));
         }
         let watch = verdict
             .identity

@@ -60,11 +60,13 @@ async fn answer(app: &App, request: &Request<Incoming>) -> Response<GatewayBody>
         "/readyz" => readiness(app).await,
         "/metrics" => {
             let mut response = Response::new(GatewayBody::full(app.metrics.render(&format!(
-                "{}{}{}{}{}",
+                "{}{}{}{}{}{}",
                 app.policy().render_metrics(),
                 app.gate.render_metrics(),
                 app.auth().render_metrics(),
                 outbox_metrics(app).await,
+                // After the outbox's query, so that a scrape's own query is in it.
+                app.store.render_timings(),
                 process::render(),
             ))));
             response.headers_mut().insert(
@@ -86,8 +88,9 @@ const OUTBOX_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
 /// two lines are left out, so the rest of the scrape still answers (and `/readyz` says why).
 async fn outbox_metrics(app: &App) -> String {
     let read = async {
-        let client = app.auth.store().client().await.ok()?;
-        mail::backlog(&client).await.ok()
+        let store = app.auth.store();
+        let client = store.client().await.ok()?;
+        mail::backlog(store, &client).await.ok()
     };
     let Ok(Some(backlog)) = tokio::time::timeout(OUTBOX_QUERY_TIMEOUT, read).await else {
         return String::new();

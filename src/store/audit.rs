@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{Origin, PostgresOperation, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct AuditEntry {
@@ -18,18 +18,19 @@ pub struct AuditEntry {
 
 impl Store {
     pub async fn audit(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         event: &str,
         user_id: Option<Uuid>,
-        ip_address: Option<&str>,
-        user_agent: Option<&str>,
+        origin: Origin<'_>,
         detail: &serde_json::Value,
         now: SystemTime,
     ) -> Result<(), StoreError> {
+        let _timer = self.timer(PostgresOperation::Audit);
         client
             .execute(
                 "INSERT INTO audit_log (at, event, user_id, ip_address, user_agent, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&now, &event, &user_id, &ip_address, &user_agent, detail],
+                &[&now, &event, &user_id, &origin.ip_address, &origin.user_agent, detail],
             )
             .await?;
         Ok(())
@@ -41,6 +42,7 @@ impl Store {
         user_id: Option<Uuid>,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, StoreError> {
+        let _timer = self.timer(PostgresOperation::AuditEntries);
         let client = self.client().await?;
         let rows = client
             .query(

@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::users::USER_COLUMNS;
-use super::{Store, StoreError, User};
+use super::{Origin, PostgresOperation, Store, StoreError, User};
 
 const SESSION_COLUMNS: &str =
     "id, user_id, ip_address, user_agent, created_at, last_used_at, expires_at";
@@ -62,14 +62,15 @@ impl Store {
     /// login commits it together with the verdict on the locked user row, so a change of the
     /// account either comes first (and the login fails) or comes after (and ends the session).
     pub async fn create_session(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         user_id: Uuid,
         refresh_hash: &[u8],
-        ip_address: Option<&str>,
-        user_agent: Option<&str>,
+        origin: Origin<'_>,
         ttl: Duration,
         now: SystemTime,
     ) -> Result<SessionRow, StoreError> {
+        let _timer = self.timer(PostgresOperation::CreateSession);
         let expires_at = now + ttl;
         let row = client
             .query_one(
@@ -77,7 +78,7 @@ impl Store {
                     "INSERT INTO sessions (id, user_id, ip_address, user_agent, created_at, last_used_at, expires_at)
                      VALUES ($1, $2, $3, $4, $5, $5, $6) RETURNING {SESSION_COLUMNS}"
                 ),
-                &[&Uuid::new_v4(), &user_id, &ip_address, &user_agent, &now, &expires_at],
+                &[&Uuid::new_v4(), &user_id, &origin.ip_address, &origin.user_agent, &now, &expires_at],
             )
             .await?;
         let session = SessionRow::from_row(&row);
@@ -109,6 +110,7 @@ impl Store {
         now: SystemTime,
         grace: Duration,
     ) -> Result<RefreshOutcome, StoreError> {
+        let _timer = self.timer(PostgresOperation::RotateRefresh);
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
         let Some(row) = transaction
@@ -215,6 +217,7 @@ impl Store {
         hash: &[u8],
         now: SystemTime,
     ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        let _timer = self.timer(PostgresOperation::SessionOfRefresh);
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -232,6 +235,7 @@ impl Store {
         session_id: Uuid,
         now: SystemTime,
     ) -> Result<bool, StoreError> {
+        let _timer = self.timer(PostgresOperation::SessionIsLive);
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -247,6 +251,7 @@ impl Store {
         user_id: Uuid,
         now: SystemTime,
     ) -> Result<Vec<SessionRow>, StoreError> {
+        let _timer = self.timer(PostgresOperation::ListSessions);
         let client = self.client().await?;
         let rows = client
             .query(
@@ -270,6 +275,7 @@ impl Store {
         reason: &str,
         now: SystemTime,
     ) -> Result<bool, StoreError> {
+        let _timer = self.timer(PostgresOperation::RevokeSession);
         let client = self.client().await?;
         let updated = client
             .execute(
@@ -283,12 +289,14 @@ impl Store {
 
     /// Ends every live session of a user except `keep`, returning the ids ended.
     pub async fn revoke_sessions_of(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         user_id: Uuid,
         keep: Option<Uuid>,
         reason: &str,
         now: SystemTime,
     ) -> Result<Vec<Uuid>, StoreError> {
+        let _timer = self.timer(PostgresOperation::RevokeSessionsOf);
         let rows = client
             .query(
                 "UPDATE sessions SET revoked_at = $3, revoked_reason = $4
@@ -304,6 +312,7 @@ impl Store {
     /// session that could still have a live access token to refuse. For rebuilding the
     /// revocation state in Redis.
     pub async fn sessions_ended_since(&self, since: SystemTime) -> Result<Vec<Uuid>, StoreError> {
+        let _timer = self.timer(PostgresOperation::SessionsEndedSince);
         let client = self.client().await?;
         let rows = client
             .query(

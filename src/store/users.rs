@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{PostgresOperation, Store, StoreError};
 
 pub(super) const USER_COLUMNS: &str =
     "id, email, name, password_hash, role, is_active, is_verified, \
@@ -191,10 +191,12 @@ pub struct UserPatch {
 impl Store {
     /// Inserts a user in the caller's transaction. A taken email is `Conflict`.
     pub async fn create_user(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         user: &NewUser<'_>,
         now: SystemTime,
     ) -> Result<User, StoreError> {
+        let _timer = self.timer(PostgresOperation::CreateUser);
         let row = client
             .query_one(
                 &format!(
@@ -220,10 +222,12 @@ impl Store {
     /// verification link for it is still valid at `now`, so that an address cannot be held
     /// by someone who never proved they own it. Returns the removed account's id.
     pub async fn remove_lapsed_unverified(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         email: &str,
         now: SystemTime,
     ) -> Result<Option<Uuid>, StoreError> {
+        let _timer = self.timer(PostgresOperation::RemoveLapsedUnverified);
         let row = client
             .query_opt(
                 "DELETE FROM users u WHERE lower(u.email) = lower($1) AND NOT u.is_verified \
@@ -237,6 +241,7 @@ impl Store {
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let _timer = self.timer(PostgresOperation::UserByEmail);
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -248,6 +253,7 @@ impl Store {
     }
 
     pub async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        let _timer = self.timer(PostgresOperation::UserById);
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -267,6 +273,7 @@ impl Store {
     /// locked first (as a login's decision and an unlock lock it), in the caller's
     /// transaction.
     pub async fn record_login_failure(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
         scope: LockoutScope<'_>,
@@ -274,6 +281,7 @@ impl Store {
         lock_for: Duration,
         now: SystemTime,
     ) -> Result<Option<LoginFailure>, StoreError> {
+        let _timer = self.timer(PostgresOperation::RecordLoginFailure);
         if let LockoutScope::Address(key) = scope {
             return record_pair_failure(client, id, key, max_failures, lock_for, now).await;
         }
@@ -308,10 +316,12 @@ impl Store {
     /// The failure count and lock end of `id`'s pair with the client address `key`, without
     /// locking anything: (0, None) when it has none (or there is no such user).
     pub async fn pair_lockout(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
         key: &str,
     ) -> Result<(i32, Option<SystemTime>), StoreError> {
+        let _timer = self.timer(PostgresOperation::PairLockout);
         let row = client
             .query_opt(
                 "SELECT failed_login_attempts, locked_until FROM login_failures
@@ -327,6 +337,7 @@ impl Store {
         &self,
         id: Uuid,
     ) -> Result<Vec<(i32, Option<SystemTime>)>, StoreError> {
+        let _timer = self.timer(PostgresOperation::PairLockouts);
         let client = self.client().await?;
         let rows = client
             .query(
@@ -340,9 +351,11 @@ impl Store {
     /// Reads the user with the row locked until the caller's transaction ends: every
     /// failure, success, password change and admin change of this user waits for it.
     pub async fn lock_user(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
     ) -> Result<Option<User>, StoreError> {
+        let _timer = self.timer(PostgresOperation::LockUser);
         let row = client
             .query_opt(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE"),
@@ -357,16 +370,18 @@ impl Store {
     /// its own after the lock is granted: a join would read it in the snapshot taken before
     /// waiting, and miss a lock set by the failure it waited for.
     pub async fn lock_user_in_scope(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
         scope: LockoutScope<'_>,
     ) -> Result<Option<User>, StoreError> {
-        let Some(mut user) = Store::lock_user(client, id).await? else {
+        let _timer = self.timer(PostgresOperation::LockUserInScope);
+        let Some(mut user) = self.lock_user(client, id).await? else {
             return Ok(None);
         };
         if let LockoutScope::Address(key) = scope {
             (user.failed_login_attempts, user.locked_until) =
-                Store::pair_lockout(client, id, key).await?;
+                self.pair_lockout(client, id, key).await?;
         }
         Ok(Some(user))
     }
@@ -374,10 +389,12 @@ impl Store {
     /// Forgets the failures of `id`'s pair with `key` (a success from that address), in the
     /// caller's transaction, which holds the user's row lock.
     pub async fn clear_pair_failures(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
         key: &str,
     ) -> Result<(), StoreError> {
+        let _timer = self.timer(PostgresOperation::ClearPairFailures);
         client
             .execute(
                 "DELETE FROM login_failures WHERE user_id = $1 AND client_key = $2",
@@ -392,11 +409,13 @@ impl Store {
     /// (the parameters changed) only over the very hash that was verified, so a new
     /// password is never overwritten with the old one.
     pub async fn record_login_success(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
         rehash: Option<Rehash<'_>>,
         now: SystemTime,
     ) -> Result<User, StoreError> {
+        let _timer = self.timer(PostgresOperation::RecordLoginSuccess);
         let (new_hash, verified_hash) = match rehash {
             Some(rehash) => (Some(rehash.new_hash), Some(rehash.verified_hash)),
             None => (None, None),
@@ -419,9 +438,11 @@ impl Store {
     /// The active users holding one of `roles`, their rows locked until the caller's
     /// transaction ends (in id order, so two admins' changes cannot deadlock).
     pub async fn lock_active_users_with_roles(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         roles: &[String],
     ) -> Result<Vec<Uuid>, StoreError> {
+        let _timer = self.timer(PostgresOperation::LockActiveUsersWithRoles);
         let rows = client
             .query(
                 "SELECT id FROM users WHERE is_active AND role = ANY($1) ORDER BY id FOR UPDATE",
@@ -432,10 +453,12 @@ impl Store {
     }
 
     pub async fn mark_verified(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
         now: SystemTime,
     ) -> Result<User, StoreError> {
+        let _timer = self.timer(PostgresOperation::MarkVerified);
         let row = client
             .query_one(
                 &format!("UPDATE users SET is_verified = true, updated_at = $2 WHERE id = $1 RETURNING {USER_COLUMNS}"),
@@ -448,11 +471,13 @@ impl Store {
     /// Sets a new password hash; also clears a lockout, since the owner proved control, and
     /// bumps the security version, so a login that verified the old password fails.
     pub async fn set_password(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
         password_hash: &str,
         now: SystemTime,
     ) -> Result<User, StoreError> {
+        let _timer = self.timer(PostgresOperation::SetPassword);
         let row = client
             .query_one(
                 &format!(
@@ -479,6 +504,7 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<User>, i64), StoreError> {
+        let _timer = self.timer(PostgresOperation::ListUsers);
         let client = self.client().await?;
         let pattern = query.map(|q| format!("%{}%", escape_like(q)));
         let rows = client
@@ -504,11 +530,13 @@ impl Store {
     /// Applies an admin's change; `None` when there is no such user. A role or activation
     /// that actually changes bumps the security version.
     pub async fn update_user(
+        &self,
         client: &impl deadpool_postgres::GenericClient,
         id: Uuid,
         patch: &UserPatch,
         now: SystemTime,
     ) -> Result<Option<User>, StoreError> {
+        let _timer = self.timer(PostgresOperation::UpdateUser);
         let row = client
             .query_opt(
                 &format!(
@@ -529,6 +557,7 @@ impl Store {
     /// `lockout.key` is in use (so a change of key leaves nothing locked behind an unlock).
     /// False when there is no such user.
     pub async fn unlock_user(&self, id: Uuid, now: SystemTime) -> Result<bool, StoreError> {
+        let _timer = self.timer(PostgresOperation::UnlockUser);
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
         // The user's row first, as every failure takes it: a failure commits wholly before
@@ -553,6 +582,7 @@ impl Store {
         user_id: Uuid,
         not_before: SystemTime,
     ) -> Result<(), StoreError> {
+        let _timer = self.timer(PostgresOperation::RecordTokenNotBefore);
         let client = self.client().await?;
         client
             .execute(
@@ -570,6 +600,7 @@ impl Store {
         &self,
         since: SystemTime,
     ) -> Result<Vec<(Uuid, SystemTime)>, StoreError> {
+        let _timer = self.timer(PostgresOperation::TokenNotBeforesSince);
         let client = self.client().await?;
         let rows = client
             .query(

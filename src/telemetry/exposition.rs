@@ -1,10 +1,12 @@
 //! The few pieces of the Prometheus text exposition format (0.0.4) every `/metrics`
 //! renderer shares: the `# HELP` and `# TYPE` lines, a single-value family, label escaping.
 //!
-//! Hand rendering rather than the `prometheus-client` crate: the metrics are plain atomics
-//! bumped on the request path and written out once per scrape; the crate would bring its
-//! registry, a derive macro crate and its own locking for what these three functions do,
-//! on a build that runs on two cores, and would still need our bounded-label logic.
+//! Hand rendering rather than the `prometheus-client` crate (checked at 0.26): the metrics
+//! are plain atomics bumped on the request path and written out once per scrape. The crate
+//! writes OpenMetrics text (`# EOF`, a counter family named without its `_total`), not the
+//! 0.0.4 format operators scrape and alert on today; it adds `dtoa` and a derive-macro crate
+//! to the build (its `syn`, `parking_lot` and `itoa` are in the tree already), its own
+//! registry and locks; and the bounded labels (`capped`, fixed enums) would still be ours.
 
 use std::fmt::Write as _;
 

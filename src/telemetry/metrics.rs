@@ -189,18 +189,126 @@ impl Histogram {
     /// The family `name` (in seconds): `_bucket`, `_sum` and `_count`.
     pub fn render(&self, out: &mut String, name: &str, help: &str) {
         family(out, name, "histogram", help);
+        self.render_series(out, name, "");
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of one series of the family `name`, with
+    /// `labels` (`key="value"` pairs, already escaped; empty for none) before `le`.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let (bucket_prefix, braced) = if labels.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!("{labels},"), format!("{{{labels}}}"))
+        };
         // Load each bucket once so +Inf and _count come from the same reads
         // and always agree, even while latencies are being recorded.
         let mut cumulative = 0u64;
         for (label, count) in BUCKET_LABELS.iter().zip(&self.buckets) {
             cumulative += count.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{label}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{bucket_prefix}le=\"{label}\"}} {cumulative}"
+            );
         }
         let sum = self.sum_micros.load(Relaxed);
         // Integer arithmetic keeps the sum exact: seconds, then six digits of
         // microseconds.
-        let _ = writeln!(out, "{name}_sum {}.{:06}", sum / 1_000_000, sum % 1_000_000);
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{braced} {}.{:06}",
+            sum / 1_000_000,
+            sum % 1_000_000
+        );
+        let _ = writeln!(out, "{name}_count{braced} {cumulative}");
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buckets.iter().all(|count| count.load(Relaxed) == 0)
+    }
+}
+
+/// Records the time from [`Timings::start`] to its drop.
+#[must_use = "the time is recorded when the timer is dropped"]
+pub struct Timer<'t, O: Operation> {
+    timings: &'t Timings<O>,
+    operation: O,
+    started: std::time::Instant,
+}
+
+impl<O: Operation> Drop for Timer<'_, O> {
+    fn drop(&mut self) {
+        self.timings.record(self.operation, self.started.elapsed());
+    }
+}
+
+/// A fixed set of operation names a latency is recorded under: a label whose values are
+/// known when the code is written, so the series it makes are bounded.
+pub trait Operation: Copy + 'static {
+    /// Every operation, each at the index [`Operation::index`] gives it.
+    const ALL: &'static [Self];
+    fn index(self) -> usize;
+    /// The label value (`snake_case`, never SQL or a key).
+    fn label(self) -> &'static str;
+}
+
+/// One latency histogram per operation of `O`, for work done against a dependency
+/// (Postgres, Redis): `name{operation="..."}`. Recording is the histogram's two adds.
+#[derive(Debug)]
+pub struct Timings<O: Operation> {
+    histograms: Box<[Histogram]>,
+    operations: std::marker::PhantomData<O>,
+}
+
+impl<O: Operation> Default for Timings<O> {
+    fn default() -> Self {
+        Timings {
+            histograms: O::ALL.iter().map(|_| Histogram::default()).collect(),
+            operations: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<O: Operation> Timings<O> {
+    pub fn record(&self, operation: O, latency: Duration) {
+        if let Some(histogram) = self.histograms.get(operation.index()) {
+            histogram.record(latency);
+        }
+    }
+
+    /// Runs `work` and records how long it took under `operation`, whether it succeeded or
+    /// not (a timeout is latency too). A future dropped before it finished records nothing.
+    pub async fn time<F: std::future::Future>(&self, operation: O, work: F) -> F::Output {
+        let started = std::time::Instant::now();
+        let output = work.await;
+        self.record(operation, started.elapsed());
+        output
+    }
+
+    /// Starts timing `operation`: the time is recorded when the returned guard is dropped,
+    /// at the end of the caller's scope (returns and `?` included, and a cancelled
+    /// caller's time so far).
+    pub fn start(&self, operation: O) -> Timer<'_, O> {
+        Timer {
+            timings: self,
+            operation,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The family `name`, one series per operation that has recorded anything (the label's
+    /// values are fixed by `O`; an operation the gateway never ran adds no lines).
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
+        family(out, name, "histogram", help);
+        for operation in O::ALL {
+            let Some(histogram) = self.histograms.get(operation.index()) else {
+                continue;
+            };
+            if histogram.is_empty() {
+                continue;
+            }
+            let labels = format!("operation=\"{}\"", operation.label());
+            histogram.render_series(out, name, &labels);
+        }
     }
 }
 
@@ -885,6 +993,71 @@ mod tests {
         assert_eq!(series["portcullis_redis_duration_seconds_count"], 2.0);
         assert!(
             out.contains("\nportcullis_redis_duration_seconds_sum 0.030500\n"),
+            "{out}"
+        );
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Work {
+        Read = 0,
+        Write = 1,
+    }
+
+    impl Operation for Work {
+        const ALL: &'static [Work] = &[Work::Read, Work::Write];
+        fn index(self) -> usize {
+            self as usize
+        }
+        fn label(self) -> &'static str {
+            match self {
+                Work::Read => "read",
+                Work::Write => "write",
+            }
+        }
+    }
+
+    #[test]
+    fn timings_render_one_series_per_operation_that_ran() {
+        let timings = Timings::<Work>::default();
+        let mut out = String::new();
+        timings.render(&mut out, "portcullis_x_duration_seconds", "X.");
+        // The family is always there; an operation that never ran adds no series.
+        assert_eq!(
+            out,
+            "# HELP portcullis_x_duration_seconds X.\n\
+             # TYPE portcullis_x_duration_seconds histogram\n"
+        );
+
+        timings.record(Work::Read, Duration::from_micros(800));
+        timings.record(Work::Read, Duration::from_millis(40));
+        {
+            let _timer = timings.start(Work::Read);
+        }
+        let mut out = String::new();
+        timings.render(&mut out, "portcullis_x_duration_seconds", "X.");
+        let series = parse(&out);
+        let read = |suffix: &str| series[&format!("portcullis_x_duration_seconds{suffix}")];
+        // The timer's own time is whatever the machine took: only its count is certain.
+        assert!(read("_bucket{operation=\"read\",le=\"0.001\"}") >= 1.0);
+        assert!(read("_bucket{operation=\"read\",le=\"0.025\"}") <= 2.0);
+        assert_eq!(read("_bucket{operation=\"read\",le=\"+Inf\"}"), 3.0);
+        assert_eq!(read("_count{operation=\"read\"}"), 3.0);
+        assert!(read("_sum{operation=\"read\"}") >= 0.0408);
+        assert!(
+            !out.contains("operation=\"write\""),
+            "an operation that never ran has no series: {out}"
+        );
+    }
+
+    #[test]
+    fn a_timed_future_records_once_it_finishes() {
+        let timings = Timings::<Work>::default();
+        let answer = futures_util::FutureExt::now_or_never(timings.time(Work::Write, async { 7 }));
+        assert_eq!(answer, Some(7));
+        let mut out = String::new();
+        timings.render(&mut out, "portcullis_x_duration_seconds", "X.");
+        assert!(
+            out.contains("portcullis_x_duration_seconds_count{operation=\"write\"} 1\n"),
             "{out}"
         );
     }

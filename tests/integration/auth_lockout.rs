@@ -21,6 +21,7 @@ const NEWLY_LOCKED: &str = "Too many failed attempts. Account locked.";
 /// A transaction of the test's own on the run's database, holding row locks the gateway's
 /// statements have to wait behind.
 struct Blocker {
+    store: Store,
     transaction: deadpool_postgres::Transaction<'static>,
     pid: i32,
 }
@@ -38,7 +39,11 @@ impl Blocker {
             .await
             .unwrap()
             .get(0);
-        Blocker { transaction, pid }
+        Blocker {
+            store,
+            transaction,
+            pid,
+        }
     }
 
     async fn lock_user(&self, id: &str) {
@@ -207,16 +212,18 @@ async fn a_login_that_started_before_the_lock_is_refused_after_it() {
     blocker.until_waiting(1).await;
     let now = SystemTime::now();
     for _ in 0..5 {
-        Store::record_login_failure(
-            &blocker.transaction,
-            user_id,
-            LockoutScope::Account,
-            5,
-            Duration::from_secs(30 * 60),
-            now,
-        )
-        .await
-        .unwrap();
+        blocker
+            .store
+            .record_login_failure(
+                &blocker.transaction,
+                user_id,
+                LockoutScope::Account,
+                5,
+                Duration::from_secs(30 * 60),
+                now,
+            )
+            .await
+            .unwrap();
     }
     blocker.commit().await;
 
@@ -352,10 +359,14 @@ async fn a_login_in_flight_over_a_password_reset_gets_no_session() {
     let blocker = Blocker::begin().await;
     let user_id = Uuid::parse_str(&account.id).unwrap();
     let now = SystemTime::now();
-    Store::set_password(&blocker.transaction, user_id, &new_hash, now)
+    blocker
+        .store
+        .set_password(&blocker.transaction, user_id, &new_hash, now)
         .await
         .unwrap();
-    Store::revoke_sessions_of(&blocker.transaction, user_id, None, "password reset", now)
+    blocker
+        .store
+        .revoke_sessions_of(&blocker.transaction, user_id, None, "password reset", now)
         .await
         .unwrap();
     let login = login_task(&gateway, &account.email, PASSWORD);
@@ -390,10 +401,14 @@ async fn a_login_in_flight_over_a_deactivation_gets_no_session() {
         is_active: Some(false),
         ..UserPatch::default()
     };
-    Store::update_user(&blocker.transaction, user_id, &patch, now)
+    blocker
+        .store
+        .update_user(&blocker.transaction, user_id, &patch, now)
         .await
         .unwrap();
-    Store::revoke_sessions_of(&blocker.transaction, user_id, None, "deactivated", now)
+    blocker
+        .store
+        .revoke_sessions_of(&blocker.transaction, user_id, None, "deactivated", now)
         .await
         .unwrap();
     let login = login_task(&gateway, &account.email, PASSWORD);
@@ -423,10 +438,14 @@ async fn a_login_in_flight_over_a_role_change_carries_the_new_role() {
         role: Some("manager".into()),
         ..UserPatch::default()
     };
-    Store::update_user(&blocker.transaction, user_id, &patch, now)
+    blocker
+        .store
+        .update_user(&blocker.transaction, user_id, &patch, now)
         .await
         .unwrap();
-    Store::revoke_sessions_of(&blocker.transaction, user_id, None, "role changed", now)
+    blocker
+        .store
+        .revoke_sessions_of(&blocker.transaction, user_id, None, "role changed", now)
         .await
         .unwrap();
     let login = login_task(&gateway, &account.email, PASSWORD);
@@ -616,16 +635,18 @@ async fn per_address_a_login_that_started_before_the_lock_is_refused_after_it() 
     blocker.until_waiting(1).await;
     let now = SystemTime::now();
     for _ in 0..5 {
-        Store::record_login_failure(
-            &blocker.transaction,
-            user_id,
-            LockoutScope::Address(GUESSER),
-            5,
-            Duration::from_secs(30 * 60),
-            now,
-        )
-        .await
-        .unwrap();
+        blocker
+            .store
+            .record_login_failure(
+                &blocker.transaction,
+                user_id,
+                LockoutScope::Address(GUESSER),
+                5,
+                Duration::from_secs(30 * 60),
+                now,
+            )
+            .await
+            .unwrap();
     }
     blocker.commit().await;
 

@@ -72,10 +72,147 @@ async fn requests_are_counted_by_rule_and_code_and_refusals_by_reason() {
     // The rate limit asked Redis, and how long it took is in the histogram.
     assert!(
         gateway
-            .metric("portcullis_redis_duration_seconds_count")
+            .metric("portcullis_redis_duration_seconds_count{operation=\"gate_check\"}")
             .await
             > 0
     );
+}
+
+fn postgres(operation: &str) -> String {
+    format!("portcullis_postgres_duration_seconds_count{{operation=\"{operation}\"}}")
+}
+
+fn redis(operation: &str) -> String {
+    format!("portcullis_redis_duration_seconds_count{{operation=\"{operation}\"}}")
+}
+
+/// A series' value, 0 while it is absent: a latency histogram has a series only for the
+/// operations that have run.
+async fn count_or_zero(gateway: &TestGateway, key: &str) -> u64 {
+    metrics_text(gateway)
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Postgres and Redis latency by operation, after real work through the listeners: a login,
+/// a failed one and a logout are in the histograms under the operations they ran, by fixed
+/// names (never SQL or a key), each series a complete histogram.
+#[tokio::test]
+async fn postgres_and_redis_work_is_timed_by_operation() {
+    let (gateway, _) = TestGateway::with_policy(POLICY, |config| {
+        config.rate_limits.login_failures_per_client = Some(portcullis::config::RateLimit::new(
+            100,
+            std::time::Duration::from_secs(3600),
+        ));
+    })
+    .await;
+    let account = gateway.signup("metrics-timed").await;
+    let before = count_or_zero(&gateway, &postgres("user_by_email")).await;
+    let tokens = gateway.tokens(&account).await;
+    assert_eq!(gateway.metric(&postgres("user_by_email")).await, before + 1);
+    for operation in [
+        "acquire",
+        "begin",
+        "lock_user_in_scope",
+        "record_login_success",
+        "create_session",
+        "audit",
+        "commit",
+    ] {
+        assert!(
+            gateway.metric(&postgres(operation)).await > 0,
+            "{operation}"
+        );
+    }
+    assert_eq!(
+        count_or_zero(&gateway, &postgres("record_login_failure")).await,
+        0
+    );
+    assert_eq!(
+        gateway
+            .login(&account.email, "Wrong-Password-1")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(gateway.metric(&postgres("record_login_failure")).await, 1);
+    let out = gateway
+        .call("POST", "/auth/logout", None, Some(&tokens.access))
+        .await;
+    assert_eq!(out.status, 204, "{out:?}");
+    assert_eq!(gateway.metric(&postgres("revoke_session")).await, 1);
+
+    // The login's route limit, the failed-login log (a place taken for each attempt, given
+    // back for the right password), the revocation the logout published.
+    for operation in [
+        "gate_check",
+        "login_failures_take",
+        "login_failures_give_back",
+        "revocation_publish",
+    ] {
+        assert!(gateway.metric(&redis(operation)).await > 0, "{operation}");
+    }
+    assert_eq!(gateway.metric(&redis("login_failures_take")).await, 2);
+    assert_eq!(gateway.metric(&redis("login_failures_give_back")).await, 1);
+
+    let text = metrics_text(&gateway).await;
+    for family in [
+        "portcullis_postgres_duration_seconds",
+        "portcullis_redis_duration_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} histogram\n")),
+            "{text}"
+        );
+        // Each series: +Inf agrees with _count.
+        for line in text
+            .lines()
+            .filter(|line| line.starts_with(&format!("{family}_count{{")))
+        {
+            let (key, count) = line.rsplit_once(' ').unwrap();
+            let labels = key.strip_prefix(&format!("{family}_count{{")).unwrap();
+            let labels = labels.strip_suffix('}').unwrap();
+            let infinity = format!("{family}_bucket{{{labels},le=\"+Inf\"}} {count}");
+            assert!(text.contains(&infinity), "{infinity} in\n{text}");
+            assert!(
+                labels.starts_with("operation=\"") && !labels.contains(' '),
+                "{line}"
+            );
+        }
+    }
+}
+
+/// Refusals the enforcement decides carry their reason to the counter: a revoked token, and
+/// a login over its route's rate limit counted as a login too.
+#[tokio::test]
+async fn revoked_tokens_and_rate_limited_logins_are_counted_by_reason() {
+    let (gateway, _) = TestGateway::with_policy(POLICY, |config| {
+        config.rate_limits.login =
+            portcullis::config::RateLimit::new(2, std::time::Duration::from_secs(3600));
+    })
+    .await;
+    let account = gateway.signup("metrics-revoked").await;
+    let tokens = gateway.tokens(&account).await;
+    let out = gateway
+        .call("POST", "/auth/logout", None, Some(&tokens.access))
+        .await;
+    assert_eq!(out.status, 204, "{out:?}");
+    assert_eq!(
+        gateway
+            .call("GET", "/page", None, Some(&tokens.access))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(gateway.metric(&refusals("revoked")).await, 1);
+    assert_eq!(gateway.metric(&refusals("bad_token")).await, 0);
+
+    assert_eq!(gateway.login(&account.email, PASSWORD).await.status, 200);
+    assert_eq!(gateway.login(&account.email, PASSWORD).await.status, 429);
+    assert_eq!(gateway.metric(&logins("success")).await, 2);
+    assert_eq!(gateway.metric(&logins("rate_limited")).await, 1);
 }
 
 #[tokio::test]

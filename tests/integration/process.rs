@@ -919,6 +919,7 @@ async fn the_access_log_explains_each_decision() {
     assert_eq!(forwarded["normalized_path"], "/app/page", "{forwarded}");
     assert_eq!(forwarded["policy_hash"], hash.as_str(), "{forwarded}");
     assert!(forwarded.get("reason").is_none(), "{forwarded}");
+    assert!(forwarded.get("refusal").is_none(), "{forwarded}");
 
     let refused = &lines[1];
     assert_eq!(refused["status"], 401, "{refused}");
@@ -927,6 +928,7 @@ async fn the_access_log_explains_each_decision() {
     assert_eq!(refused["normalized_path"], "/closed/x", "{refused}");
     assert_eq!(refused["policy_hash"], hash.as_str(), "{refused}");
     assert_eq!(refused["reason"], "Not authenticated", "{refused}");
+    assert_eq!(refused["refusal"], "no_token", "{refused}");
 
     let shadow = log
         .lines()

@@ -226,6 +226,13 @@ async fn a_cookie_authenticated_upgrade_must_come_from_an_allowed_origin() {
         0,
         "nothing refused reached the upstream"
     );
+    // Refused by the gateway itself, and counted so.
+    assert_eq!(
+        gateway
+            .metric("portcullis_refusals_total{reason=\"cross_site\"}")
+            .await,
+        3
+    );
 
     for origin in [OWN_ORIGIN, "HTTPS://GATEWAY.TEST:8443", CORS_ORIGIN] {
         let mut socket = open(

@@ -393,7 +393,9 @@ impl AuthService {
         };
         let rate = match self.rate_limit(api_route, &api_call).await {
             Ok(rate) => rate,
-            Err(error) => return Ok(self.form_refused(route, &fields, &api_call.headers, error)),
+            Err(refusal) => {
+                return Ok(self.form_refused(route, &fields, &api_call.headers, refusal.error))
+            }
         };
         let outcome = match self.recipient_limit(api_route, &api_call).await {
             // Over the recipient's limit, forgot-password answers as always, without mail.

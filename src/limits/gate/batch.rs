@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use super::plan::{Answer, Counters, GiveBack, Keyed, Part, Plan, Replies};
 use super::{Gate, GateError, GateOutcome};
 use crate::limits::durability::EpochReading;
+use crate::limits::RedisOperation;
 
 /// A flush lets the event loop run this many more turns at most, while each brings more
 /// checks, before it sends what it has.
@@ -168,7 +169,7 @@ impl Gate {
             async move { pipe.query_async(&mut connection).await }
         }))
         .await;
-        self.inner.redis_duration.record(sent.elapsed());
+        redis.record(RedisOperation::GateCheck, sent.elapsed());
         let read = parts.iter().zip(answered).try_fold(
             Replies::for_plan(&plan),
             |mut read, (part, values)| -> Result<_, GateError> {
@@ -226,7 +227,7 @@ impl Gate {
             async move { pipe.query_async::<()>(&mut connection).await }
         }))
         .await;
-        self.inner.redis_duration.record(sent.elapsed());
+        redis.record(RedisOperation::GateGiveBack, sent.elapsed());
         // If Redis fails here the count stays too high until the window slides past it, which
         // errs on the side of refusing.
         for (part, answer) in parts.iter().zip(answered) {

@@ -92,7 +92,6 @@ use super::revocation;
 use super::window;
 use super::Redis;
 use crate::telemetry::exposition::single;
-use crate::telemetry::metrics::Histogram;
 
 /// How long a token check waits for the revocation state while it is being rebuilt (or
 /// first confirmed at start) before asking Redis anyway.
@@ -175,8 +174,6 @@ struct Inner {
     /// fill.
     round_trips: AtomicU64,
     checks_sent: AtomicU64,
-    /// How long each batch of pipelines (one per part) took to answer, give-backs included.
-    redis_duration: Histogram,
     /// Limits below this are sliding logs: [`window::EXACT_BELOW`], except in the tests of
     /// the counters' mechanics.
     exact_below: u32,
@@ -213,7 +210,6 @@ impl Gate {
                 queues,
                 round_trips: AtomicU64::new(0),
                 checks_sent: AtomicU64::new(0),
-                redis_duration: Histogram::default(),
                 exact_below,
                 log_nonce: uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
                 log_sequence: AtomicU64::new(0),
@@ -329,12 +325,7 @@ impl Gate {
              data).",
             rebuilds,
         );
-        self.inner.redis_duration.render(
-            &mut out,
-            "portcullis_redis_duration_seconds",
-            "Time Redis took to answer the rate-limit and revocation checks' pipelines (the \
-             parts of one batch sent together), give-backs included.",
-        );
+        self.inner.redis.render_timings(&mut out);
         out
     }
 
