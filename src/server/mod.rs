@@ -288,20 +288,23 @@ async fn serve_https_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let acceptor = app.tls.acceptor();
-    let tls =
-        match tokio::time::timeout(connections.handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                app.metrics.tls_handshake_failed();
-                tracing::debug!(%peer, %error, "TLS handshake failed");
-                return;
-            }
-            Err(_elapsed) => {
-                app.metrics.tls_handshake_failed();
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
-        };
+    // Boxed, here and for HTTP/2 below: a connection's task is as large as the largest
+    // future it awaits inline, and an idle HTTP/1 connection (the common case) would
+    // otherwise carry room for a handshake and an HTTP/2 connection for its whole life.
+    let handshake = Box::pin(acceptor.accept(stream));
+    let tls = match tokio::time::timeout(connections.handshake_timeout, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            app.metrics.tls_handshake_failed();
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_elapsed) => {
+            app.metrics.tls_handshake_failed();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let gateway = app.gateway.clone();
     let report = Arc::new(FramingReport::default());
@@ -328,9 +331,7 @@ async fn serve_https_connection(
         // A GOAWAY that still serves every stream the client has already sent, so a
         // connection accepted during the drain is shut down at once without loss.
         let connection = connections.http2.serve_connection(io, service);
-        ticket
-            .watch(connection, |connection| connection.graceful_shutdown())
-            .await
+        Box::pin(ticket.watch(connection, |connection| connection.graceful_shutdown())).await
     } else if ticket.accepted_while_draining() {
         // Asking an HTTP/1 connection that has not been read yet to shut down closes it
         // unanswered; instead it serves one request and closes.
