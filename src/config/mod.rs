@@ -371,6 +371,8 @@ mod tests {
         expected.smtp.host = compose.smtp.host.clone();
         // JSON lines for `docker compose logs` and log shippers.
         expected.telemetry.log_format = LogFormat::Json;
+        // Behind a balancer that polls /readyz: it takes a stopping replica out first.
+        expected.server.drain_delay = std::time::Duration::from_secs(1);
         assert_eq!(compose, expected);
     }
 

@@ -62,6 +62,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     #[serde(deserialize_with = "duration::deserialize")]
     pub drain_timeout: Duration,
+    /// On shutdown, how long the gateway goes on accepting connections after `/readyz` has
+    /// turned 503, so that a balancer polling it stops sending new ones before the listener
+    /// closes (a connection the kernel completes as it closes would be reset).
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub drain_delay: Duration,
     pub http2_max_concurrent_streams: u32,
     /// Threads serving connections, each with its own event loop; 0 means one per core.
     pub worker_threads: usize,
@@ -113,6 +118,7 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             http2_max_concurrent_streams: 128,
             worker_threads: 0,
             trusted_proxies: Vec::new(),

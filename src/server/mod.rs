@@ -173,17 +173,32 @@ pub async fn serve(
     {
         let accepting = async { tokio::join!(https, http) };
         let mut accepting = std::pin::pin!(accepting);
+        // The accept loops run until told to stop; `ended` guards against polling them
+        // again should they ever end first.
+        let mut ended = false;
         tokio::select! {
-            _ = accepting.as_mut() => {}
+            _ = accepting.as_mut() => ended = true,
             () = shutdown => {}
         }
-        // Balancers polling /readyz see 503 from here on.
+        // Balancers polling /readyz see 503 from here on, and open connections start to
+        // drain. Accepting goes on for the drain delay, so that a balancer takes this
+        // instance out before its listener closes; what arrives meanwhile is served one
+        // request and closed, like a connection taken from the queue below.
         app.draining.store(true, Ordering::SeqCst);
+        drain.begin();
+        if !ended && !app.server.drain_delay.is_zero() {
+            tokio::select! {
+                _ = accepting.as_mut() => ended = true,
+                () = tokio::time::sleep(app.server.drain_delay) => {}
+            }
+        }
         // The accept loops take what the kernel has already queued, then close their
         // listeners: from then on new connections are refused (a balancer retries those
         // elsewhere), and none that the kernel completed is reset unserved.
         let _ = stop_accepting.send(true);
-        accepting.await;
+        if !ended {
+            accepting.await;
+        }
     }
     tracing::info!(
         drain_timeout_s = app.server.drain_timeout.as_secs_f64(),
@@ -385,9 +400,15 @@ impl Drain {
         }
     }
 
-    /// Starts draining and resolves once every ticket has been dropped.
-    async fn finish(&self) {
+    /// Starts draining: open connections finish what they are serving and close, and those
+    /// accepted from now on serve one request.
+    fn begin(&self) {
         self.draining.send_replace(true);
+    }
+
+    /// Starts draining (if not yet begun) and resolves once every ticket has been dropped.
+    async fn finish(&self) {
+        self.begin();
         self.draining.closed().await;
     }
 }

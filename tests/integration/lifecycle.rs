@@ -148,3 +148,30 @@ async fn the_drain_is_bounded_by_its_deadline() {
     gateway.stopped().await;
     stuck.abort();
 }
+
+/// With a drain delay, `/readyz` turns 503 first and the listener keeps accepting for the
+/// delay: a balancer that polls it takes the instance out while new connections are still
+/// served, so none arrives as the listener closes (the kernel would reset it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_the_drain_delay_readyz_is_503_and_new_connections_are_still_served() {
+    let mut gateway = TestGateway::start_with(|config| {
+        config.server.drain_delay = Duration::from_secs(3);
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    gateway.begin_shutdown();
+    while gateway.ops_get("/readyz").await.status != 503 {
+        tokio::task::yield_now().await;
+    }
+    let response = gateway.get("/during-the-delay").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the check ran past the delay; it proves nothing"
+    );
+    assert_eq!(response.status, 200, "{response:?}");
+    gateway.stopped().await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "stopped before the drain delay was over"
+    );
+}
