@@ -4,7 +4,7 @@
 //! allowed origin; and an expired access cookie is renewed from the refresh cookie in the
 //! same round trip, without tripping reuse detection when requests race.
 
-use crate::harness::identity::Tokens;
+use crate::harness::identity::{session_id, Tokens};
 use crate::harness::{empty, TestGateway, TestResponse};
 use crate::websocket::{echoes, open};
 
@@ -406,18 +406,6 @@ async fn session_revoked(session_id: &str) -> Option<String> {
     ))
     .await;
     rows[0].get(0)
-}
-
-fn session_id(access: &str) -> String {
-    use base64::Engine;
-    let payload = access.split('.').nth(1).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
-    claims["sid"].as_str().unwrap().to_string()
 }
 
 #[tokio::test]

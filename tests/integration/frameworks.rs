@@ -31,6 +31,7 @@ use portcullis::config::Config;
 use serde_json::Value;
 
 use crate::harness::frameworks::{Framework, FrameworkApp};
+use crate::harness::identity::session_id;
 use crate::harness::{
     base_config, full, raw_exchange, run_resources, shared_smtp, tls_connect, TestGateway, Upstream,
 };
@@ -131,18 +132,6 @@ impl Cast {
         let victim_id = gateway.signup("framework-victim").await.id;
         Cast { callers, victim_id }
     }
-}
-
-fn session_id(access: &str) -> String {
-    use base64::Engine;
-    let payload = access.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
-    claims["sid"].as_str().unwrap().to_string()
 }
 
 // --- the oracle ---------------------------------------------------------------------------------

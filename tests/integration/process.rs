@@ -207,23 +207,27 @@ async fn a_logout_on_one_process_is_refused_on_the_next_request_to_another() {
     );
 }
 
-#[test]
-fn a_bad_config_exits_non_zero_with_a_one_line_reason() {
-    let dir = temp_dir("bad-config");
-    let config = dir.join("gateway.yaml");
-    std::fs::write(
-        &config,
-        "server:\n  https_listen: 127.0.0.1:0\n  htps_listen: 1\n",
-    )
-    .unwrap();
+/// `serve` with `config` as its file: it must exit non-zero with a one-line reason, returned.
+fn refused_start(label: &str, config: &str) -> String {
+    let path = temp_dir(label).join("gateway.yaml");
+    std::fs::write(&path, config).unwrap();
     let output = Command::new(BINARY)
         .args(["serve", "--config"])
-        .arg(&config)
+        .arg(&path)
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_bad_config_exits_non_zero_with_a_one_line_reason() {
+    let stderr = refused_start(
+        "bad-config",
+        "server:\n  https_listen: 127.0.0.1:0\n  htps_listen: 1\n",
+    );
     assert!(stderr.contains("htps_listen"), "{stderr}");
     assert!(stderr.contains(":3:"), "names the line: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -238,21 +242,10 @@ fn a_bad_config_exits_non_zero_with_a_one_line_reason() {
 
 #[test]
 fn signed_assertions_with_only_an_hs256_secret_refuse_to_start() {
-    let dir = temp_dir("assertion-config");
-    let config = dir.join("gateway.yaml");
-    std::fs::write(
-        &config,
+    let stderr = refused_start(
+        "assertion-config",
         "server:\n  https_listen: 127.0.0.1:0\ntokens:\n  hs256_secret: test-secret-that-is-at-least-32-bytes-long\nidentity:\n  assertion: true\n",
-    )
-    .unwrap();
-    let output = Command::new(BINARY)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    );
     assert!(
         stderr.contains("identity.assertion: needs an asymmetric signing key"),
         "{stderr}"

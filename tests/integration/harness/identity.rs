@@ -123,6 +123,19 @@ impl TestGateway {
     }
 }
 
+/// The session id (`sid` claim) an access token carries, read without checking it.
+pub fn session_id(access: &str) -> String {
+    use base64::Engine;
+    let payload = access.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["sid"].as_str().unwrap().to_string()
+}
+
 /// Runs one statement against this run's database.
 pub async fn sql(statement: &str) -> Vec<tokio_postgres::Row> {
     let (client, connection) =
