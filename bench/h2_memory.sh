@@ -8,8 +8,9 @@
 #   h2: h2load, --streams streams over --h2-connections connections (default 64 over 4),
 #       --requests requests a run, --reps interleaved runs per target; prints each target's
 #       median req/s and CPU us/request and the gateway/nginx ratios of the medians.
-#   memory: opens --idle idle TLS connections (default 10,000; handshake done, no request)
-#       to each target in turn and prints the growth of its processes' proportional set size
+#   memory: opens --idle idle TLS connections (default 8,000; handshake done) to each
+#       target in turn, first "fresh" (no request yet), then "served" (idle in keep-alive
+#       after one request), and prints the growth of its processes' proportional set size
 #       (PSS, /proc/PID/smaps_rollup, so nginx's shared pages are not counted twice) per
 #       connection, and the ratio.
 #
@@ -18,7 +19,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BUILD=1; REPS=5; REQUESTS=200000; STREAMS=64; H2_CONNECTIONS=4; IDLE=10000
+BUILD=1; REPS=5; REQUESTS=200000; STREAMS=64; H2_CONNECTIONS=4; IDLE=8000
 GW_PORT=8445; OPS_PORT=9905; NGINX_H2_PORT=18447
 while [ $# -gt 0 ]; do
     case $1 in
@@ -35,8 +36,12 @@ done
 for tool in nginx h2load curl python3 ss; do
     command -v "$tool" > /dev/null || { echo "needs $tool (apt-get install nginx nghttp2-client curl)" >&2; exit 1; }
 done
-# Each idle connection is a descriptor in the client and in the proxy.
+# Each idle connection is a descriptor in its client and in the proxy, which holds both sets.
 ulimit -n $(( IDLE * 2 + 4096 )) 2> /dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt $(( IDLE * 2 + 1024 )) ]; then
+    echo "--idle $IDLE needs $(( IDLE * 2 + 1024 )) open files; the limit is $(ulimit -n)" >&2
+    exit 1
+fi
 
 if [ $BUILD = 1 ]; then (cd "$ROOT" && cargo build --release); fi
 BIN=${GATEWAY_BIN:-$ROOT/target/release/portcullis}
@@ -65,7 +70,7 @@ worker_processes 2;
 worker_rlimit_nofile $(( IDLE * 2 + 4096 ));
 pid $RUN_DIR/nginx-h2.pid;
 error_log $RUN_DIR/nginx-h2.error.log warn;
-events { worker_connections $(( IDLE + 4096 )); multi_accept on; }
+events { worker_connections $(( IDLE * 2 + 4096 )); multi_accept on; }
 http {
     access_log off;
     server_tokens off;
@@ -116,7 +121,7 @@ server:
   ops_listen: 127.0.0.1:$OPS_PORT
   public_url: https://127.0.0.1:$GW_PORT
   hosts: [127.0.0.1, localhost]
-  max_connections: $(( IDLE + 4096 ))
+  max_connections: $(( IDLE * 2 + 4096 ))
   header_read_timeout: 300s
   tls:
     cert_path: $CERT_DIR/server.crt
@@ -202,11 +207,12 @@ pss_kib() {  # pss_kib PID...: summed proportional set size in KiB
     echo "$total"
 }
 cat > "$TMP/idle.py" <<'PY'
-# Opens N TLS connections (handshake done, HTTP/1.1 by ALPN, no request), reports "open"
-# on stdout, and holds them until stdin closes.
-import asyncio, ssl, sys
+# Opens N TLS connections (handshake done, HTTP/1.1 by ALPN), in state "fresh" with no
+# request sent, or "served" after one keep-alive request and its whole response; reports
+# "open" on stdout and holds them until stdin closes.
+import asyncio, re, ssl, sys
 
-async def main(port, count):
+async def main(port, count, state):
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -214,34 +220,56 @@ async def main(port, count):
     held, gate = [], asyncio.Semaphore(64)
     async def one():
         async with gate:
-            held.append(await asyncio.open_connection("127.0.0.1", port, ssl=context))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+            if state == "served":
+                writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                assert length, head
+                await reader.readexactly(int(length.group(1)))
+            held.append((reader, writer))
     await asyncio.gather(*(one() for _ in range(count)))
     print("open", len(held), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
-asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))
 PY
-echo "memory: $IDLE idle TLS connections to each"
+echo "memory: $IDLE idle TLS connections to each, fresh (no request yet), then $IDLE more served (idle after one request)"
 declare -A GROWTH
+# Both sets are held together, so that the served connections cannot reuse memory the
+# fresh ones freed.
 mkfifo "$TMP/hold"
-for target in gateway nginx; do
-    # shellcheck disable=SC2046
-    before=$(pss_kib $(pids_of $target))
-    python3 "$TMP/idle.py" "$(port_of $target)" "$IDLE" < "$TMP/hold" > "$TMP/idle.out" 2>&1 &
-    client=$!
-    exec {hold}> "$TMP/hold"    # the client holds its connections until this closes
-    until grep -q "^open" "$TMP/idle.out"; do
-        kill -0 "$client" 2> /dev/null || { cat "$TMP/idle.out" >&2; exit 1; }
+open_idle() {  # open_idle TARGET STATE: starts a client holding $IDLE connections
+    python3 "$TMP/idle.py" "$(port_of "$1")" "$IDLE" "$2" < "$TMP/hold" > "$TMP/idle-$2.out" 2>&1 {hold}>&- &
+    local client=$!
+    CLIENTS+=("$client")
+    until grep -q "^open" "$TMP/idle-$2.out"; do
+        kill -0 "$client" 2> /dev/null || { cat "$TMP/idle-$2.out" >&2; exit 1; }
         sleep 0.2
     done
-    grep -q "^open $IDLE$" "$TMP/idle.out" || { cat "$TMP/idle.out" >&2; exit 1; }
+    grep -q "^open $IDLE$" "$TMP/idle-$2.out" || { cat "$TMP/idle-$2.out" >&2; exit 1; }
+}
+for target in gateway nginx; do
+    CLIENTS=()
+    # The clients hold their connections until this closes (read-write: opening does not
+    # wait for a reader; each client closes its inherited copy, or it would hold itself open).
+    exec {hold}<> "$TMP/hold"
     # shellcheck disable=SC2046
-    after=$(pss_kib $(pids_of $target))
+    before=$(pss_kib $(pids_of $target))
+    for state in fresh served; do
+        open_idle "$target" "$state"
+        # shellcheck disable=SC2046
+        after=$(pss_kib $(pids_of $target))
+        GROWTH[$target-$state]=$(( after - before ))
+        awk -v t="$target" -v s="$state" -v b="$before" -v a="$after" -v n="$IDLE" \
+            'BEGIN {printf "  %-8s %-6s PSS %d -> %d KiB: %.2f KiB per idle connection\n", t, s, b, a, (a - b) / n}'
+        before=$after
+    done
     exec {hold}>&-
-    wait "$client" || true
-    GROWTH[$target]=$(( after - before ))
-    awk -v t="$target" -v b="$before" -v a="$after" -v n="$IDLE" \
-        'BEGIN {printf "  %-8s PSS %d -> %d KiB: %.2f KiB per idle connection\n", t, b, a, (a - b) / n}'
+    wait "${CLIENTS[@]}" || true
 done
-awk -v g="${GROWTH[gateway]}" -v n="${GROWTH[nginx]}" \
-    'BEGIN {printf "memory ratio gateway/nginx per idle connection: %.2fx\n", g / n}'
+for state in fresh served; do
+    awk -v s="$state" -v g="${GROWTH[gateway-$state]}" -v n="${GROWTH[nginx-$state]}" \
+        'BEGIN {printf "memory ratio gateway/nginx per idle connection, %s: %.2fx\n", s, g / n}'
+done

@@ -81,6 +81,7 @@ struct Connections {
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     handshake_timeout: Duration,
+    header_read_timeout: Duration,
     max_header_bytes: usize,
 }
 
@@ -90,6 +91,7 @@ impl Connections {
             http1: http1_builder(server),
             http2: http2_builder(server),
             handshake_timeout: server.tls.handshake_timeout,
+            header_read_timeout: server.header_read_timeout,
             max_header_bytes: server.max_header_bytes,
         }
     }
@@ -299,7 +301,7 @@ async fn serve_https_connection(
     peer: SocketAddr,
     app: &App,
     connections: &Connections,
-    ticket: DrainTicket,
+    mut ticket: DrainTicket,
 ) {
     let _ = stream.set_nodelay(true);
     let acceptor = app.tls.acceptor();
@@ -321,6 +323,20 @@ async fn serve_https_connection(
         }
     };
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let mut tls = tls;
+    if !is_h2 && !ticket.accepted_while_draining() {
+        // An HTTP/1 connection costs hyper's buffers (12 KiB) from the moment it is built;
+        // until the client sends something, it costs only the TLS state. The wait is bounded
+        // like the head hyper would wait for, and ends the connection when the drain begins.
+        let first_bytes =
+            tokio::time::timeout(connections.header_read_timeout, first_bytes(&mut tls));
+        tokio::select! {
+            waited = first_bytes => if !matches!(waited, Ok(Ok(()))) {
+                return;
+            },
+            () = ticket.draining() => return,
+        }
+    }
     let gateway = app.gateway.clone();
     let report = Arc::new(FramingReport::default());
     let scanner = if is_h2 {
@@ -376,6 +392,27 @@ async fn serve_https_connection(
     }
 }
 
+/// Resolves once the client has sent something after its handshake (or closed), so that
+/// the connection is built only when there is a request to read: bytes the handshake's
+/// last read already brought, or bytes waiting on the socket.
+async fn first_bytes(tls: &mut tokio_rustls::server::TlsStream<TcpStream>) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    // What the handshake left to send (TLS 1.3 session tickets) goes before the wait.
+    tls.flush().await?;
+    let (socket, connection) = tls.get_mut();
+    match connection.process_new_packets() {
+        // A record that does not decrypt is reported by the first read: let hyper read it.
+        Err(_) => return Ok(()),
+        Ok(state) if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() => {
+            return Ok(())
+        }
+        Ok(_) => {}
+    }
+    // A peek, not `readable()`: readiness left over from the handshake's last read would
+    // end the wait at once.
+    socket.peek(&mut [0u8; 1]).await.map(drop)
+}
+
 /// Tells open connections to finish their requests and close, and waits until they have.
 pub(crate) struct Drain {
     draining: watch::Sender<bool>,
@@ -418,6 +455,11 @@ impl DrainTicket {
     /// of the listener's queue on the way down).
     pub(crate) fn accepted_while_draining(&self) -> bool {
         *self.draining.borrow()
+    }
+
+    /// Resolves when the drain begins (at once if it has).
+    pub(crate) async fn draining(&mut self) {
+        let _ = self.draining.wait_for(|draining| *draining).await;
     }
 
     /// Serves `connection` until it ends; once draining starts (or if it already has),

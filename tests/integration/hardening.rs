@@ -229,6 +229,15 @@ async fn slow_clients_are_dropped() {
         "the gateway closed the connection"
     );
 
+    // A TLS connection that never sends a request: the wait for its first bytes is bounded
+    // like the head it would send.
+    let mut silent = gateway.raw_tls().await;
+    let closed = tokio::time::timeout(WAIT, silent.read(&mut buffer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the gateway closed the silent connection: {closed:?}"
+    );
+
     // A TCP connection that never starts its TLS handshake.
     let mut tcp = tokio::net::TcpStream::connect(gateway.https).await.unwrap();
     let closed = tokio::time::timeout(WAIT, tcp.read(&mut buffer)).await;
@@ -345,4 +354,66 @@ async fn many_reset_http2_streams_do_not_stop_the_gateway() {
     }
     let mut fresh = gateway.h2().await;
     assert_eq!(fresh.get("/").await.status, 200);
+}
+
+/// A client may send its request in the same flight as its handshake's last message, so the
+/// request is already decrypted when the handshake ends and nothing more will arrive on the
+/// socket: the gateway must serve it rather than wait for bytes that never come.
+#[tokio::test]
+async fn a_request_sent_with_the_clients_finished_message_is_served() {
+    let gateway = TestGateway::start().await;
+    let https = gateway.https;
+    let request = format!(
+        "GET /first-flight HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+        https.port()
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        request_in_the_finished_flight(https, request.as_bytes())
+    });
+    let answer = tokio::time::timeout(WAIT, answer)
+        .await
+        .expect("the request is answered without more bytes from the client")
+        .unwrap();
+    assert!(status_line(&answer).starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(gateway.upstream.seen_count(), 1);
+}
+
+/// A TLS 1.3 handshake driven by hand: the client's Finished stays queued until the request
+/// is written behind it, and both leave in one `write`.
+fn request_in_the_finished_flight(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let config = crate::harness::Pki::shared().client_config(&[b"http/1.1"]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    while tls.is_handshaking() {
+        while tls.wants_write() {
+            tls.write_tls(&mut tcp).unwrap();
+        }
+        tls.read_tls(&mut tcp).unwrap();
+        tls.process_new_packets().unwrap();
+    }
+    assert_eq!(
+        tls.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert!(tls.wants_write(), "the client's Finished is still queued");
+    tls.writer().write_all(request).unwrap();
+    let mut flight = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut flight).unwrap();
+    }
+    tcp.write_all(&flight).unwrap();
+
+    let mut answer = Vec::new();
+    let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+    let mut chunk = [0u8; 4096];
+    while !answer.windows(4).any(|window| window == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => answer.extend_from_slice(&chunk[..read]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }

@@ -175,3 +175,29 @@ async fn during_the_drain_delay_readyz_is_503_and_new_connections_are_still_serv
         "stopped before the drain delay was over"
     );
 }
+
+/// A connection that finished its handshake and sent nothing holds no request: the drain
+/// closes it at once instead of waiting for it (here the header timeout and the drain
+/// timeout are both far longer than the test allows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_closes_connections_that_have_sent_nothing() {
+    use tokio::io::AsyncReadExt;
+
+    let mut gateway = TestGateway::start_with(|config| {
+        config.server.header_read_timeout = Duration::from_secs(120);
+        config.server.drain_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let mut silent = gateway.raw_tls().await;
+    let mut served = gateway.h1().await;
+    assert_eq!(served.get("/").await.status, 200);
+
+    gateway.begin_shutdown();
+    let mut buffer = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buffer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection is closed: {closed:?}"
+    );
+    gateway.stopped().await;
+}
