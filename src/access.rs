@@ -315,8 +315,11 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// as sent.
 pub fn remove_gateway_cookies(headers: &mut HeaderMap) {
     // Every forwarded request passes here; most carry none of the gateway's cookies, and
-    // their headers are left exactly as they are, without rebuilding them.
-    let finder = memchr::memmem::Finder::new(GATEWAY_COOKIE_PREFIX);
+    // their headers are left exactly as they are, without rebuilding them. The searcher is
+    // built once: building it took as many instructions as the search (callgrind).
+    static PREFIX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(GATEWAY_COOKIE_PREFIX));
+    let finder = &*PREFIX;
     if !headers
         .get_all(COOKIE)
         .iter()
