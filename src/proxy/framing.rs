@@ -734,7 +734,9 @@ const LINGER_BYTES: usize = 1 << 20;
 pub async fn linger(mut socket: TcpStream) {
     use tokio::io::AsyncWriteExt;
     let _ = socket.shutdown().await;
-    let mut discard = [0u8; 8192];
+    // On the heap: an array here would be held inline by every connection's task (this
+    // future is part of it) for the connection's whole life, 8 KiB each while idle.
+    let mut discard = vec![0u8; 8192];
     let mut total = 0;
     let _ = tokio::time::timeout(LINGER_TIME, async {
         while total < LINGER_BYTES {

@@ -337,6 +337,22 @@ async fn serve_https_connection(
             () = ticket.draining() => return,
         }
     }
+    // Boxed, so that a connection waiting for its first bytes holds only the TLS state: the
+    // serving future below is several kilobytes (each move of the TLS stream into the
+    // framing guard and into hyper's connection keeps a copy's room in it).
+    Box::pin(serve_tls(tls, is_h2, peer, app, connections, ticket)).await;
+}
+
+/// Serves a connection whose handshake is done: HTTP/2 or HTTP/1 as ALPN chose, with the
+/// framing guard in front of hyper, then closes the socket gracefully.
+async fn serve_tls(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    is_h2: bool,
+    peer: SocketAddr,
+    app: &App,
+    connections: &Connections,
+    ticket: DrainTicket,
+) {
     let gateway = app.gateway.clone();
     let report = Arc::new(FramingReport::default());
     let scanner = if is_h2 {
@@ -345,7 +361,9 @@ async fn serve_https_connection(
         FramingScanner::new(connections.max_header_bytes, report.clone())
     };
     let socket: SocketSlot<_> = Arc::default();
-    let io = FramingGuard::new(tls, scanner, socket.clone());
+    // On the heap: moved into the guard and into hyper's connection, the TLS state (over a
+    // kilobyte) would otherwise leave a copy's room in this future at each move.
+    let io = FramingGuard::new(Box::new(tls), scanner, socket.clone());
     let service = service_fn(move |request| {
         let gateway = gateway.clone();
         let info = ConnectionInfo {
@@ -388,7 +406,7 @@ async fn serve_https_connection(
         .unwrap_or_else(|poison| poison.into_inner())
         .take();
     if let Some(tls) = socket {
-        framing::linger(tls.into_inner().0).await;
+        framing::linger((*tls).into_inner().0).await;
     }
 }
 
