@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use std::sync::Arc;
 
 use http::StatusCode;
+use uuid::Uuid;
 
 use super::session::{locked_detail, Failure, FailureAnswer, NEWLY_LOCKED};
 use super::{
@@ -81,34 +82,15 @@ impl AuthService {
         // Redis first: if it is down, nothing has changed yet.
         self.revoke_in_redis(&[], Some((user_id, unix_seconds(now))))
             .await?;
-        let user = self
-            .store
-            .set_password(&transaction, user_id, &password_hash, now)
-            .await
-            .map_err(store_error)?;
-        let ended = self
-            .store
-            .revoke_sessions_of(&transaction, user_id, None, "password reset", now)
-            .await
-            .map_err(store_error)?;
-        mail::enqueue(
-            &self.store,
-            &transaction,
-            &mail::password_changed_mail(&user.email),
-        )
-        .await
-        .map_err(db_error)?;
-        self.audit_in(
-            &transaction,
-            "password_reset_completed",
-            Some(user_id),
-            call,
-            serde_json::json!({ "sessions_ended": ended.len() }),
-        )
-        .await?;
-        self.store.commit(transaction).await.map_err(db_error)?;
-        self.mail_waker.notify_one();
-        self.revoke_in_redis(&ended, None).await?;
+        let new_password = NewPassword {
+            user_id,
+            password_hash: &password_hash,
+            keep_session: None,
+            reason: "password reset",
+            audit_event: "password_reset_completed",
+        };
+        self.set_password_in(transaction, new_password, call, now)
+            .await?;
         Ok(status_only(StatusCode::NO_CONTENT))
     }
 
@@ -198,19 +180,44 @@ impl AuthService {
             .filter(|id| *id != principal.session_id)
             .collect();
         self.revoke_in_redis(&others, None).await?;
-        self.store
-            .set_password(&transaction, user.id, &password_hash, now)
+        let new_password = NewPassword {
+            user_id: user.id,
+            password_hash: &password_hash,
+            keep_session: Some(principal.session_id),
+            reason: "password change",
+            audit_event: "password_changed",
+        };
+        // Sessions started between the list and the commit are ended there too.
+        self.set_password_in(transaction, new_password, call, now)
+            .await?;
+        Ok(status_only(StatusCode::NO_CONTENT))
+    }
+
+    /// What a new password does, reset or changed, in the transaction that decided it: the
+    /// hash is set, every session but the one kept ends, the "password changed" mail and the
+    /// audit event are written; then the commit, and the ended sessions' revocation in Redis.
+    async fn set_password_in(
+        &self,
+        transaction: deadpool_postgres::Transaction<'_>,
+        new_password: NewPassword<'_>,
+        call: &Call,
+        now: SystemTime,
+    ) -> Result<(), GatewayError> {
+        let NewPassword {
+            user_id,
+            password_hash,
+            keep_session,
+            reason,
+            audit_event,
+        } = new_password;
+        let user = self
+            .store
+            .set_password(&transaction, user_id, password_hash, now)
             .await
             .map_err(store_error)?;
         let ended = self
             .store
-            .revoke_sessions_of(
-                &transaction,
-                user.id,
-                Some(principal.session_id),
-                "password change",
-                now,
-            )
+            .revoke_sessions_of(&transaction, user_id, keep_session, reason, now)
             .await
             .map_err(store_error)?;
         mail::enqueue(
@@ -222,18 +229,27 @@ impl AuthService {
         .map_err(db_error)?;
         self.audit_in(
             &transaction,
-            "password_changed",
-            Some(user.id),
+            audit_event,
+            Some(user_id),
             call,
             serde_json::json!({ "sessions_ended": ended.len() }),
         )
         .await?;
         self.store.commit(transaction).await.map_err(db_error)?;
         self.mail_waker.notify_one();
-        // Sessions started between the list and the commit are ended here too.
-        self.revoke_in_redis(&ended, None).await?;
-        Ok(status_only(StatusCode::NO_CONTENT))
+        self.revoke_in_redis(&ended, None).await
     }
+}
+
+/// A password about to replace a user's, and how the change is recorded.
+struct NewPassword<'a> {
+    user_id: Uuid,
+    password_hash: &'a str,
+    /// The session that stays signed in (the caller's, on a change).
+    keep_session: Option<Uuid>,
+    /// Why the other sessions ended, as the sessions table records it.
+    reason: &'a str,
+    audit_event: &'a str,
 }
 
 const CURRENT_INCORRECT: &str = "Current password is incorrect";
