@@ -11,7 +11,7 @@ use base64::Engine;
 use portcullis::config::{Config, SigningKeyConfig};
 use serde_json::Value;
 
-use crate::harness::identity::Tokens;
+use crate::harness::identity::{token_claims, token_header, Tokens};
 use crate::harness::{temp_dir, test_python, Client, TestGateway};
 
 /// A private key file of the given algorithm (`EdDSA` or `ES256`), and its config entry.
@@ -119,26 +119,6 @@ fn verify_with(jwks: &Value, token: &str, audience: &str) -> Result<Value, Strin
     }
 }
 
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-fn header_of(token: &str) -> Value {
-    let header = token.split('.').next().unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(header)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn signed_in_requests_carry_an_assertion_that_verifies_with_the_jwks() {
     let dir = temp_dir("assertion-keys");
@@ -165,8 +145,8 @@ async fn signed_in_requests_carry_an_assertion_that_verifies_with_the_jwks() {
         .unwrap()
         .to_string();
 
-    assert_eq!(header_of(&assertion)["kid"], "ed-1");
-    assert_eq!(header_of(&assertion)["alg"], "EdDSA");
+    assert_eq!(token_header(&assertion)["kid"], "ed-1");
+    assert_eq!(token_header(&assertion)["alg"], "EdDSA");
     let claims = verify(&gateway, &assertion, "app").await.unwrap();
     assert_eq!(claims["iss"], "portcullis");
     assert_eq!(claims["aud"], "app", "the audience is the upstream's name");
@@ -254,7 +234,7 @@ async fn one_signature_serves_a_caller_until_half_its_life_is_gone() {
     assert_ne!(renewed, first);
     // The gateway's clock is ahead of the system's now, which PyJWT would go by: the times
     // are read straight from the payload (the signature checks are the other tests').
-    let claims = claims_of(&renewed);
+    let claims = token_claims(&renewed);
     let reissued = claims["iat"].as_u64().unwrap();
     assert!(reissued >= issued + 31, "{reissued} {issued}");
     assert_eq!(claims["exp"].as_u64().unwrap(), reissued + 60);
@@ -274,14 +254,14 @@ async fn after_a_key_rotation_old_and_new_assertions_verify_while_both_keys_are_
     let before = gateway_with(std::slice::from_ref(&old_key)).await;
     let (account, tokens) = before.account_with_role("rotation", "user").await;
     let old_assertion = assertion_for(&before, &mut before.h1().await, &tokens, "/before").await;
-    assert_eq!(header_of(&old_assertion)["kid"], "2026-01");
+    assert_eq!(token_header(&old_assertion)["kid"], "2026-01");
 
     // The rotation: the new key is active, the old one still published (and verifying).
     let during = gateway_with(&[old_key.clone(), new_key.clone()]).await;
     let tokens = during.tokens(&account).await;
     let new_assertion = assertion_for(&during, &mut during.h1().await, &tokens, "/during").await;
-    assert_eq!(header_of(&new_assertion)["kid"], "2026-02");
-    assert_eq!(header_of(&new_assertion)["alg"], "ES256");
+    assert_eq!(token_header(&new_assertion)["kid"], "2026-02");
+    assert_eq!(token_header(&new_assertion)["alg"], "ES256");
     let claims = verify(&during, &new_assertion, "app").await.unwrap();
     assert_eq!(claims["sub"], account.id.as_str());
     let claims = verify(&during, &old_assertion, "app").await.unwrap();

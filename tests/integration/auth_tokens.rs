@@ -3,20 +3,11 @@
 use base64::Engine;
 use serde_json::json;
 
+use crate::harness::identity::token_claims;
 use crate::harness::TestGateway;
 
 fn b64(value: &serde_json::Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
-}
-
-fn claims_of(token: &str) -> serde_json::Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 #[tokio::test]
@@ -24,7 +15,7 @@ async fn forged_and_misplaced_tokens_are_refused() {
     let gateway = TestGateway::start().await;
     let account = gateway.signup("forger").await;
     let tokens = gateway.tokens(&account).await;
-    let claims = claims_of(&tokens.access);
+    let claims = token_claims(&tokens.access);
     for claim in [
         "sub", "email", "role", "sid", "jti", "iat", "exp", "iss", "aud", "type",
     ] {

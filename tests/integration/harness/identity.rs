@@ -11,6 +11,30 @@ use super::{empty, full, run_resources, TestGateway, TestResponse};
 pub const PASSWORD: &str = "Correct-Horse-42";
 pub const MAIL_WAIT: Duration = Duration::from_secs(10);
 
+/// The decoded JSON of a JWT's claims (its second segment), read without verifying it.
+pub fn token_claims(token: &str) -> Value {
+    token_segment(token, 1)
+}
+
+/// The decoded JSON of a JWT's header (its first segment), read without verifying it.
+pub fn token_header(token: &str) -> Value {
+    token_segment(token, 0)
+}
+
+fn token_segment(token: &str, index: usize) -> Value {
+    use base64::Engine;
+    let segment = token
+        .split('.')
+        .nth(index)
+        .expect("a JWT has three segments");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(segment)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 /// An address no other test (or run) uses.
 pub fn unique_email(label: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
