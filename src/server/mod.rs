@@ -305,11 +305,11 @@ async fn serve_https_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let acceptor = app.tls.acceptor();
-    // Boxed, here and for HTTP/2 below: a connection's task is as large as the largest
+    // Boxed, here and for HTTP/2 in `serve_tls`: a connection's task is as large as the largest
     // future it awaits inline, and an idle HTTP/1 connection (the common case) would
     // otherwise carry room for a handshake and an HTTP/2 connection for its whole life.
     let handshake = Box::pin(acceptor.accept(stream));
-    let tls = match tokio::time::timeout(connections.handshake_timeout, handshake).await {
+    let mut tls = match tokio::time::timeout(connections.handshake_timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             app.metrics.tls_handshake_failed();
@@ -323,10 +323,10 @@ async fn serve_https_connection(
         }
     };
     let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let mut tls = tls;
     if !is_h2 && !ticket.accepted_while_draining() {
-        // An HTTP/1 connection costs hyper's buffers (12 KiB) from the moment it is built;
-        // until the client sends something, it costs only the TLS state. The wait is bounded
+        // Once built, an HTTP/1 connection holds hyper's buffers (8 KiB to write from the
+        // start, 8 KiB to read from its first read) for its whole life; until the client
+        // sends something, it costs only the TLS state. The wait is bounded
         // like the head hyper would wait for, and ends the connection when the drain begins.
         let first_bytes =
             tokio::time::timeout(connections.header_read_timeout, first_bytes(&mut tls));
@@ -490,7 +490,7 @@ impl DrainTicket {
         let mut connection = std::pin::pin!(connection);
         tokio::select! {
             output = connection.as_mut() => return output,
-            _ = self.draining.wait_for(|draining| *draining) => shutdown(connection.as_mut()),
+            () = self.draining() => shutdown(connection.as_mut()),
         }
         connection.await
     }
